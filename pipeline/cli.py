@@ -1,0 +1,30 @@
+"""The ``vae`` command. Each sub-command is a thin shell over a library function."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli_support import setup_logging
+from pipeline.commands.run import run_command
+from pipeline.commands.train import train_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--work-dir",
+    envvar="VAE_WORK_DIR",
+    default="vae-work",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Working folder: MLflow store, outputs (env VAE_WORK_DIR).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def main(ctx: click.Context, work_dir: str, verbose: bool) -> None:
+    """Train VAEs on images, score data sets for anomalies, and write synthetic images."""
+    setup_logging(verbose)
+    ctx.ensure_object(dict)["work_dir"] = work_dir
+
+
+main.add_command(train_command)
+main.add_command(run_command)

@@ -1,0 +1,50 @@
+"""What every ``vae`` command shares: logging set-up, plain error messages, shape parsing."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+QUIET_LOGGERS = ("absl", "tensorflow", "mlflow.store.db.utils", "alembic", "h5py", "matplotlib")
+
+
+def setup_logging(verbose: bool) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turns the errors a user can fix (bad data, a missing model, divergence) into one clean line."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from training.callbacks import TrainingDiverged
+        from training.data import DataError
+
+        try:
+            return func(*args, **kwargs)
+        except (DataError, LookupError, TrainingDiverged, FileNotFoundError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+def parse_shape(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    try:
+        parts = [int(p) for p in value.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 2:
+        parts.append(1)
+    if len(parts) != 3 or min(parts) < 1:
+        raise click.BadParameter(f"{value!r}: give the image shape as HxW or HxWxC, e.g. 28x28x1")
+    return tuple(parts)  # type: ignore[return-value]

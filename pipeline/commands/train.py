@@ -1,0 +1,143 @@
+"""``vae train``: a thin shell over :func:`training.train.train`."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli_support import friendly_errors, parse_shape
+
+LIKELIHOOD_CHOICES = ("bernoulli", "continuous_bernoulli", "gaussian")
+
+
+def train_options(func):
+    """The options shared by ``vae train`` and ``vae run``."""
+    from training.config import PROMOTE_CHOICES, TrainConfig
+
+    d = TrainConfig()
+    options = [
+        click.option(
+            "--latent-dim",
+            type=click.IntRange(1),
+            default=d.latent_dim,
+            show_default=True,
+            help="Size of the latent space z.",
+        ),
+        click.option(
+            "--likelihood",
+            type=click.Choice(LIKELIHOOD_CHOICES),
+            default=d.likelihood,
+            show_default=True,
+            help="Decoder likelihood p(x|z); every score is reported in nats per example.",
+        ),
+        click.option(
+            "--epochs",
+            type=click.IntRange(1),
+            default=d.epochs,
+            show_default=True,
+            help="Maximum epochs (early stopping may end sooner).",
+        ),
+        click.option("--batch-size", type=click.IntRange(1), default=d.batch_size, show_default=True),
+        click.option(
+            "--learning-rate",
+            type=click.FloatRange(min=0, min_open=True),
+            default=d.learning_rate,
+            show_default=True,
+            help="Adam learning rate.",
+        ),
+        click.option(
+            "--kl-warmup",
+            type=click.IntRange(0),
+            default=d.kl_warmup,
+            show_default=True,
+            help="Epochs over which the KL weight rises linearly to 1 (0: no warm-up).",
+        ),
+        click.option(
+            "--early-stopping",
+            type=click.IntRange(0),
+            default=d.early_stopping,
+            show_default=True,
+            help="Stop after this many epochs without a better validation negative ELBO, keeping "
+            "the best weights (0: off).",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=d.seed,
+            show_default=True,
+            help="Seed for the split, initialisation, sampling and scoring.",
+        ),
+        click.option(
+            "--fpr",
+            "target_fpr",
+            type=click.FloatRange(0, 1, min_open=True, max_open=True),
+            default=d.target_fpr,
+            show_default=True,
+            help="Target false positive rate that sets the anomaly threshold on validation data.",
+        ),
+        click.option(
+            "--score-samples",
+            type=click.IntRange(1),
+            default=d.score_samples,
+            show_default=True,
+            help="Posterior samples per example for the stored negative ELBO estimate.",
+        ),
+        click.option(
+            "--promote",
+            type=click.Choice(PROMOTE_CHOICES),
+            default=d.promote,
+            show_default=True,
+            help="Move the 'champion' alias to the new version: if it beats the champion's validation "
+            "negative ELBO on the same data, always, or never.",
+        ),
+        click.option(
+            "--shape",
+            callback=parse_shape,
+            default=None,
+            help="Image shape HxWxC for a Parquet 'pixels' column without height/width columns.",
+        ),
+        click.option("--mixed-precision", is_flag=True, help="mixed_float16 compute (for GPUs)."),
+        click.option("--xla", is_flag=True, help="Compile the train step with XLA."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.command("train")
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="digits (built in), mnist, fashion_mnist, or a path: Parquet file or folder, .npz, PNG folder.",
+)
+@click.option("--model-name", default="vae-digits", show_default=True, help="Registered model name in MLflow.")
+@click.option("--conditional", is_flag=True, help="Train a label-conditioned VAE (the data needs labels).")
+@train_options
+@click.pass_context
+@friendly_errors
+def train_command(ctx: click.Context, **options) -> None:
+    """Train a VAE, calibrate its anomaly threshold, log it to MLflow and register it.
+
+    Uses a SQLite MLflow store in the working folder unless MLFLOW_TRACKING_URI is set.
+    """
+    result = run_training(ctx, **options)
+    print_result(result)
+
+
+def run_training(ctx: click.Context, **options):
+    from training.config import TrainConfig
+    from training.train import train
+
+    return train(TrainConfig(work_dir=ctx.obj["work_dir"], **options))
+
+
+def print_result(result) -> None:
+    from training import registry
+
+    click.echo(f"run id:              {result.run_id}")
+    click.echo(f"registered:          {result.model_name} version {result.version}  ({registry.tracking_uri()})")
+    click.echo(f"validation neg ELBO: {result.validation_neg_elbo:.3f} nats")
+    click.echo(f"test neg ELBO:       {result.test_neg_elbo:.3f} nats")
+    click.echo(f"anomaly threshold:   {result.threshold:.3f} nats")
+    verdict = "promoted to @champion" if result.promoted else "not promoted"
+    click.echo(f"alias:               {verdict} ({result.promotion_reason})")

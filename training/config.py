@@ -1,0 +1,31 @@
+"""Training settings: a plain dataclass, cheap to import (the CLI reads its defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROMOTE_CHOICES = ("if-better", "always", "never")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "digits"
+    model_name: str = "vae-digits"
+    conditional: bool = False
+    latent_dim: int = 8
+    likelihood: str = "bernoulli"
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    kl_warmup: int = 10
+    early_stopping: int = 10
+    filters: int = 32
+    hidden_units: int = 256
+    seed: int = 0
+    target_fpr: float = 0.01
+    score_samples: int = 16
+    promote: str = "if-better"
+    shape: tuple[int, int, int] | None = None
+    mixed_precision: bool = False
+    xla: bool = False
+    work_dir: str | None = None

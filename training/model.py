@@ -1,0 +1,226 @@
+"""The VAE and conditional VAE, in Keras 3 (``keras.ops`` only, so any backend trains it).
+
+``call`` returns the two per-example ELBO terms ``[reconstruction_nll, kl]`` from one
+reparameterised posterior sample; ``compute_loss`` weights the KL term (for warm-up) and
+``fit`` does the rest. Encoder and decoder are separate functional sub-models, usable alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from scoring import likelihoods
+from scoring.elbo import kl_divergence
+
+PACKAGE = "vae"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Sampling(layers.Layer):
+    """z = mean + exp(log_var / 2) * eps, with eps from the layer's own seeded generator."""
+
+    def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        mean, log_var = inputs
+        eps = keras.random.normal(ops.shape(mean), dtype=mean.dtype, seed=self.seed_generator)
+        return mean + ops.exp(0.5 * log_var) * eps
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "seed": self.seed}
+
+
+def downsampling_steps(image_shape: tuple[int, int, int]) -> int:
+    """Stride-2 convolutions that keep the smallest feature map at least 4 pixels on a side."""
+    height, width, _ = image_shape
+    steps = 0
+    while height % 2 == 0 and width % 2 == 0 and height // 2 >= 4 and width // 2 >= 4 and steps < 3:
+        height, width, steps = height // 2, width // 2, steps + 1
+    return max(steps, 0)
+
+
+def build_encoder(
+    image_shape: tuple[int, int, int], latent_dim: int, num_classes: int, filters: int, hidden_units: int
+) -> keras.Model:
+    image = keras.Input(shape=image_shape, name="image")
+    inputs = [image]
+    h = image
+    for i in range(downsampling_steps(image_shape)):
+        h = layers.Conv2D(filters * 2**i, 3, strides=2, padding="same", activation="relu", name=f"conv_{i}")(h)
+    h = layers.Flatten(name="flatten")(h)
+    if num_classes:
+        label = keras.Input(shape=(num_classes,), name="label_one_hot")
+        inputs.append(label)
+        h = layers.Concatenate(name="with_label")([h, label])
+    h = layers.Dense(hidden_units, activation="relu", name="hidden")(h)
+    mean = layers.Dense(latent_dim, name="z_mean", dtype="float32")(h)
+    log_var = layers.Dense(latent_dim, name="z_log_var", dtype="float32")(h)
+    return keras.Model(inputs if num_classes else image, [mean, log_var], name="encoder")
+
+
+def build_decoder(
+    image_shape: tuple[int, int, int],
+    latent_dim: int,
+    num_classes: int,
+    filters: int,
+    hidden_units: int,
+    likelihood: str,
+) -> keras.Model:
+    height, width, channels = image_shape
+    steps = downsampling_steps(image_shape)
+    small_h, small_w = height // 2**steps, width // 2**steps
+    top_filters = filters * 2 ** max(steps - 1, 0)
+    z = keras.Input(shape=(latent_dim,), name="z")
+    inputs = [z]
+    h = z
+    if num_classes:
+        label = keras.Input(shape=(num_classes,), name="label_one_hot")
+        inputs.append(label)
+        h = layers.Concatenate(name="with_label")([h, label])
+    h = layers.Dense(hidden_units, activation="relu", name="hidden")(h)
+    h = layers.Dense(small_h * small_w * top_filters, activation="relu", name="project")(h)
+    h = layers.Reshape((small_h, small_w, top_filters), name="unflatten")(h)
+    for i in reversed(range(steps)):
+        h = layers.Conv2DTranspose(filters * 2**i, 3, strides=2, padding="same", activation="relu", name=f"deconv_{i}")(
+            h
+        )
+    out_channels = likelihoods.parameter_channels(likelihood, channels)
+    params = layers.Conv2D(out_channels, 3, padding="same", name="likelihood_params", dtype="float32")(h)
+    return keras.Model(inputs if num_classes else z, params, name="decoder")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class VariationalAutoencoder(keras.Model):
+    """A VAE; with ``num_classes > 0`` a conditional VAE whose encoder and decoder see the label.
+
+    Inputs: an image batch (N, H, W, C) in [0, 1], or for a conditional model a dict
+    ``{"image": ..., "label": int labels}``. Everything needed to rebuild it, including the
+    anomaly calibration and the scoring settings, lives in its config, so a saved ``.keras``
+    file reloads with ``safe_mode=True``.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int = 8,
+        likelihood: str = "bernoulli",
+        num_classes: int = 0,
+        class_names: list[str] | None = None,
+        filters: int = 32,
+        hidden_units: int = 256,
+        seed: int | None = None,
+        calibration: dict[str, Any] | None = None,
+        score_samples: int = 16,
+        score_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.latent_dim = int(latent_dim)
+        self.likelihood = likelihoods.check_likelihood(likelihood)
+        self.num_classes = int(num_classes)
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
+        self.filters = int(filters)
+        self.hidden_units = int(hidden_units)
+        self.seed = seed
+        self.calibration = calibration
+        self.score_samples = int(score_samples)
+        self.score_seed = int(score_seed)
+        self.encoder = build_encoder(self.image_shape, self.latent_dim, self.num_classes, self.filters, hidden_units)
+        self.decoder = build_decoder(
+            self.image_shape, self.latent_dim, self.num_classes, self.filters, hidden_units, self.likelihood
+        )
+        self.sampling = Sampling(seed, name="sampling")
+        self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
+        self.built = True
+
+    @property
+    def is_conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def _one_hot(self, labels):
+        return ops.one_hot(ops.cast(labels, "int32"), self.num_classes)
+
+    def split_inputs(self, inputs):
+        """(images, one-hot labels or None) from whatever form ``call`` accepts."""
+        if isinstance(inputs, dict):
+            images, labels = inputs["image"], inputs.get("label")
+        else:
+            images, labels = inputs, None
+        if self.is_conditional:
+            if labels is None:
+                raise ValueError("this is a conditional VAE: pass {'image': ..., 'label': ...}")
+            return images, self._one_hot(labels)
+        return images, None
+
+    def encode(self, images, one_hot=None):
+        return self.encoder([images, one_hot] if self.is_conditional else images)
+
+    def decode(self, z, one_hot=None):
+        return self.decoder([z, one_hot] if self.is_conditional else z)
+
+    def call(self, inputs, training=False):
+        images, one_hot = self.split_inputs(inputs)
+        mean, log_var = self.encode(images, one_hot)
+        z = self.sampling([mean, log_var])
+        params = self.decode(z, one_hot)
+        reconstruction = likelihoods.negative_log_likelihood(images, ops.cast(params, "float32"), self.likelihood)
+        return ops.stack([reconstruction, kl_divergence(mean, log_var)], axis=-1)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        y_pred = ops.cast(y_pred, "float32")
+        return ops.mean(y_pred[:, 0] + self.kl_weight * y_pred[:, 1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "image_shape": list(self.image_shape),
+            "latent_dim": self.latent_dim,
+            "likelihood": self.likelihood,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "filters": self.filters,
+            "hidden_units": self.hidden_units,
+            "seed": self.seed,
+            "calibration": self.calibration,
+            "score_samples": self.score_samples,
+            "score_seed": self.score_seed,
+        }
+
+
+# Compile-time metrics over the per-example terms that ``call`` returns.
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def reconstruction(y_true, y_pred):
+    return y_pred[:, 0]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def kl(y_true, y_pred):
+    return y_pred[:, 1]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def neg_elbo(y_true, y_pred):
+    return y_pred[:, 0] + y_pred[:, 1]
+
+
+def compile_model(model: VariationalAutoencoder, learning_rate: float = 1e-3, jit_compile: bool | str = "auto") -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        metrics=[reconstruction, kl, neg_elbo],
+        jit_compile=jit_compile,
+    )
+
+
+def model_inputs(images: np.ndarray, labels: np.ndarray | None, conditional: bool):
+    """The ``x`` that ``fit`` and ``call`` expect for this kind of model."""
+    if conditional:
+        return {"image": images, "label": labels.astype("int32")}
+    return images

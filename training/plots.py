@@ -1,0 +1,109 @@
+"""Figures logged with every training run (and reused by reports): matplotlib, Agg backend."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from scoring import sampling  # noqa: E402
+
+
+def image_grid(
+    images: np.ndarray, ncols: int = 10, title: str | None = None, row_labels: list[str] | None = None
+) -> Figure:
+    """A grid of (N, H, W, C) images in [0, 1]."""
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.8, nrows * 0.8 + (0.4 if title else 0)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if i < n:
+            img = images[i]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        if row_labels and i % ncols == 0 and i // ncols < len(row_labels):
+            ax.set_ylabel(row_labels[i // ncols], rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(history: dict[str, list[float]]) -> Figure:
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, key in zip(axes, ("neg_elbo", "reconstruction", "kl"), strict=True):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + key in history:
+                ax.plot(
+                    np.arange(1, len(history[prefix + key]) + 1),
+                    history[prefix + key],
+                    style,
+                    label=("validation" if prefix else "train"),
+                )
+        ax.set_title(f"{key} (nats)")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def reconstructions(model, images: np.ndarray, labels: np.ndarray | None, n: int = 10) -> Figure:
+    images, labels = images[:n], None if labels is None else labels[:n]
+    z = sampling.posterior_means(model, images, labels)
+    decoded = sampling.decode_images(model, z, labels)
+    return image_grid(
+        np.concatenate([images, decoded]),
+        ncols=len(images),
+        title="inputs (top), reconstructions",
+    )
+
+
+def prior_grid(model, n: int = 100, seed: int = 0) -> Figure:
+    labels = np.arange(n) % model.num_classes if model.num_classes else None
+    z = sampling.prior_latents(n, model.latent_dim, seed)
+    return image_grid(sampling.decode_images(model, z, labels), title="samples from the prior")
+
+
+def per_label_grid(model, per_label: int = 10, seed: int = 0) -> Figure:
+    labels = np.repeat(np.arange(model.num_classes), per_label)
+    z = sampling.prior_latents(len(labels), model.latent_dim, seed)
+    return image_grid(
+        sampling.decode_images(model, z, labels),
+        ncols=per_label,
+        row_labels=model.class_names,
+        title="conditional samples, one row per label",
+    )
+
+
+def latent_map(model, images: np.ndarray, labels: np.ndarray | None) -> Figure:
+    """Posterior means in 2-D (the first two principal components when the latent is wider)."""
+    means = sampling.posterior_means(model, images, labels if model.num_classes else None)
+    if means.shape[1] > 2:
+        centred = means - means.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        means = centred @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    points = ax.scatter(means[:, 0], means[:, 1], c=labels if labels is not None else "C0", cmap="tab10", s=6)
+    if labels is not None:
+        fig.colorbar(points, ax=ax, label="label")
+    ax.set_title("posterior means" + (" (first 2 PCs)" if model.latent_dim > 2 else ""))
+    fig.tight_layout()
+    return fig
+
+
+def score_histogram(scores: np.ndarray, threshold: float, title: str = "validation neg ELBO") -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(scores, bins=40, color="C0", alpha=0.8)
+    ax.axvline(threshold, color="C3", linestyle="--", label=f"threshold {threshold:.2f}")
+    ax.set_xlabel("negative ELBO (nats)")
+    ax.set_ylabel("examples")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,105 @@
+"""MLflow tracking and the model registry: where runs go, how models are found and promoted."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+CHAMPION = "champion"
+EXPERIMENT = "vae"
+DEFAULT_WORK_DIR = "vae-work"
+
+
+def work_dir(path: str | os.PathLike | None = None) -> Path:
+    """The project's working folder (``VAE_WORK_DIR`` or ``./vae-work``), created on first use."""
+    folder = Path(path or os.environ.get("VAE_WORK_DIR", DEFAULT_WORK_DIR)).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def tracking_uri(work: str | os.PathLike | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a SQLite store in the working folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work_dir(work) / 'mlflow.db'}"
+
+
+def configure(work: str | os.PathLike | None = None, experiment: str = EXPERIMENT) -> str:
+    """Points MLflow at the tracking store and selects the experiment; returns the URI."""
+    import mlflow
+
+    uri = tracking_uri(work)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = None
+        if uri.startswith("sqlite:"):
+            location = (work_dir(work) / "mlartifacts").as_uri()
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: object  # training.model.VariationalAutoencoder
+    name: str
+    version: str
+    uri: str
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+def resolve(uri: str) -> tuple[str, str]:
+    """(registered name, version) for ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``;
+    (file stem, "local") for a ``.keras`` file."""
+    match = _MODELS_URI.match(uri)
+    if not match:
+        if uri.endswith(".keras"):
+            return Path(uri).stem, "local"
+        raise ValueError(f"{uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or a .keras file")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name = match["name"]
+    if match["version"]:
+        return name, match["version"]
+    try:
+        return name, MlflowClient().get_model_version_by_alias(name, match["alias"]).version
+    except MlflowException as exc:
+        raise LookupError(
+            f"{uri}: no model version has the alias {match['alias']!r} in {tracking_uri()}; "
+            f"train one with `vae train --model-name {name}`"
+        ) from exc
+
+
+def load_model(uri: str) -> LoadedModel:
+    """Loads a registered (or local ``.keras``) VAE with ``safe_mode=True``."""
+    import keras
+
+    import training.model  # noqa: F401  registers the custom classes for deserialisation
+
+    name, version = resolve(uri)
+    if version == "local":
+        model = keras.saving.load_model(uri, safe_mode=True)
+    else:
+        import mlflow.keras
+
+        model = mlflow.keras.load_model(f"models:/{name}/{version}", load_model_kwargs={"safe_mode": True})
+    return LoadedModel(model=model, name=name, version=str(version), uri=uri)
+
+
+def champion_version(name: str) -> str | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, CHAMPION).version
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, version)
