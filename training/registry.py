@@ -32,8 +32,8 @@ def configure(work: str | os.PathLike | None = None, experiment: str = EXPERIMEN
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         location = None
-        if uri.startswith("sqlite:"):
-            location = (work_dir(work) / "mlartifacts").as_uri()
+        if uri.startswith("sqlite:///"):  # artifacts beside the database, not in whatever the cwd is
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
     return uri

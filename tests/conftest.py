@@ -1,0 +1,45 @@
+"""Shared fixtures: a real SQLite MLflow store in a temporary folder, and small trained models
+registered in it (trained once per test session and worker)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+QUICK = {"epochs": 4, "kl_warmup": 1, "early_stopping": 0, "score_samples": 4}
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """Points MLflow (and the ``vae`` command) at a fresh SQLite store for the whole session."""
+    from training import registry
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("VAE_WORK_DIR", str(folder / "work"))
+        registry.configure(folder / "work")
+        yield uri
+
+
+def _train(mlflow_store, **overrides):
+    from training.config import TrainConfig
+    from training.train import train
+
+    return train(TrainConfig(**(QUICK | overrides)))
+
+
+@pytest.fixture(scope="session")
+def trained_plain(mlflow_store):
+    """A plain VAE on digits registered as ``vae-test-plain`` with the champion alias."""
+    return _train(mlflow_store, model_name="vae-test-plain", promote="always")
+
+
+@pytest.fixture(scope="session")
+def trained_conditional(mlflow_store):
+    """A conditional VAE on digits registered as ``vae-test-cond`` with the champion alias."""
+    return _train(mlflow_store, model_name="vae-test-cond", conditional=True, promote="always")
