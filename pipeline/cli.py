@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 
 from pipeline.cli_support import setup_logging
+from pipeline.commands.evaluate import evaluate_command
+from pipeline.commands.generate import generate_command
+from pipeline.commands.report import report_command
 from pipeline.commands.run import run_command
+from pipeline.commands.score import score_command
 from pipeline.commands.train import train_command
 
 
@@ -28,3 +32,7 @@ def main(ctx: click.Context, work_dir: str, verbose: bool) -> None:
 
 main.add_command(train_command)
 main.add_command(run_command)
+main.add_command(score_command)
+main.add_command(evaluate_command)
+main.add_command(report_command)
+main.add_command(generate_command)

@@ -45,3 +45,47 @@ def posterior_latents(
 def posterior_means(model: ScorableModel, images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
     mean, _ = model.encode(np.asarray(images, np.float32), one_hot(labels, model.num_classes))
     return np.asarray(ops.convert_to_numpy(mean))
+
+
+SAMPLE_METHODS = ("prior", "conditional", "posterior")
+
+
+def stream_seed(seed: int, *key: int) -> int:
+    """A 64-bit seed for the random stream named by ``(seed, *key)`` (numpy ``SeedSequence``), e.g. one
+    per block of samples, so a block's draws depend only on the run's seed and the block's index."""
+    return int(np.random.SeedSequence([int(seed), *(int(k) for k in key)]).generate_state(1, np.uint64)[0])
+
+
+def synthesize(
+    model: ScorableModel,
+    method: str,
+    count: int,
+    *,
+    seed: int,
+    labels: np.ndarray | None = None,
+    images: np.ndarray | None = None,
+    temperature: float = 1.0,
+    sample_pixels: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, latents)`` for ``count`` synthetic samples, reproducible for a seed.
+
+    ``prior`` and ``conditional``: z ~ N(0, temperature^2 I); a conditional model decodes with
+    ``labels``. ``posterior``: z ~ q(z|x) of ``images`` (and their ``labels`` for a conditional
+    model) with the standard deviation scaled by ``temperature``. Images are the likelihood's mean,
+    or a draw from it with ``sample_pixels`` (a second stream of the same seed).
+    """
+    if method not in SAMPLE_METHODS:
+        raise ValueError(f"unknown sampling method {method!r}; choose one of {', '.join(SAMPLE_METHODS)}")
+    conditional = bool(model.num_classes)
+    if conditional and labels is None:
+        raise ValueError("this is a conditional VAE: sampling needs a label per sample")
+    cond_labels = np.asarray(labels, dtype=np.int64)[:count] if conditional else None
+    if method == "posterior":
+        if images is None or len(images) != count:
+            raise ValueError("posterior sampling needs one source image per sample")
+        z = posterior_latents(model, images, cond_labels, seed=seed, temperature=temperature)
+    else:
+        z = prior_latents(count, model.latent_dim, seed=seed, temperature=temperature)
+    pixel_rng = np.random.default_rng([seed, 1])
+    decoded = decode_images(model, z, cond_labels, sample_pixels=sample_pixels, rng=pixel_rng)
+    return np.asarray(decoded, dtype=np.float32), z

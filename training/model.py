@@ -161,10 +161,18 @@ class VariationalAutoencoder(keras.Model):
         return images, None
 
     def encode(self, images, one_hot=None):
-        return self.encoder([images, one_hot] if self.is_conditional else images)
+        """(mean, log_var) of q(z|x); accepts numpy arrays or tensors."""
+        images = ops.convert_to_tensor(images, dtype="float32")
+        if self.is_conditional:
+            return self.encoder([images, ops.convert_to_tensor(one_hot, dtype="float32")])
+        return self.encoder(images)
 
     def decode(self, z, one_hot=None):
-        return self.decoder([z, one_hot] if self.is_conditional else z)
+        """The likelihood's parameters for latents ``z``; accepts numpy arrays or tensors."""
+        z = ops.convert_to_tensor(z, dtype="float32")
+        if self.is_conditional:
+            return self.decoder([z, ops.convert_to_tensor(one_hot, dtype="float32")])
+        return self.decoder(z)
 
     def call(self, inputs, training=False):
         images, one_hot = self.split_inputs(inputs)

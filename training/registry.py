@@ -65,7 +65,7 @@ def resolve(uri: str) -> tuple[str, str]:
     if match["version"]:
         return name, match["version"]
     try:
-        return name, MlflowClient().get_model_version_by_alias(name, match["alias"]).version
+        return name, str(MlflowClient().get_model_version_by_alias(name, match["alias"]).version)
     except MlflowException as exc:
         raise LookupError(
             f"{uri}: no model version has the alias {match['alias']!r} in {tracking_uri()}; "
@@ -94,7 +94,7 @@ def champion_version(name: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return MlflowClient().get_model_version_by_alias(name, CHAMPION).version
+        return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         return None
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
 from pipeline.cli_support import friendly_errors, parse_shape
@@ -36,7 +39,8 @@ def train_options(func):
             show_default=True,
             help="Maximum epochs (early stopping may end sooner).",
         ),
-        click.option("--batch-size", type=click.IntRange(1), default=d.batch_size, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=d.batch_size, show_default=True,
+                     help="Images per gradient step."),
         click.option(
             "--learning-rate",
             type=click.FloatRange(min=0, min_open=True),
@@ -112,16 +116,39 @@ def train_options(func):
 )
 @click.option("--model-name", default="vae-digits", show_default=True, help="Registered model name in MLflow.")
 @click.option("--conditional", is_flag=True, help="Train a label-conditioned VAE (the data needs labels).")
+@click.option(
+    "--result-json",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also write the outcome (model_name, version, promoted, run_id, validation_neg_elbo, "
+    "test_neg_elbo) to this JSON file, for schedulers.",
+)
 @train_options
 @click.pass_context
 @friendly_errors
-def train_command(ctx: click.Context, **options) -> None:
+def train_command(ctx: click.Context, result_json: str | None, **options) -> None:
     """Train a VAE, calibrate its anomaly threshold, log it to MLflow and register it.
 
     Uses a SQLite MLflow store in the working folder unless MLFLOW_TRACKING_URI is set.
     """
     result = run_training(ctx, **options)
     print_result(result)
+    if result_json:
+        write_result_json(result, Path(result_json))
+
+
+def write_result_json(result, path: Path) -> None:
+    """One line of JSON with what a scheduler needs to know about the new model version."""
+    outcome = {
+        "model_name": result.model_name,
+        "version": str(result.version),
+        "promoted": bool(result.promoted),
+        "run_id": result.run_id,
+        "validation_neg_elbo": float(result.validation_neg_elbo),
+        "test_neg_elbo": float(result.test_neg_elbo),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(outcome) + "\n")
 
 
 def run_training(ctx: click.Context, **options):

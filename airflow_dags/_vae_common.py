@@ -1,0 +1,283 @@
+"""What the ``vae_*`` DAGs share: settings, the model Asset, and the ``vae`` command lines they run.
+
+The DAGs do no work of their own: every task either builds a ``vae`` command line (run by bash in
+the project's own environment, so TensorFlow, Beam and MLflow are never imported by Airflow) or
+reads a small result. This module imports only the standard library and ``airflow.sdk``, so parsing
+the DAG files is quick.
+
+A setting is looked up, at run time and never at parse time, in this order: the run's param (``-c``
+conf or the trigger form), the Airflow Variable ``vae_<name>``, then the default below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Asset, Param
+
+VARIABLE_PREFIX = "vae_"
+
+#: One event per model version registered by ``vae_retrain``; its extra says which and whether promoted.
+MODEL_ASSET = Asset(name="vae_model", uri="vae://models")
+
+#: Where the DAGs' schedules start; ``catchup=False`` so no backfill of the past.
+START_DATE = datetime(2026, 1, 1)
+
+
+def default_vae_command() -> str:
+    """The ``vae`` next to the running interpreter (Airflow installed in the project's environment),
+    else ``vae`` on the PATH."""
+    beside = Path(sys.executable).parent / "vae"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("vae") or "vae"
+
+
+def default_work_dir() -> str:
+    return os.environ.get("VAE_WORK_DIR") or str(Path("~/vae-work").expanduser())
+
+
+#: Defaults: a string, or a callable evaluated on the worker when the setting is needed.
+#: ``{work_dir}`` in a default is replaced by the resolved work dir.
+DEFAULTS: dict[str, str | Callable[[], str]] = {
+    # every DAG
+    "command": default_vae_command,  # path of the `vae` executable in the project's environment
+    "work_dir": default_work_dir,  # vae --work-dir: its local MLflow store (unless a tracking URI is set)
+    "mlflow_tracking_uri": "",  # empty: inherit MLFLOW_TRACKING_URI, else SQLite in the work dir
+    "model_name": "vae-digits",
+    # vae_retrain
+    "train_data": "digits",
+    "conditional": "false",
+    "epochs": "",  # empty: the `vae train` default
+    "train_args": "",  # more `vae train` options, e.g. "--latent-dim 16 --kl-warmup 5"
+    # vae_score
+    "input_root": "digits",  # {input_root}/date=YYYY-MM-DD/ is a day's input; "digits": the built-in set
+    "output_root": "{work_dir}/daily",  # {output_root}/date=YYYY-MM-DD/ gets scores/ and rejects/
+    "score_args": "",
+    # vae_augment
+    "synthetic_root": "{work_dir}/synthetic",  # {synthetic_root}/{model}/version=V/ gets synthetic/
+    "synthetic_per_label": "100",  # conditional models: images per label
+    "synthetic_n": "1000",  # plain models: images from the prior
+    "synthetic_seed": "0",
+    "generate_args": "",
+}
+
+TRUE = {"1", "true", "yes", "on"}
+
+
+def variable_name(name: str) -> str:
+    return VARIABLE_PREFIX + name
+
+
+def get_variable(name: str) -> str | None:
+    """The Airflow Variable ``vae_<name>`` (or env ``AIRFLOW_VAR_VAE_<NAME>``), None when unset.
+    Only call it inside a running task."""
+    from airflow.sdk import Variable
+
+    value = Variable.get(variable_name(name), default=None)
+    return None if value is None else str(value)
+
+
+def setting(
+    name: str,
+    params: Mapping[str, Any] | None,
+    variables: Callable[[str], str | None] = get_variable,
+) -> str:
+    """The value of one setting: the run's param, else the Variable, else the default."""
+    value = (params or {}).get(name)
+    if value is None or value == "":
+        value = variables(name)
+    if value is None or value == "":
+        default = DEFAULTS[name]
+        value = default() if callable(default) else default
+    value = str(value)
+    if "{work_dir}" in value:
+        value = value.replace("{work_dir}", setting("work_dir", params, variables))
+    return value
+
+
+def flag(value: str | bool) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in TRUE
+
+
+def param(name: str, description: str, type_: str = "string") -> Param:
+    """A run param that is empty by default, so the Variable or the default applies."""
+    default = DEFAULTS[name]
+    shown = "see the docs" if callable(default) else (repr(default) if default else "empty")
+    return Param(
+        None,
+        type=["null", type_],
+        description=f"{description} Empty: Variable {variable_name(name)}, else {shown}.",
+    )
+
+
+COMMON_PARAMS = {
+    "model_name": lambda: param("model_name", "Registered model name in MLflow."),
+    "mlflow_tracking_uri": lambda: param("mlflow_tracking_uri", "MLflow tracking URI for this run."),
+}
+
+
+def default_args() -> dict[str, Any]:
+    """Retries with exponential back-off (2, 4, 8 ... minutes, at most an hour).
+
+    ``VAE_DAG_RETRIES`` in the scheduler's environment changes the number of retries (tests use 0)."""
+    return {
+        "owner": "vae",
+        "retries": int(os.environ.get("VAE_DAG_RETRIES", "2")),
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(hours=1),
+    }
+
+
+def schedule(env: str, default: str) -> str:
+    """A DAG's schedule: a cron expression or preset from the scheduler's environment, else ``default``."""
+    return os.environ.get(env) or default
+
+
+# ---------------------------------------------------------------- command lines
+
+
+def vae_shell(args: list[str], params: Mapping[str, Any] | None, variables=get_variable, then: str = "") -> str:
+    """A bash script that runs ``vae --work-dir WORK ARGS`` with the configured MLflow tracking URI.
+
+    The command's stdout and stderr go to the task log; a non-zero exit fails the task."""
+    lines = ["set -euo pipefail"]
+    uri = setting("mlflow_tracking_uri", params, variables)
+    if uri:
+        lines.append(f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}")
+    command = [setting("command", params, variables), "--work-dir", setting("work_dir", params, variables), *args]
+    lines.append(f"echo {shlex.quote('+ ' + shlex.join(command))}")
+    lines.append(shlex.join(command))
+    if then:
+        lines.append(then)
+    return "\n".join(lines)
+
+
+TRAIN_RESULT = "vae-train-result.json"
+
+
+def train_command(params: Mapping[str, Any] | None, variables=get_variable) -> str:
+    """``vae train`` on the configured data, promoting only a better model; prints its JSON result last."""
+
+    def get(name: str) -> str:
+        return setting(name, params, variables)
+
+    args = ["train", "--data", get("train_data"), "--model-name", get("model_name"), "--promote", "if-better"]
+    if flag(get("conditional")):
+        args.append("--conditional")
+    if get("epochs"):
+        args += ["--epochs", get("epochs")]
+    args += shlex.split(get("train_args"))
+    # bash runs in a fresh temporary folder, so the result file is this run's own
+    args += ["--result-json", TRAIN_RESULT]
+    return vae_shell(args, params, variables, then=f"cat {TRAIN_RESULT}")
+
+
+def parse_train_result(output: str) -> dict[str, Any]:
+    """The JSON line ``vae train --result-json`` wrote, from the last line of the task's output."""
+    lines = output.strip().splitlines()
+    if not lines:
+        raise ValueError("vae train printed nothing")
+    return json.loads(lines[-1])
+
+
+def model_event_extra(result: Mapping[str, Any], conditional: bool) -> dict[str, Any]:
+    """The extra on the model Asset event: what ``vae_augment`` needs."""
+    return {
+        "model_name": str(result["model_name"]),
+        "version": str(result["version"]),
+        "promoted": bool(result["promoted"]),
+        "conditional": conditional,
+        "run_id": result.get("run_id"),
+        "validation_neg_elbo": result.get("validation_neg_elbo"),
+    }
+
+
+def run_day(params: Mapping[str, Any] | None, ds: str | None, run_after: datetime | None) -> str:
+    """The day a run works on (YYYY-MM-DD): the ``date`` param, else the logical date (``ds``), else
+    (a manual run without a logical date) the day it was triggered."""
+    chosen = (params or {}).get("date") or ds
+    if chosen:
+        return str(chosen)
+    if run_after is None:
+        raise ValueError("the run has no logical date: give the day as the param 'date' (YYYY-MM-DD)")
+    return run_after.date().isoformat()
+
+
+def day_input(input_root: str, ds: str) -> tuple[str, str | None]:
+    """(where the day's input should be, the input to score or None when there is none).
+
+    ``digits`` is the built-in data set, the same every day (for demos and tests). A remote root
+    (``gs://...``) cannot be checked cheaply here and is passed on as is."""
+    if input_root == "digits":
+        return "digits", "digits"
+    path = f"{input_root.rstrip('/')}/date={ds}"
+    if "://" in input_root:
+        return path, path
+    folder = Path(path)
+    if folder.is_dir() and any(folder.iterdir()):
+        return path, path
+    return path, None
+
+
+def day_output(output_root: str, ds: str) -> str:
+    """The output folder of one day: ``vae score`` replaces its ``scores/`` and ``rejects/`` atomically,
+    so a rerun of a day replaces that day only."""
+    return f"{output_root.rstrip('/')}/date={ds}"
+
+
+def score_command(input_path: str, ds: str, params: Mapping[str, Any] | None, variables=get_variable) -> str:
+    def get(name: str) -> str:
+        return setting(name, params, variables)
+
+    args = [
+        "score",
+        "--model",
+        f"models:/{get('model_name')}@champion",
+        "--input",
+        input_path,
+        "--output",
+        day_output(get("output_root"), ds),
+        *shlex.split(get("score_args")),
+    ]
+    return vae_shell(args, params, variables)
+
+
+def latest_promoted(events: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The extra of the last event that promoted a version, from a list in time order."""
+    promoted = [extra for extra in events if extra.get("promoted")]
+    return promoted[-1] if promoted else None
+
+
+def generate_command(model: Mapping[str, Any], params: Mapping[str, Any] | None, variables=get_variable) -> str:
+    """``vae generate`` for one registered version: per label for a conditional model, else from the prior."""
+
+    def get(name: str) -> str:
+        return setting(name, params, variables)
+
+    name, version = str(model["model_name"]), str(model["version"])
+    if flag(model.get("conditional", False)):
+        how = ["--method", "conditional", "--per-label", get("synthetic_per_label")]
+    else:
+        how = ["--method", "prior", "--n", get("synthetic_n")]
+    args = [
+        "generate",
+        "--model",
+        f"models:/{name}/{version}",
+        *how,
+        "--output",
+        f"{get('synthetic_root').rstrip('/')}/{name}/version={version}",
+        "--seed",
+        get("synthetic_seed"),
+        *shlex.split(get("generate_args")),
+    ]
+    return vae_shell(args, params, variables)

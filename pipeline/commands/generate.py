@@ -1,0 +1,158 @@
+"""``vae generate``: a thin shell over :func:`pipeline.generate_pipeline.generate_dataset`."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli_support import friendly_errors, parse_shape
+
+METHODS = ("prior", "conditional", "posterior")
+RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
+DEFAULT_WORKERS = 2  # as `vae score`
+
+
+@click.command("generate")
+@click.option(
+    "--model",
+    "model_uri",
+    default="models:/vae-digits@champion",
+    show_default=True,
+    help="Registered model (models:/NAME@ALIAS or models:/NAME/VERSION) or a .keras file.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    required=True,
+    help="prior: z ~ N(0, T^2 I) (any model); conditional: N images per label (conditional models); "
+    "posterior: encode real images from --input, sample z ~ q(z|x), decode.",
+)
+@click.option(
+    "--n",
+    "n",
+    type=click.IntRange(1),
+    default=None,
+    help="Samples in all [prior: 1000; posterior: one per input image]. For a conditional model they are "
+    "spread evenly over the labels; for posterior they cycle over the input images.",
+)
+@click.option(
+    "--per-label",
+    type=click.IntRange(1),
+    default=None,
+    help="Samples per label [conditional: 100]. Not with --n.",
+)
+@click.option(
+    "--labels",
+    default=None,
+    metavar="LIST",
+    help="Only these labels, as indices or class names separated by commas, e.g. 0,3,7 [all]. "
+    "For posterior: only input images with these labels.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0),
+    default=1.0,
+    show_default=True,
+    help="Scales the latent standard deviation: of the prior, or of q(z|x) for posterior (0: the mean).",
+)
+@click.option(
+    "--input",
+    "input_spec",
+    default=None,
+    help="posterior only: images to encode: digits (built in), or a Parquet file or folder, .npz, PNG folder [digits].",
+)
+@click.option("--shape", callback=parse_shape, default=None, help="Image shape HxWxC for a Parquet 'pixels' --input.")
+@click.option(
+    "--sample-pixels",
+    is_flag=True,
+    help="Draw the pixels from p(x|z) instead of taking its mean (noisier, e.g. binary for Bernoulli).",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder for the Parquet dataset OUTPUT/synthetic/method=METHOD/label=L/*.parquet (this method's "
+    "partition is replaced only when the run succeeds; other methods are kept) and the grid "
+    "OUTPUT/synthetic-METHOD.png.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Seed: the same seed gives the same images, whatever the shards or workers.",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(1),
+    default=None,
+    help="Units of work handed to Beam workers [one per 4096 samples]. Does not change the images.",
+)
+@click.option("--grid/--no-grid", default=True, show_default=True, help="Save a PNG grid of the samples.")
+@click.option(
+    "--log-grid", is_flag=True, help="Also log the grid to the model version's MLflow run (artifact 'synthetic/')."
+)
+@click.option(
+    "--runner",
+    default="DirectRunner",
+    show_default=True,
+    help="Beam runner. DirectRunner runs locally, offline; others (DataflowRunner, FlinkRunner, SparkRunner) "
+    "take their options after -- as BEAM_ARGS.",
+)
+@click.option(
+    "--direct-num-workers",
+    type=click.IntRange(1),
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    help="DirectRunner: parallel workers (each loads the model once).",
+)
+@click.option(
+    "--direct-running-mode",
+    type=click.Choice(RUNNING_MODES),
+    default="multi_processing",
+    show_default=True,
+    help="DirectRunner: worker processes, threads, or one in-process worker (fastest start for small jobs).",
+)
+@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BEAM_ARGS...]")
+@click.pass_context
+@friendly_errors
+def generate_command(
+    ctx: click.Context,
+    model_uri: str,
+    method: str,
+    input_spec: str | None,
+    output: str,
+    grid: bool,
+    log_grid: bool,
+    beam_args: tuple[str, ...],
+    **options,
+) -> None:
+    """Write synthetic images from a registered VAE to Parquet with an Apache Beam pipeline.
+
+    Columns: sample_id, method, label, image_png, height, width, channels, pixels, latent, seed,
+    source_example_id (posterior), model_name, model_version, created_at; partitioned by method and
+    label. Example:
+
+    \b
+        vae generate --method conditional --per-label 100 --labels 0,3,7 --output out
+    """
+    from pipeline import generate_pipeline as gp
+
+    summary = gp.generate_dataset(
+        model_uri,
+        method,
+        output,
+        input=input_spec,
+        beam_args=beam_args,
+        work_dir=ctx.obj.get("work_dir") if ctx.obj else None,
+        **options,
+    )
+    if grid:
+        from dataclasses import replace
+
+        summary = replace(summary, grid=gp.save_grid(summary))
+        if log_grid:
+            run_id = gp.log_grid(summary.model_name, summary.model_version, summary.grid)
+            if run_id:
+                click.echo(f"logged the grid to MLflow run {run_id} (artifact synthetic/{summary.grid.name})")
+    for line in summary.lines():
+        click.echo(line)

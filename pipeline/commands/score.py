@@ -1,0 +1,125 @@
+"""``vae score``: a thin shell over :func:`pipeline.score_pipeline.score_dataset`."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from pipeline.cli_support import friendly_errors, parse_shape
+
+DEFAULT_MODEL = "models:/vae-digits@champion"
+RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
+
+
+@click.command(
+    "score",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    epilog="Any other option is passed to Beam as a pipeline option, e.g. --runner DataflowRunner "
+    "--project P --region R --temp_location gs://B/tmp --setup_file ./setup.py.",
+)
+@click.option(
+    "--model",
+    "model_uri",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="models:/NAME@ALIAS, models:/NAME/VERSION, or a .keras file. An alias is resolved once, at the start.",
+)
+@click.option(
+    "--input",
+    "input_spec",
+    default="digits",
+    show_default=True,
+    help="A .parquet file or folder, an .npz file, a folder of PNG/JPEG files, digits (built in), or "
+    "digits:train|validation|test (that part of the training split made with --split-seed).",
+)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the scores/ and rejects/ Parquet datasets; each is replaced only when the run succeeds.",
+)
+@click.option(
+    "--iwae-k",
+    type=click.IntRange(1),
+    default=None,
+    help="Also compute the importance-weighted bound iwae_nll with K samples (slower; null when not given).",
+)
+@click.option(
+    "--fpr",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Re-threshold at this false positive rate on the model's held-out scores (default: the stored threshold).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=1024,
+    show_default=True,
+    help="Rows per Arrow record batch and per model call.",
+)
+@click.option(
+    "--shape",
+    callback=parse_shape,
+    default=None,
+    help="Image shape HxWxC of a Parquet 'pixels' column without height/width columns (default: the model's).",
+)
+@click.option(
+    "--split-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the split for digits:train|validation|test (the --seed the model was trained with).",
+)
+@click.option(
+    "--shard-rows",
+    type=click.IntRange(1),
+    default=50_000,
+    show_default=True,
+    help="Rows per unit of work spread over the workers (Parquet: whole row groups).",
+)
+@click.option(
+    "--runner",
+    default="DirectRunner",
+    show_default=True,
+    help="Beam runner: DirectRunner (local), DataflowRunner, FlinkRunner, SparkRunner, PortableRunner ...",
+)
+@click.option(
+    "--direct-num-workers",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="DirectRunner: parallel workers.",
+)
+@click.option(
+    "--direct-running-mode",
+    type=click.Choice(RUNNING_MODES),
+    default="multi_processing",
+    show_default=True,
+    help="DirectRunner: workers as processes, threads, or in this process.",
+)
+@click.pass_context
+@friendly_errors
+def score_command(ctx: click.Context, model_uri: str, input_spec: str, output: str, **options) -> None:
+    """Score a data set for anomalies with a registered VAE, in an Apache Beam pipeline.
+
+    Writes OUTPUT/scores (negative ELBO, its terms, p-value, threshold, is_anomaly per row) and
+    OUTPUT/rejects (every row that could not be scored, with the reason) as Parquet datasets.
+    """
+    from pipeline.score_pipeline import score_dataset
+
+    beam_args = list(ctx.args)
+    if beam_args:
+        click.echo(f"Beam pipeline options passed through: {' '.join(beam_args)}")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    summary = score_dataset(
+        model_uri,
+        input_spec,
+        output,
+        beam_args=beam_args,
+        work_dir=ctx.obj["work_dir"],
+        **options,
+    )
+    click.echo("")
+    for line in summary.lines():
+        click.echo(line)

@@ -1,0 +1,298 @@
+"""One self-contained HTML page about a model and the scores it made: learning curves,
+reconstructions, samples, the latent map, the score histogram with its threshold, and the top
+anomalies with their images. Every image is embedded as a base64 PNG, so the page travels alone
+(e-mail it, attach it to a ticket, open it from MLflow's artifact view).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training import data as data_lib
+
+log = logging.getLogger(__name__)
+
+CURVE_KEYS = ("neg_elbo", "reconstruction", "kl")
+SCORE_COLUMNS = ("neg_elbo", "reconstruction_nll", "kl", "iwae_nll", "p_value")
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str  # the section element's id
+    title: str
+    body: str  # HTML
+
+
+def figure_png(figure, dpi: int = 90) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
+    from training.plots import plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def image_png(image: np.ndarray, scale: int | None = None) -> bytes:
+    """One (H, W, C) image in [0, 1] as a PNG, enlarged by whole pixels to about 64 pixels a side."""
+    from PIL import Image
+
+    array = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    array = (array[..., 0] if array.shape[-1] == 1 else array) * 255.0
+    picture = Image.fromarray(array.round().astype(np.uint8))
+    scale = scale or max(1, 64 // max(array.shape[:2]))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def img_tag(png: bytes, alt: str, css_class: str = "figure") -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img class="{css_class}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def read_scores(path: str | Path, model_name: str | None = None, model_version: str | None = None):
+    """The scores dataset as a pandas frame, narrowed to one model's rows when the dataset holds several."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such scores dataset")
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except Exception as exc:
+        raise data_lib.DataError(f"{path}: not a readable Parquet scores dataset ({exc})") from exc
+    missing = [c for c in ("example_id", "neg_elbo") if c not in frame.columns]
+    if missing:
+        raise data_lib.DataError(f"{path}: the scores dataset has no {', '.join(missing)} column")
+    if frame.empty:
+        raise data_lib.DataError(f"{path}: the scores dataset is empty")
+    if model_name and {"model_name", "model_version"} <= set(frame.columns):
+        mine = (frame["model_name"] == model_name) & (frame["model_version"].astype(str) == str(model_version))
+        if mine.any() and not mine.all():
+            log.info("%s: %d of %d rows were scored by %s v%s", path, mine.sum(), len(frame), model_name, model_version)
+            frame = frame[mine]
+    return frame.reset_index(drop=True)
+
+
+def model_uri_from_scores(frame) -> str:
+    """``models:/NAME/VERSION`` of the model that made the (first) rows."""
+    if not {"model_name", "model_version"} <= set(frame.columns):
+        raise ValueError("the scores dataset does not say which model made it; pass --model")
+    return f"models:/{frame['model_name'].iloc[0]}/{frame['model_version'].iloc[0]}"
+
+
+def lookup_images(example_ids: np.ndarray, input_spec: str | None = None) -> dict[str, tuple[np.ndarray, int | None]]:
+    """example_id -> (image, label) from the scored input: ``input_spec`` (anything
+    :func:`training.data.load` reads), or the built-in digits for ``digits:<index>`` ids."""
+    ids = [str(i) for i in example_ids]
+    if input_spec is not None:
+        data = data_lib.load(input_spec)
+    elif ids and all(i.startswith("digits:") for i in ids):
+        data = data_lib.load_digits()
+    else:
+        return {}
+    wanted = set(ids)
+    found = {}
+    for i, example_id in enumerate(data.example_ids.tolist()):
+        if example_id in wanted:
+            found[example_id] = (data.images[i], None if data.labels is None else int(data.labels[i]))
+    return found
+
+
+def learning_history(run_id: str | None) -> dict[str, list[float]]:
+    """Per-epoch metrics of a training run, from MLflow's metric history (empty if there is none)."""
+    if not run_id:
+        return {}
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    history = {}
+    for key in CURVE_KEYS:
+        for name in (key, f"val_{key}"):
+            points = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+            if points:
+                history[name] = [float(m.value) for m in points]
+    return history
+
+
+def model_run_id(name: str, version: str) -> str | None:
+    if version == "local":
+        return None
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_model_version(name, version).run_id
+
+
+def _stat(label: str, value: object) -> str:
+    return f"<tr><th>{html.escape(label)}</th><td>{html.escape(str(value))}</td></tr>"
+
+
+def _number(value: object, digits: int = 3) -> str:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "" if value is None else str(value)
+    if math.isnan(v):
+        return "–"
+    return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
+
+
+def build_sections(frame, loaded, run_id: str | None, images: dict, top: int, seed: int = 0) -> list[Section]:
+    """The report's sections, in page order."""
+    from training import plots
+
+    model = loaded.model
+    sections = []
+    threshold = None
+    if getattr(model, "calibration", None):
+        threshold = float(model.calibration["threshold"])
+    elif "threshold" in frame.columns and frame["threshold"].notna().any():
+        threshold = float(frame["threshold"].dropna().iloc[0])
+    flagged = int(frame["is_anomaly"].fillna(False).astype(bool).sum()) if "is_anomaly" in frame.columns else None
+    scores = frame["neg_elbo"].to_numpy(dtype=np.float64)
+    overview = [
+        _stat("model", f"{loaded.name} version {loaded.version}"),
+        _stat("kind", ("conditional" if model.num_classes else "plain") + f" VAE, {model.likelihood} likelihood"),
+        _stat("latent size", model.latent_dim),
+        _stat("training run", run_id or "not in MLflow"),
+        _stat("rows scored", f"{len(frame):,}"),
+        _stat("flagged anomalous", "unknown" if flagged is None else f"{flagged:,} ({flagged / len(frame):.1%})"),
+        _stat("threshold", "unknown" if threshold is None else f"{threshold:.3f} nats (negative ELBO)"),
+        _stat("mean negative ELBO", f"{np.nanmean(scores):.3f} nats"),
+    ]
+    if "source" in frame.columns:
+        overview.append(_stat("source", ", ".join(sorted({str(s) for s in frame["source"].dropna().unique()}))))
+    sections.append(Section("overview", "Overview", f"<table class='stats'>{''.join(overview)}</table>"))
+
+    history = learning_history(run_id)
+    if history:
+        body = img_tag(figure_png(plots.learning_curves(history)), "learning curves")
+    else:
+        body = "<p class='note'>No per-epoch metrics: the model is not from an MLflow run of this store.</p>"
+    sections.append(Section("learning-curves", "Learning curves", body))
+
+    found = [(eid, *images[eid]) for eid in frame["example_id"].astype(str) if eid in images]
+    usable = [item for item in found if not model.num_classes or item[2] is not None]
+    if usable:
+        subset = usable[:1000]
+        x = np.stack([item[1] for item in subset])
+        labels = np.array([item[2] for item in subset]) if all(item[2] is not None for item in subset) else None
+        model_labels = labels if model.num_classes else None
+        recon = plots.reconstructions(model, x, model_labels)
+        sections.append(Section("reconstructions", "Reconstructions", img_tag(figure_png(recon), "reconstructions")))
+        latent = plots.latent_map(model, x, labels)
+        sections.append(Section("latent-map", "Latent map", img_tag(figure_png(latent), "latent map")))
+    else:
+        note = "<p class='note'>The scored images were not found; pass --input with the scored data.</p>"
+        sections.append(Section("reconstructions", "Reconstructions", note))
+    if model.num_classes:
+        grid = plots.per_label_grid(model, seed=seed)
+        sections.append(Section("samples", "Samples per label", img_tag(figure_png(grid), "samples per label")))
+    else:
+        grid = plots.prior_grid(model, seed=seed)
+        sections.append(Section("samples", "Samples from the prior", img_tag(figure_png(grid), "prior samples")))
+
+    histogram = plots.score_histogram(
+        scores[np.isfinite(scores)], threshold if threshold is not None else math.nan, title="scored negative ELBO"
+    )
+    sections.append(Section("histogram", "Score histogram", img_tag(figure_png(histogram), "score histogram")))
+    sections.append(Section("top-anomalies", f"Top {top} anomalies", top_table(frame, images, top)))
+    return sections
+
+
+def top_table(frame, images: dict, top: int) -> str:
+    ranked = frame.sort_values("neg_elbo", ascending=False, kind="stable").head(top)
+    columns = [c for c in SCORE_COLUMNS if c in ranked.columns and ranked[c].notna().any()]
+    head = ["rank", "image", "example_id", "label", *columns, "flagged"]
+    rows = []
+    for rank, (_, row) in enumerate(ranked.iterrows(), 1):
+        eid = str(row["example_id"])
+        picture = img_tag(image_png(images[eid][0]), eid, "digit") if eid in images else "–"
+        label = row.get("label")
+        flagged = row.get("is_anomaly")
+        cells = [
+            str(rank),
+            picture,
+            html.escape(eid),
+            "–" if label is None or (isinstance(label, float) and math.isnan(label)) else html.escape(str(label)),
+            *(_number(row[c], 4 if c == "p_value" else 3) for c in columns),
+            "yes" if flagged is True or flagged == 1 else ("no" if flagged is not None else "–"),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+    return f"<table class='anomalies'>{header}{''.join(rows)}</table>"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+table { border-collapse: collapse; } th, td { padding: .25em .6em; text-align: left; }
+table.anomalies td, table.anomalies th { border-bottom: 1px solid #eee; }
+img.figure { max-width: 100%; } img.digit { image-rendering: pixelated; width: 48px; height: 48px; }
+.note { color: #777; }
+"""
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    nav = " · ".join(f"<a href='#{s.key}'>{html.escape(s.title)}</a>" for s in sections)
+    body = "\n".join(f"<section id='{s.key}'>\n<h2>{html.escape(s.title)}</h2>\n{s.body}\n</section>" for s in sections)
+    created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n<p class='note'>created {created} · {nav}</p>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def render_report(
+    scores: str | Path,
+    model_uri: str | None = None,
+    output: str | Path = "report.html",
+    *,
+    top: int = 20,
+    input_spec: str | None = None,
+    log_to_mlflow: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Writes the HTML report for a scores dataset and the model that made it; returns its path.
+
+    ``model_uri``: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a ``.keras`` file (default:
+    the model named in the scores). ``input_spec``: the scored input, to show the images (the
+    built-in digits are found by their ``digits:<index>`` ids without it). With
+    ``log_to_mlflow`` the page is also logged as an artifact of the model's training run
+    (``report/<file name>``). MLflow must already point at the store (``registry.configure``).
+    """
+    from training import registry
+
+    if top < 1:
+        raise ValueError(f"--top must be at least 1, got {top}")
+    frame = read_scores(scores)
+    uri = model_uri or model_uri_from_scores(frame)
+    loaded = registry.load_model(uri)
+    frame = read_scores(scores, loaded.name, loaded.version)
+    run_id = model_run_id(loaded.name, loaded.version)
+    top_ids = frame.sort_values("neg_elbo", ascending=False).head(top)["example_id"].astype(str).to_numpy()
+    images = lookup_images(frame["example_id"].astype(str).to_numpy(), input_spec)
+    if images and not any(i in images for i in top_ids):
+        log.warning("none of the top anomalies' images were found in the input")
+    sections = build_sections(frame, loaded, run_id, images, top, seed)
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(f"VAE anomaly report: {loaded.name} v{loaded.version}", sections), encoding="utf-8")
+    if log_to_mlflow and run_id:
+        from mlflow import MlflowClient
+
+        MlflowClient().log_artifact(run_id, str(path), "report")
+    return path.resolve()

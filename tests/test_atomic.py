@@ -1,0 +1,59 @@
+"""The all-or-nothing dataset folder: a new dataset appears whole, a failed one leaves no trace."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.atomic import atomic_dataset_dir, replace_dir
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_success_moves_the_folder_into_place(tmp_path):
+    target = tmp_path / "out" / "scores"
+    with atomic_dataset_dir(target) as tmp:
+        assert tmp.parent == target.parent and tmp.is_dir() and not target.exists()
+        (tmp / "part-0.parquet").write_text("new")
+    assert (target / "part-0.parquet").read_text() == "new"
+    assert _leftovers(target.parent) == []
+    assert target.stat().st_mode & 0o055, "the dataset folder should not be private"
+
+
+def test_success_replaces_an_older_dataset_entirely(tmp_path):
+    target = tmp_path / "scores"
+    target.mkdir()
+    (target / "old-only.parquet").write_text("old")
+    with atomic_dataset_dir(target) as tmp:
+        (tmp / "part-0.parquet").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["part-0.parquet"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_failure_keeps_the_old_dataset_and_removes_the_temporary_one(tmp_path):
+    target = tmp_path / "scores"
+    target.mkdir()
+    (target / "part-0.parquet").write_text("old")
+    with pytest.raises(RuntimeError, match="boom"), atomic_dataset_dir(target) as tmp:
+        (tmp / "part-0.parquet").write_text("half")
+        raise RuntimeError("boom")
+    assert (target / "part-0.parquet").read_text() == "old"
+    assert _leftovers(tmp_path) == []
+
+
+def test_failure_with_no_older_dataset_leaves_nothing(tmp_path):
+    target = tmp_path / "scores"
+    with pytest.raises(KeyboardInterrupt), atomic_dataset_dir(target):
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_replace_dir_puts_the_old_folder_back_when_the_move_fails(tmp_path):
+    target = tmp_path / "scores"
+    target.mkdir()
+    (target / "keep").write_text("old")
+    with pytest.raises(OSError):
+        replace_dir(tmp_path / "does-not-exist", target)
+    assert (target / "keep").read_text() == "old"
+    assert _leftovers(tmp_path) == []

@@ -1,0 +1,433 @@
+"""The Airflow 3 DAGs in ``airflow_dags/``, with the real Airflow from the project's environment.
+
+Cheap tests: every DAG file parses with no import errors and without importing TensorFlow, Beam or
+MLflow; task ids, dependencies, schedules, retries and the model Asset are wired as documented; the
+command lines are built from params, Variables and defaults in that order.
+
+Slow tests: ``airflow dags test`` against a fresh ``AIRFLOW_HOME`` with a SQLite metadata database,
+each in a subprocess, with settings given as Airflow Variables through ``AIRFLOW_VAR_*``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS_FOLDER = REPO / "airflow_dags"
+BIN = Path(sys.executable).parent
+AIRFLOW = str(BIN / "airflow")
+DAG_IDS = {"vae_retrain", "vae_score", "vae_augment"}
+HEAVY = ("tensorflow", "keras", "apache_beam", "mlflow", "torch", "jax")
+MODEL = "vae-airflow-test"
+DAY = "2026-01-05"
+QUICK_TRAIN_ARGS = "--kl-warmup 1 --early-stopping 0 --score-samples 4"
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("airflow_home")
+
+
+@pytest.fixture(scope="session")
+def airflow_env(airflow_home: Path) -> dict[str, str]:
+    """The environment of every Airflow subprocess: a fresh home, our DAGs folder, no examples, no
+    retries, and the DAG settings as Variables (``AIRFLOW_VAR_VAE_*``) pointing into the home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "VAE_", "MLFLOW_"))}
+    work = airflow_home / "vae-work"
+    env.update(
+        AIRFLOW_HOME=str(airflow_home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_FOLDER),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
+        VAE_DAG_RETRIES="0",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONWARNINGS="ignore",
+        AIRFLOW_VAR_VAE_WORK_DIR=str(work),
+        AIRFLOW_VAR_VAE_MLFLOW_TRACKING_URI=f"sqlite:///{airflow_home / 'mlflow.db'}",
+        AIRFLOW_VAR_VAE_MODEL_NAME=MODEL,
+        AIRFLOW_VAR_VAE_EPOCHS="2",
+        AIRFLOW_VAR_VAE_TRAIN_ARGS=QUICK_TRAIN_ARGS,
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def airflow_db(airflow_env: dict[str, str]) -> dict[str, str]:
+    """A migrated SQLite metadata database in the fresh home."""
+    result = subprocess.run([AIRFLOW, "db", "migrate"], env=airflow_env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return airflow_env
+
+
+def run_python(env: dict[str, str], code: str) -> Any:
+    """Runs ``code`` in a fresh interpreter with ``env``; returns the JSON it prints on its last line."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, cwd=DAGS_FOLDER
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+DAGBAG_SUMMARY = """
+    import json, sys
+    from pathlib import Path
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    folder = Path({folder!r})
+    bag = BundleDagBag(dag_folder=folder, bundle_path=folder)
+
+    def timetable(dag):
+        t = dag.timetable
+        assets = getattr(t, "asset_condition", None)
+        return {{
+            "kind": type(t).__name__,
+            "expression": getattr(t, "expression", None),
+            "assets": sorted(a.uri for a in assets.objects) if assets is not None else None,
+        }}
+
+    dags = {{
+        dag.dag_id: {{
+            "timetable": timetable(dag),
+            "catchup": dag.catchup,
+            "max_active_runs": dag.max_active_runs,
+            "params": {{k: dag.params.get_param(k).value for k in dag.params}},
+            "tasks": {{
+                t.task_id: {{
+                    "upstream": sorted(t.upstream_task_ids),
+                    "operator": type(t).__name__,
+                    "outlets": sorted(a.uri for a in t.outlets),
+                    "retries": t.retries,
+                    "backoff": t.retry_exponential_backoff,
+                }}
+                for t in dag.tasks
+            }},
+        }}
+        for dag in bag.dags.values()
+    }}
+    files = sorted(Path(stat.file).name for stat in bag.dagbag_stats)
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})
+    print(json.dumps({{"errors": {{str(k): v for k, v in bag.import_errors.items()}}, "files": files,
+                       "dags": dags, "heavy": heavy}}))
+"""
+
+
+@pytest.fixture(scope="session")
+def dagbag(airflow_env: dict[str, str]) -> dict[str, Any]:
+    """What Airflow's own DagBag finds in ``airflow_dags/``, collected in a fresh interpreter."""
+    return run_python(airflow_env, DAGBAG_SUMMARY.format(folder=str(DAGS_FOLDER), heavy=HEAVY))
+
+
+@pytest.fixture(scope="module")
+def common(airflow_env: dict[str, str]) -> ModuleType:
+    """``airflow_dags/_vae_common.py`` loaded from its file (Airflow puts the DAGs folder on the path;
+    the tests do not touch ``sys.path``), with Airflow's home in the temporary folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_HOME", airflow_env["AIRFLOW_HOME"])
+        spec = importlib.util.spec_from_file_location("_vae_common", DAGS_FOLDER / "_vae_common.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+
+
+def dags_test(env: dict[str, str], dag_id: str, day: str, conf: dict[str, Any] | None = None):
+    args = [AIRFLOW, "dags", "test", dag_id, day]
+    if conf:
+        args += ["-c", json.dumps(conf)]
+    return subprocess.run(args, env=env, capture_output=True, text=True, cwd=env["AIRFLOW_HOME"])
+
+
+def task_states(env: dict[str, str], dag_id: str, day: str) -> dict[str, str]:
+    """The states of a DAG's task instances in the run of one logical date, from the metadata database."""
+    return run_python(
+        env,
+        f"""
+        import json
+        from sqlalchemy import select
+        from airflow.models.dagrun import DagRun
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            rows = session.execute(
+                select(TaskInstance.task_id, TaskInstance.state, DagRun.logical_date)
+                .join(DagRun, (DagRun.dag_id == TaskInstance.dag_id) & (DagRun.run_id == TaskInstance.run_id))
+                .where(TaskInstance.dag_id == {dag_id!r})
+            ).all()
+        print(json.dumps({{t: str(s) for t, s, d in rows if d.date().isoformat() == {day!r}}}))
+        """,
+    )
+
+
+def model_events(env: dict[str, str]) -> list[dict[str, Any]]:
+    return run_python(
+        env,
+        """
+        import json
+        from sqlalchemy import select
+        from airflow.models.asset import AssetEvent, AssetModel
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            rows = session.execute(
+                select(AssetModel.uri, AssetEvent.extra, AssetEvent.source_dag_id, AssetEvent.source_task_id)
+                .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                .order_by(AssetEvent.timestamp)
+            ).all()
+        print(json.dumps([{"uri": u, "extra": e, "dag": d, "task": t} for u, e, d, t in rows]))
+        """,
+    )
+
+
+def log_of(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------- parsing, wiring
+
+
+def test_every_dag_file_imports_without_errors(dagbag):
+    assert dagbag["errors"] == {}
+    assert set(dagbag["dags"]) == DAG_IDS
+    assert dagbag["files"] == sorted(p.name for p in DAGS_FOLDER.glob("vae_*.py"))  # helper module ignored
+
+
+def test_parsing_imports_no_tensorflow_beam_or_mlflow(dagbag):
+    assert dagbag["heavy"] == []
+
+
+def test_retrain_trains_then_publishes_the_model_asset(dagbag, common):
+    dag = dagbag["dags"]["vae_retrain"]
+    assert dag["timetable"] == {"kind": "CronTriggerTimetable", "expression": "0 0 * * 0", "assets": None}
+    assert dag["tasks"]["train"] == {
+        "upstream": [],
+        "operator": "_BashDecoratedOperator",
+        "outlets": [],
+        "retries": 0,  # VAE_DAG_RETRIES=0 in the tests; 2 by default
+        "backoff": 2.0,
+    }
+    assert dag["tasks"]["publish_model"]["upstream"] == ["train"]
+    assert dag["tasks"]["publish_model"]["outlets"] == [common.MODEL_ASSET.uri]
+    assert dag["max_active_runs"] == 1 and dag["catchup"] is False
+    assert set(dag["params"]) >= {"train_data", "epochs", "model_name", "mlflow_tracking_uri"}
+    assert all(value is None for value in dag["params"].values())  # empty params: Variables apply
+
+
+def test_score_finds_the_day_input_then_scores_daily(dagbag):
+    dag = dagbag["dags"]["vae_score"]
+    assert dag["timetable"] == {"kind": "CronDataIntervalTimetable", "expression": "0 0 * * *", "assets": None}
+    assert {task: spec["upstream"] for task, spec in dag["tasks"].items()} == {
+        "find_input": [],
+        "score": ["find_input"],
+    }
+    assert dag["tasks"]["score"]["operator"] == "_BashDecoratedOperator"
+    assert {"input_root", "output_root"} <= set(dag["params"])
+
+
+def test_augment_is_scheduled_on_the_model_asset(dagbag, common):
+    dag = dagbag["dags"]["vae_augment"]
+    assert dag["timetable"] == {
+        "kind": "AssetTriggeredTimetable",
+        "expression": None,
+        "assets": [common.MODEL_ASSET.uri],
+    }
+    assert {task: spec["upstream"] for task, spec in dag["tasks"].items()} == {
+        "choose_model": [],
+        "generate": ["choose_model"],
+    }
+    assert dag["tasks"]["generate"]["operator"] == "_BashDecoratedOperator"
+
+
+def test_default_retries_back_off_exponentially(common, monkeypatch):
+    monkeypatch.delenv("VAE_DAG_RETRIES", raising=False)
+    args = common.default_args()
+    assert args["retries"] == 2
+    assert args["retry_exponential_backoff"] == 2.0
+    assert args["max_retry_delay"] >= args["retry_delay"]
+
+
+# ---------------------------------------------------------------------------------- settings, commands
+
+
+def no_variables(_name: str) -> None:
+    return None
+
+
+def test_settings_come_from_params_then_variables_then_defaults(common):
+    variables = {"model_name": "from-variable", "work_dir": "/srv/vae"}.get
+    assert common.setting("model_name", {"model_name": "from-param"}, variables) == "from-param"
+    assert common.setting("model_name", {"model_name": None}, variables) == "from-variable"
+    assert common.setting("model_name", {}, no_variables) == "vae-digits"
+    assert common.setting("output_root", {}, variables) == "/srv/vae/daily"
+    assert common.setting("command", {}, no_variables).endswith("vae")
+
+
+def test_default_vae_command_is_the_one_beside_the_interpreter(common):
+    assert common.default_vae_command() == str(BIN / "vae")
+
+
+def test_train_command_promotes_only_a_better_model(common):
+    variables = {
+        "command": "/opt/vae/bin/vae",
+        "work_dir": "/srv/vae work",
+        "mlflow_tracking_uri": "http://mlflow:5000",
+        "epochs": "3",
+        "train_args": "--latent-dim 4",
+    }.get
+    script = common.train_command({"train_data": "/data/train.parquet", "conditional": True}, variables)
+    lines = script.splitlines()
+    assert lines[0] == "set -euo pipefail"
+    assert "export MLFLOW_TRACKING_URI=http://mlflow:5000" in lines
+    assert (
+        "/opt/vae/bin/vae --work-dir '/srv/vae work' train --data /data/train.parquet --model-name vae-digits "
+        "--promote if-better --conditional --epochs 3 --latent-dim 4 --result-json vae-train-result.json"
+    ) in lines
+    assert lines[-1] == "cat vae-train-result.json"
+
+
+def test_train_result_is_read_from_the_last_line(common):
+    result = {"model_name": "m", "version": "3", "promoted": False, "run_id": "r", "validation_neg_elbo": 1.5}
+    output = "registered: m version 3\n" + json.dumps(result)
+    assert common.parse_train_result(output) == result
+    extra = common.model_event_extra(result, conditional=True)
+    assert {k: extra[k] for k in ("model_name", "version", "promoted", "conditional")} == {
+        "model_name": "m",
+        "version": "3",
+        "promoted": False,
+        "conditional": True,
+    }
+
+
+def test_score_command_writes_one_folder_per_day(common, tmp_path):
+    script = common.score_command("digits", DAY, {"output_root": str(tmp_path / "out")}, no_variables)
+    assert "MLFLOW_TRACKING_URI" not in script  # unset: the worker's own environment applies
+    command = script.splitlines()[-1]
+    assert f"score --model models:/vae-digits@champion --input digits --output {tmp_path}/out/date={DAY}" in command
+
+
+def test_the_day_is_the_param_else_the_logical_date_else_the_trigger_day(common):
+    from datetime import datetime
+
+    triggered = datetime(2026, 3, 4, 12, 30)
+    assert common.run_day({"date": "2026-03-01"}, DAY, triggered) == "2026-03-01"
+    assert common.run_day({"date": None}, DAY, triggered) == DAY
+    assert common.run_day({}, None, triggered) == "2026-03-04"
+    with pytest.raises(ValueError, match="param 'date'"):
+        common.run_day({}, None, None)
+
+
+def test_day_input_is_the_date_partition(common, tmp_path):
+    assert common.day_input("digits", DAY) == ("digits", "digits")
+    day = tmp_path / f"date={DAY}"
+    assert common.day_input(str(tmp_path), DAY) == (str(day), None)  # missing
+    day.mkdir()
+    assert common.day_input(str(tmp_path), DAY) == (str(day), None)  # empty
+    (day / "part-0.parquet").write_bytes(b"")
+    assert common.day_input(str(tmp_path), DAY) == (str(day), str(day))
+    assert common.day_input("gs://bucket/in/", DAY) == (f"gs://bucket/in/date={DAY}",) * 2
+
+
+def test_generate_command_follows_the_model_kind(common):
+    variables = {"synthetic_root": "/srv/synthetic"}.get
+    conditional = common.generate_command({"model_name": "m", "version": "7", "conditional": True}, {}, variables)
+    assert (
+        "generate --model models:/m/7 --method conditional --per-label 100 --output /srv/synthetic/m/version=7 --seed 0"
+    ) in conditional
+    plain = common.generate_command({"model_name": "m", "version": "7", "conditional": False}, {}, variables)
+    assert "--method prior --n 1000" in plain
+
+
+def test_augment_uses_the_latest_promoted_event(common):
+    events = [
+        {"model_name": "m", "version": "1", "promoted": True},
+        {"model_name": "m", "version": "2", "promoted": True},
+        {"model_name": "m", "version": "3", "promoted": False},
+    ]
+    assert common.latest_promoted(events)["version"] == "2"
+    assert common.latest_promoted(events[2:]) is None
+    assert common.latest_promoted([]) is None
+
+
+# ---------------------------------------------------------------------------------- airflow dags test
+
+
+@pytest.mark.slow
+def test_score_skips_a_day_without_input(airflow_db, tmp_path):
+    result = dags_test(airflow_db, "vae_score", "2026-02-01", {"input_root": str(tmp_path / "incoming")})
+    assert result.returncode == 0, log_of(result)
+    assert "No input for 2026-02-01" in log_of(result)
+    assert task_states(airflow_db, "vae_score", "2026-02-01") == {"find_input": "skipped", "score": "skipped"}
+
+
+@pytest.mark.slow
+def test_augment_skips_without_a_promoted_model(airflow_db):
+    result = dags_test(airflow_db, "vae_augment", "2026-02-02")
+    assert result.returncode == 0, log_of(result)
+    assert "No promoted version among 0 model event(s)" in log_of(result)
+    assert task_states(airflow_db, "vae_augment", "2026-02-02") == {"choose_model": "skipped", "generate": "skipped"}
+
+
+@pytest.mark.slow
+def test_a_failing_command_fails_the_task_and_shows_its_output(airflow_db, tmp_path):
+    missing = tmp_path / "no-such-data.npz"
+    events_before = model_events(airflow_db)
+    result = dags_test(airflow_db, "vae_retrain", "2026-02-03", {"train_data": str(missing)})
+    assert result.returncode != 0
+    assert str(missing) in log_of(result)  # vae's own error message, from the task log
+    assert "Bash command failed" in log_of(result)
+    assert task_states(airflow_db, "vae_retrain", "2026-02-03") == {
+        "train": "failed",
+        "publish_model": "upstream_failed",
+    }
+    assert model_events(airflow_db) == events_before  # no model event from a failed run
+
+
+@pytest.mark.slow
+def test_retrain_then_score_end_to_end(airflow_db, airflow_home, common):
+    from mlflow import MlflowClient
+
+    tracking_uri = airflow_db["AIRFLOW_VAR_VAE_MLFLOW_TRACKING_URI"]
+
+    retrain = dags_test(airflow_db, "vae_retrain", DAY)
+    assert retrain.returncode == 0, log_of(retrain)
+    assert task_states(airflow_db, "vae_retrain", DAY) == {"train": "success", "publish_model": "success"}
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    versions = client.search_model_versions(f"name='{MODEL}'")
+    assert len(versions) == 1
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.version == versions[0].version
+
+    events = [event for event in model_events(airflow_db) if event["extra"].get("model_name") == MODEL]
+    assert len(events) == 1
+    assert events[0]["uri"] == common.MODEL_ASSET.uri
+    assert events[0]["dag"] == "vae_retrain" and events[0]["task"] == "publish_model"
+    assert {k: events[0]["extra"][k] for k in ("model_name", "version", "promoted")} == {
+        "model_name": MODEL,
+        "version": str(champion.version),
+        "promoted": True,  # the first version has no champion to beat
+    }
+
+    score = dags_test(airflow_db, "vae_score", DAY)  # input_root defaults to the built-in digits
+    assert score.returncode == 0, log_of(score)
+    assert task_states(airflow_db, "vae_score", DAY) == {"find_input": "success", "score": "success"}
+
+    import pyarrow.dataset as ds
+
+    day = airflow_home / "vae-work" / "daily" / f"date={DAY}"
+    scores = ds.dataset(day / "scores", format="parquet").to_table()
+    assert scores.num_rows == 1797
+    assert {str(v) for v in scores.column("model_version").to_pylist()} == {str(champion.version)}
+    assert (day / "rejects").is_dir()

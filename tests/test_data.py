@@ -1,0 +1,182 @@
+"""Data loading: every supported source, the split, and a clear error for each kind of bad input."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from training import data
+from training.data import DataError
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_digits_are_8x8_grey_in_unit_range_with_labels():
+    digits = data.load("digits")
+    assert digits.images.shape == (1797, 8, 8, 1) and digits.images.dtype == np.float32
+    assert digits.images.min() == 0.0 and digits.images.max() == 1.0
+    assert set(digits.labels.tolist()) == set(range(10)) and digits.class_names == [str(i) for i in range(10)]
+
+
+def test_split_is_seeded_stratified_and_disjoint():
+    digits = data.load_digits()
+    first, again, other = data.split(digits, seed=1), data.split(digits, seed=1), data.split(digits, seed=2)
+    ids = [set(part.example_ids) for part in (first.train, first.validation, first.test)]
+    assert sum(map(len, ids)) == len(digits) and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    np.testing.assert_array_equal(first.test.example_ids, again.test.example_ids)
+    assert set(first.test.example_ids) != set(other.test.example_ids)
+    share = np.bincount(first.test.labels, minlength=10) / len(first.test)
+    np.testing.assert_allclose(share, np.bincount(digits.labels) / len(digits), atol=0.02)
+
+
+def test_npz_with_labels(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.default_rng(0).random((12, 6, 6)), y=np.arange(12) % 3)
+    loaded = data.load(str(path))
+    assert loaded.images.shape == (12, 6, 6, 1) and loaded.labels.tolist() == (np.arange(12) % 3).tolist()
+
+
+def test_parquet_pixels_with_shape_columns_and_string_labels(tmp_path):
+    rows = 6
+    table = pa.table({
+        "pixels": [list(np.linspace(0, 1, 16)) for _ in range(rows)],
+        "height": [4] * rows, "width": [4] * rows, "channels": [1] * rows,
+        "label": ["cat", "dog"] * 3, "example_id": [f"img-{i}" for i in range(rows)],
+    })
+    pq.write_table(table, tmp_path / "p.parquet")
+    loaded = data.load(str(tmp_path / "p.parquet"))
+    assert loaded.images.shape == (6, 4, 4, 1) and loaded.class_names == ["cat", "dog"]
+    assert loaded.example_ids[0] == "img-0" and loaded.labels.tolist() == [0, 1] * 3
+
+
+def test_parquet_pixels_need_a_shape(tmp_path):
+    pq.write_table(pa.table({"pixels": [[0.0] * 16] * 2}), tmp_path / "p.parquet")
+    with pytest.raises(DataError, match="shape"):
+        data.load(str(tmp_path / "p.parquet"))
+    assert data.load(str(tmp_path / "p.parquet"), shape=(4, 4, 1)).images.shape == (2, 4, 4, 1)
+
+
+def test_parquet_image_bytes(tmp_path):
+    imgs = [png_bytes(np.full((5, 5), v)) for v in (0, 128, 255)]
+    pq.write_table(pa.table({"image": imgs, "label": [0, 1, 1]}), tmp_path / "i.parquet")
+    loaded = data.load(str(tmp_path / "i.parquet"))
+    assert loaded.images.shape == (3, 5, 5, 1)
+    np.testing.assert_allclose(loaded.images[:, 0, 0, 0], [0, 128 / 255, 1], atol=1e-6)
+
+
+def test_png_folder_takes_labels_from_sub_folders(tmp_path):
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            (tmp_path / label / f"{i}.png").write_bytes(png_bytes(np.full((4, 4), 10 * i)))
+    loaded = data.load(str(tmp_path))
+    assert loaded.images.shape == (6, 4, 4, 1) and loaded.class_names == ["a", "b"]
+    assert loaded.example_ids[0] == "a/0.png"
+
+
+def test_offline_mnist_says_so(monkeypatch):
+    import keras
+
+    def offline():
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)  # no network here
+    with pytest.raises(DataError, match="offline"):
+        data.load("mnist")
+
+
+# Bad input: every case names the file or row and the problem.
+
+
+def test_mixed_shapes_in_a_png_folder(tmp_path):
+    (tmp_path / "a.png").write_bytes(png_bytes(np.zeros((4, 4))))
+    (tmp_path / "b.png").write_bytes(png_bytes(np.zeros((5, 5))))
+    with pytest.raises(DataError, match=r"mixed image shapes: example b\.png"):
+        data.load(str(tmp_path))
+
+
+def test_mixed_shapes_in_parquet(tmp_path):
+    table = pa.table({"pixels": [[0.0] * 16, [0.0] * 9], "height": [4, 3], "width": [4, 3]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(DataError, match=r"m\.parquet: mixed image shapes.*row 1"):
+        data.load(str(tmp_path / "m.parquet"))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_infinite_values_name_the_row(tmp_path, bad):
+    x = np.zeros((5, 4, 4))
+    x[3, 1, 1] = bad
+    np.savez(tmp_path / "bad.npz", x=x)
+    with pytest.raises(DataError, match=r"bad\.npz: row 3 has NaN or infinite"):
+        data.load(str(tmp_path / "bad.npz"))
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.25])
+def test_values_outside_unit_range_name_the_row(tmp_path, bad):
+    x = np.full((4, 4, 4), 0.5)
+    x[2, 0, 0] = bad
+    np.savez(tmp_path / "r.npz", x=x)
+    with pytest.raises(DataError, match=r"r\.npz: row 2 has values in .*must be in \[0, 1\]"):
+        data.load(str(tmp_path / "r.npz"))
+
+
+def test_integer_pixels_0_255_are_scaled_and_the_user_is_told(tmp_path, caplog):
+    np.savez(tmp_path / "u8.npz", x=np.full((3, 4, 4), 255, dtype=np.uint8))
+    with caplog.at_level(logging.WARNING):
+        loaded = data.load(str(tmp_path / "u8.npz"))
+    assert loaded.images.max() == 1.0
+    assert "0-255 integers; scaling them" in caplog.text
+
+
+def test_empty_data_sets(tmp_path):
+    np.savez(tmp_path / "e.npz", x=np.zeros((0, 4, 4)))
+    with pytest.raises(DataError, match=r"e\.npz: the data set is empty"):
+        data.load(str(tmp_path / "e.npz"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no PNG or JPEG images"):
+        data.load(str(tmp_path / "empty"))
+    pq.write_table(pa.table({"pixels": pa.array([], pa.list_(pa.float32())), "height": pa.array([], pa.int32()),
+                             "width": pa.array([], pa.int32())}), tmp_path / "e.parquet")
+    with pytest.raises(DataError, match="empty"):
+        data.load(str(tmp_path / "e.parquet"))
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    (tmp_path / "ok.png").write_bytes(png_bytes(np.zeros((4, 4))))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match=r"broken\.png: unreadable image"):
+        data.load(str(tmp_path))
+
+
+def test_unreadable_image_bytes_in_parquet_name_the_row(tmp_path):
+    pq.write_table(pa.table({"image": [png_bytes(np.zeros((4, 4))), b"garbage"], "example_id": ["x1", "x2"]}),
+                   tmp_path / "g.parquet")
+    with pytest.raises(DataError, match=r"g\.parquet row 1 \(example_id x2\): unreadable image"):
+        data.load(str(tmp_path / "g.parquet"))
+
+
+def test_missing_path_and_unknown_format(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        data.load(str(tmp_path / "nope.parquet"))
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="unsupported input"):
+        data.load(str(tmp_path / "x.csv"))
+
+
+def test_conditional_training_on_unlabelled_data_is_refused(tmp_path):
+    from training.config import TrainConfig
+    from training.train import load_training_data
+
+    np.savez(tmp_path / "nolabels.npz", x=np.random.default_rng(0).random((20, 4, 4)))
+    with pytest.raises(DataError, match="--conditional needs labels"):
+        load_training_data(TrainConfig(data=str(tmp_path / "nolabels.npz"), conditional=True))

@@ -1,0 +1,349 @@
+"""``vae generate``: synthetic images through a real Beam pipeline, read back with pyarrow and DuckDB."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from pipeline import generate_pipeline as gp
+from pipeline.png import decode_png, encode_png, to_uint8
+
+IN_PROCESS = {"direct_running_mode": "in_memory", "direct_num_workers": 1}
+CLI_IN_PROCESS = ["--direct-running-mode", "in_memory", "--direct-num-workers", "1"]
+
+
+def uri(trained) -> str:
+    return f"models:/{trained.model_name}@champion"
+
+
+def info(num_classes: int = 10) -> gp.ModelInfo:
+    return gp.ModelInfo(
+        name="m",
+        version="1",
+        uri="models:/m/1",
+        latent_dim=4,
+        num_classes=num_classes,
+        class_names=[str(i) for i in range(num_classes)],
+        image_shape=(8, 8, 1),
+        likelihood="bernoulli",
+    )
+
+
+def without_created_at(table):
+    return table.drop_columns(["created_at"])
+
+
+# --- cheap: planning, shards, seeds, PNG ------------------------------------------------------------
+
+
+def test_png_round_trip_is_the_8_bit_quantisation():
+    rng = np.random.default_rng(0)
+    for shape in ((5, 7, 1), (4, 3, 3)):
+        image = rng.random(shape).astype(np.float32)
+        decoded = decode_png(encode_png(image))
+        assert decoded.shape == shape and decoded.dtype == np.uint8
+        np.testing.assert_array_equal(decoded, np.round(image * 255).astype(np.uint8))
+        assert encode_png(image) == encode_png(image)  # deterministic bytes
+    assert to_uint8(np.array([0.0, 0.5 / 255, 1.0])).tolist() == [0, 0, 255]
+
+
+def test_stream_seeds_are_deterministic_and_distinct():
+    from scoring.sampling import stream_seed
+
+    assert stream_seed(0, 1) == stream_seed(0, 1)
+    assert len({stream_seed(s, b) for s in range(3) for b in range(50)}) == 150
+
+
+def test_plans_give_exact_counts_per_label():
+    per_label = gp.plan_samples(info(), "conditional", per_label=3, labels="0,3,7")
+    assert np.bincount(per_label.labels).tolist() == [3, 0, 0, 3, 0, 0, 0, 3]
+    assert np.bincount(gp.plan_samples(info(), "conditional").labels).tolist() == [100] * 10
+    spread = gp.plan_samples(info(), "prior", n=23)  # 23 over 10 labels: 3 get one more
+    assert np.bincount(spread.labels).tolist() == [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
+    assert np.all(np.diff(spread.labels) >= 0)  # grouped by label: few files per partition
+    plain = gp.plan_samples(info(0), "prior")
+    assert len(plain) == 1000 and set(plain.labels.tolist()) == {gp.NO_LABEL}
+    assert gp.parse_labels(["7", 3, "7"], [str(i) for i in range(10)]) == [7, 3]
+    assert gp.parse_labels("cat", ["dog", "cat"]) == [1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "conditional"}, "plain (unconditional) VAE"),
+        ({"method": "prior", "labels": "1"}, "plain (unconditional) VAE"),
+        ({"method": "prior", "n": 5, "per_label": 5}, "not both"),
+        ({"method": "sideways"}, "unknown method"),
+        ({"method": "posterior"}, "needs real images"),
+    ],
+)
+def test_impossible_requests_are_refused_with_what_to_do(kwargs, message):
+    with pytest.raises(gp.GenerateError, match=re.escape(message)):
+        gp.plan_samples(info(0), **kwargs)
+    with pytest.raises(gp.GenerateError, match="unknown label '12'"):
+        gp.plan_samples(info(), "conditional", labels="3,12")
+
+
+def test_posterior_plan_keeps_sources_and_filters_labels():
+    from training.data import ImageData
+
+    images = np.random.default_rng(0).random((12, 8, 8, 1)).astype(np.float32)
+    labels = np.array([0, 1, 2] * 4)
+    data = ImageData(images, labels, np.array([f"x{i}" for i in range(12)]), ["0", "1", "2"], "test")
+    plan = gp.plan_samples(info(3), "posterior", labels="2,0", data=data)
+    assert plan.source_ids.tolist() == ["x0", "x3", "x6", "x9", "x2", "x5", "x8", "x11"]
+    assert plan.labels.tolist() == [0] * 4 + [2] * 4
+    np.testing.assert_array_equal(plan.images[0], images[0])
+    cycled = gp.plan_samples(info(3), "posterior", per_label=6, labels="1", data=data)
+    assert cycled.source_ids.tolist() == ["x1", "x4", "x7", "x10", "x1", "x4"]
+    with pytest.raises(gp.GenerateError, match="takes 8x8x1"):
+        gp.plan_samples(info(3), "posterior", data=ImageData(images[:, :4], labels, data.example_ids, None, "s"))
+
+
+def test_shards_are_whole_blocks_covering_the_plan():
+    plan = gp.Plan(np.zeros(1000, np.int64))
+    shards = gp.make_shards(plan, 3)
+    assert [s.start for s in shards] == [0, 512, 768]
+    assert sum(len(s) for s in shards) == 1000 and all(s.start % gp.SAMPLES_PER_BLOCK == 0 for s in shards)
+    assert len(gp.make_shards(plan, 50)) == 4  # never more shards than blocks
+    assert len(gp.make_shards(plan)) == 1
+    assert gp.partition_name(gp.NO_LABEL) == "label=__HIVE_DEFAULT_PARTITION__"
+    assert gp.partition_name(3) == "label=3"
+
+
+# --- the Beam pipeline with registered models ------------------------------------------------------
+
+
+def test_conditional_dataset_layout_schema_pngs_and_counts(trained_conditional, tmp_path):
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model = trained_conditional.model
+    summary = gp.generate_dataset(
+        uri(trained_conditional), "conditional", tmp_path, per_label=7, labels="0,3,7", seed=3, shards=2, **IN_PROCESS
+    )
+    assert summary.counts == {0: 7, 3: 7, 7: 7} and summary.rows == 21
+    assert summary.model_version == str(trained_conditional.version)
+    root = tmp_path / "synthetic"
+    files = sorted(str(p.relative_to(tmp_path)) for p in root.rglob("*.parquet"))
+    assert files and all(
+        re.fullmatch(r"synthetic/method=conditional/label=[037]/part-\d{5}\.parquet", f) for f in files
+    )
+    assert not list(tmp_path.rglob(".*"))  # no temporary folders left
+
+    table = gp.read_synthetic(root)
+    assert table.column_names == list(gp.COLUMNS)
+    expected_types = {
+        "sample_id": pa.string(),
+        "method": pa.string(),
+        "label": pa.int64(),
+        "image_png": pa.binary(),
+        "height": pa.int32(),
+        "pixels": pa.list_(pa.float32()),
+        "latent": pa.list_(pa.float32()),
+        "seed": pa.int64(),
+        "source_example_id": pa.string(),
+        "model_version": pa.string(),
+        "created_at": pa.timestamp("us", tz="UTC"),
+    }
+    for name, dtype in expected_types.items():
+        assert table.schema.field(name).type == dtype, name
+    rows = table.to_pylist()
+    assert len({r["sample_id"] for r in rows}) == 21
+    for row in rows:
+        assert (row["method"], row["seed"], row["model_name"]) == ("conditional", 3, trained_conditional.model_name)
+        assert (row["height"], row["width"], row["channels"]) == model.image_shape
+        assert row["source_example_id"] is None and len(row["latent"]) == model.latent_dim
+        pixels = np.asarray(row["pixels"], np.float32).reshape(model.image_shape)
+        assert pixels.min() >= 0.0 and pixels.max() <= 1.0
+        np.testing.assert_array_equal(decode_png(row["image_png"]), np.round(pixels * 255).astype(np.uint8))
+
+    # the same images, decoded directly from the stored latents and labels
+    first = rows[0]
+    z = np.asarray([first["latent"]], np.float32)
+    again = model.decode(z, np.eye(model.num_classes, dtype=np.float32)[[first["label"]]])
+    from scoring import likelihoods
+
+    mean = np.asarray(likelihoods.mean_image(again, model.likelihood)).reshape(-1)
+    np.testing.assert_allclose(mean, first["pixels"], atol=1e-5)
+
+    # plain pyarrow hive discovery and DuckDB see the partition columns too
+    assert sorted(pq.read_table(root).column("label").to_pylist()) == [0] * 7 + [3] * 7 + [7] * 7
+    counts = duckdb.sql(
+        f"SELECT method, label, count(*) FROM read_parquet('{root}/**/*.parquet', hive_partitioning = true) "
+        "GROUP BY ALL ORDER BY label"
+    ).fetchall()
+    assert counts == [("conditional", 0, 7), ("conditional", 3, 7), ("conditional", 7, 7)]
+
+
+def test_same_seed_same_images_whatever_the_shards_and_other_seeds_differ(trained_plain, tmp_path):
+    import duckdb
+
+    runs = {
+        name: gp.generate_dataset(
+            uri(trained_plain), "prior", tmp_path / name, n=600, seed=seed, shards=shards, **IN_PROCESS
+        )
+        for name, seed, shards in (("a", 5, 1), ("b", 5, 3), ("c", 6, 1))
+    }
+    assert runs["a"].shards == 1 and runs["b"].shards == 3 and runs["a"].counts == {None: 600}
+    a, b, c = (without_created_at(gp.read_synthetic(tmp_path / name / "synthetic")) for name in "abc")
+    assert a.equals(b)
+    assert not np.allclose(a.column("latent").to_pylist(), c.column("latent").to_pylist())
+    assert a.column("label").null_count == 600  # prior samples of a plain model have no label
+    nulls = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{tmp_path}/a/synthetic/**/*.parquet', hive_partitioning = true) "
+        "WHERE label IS NULL AND method = 'prior'"
+    ).fetchall()
+    assert nulls == [(600,)]
+
+
+def test_each_method_replaces_only_its_own_partition_and_failures_leave_it(trained_conditional, tmp_path, monkeypatch):
+    model_uri = uri(trained_conditional)
+    gp.generate_dataset(model_uri, "prior", tmp_path, n=30, **IN_PROCESS)
+    gp.generate_dataset(model_uri, "conditional", tmp_path, per_label=2, **IN_PROCESS)
+    gp.generate_dataset(model_uri, "prior", tmp_path, n=20, labels="1", seed=9, **IN_PROCESS)
+    table = gp.read_synthetic(tmp_path / "synthetic")
+    methods = table.group_by("method").aggregate([("sample_id", "count")]).to_pydict()
+    assert dict(zip(methods["method"], methods["sample_id_count"], strict=True)) == {"prior": 20, "conditional": 20}
+    before = without_created_at(table)
+
+    def disk_full(*args, **kwargs):  # a full disk cannot be arranged here
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(gp, "write_partitions", disk_full)
+    with pytest.raises(Exception, match="No space left"):
+        gp.generate_dataset(model_uri, "prior", tmp_path, n=50, **IN_PROCESS)
+    assert without_created_at(gp.read_synthetic(tmp_path / "synthetic")).equals(before)
+    assert not list(tmp_path.rglob(".*"))
+
+
+def test_posterior_keeps_source_ids_and_labels(trained_conditional, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from scoring.sampling import posterior_means
+
+    test = trained_conditional.split.test.subset(np.arange(30))
+    source = tmp_path / "input.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "example_id": [f"img-{i}" for i in range(30)],
+                "pixels": [img.reshape(-1).tolist() for img in test.images],
+                "height": [8] * 30,
+                "width": [8] * 30,
+                "label": test.labels,
+            }
+        ),
+        source,
+    )
+    summary = gp.generate_dataset(
+        uri(trained_conditional),
+        "posterior",
+        tmp_path / "out",
+        input=str(source),
+        temperature=0.0,
+        seed=1,
+        test_pipeline=TestPipeline(runner="FnApiRunner"),
+    )
+    assert summary.counts == dict(sorted(zip(*np.unique(test.labels, return_counts=True), strict=True)))
+    table = gp.read_synthetic(tmp_path / "out" / "synthetic").to_pylist()
+    by_id = {row["source_example_id"]: row for row in table}
+    assert sorted(by_id) == sorted(f"img-{i}" for i in range(30))
+    for i in range(30):
+        assert by_id[f"img-{i}"]["label"] == test.labels[i]
+    # temperature 0: the latent is the posterior mean of the source image
+    means = posterior_means(trained_conditional.model, test.images, test.labels)
+    stored = np.array([by_id[f"img-{i}"]["latent"] for i in range(30)])
+    np.testing.assert_allclose(stored, means, atol=1e-5)
+
+
+def test_sampled_pixels_are_draws_from_the_bernoulli(trained_plain, tmp_path):
+    gp.generate_dataset(uri(trained_plain), "prior", tmp_path, n=40, sample_pixels=True, **IN_PROCESS)
+    table = gp.read_synthetic(tmp_path / "synthetic")
+    pixels = np.concatenate([np.asarray(p) for p in table.column("pixels").to_pylist()])
+    assert set(np.unique(pixels).tolist()) == {0.0, 1.0}
+    assert decode_png(table.column("image_png")[0].as_py()).max() == 255
+
+
+@pytest.mark.slow
+def test_showcase_writes_the_grid_and_logs_it_to_the_models_run(trained_plain, tmp_path):
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    summary = gp.generate_showcase(uri(trained_plain), tmp_path, **IN_PROCESS)
+    assert (summary.method, summary.rows) == ("prior", 1000)
+    assert summary.grid == tmp_path / "synthetic-prior.png"
+    with Image.open(summary.grid) as image:
+        assert image.size[0] > 300
+    run_id = MlflowClient().get_model_version(trained_plain.model_name, trained_plain.version).run_id
+    assert "synthetic/synthetic-prior.png" in [a.path for a in MlflowClient().list_artifacts(run_id, "synthetic")]
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def test_cli_writes_the_dataset_grid_and_summary(trained_conditional, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    args = ["generate", "--model", uri(trained_conditional), "--method", "conditional", "--per-label", "4"]
+    result = CliRunner().invoke(main, [*args, "--labels", "2,5", "--output", str(tmp_path), *CLI_IN_PROCESS])
+    assert result.exit_code == 0, result.output
+    assert "per label:    2: 4, 5: 4" in result.output
+    assert str(tmp_path / "synthetic") in result.output
+    assert (tmp_path / "synthetic-conditional.png").is_file()
+    assert gp.read_synthetic(tmp_path / "synthetic").num_rows == 8
+
+
+def test_cli_conditional_sampling_of_a_plain_model_is_a_clear_error(trained_plain, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    args = ["generate", "--model", uri(trained_plain), "--method", "conditional", "--output", str(tmp_path)]
+    result = CliRunner().invoke(main, [*args, *CLI_IN_PROCESS])
+    assert result.exit_code == 1
+    assert "Error: vae-test-plain" in result.output and "plain (unconditional) VAE" in result.output
+    assert "--method prior" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "synthetic").exists()
+
+
+def test_help_documents_every_option():
+    import click
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from pipeline.commands.generate import generate_command
+
+    result = CliRunner().invoke(main, ["generate", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for param in generate_command.params:
+        if isinstance(param, click.Option):
+            assert all(opt in text for opt in param.opts), param.name
+            assert param.help, f"{param.name} has no help"
+    assert "BEAM_ARGS" in text
+
+
+def test_grid_of_unlabelled_samples_is_square():
+    import pyarrow as pa
+
+    images = np.random.default_rng(0).random((30, 8, 8, 1)).astype(np.float32)
+    table = pa.table(
+        {
+            "label": pa.nulls(30, pa.int64()),
+            "height": [8] * 30,
+            "width": [8] * 30,
+            "channels": [1] * 30,
+            "pixels": [i.reshape(-1).tolist() for i in images],
+        }
+    )
+    np.testing.assert_allclose(gp.images_of(table), images, atol=1e-7)
+    figure = gp.grid_figure(table, per_label=5)
+    assert len(figure.axes) == 25

@@ -1,0 +1,188 @@
+"""The HTML report: renders from a scores dataset and a registered model, images embedded."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from pipeline.report import image_png, read_scores, render_report
+from training import data as data_lib
+
+
+class PageParser(HTMLParser):
+    """Collects the <img> sources, the <section> ids and the rows of the anomaly table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.sections: list[str] = []
+        self.table_rows = 0
+        self._in_anomalies = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        elif tag == "section":
+            self.sections.append(attrs.get("id", ""))
+        elif tag == "table":
+            self._in_anomalies = attrs.get("class") == "anomalies"
+        elif tag == "tr" and self._in_anomalies:
+            self.table_rows += 1
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_anomalies = False
+
+
+def parse(path) -> PageParser:
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def decode_png(src: str):
+    from PIL import Image
+
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix)
+    data = base64.b64decode(src[len(prefix) :], validate=True)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return Image.open(io.BytesIO(data))
+
+
+def write_scores(folder, trained, ids_prefix: str = "digits") -> tuple[str, np.ndarray]:
+    """A scores dataset with the columns of the ``scores/`` contract, for the trained model's test split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scoring.calibration import Calibration
+    from scoring.elbo import score_images
+
+    model, test = trained.model, trained.split.test
+    scores = score_images(model, test.images, test.labels if model.num_classes else None, num_samples=4, seed=0)
+    calibration = Calibration.from_dict(model.calibration)
+    n = len(test)
+    ids = test.example_ids if ids_prefix == "digits" else np.array([f"{ids_prefix}:{i}" for i in range(n)])
+    table = pa.table(
+        {
+            "example_id": ids.astype(str),
+            "neg_elbo": scores["neg_elbo"],
+            "reconstruction_nll": scores["reconstruction_nll"],
+            "kl": scores["kl"],
+            "iwae_nll": pa.nulls(n, pa.float64()),
+            "p_value": calibration.p_values(scores["neg_elbo"]),
+            "threshold": np.full(n, calibration.threshold),
+            "is_anomaly": calibration.is_anomaly(scores["neg_elbo"]),
+            "label": test.labels.astype(np.int64),
+            "model_name": [trained.model_name] * n,
+            "model_version": [trained.version] * n,
+            "scored_at": pa.array([dt.datetime(2024, 1, 1, tzinfo=dt.UTC)] * n, pa.timestamp("us", tz="UTC")),
+            "source": ["digits"] * n,
+        }
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / "part-0.parquet")
+    return str(folder), scores["neg_elbo"]
+
+
+@pytest.mark.parametrize("which", ["plain", "conditional"])
+def test_report_renders_every_section_with_embedded_images(which, request, tmp_path):
+    from mlflow import MlflowClient
+
+    trained = request.getfixturevalue(f"trained_{which}")
+    scores_dir, neg_elbo = write_scores(tmp_path / "scores", trained)
+    path = render_report(scores_dir, f"models:/{trained.model_name}/{trained.version}", tmp_path / "r.html", top=7)
+
+    page = parse(path)
+    assert page.sections == [
+        "overview",
+        "learning-curves",
+        "reconstructions",
+        "latent-map",
+        "samples",
+        "histogram",
+        "top-anomalies",
+    ]
+    figures = [i for i in page.images if i.get("class") == "figure"]
+    digits = [i for i in page.images if i.get("class") == "digit"]
+    assert [i["alt"] for i in figures] == [
+        "learning curves",
+        "reconstructions",
+        "latent map",
+        "samples per label" if which == "conditional" else "prior samples",
+        "score histogram",
+    ]
+    assert len(digits) == 7 and page.table_rows == 7 + 1  # the header and the top 7
+    worst = trained.split.test.example_ids[np.argmax(neg_elbo)]
+    assert digits[0]["alt"] == worst  # ranked by score, highest first
+    image = decode_png(digits[0]["src"])
+    assert image.size == (64, 64)  # 8x8 enlarged by whole pixels
+    assert decode_png(figures[0]["src"]).size[0] > 200
+    artifacts = MlflowClient().list_artifacts(trained.run_id, "report")
+    assert [a.path for a in artifacts] == ["report/r.html"]
+
+
+def test_report_command_takes_the_model_from_the_scores(trained_plain, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    scores_dir, _ = write_scores(tmp_path / "scores", trained_plain)
+    out = tmp_path / "out" / "report.html"
+    result = CliRunner().invoke(
+        main, ["report", "--scores", scores_dir, "--output", str(out), "--top", "3", "--no-mlflow"]
+    )
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.output
+    page = parse(out)
+    assert sum(i.get("class") == "digit" for i in page.images) == 3
+    assert "vae-test-plain" in out.read_text()
+
+
+def test_report_finds_images_of_other_inputs_with_input(trained_plain, tmp_path):
+    """Example ids that are not built-in digits need --input; without it the page says so."""
+    scores_dir, _ = write_scores(tmp_path / "scores", trained_plain, ids_prefix="mine.npz")
+    uri = f"models:/{trained_plain.model_name}/{trained_plain.version}"
+
+    without = parse(render_report(scores_dir, uri, tmp_path / "a.html", top=4, log_to_mlflow=False))
+    assert not [i for i in without.images if i.get("class") == "digit"]
+    assert "reconstructions" in without.sections and "latent-map" not in without.sections
+
+    test = trained_plain.split.test
+    np.savez(tmp_path / "mine.npz", x=test.images[..., 0], y=test.labels)
+    with_input = parse(
+        render_report(scores_dir, uri, tmp_path / "b.html", top=4, input_spec=str(tmp_path / "mine.npz"))
+    )
+    assert len([i for i in with_input.images if i.get("class") == "digit"]) == 4
+    assert "latent-map" in with_input.sections
+
+
+def test_report_errors_are_plain(trained_plain, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pytest.raises(FileNotFoundError):
+        read_scores(tmp_path / "nowhere")
+    (tmp_path / "bad").mkdir()
+    pq.write_table(pa.table({"example_id": ["a"]}), tmp_path / "bad" / "p.parquet")
+    with pytest.raises(data_lib.DataError, match="neg_elbo"):
+        read_scores(tmp_path / "bad")
+    (tmp_path / "anonymous").mkdir()
+    pq.write_table(pa.table({"example_id": ["a"], "neg_elbo": [1.0]}), tmp_path / "anonymous" / "p.parquet")
+    with pytest.raises(ValueError, match="--model"):
+        render_report(tmp_path / "anonymous", None, tmp_path / "x.html")
+
+
+def test_image_png_enlarges_by_whole_pixels():
+    from PIL import Image
+
+    png = image_png(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8, 1))
+    picture = Image.open(io.BytesIO(png))
+    assert picture.size == (64, 64) and picture.mode == "L"
+    assert np.asarray(picture)[0, 0] == 0 and np.asarray(picture)[-1, -1] == 255

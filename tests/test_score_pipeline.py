@@ -1,0 +1,416 @@
+"""Beam batch scoring: real pipelines on the DirectRunner, Parquet read back with pyarrow and DuckDB.
+
+Cheap checks (validation rules, ``--help``) need no model; the rest use the session's trained
+models and are marked slow. Most pipelines run in-process (``in_memory``) for speed; one runs the
+default multi-processing mode.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.arrow_io import ModelSpec, image_data_batch, plan_input, validate_batch
+from pipeline.score_pipeline import REJECTS_SCHEMA, SCORES_SCHEMA, score_dataset, top_anomalies
+from training.data import load_digits
+
+FAST = {"direct_running_mode": "in_memory", "direct_num_workers": 1}
+PLAIN = ModelSpec((8, 8, 1))
+CONDITIONAL = ModelSpec((8, 8, 1), 10, tuple(str(i) for i in range(10)))
+WHEN = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def digits_pixels(n: int, start: int = 0) -> list[list[float]]:
+    return load_digits().images[start : start + n].reshape(n, -1).tolist()
+
+
+def read(path) -> pa.Table:
+    return ds.dataset(path, format="parquet").to_table().sort_by("example_id")
+
+
+def duckdb_rows(path) -> int:
+    import duckdb
+
+    return duckdb.sql(f"select count(*) from read_parquet('{path}/*.parquet')").fetchall()[0][0]
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    array = (np.squeeze(array, axis=-1) if array.ndim == 3 else array).astype(np.uint8)
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def without_scored_at(table: pa.Table) -> pa.Table:
+    return table.drop_columns(["scored_at"])
+
+
+# --- validation rules, no model needed ----------------------------------------------------------
+
+
+def test_pixel_rows_are_validated_one_by_one_with_a_reason():
+    good = digits_pixels(2)
+    rows = {
+        "ok-0": good[0],
+        "ok-255": (np.asarray(good[1]) * 255).round().tolist(),  # whole numbers 0-255: scaled
+        "nan": [float("nan")] + good[0][1:],
+        "range": [-0.5] + good[0][1:-1] + [2.5],
+        "short": good[0][:63],
+        "null": None,
+        "null-value": [None] + good[0][1:],
+    }
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "example_id": list(rows),
+            "source": ["t"] * len(rows),
+            "pixels": pa.array(list(rows.values()), pa.list_(pa.float64())),
+        }
+    )
+    valid, rejected = validate_batch(batch, PLAIN)
+    assert valid.example_ids.to_pylist() == ["ok-0", "ok-255"]
+    np.testing.assert_allclose(valid.images[1].ravel(), np.round(np.asarray(good[1]) * 255) / 255, rtol=1e-6)
+    assert valid.images.dtype == np.float32 and valid.images.shape == (2, 8, 8, 1)
+    assert valid.labels is None and valid.label_out.null_count == 2
+    reasons = dict(zip(rejected.example_ids.to_pylist(), rejected.reasons.to_pylist(), strict=True))
+    assert reasons["nan"].startswith("not finite")
+    assert reasons["range"].startswith("out of range: values in [-0.5, 2.5]")
+    assert reasons["short"] == "wrong size: 63 pixels, the model expects 64 (8x8x1)"
+    assert reasons["null"] == "null value: pixels is null"
+    assert reasons["null-value"].startswith("not finite")
+    raws = dict(zip(rejected.example_ids.to_pylist(), rejected.raws.to_pylist(), strict=True))
+    assert raws["range"].startswith("[-0.5, ") and raws["null"] is None
+
+
+def test_integer_pixels_are_0_255_and_shapes_come_from_height_width_columns():
+    images = (load_digits().images[:3] * 255).round().astype(np.uint8)
+    pixels = images.reshape(3, -1).tolist()
+    pixels[2] = [300] * 64  # not a 0-255 value
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "example_id": ["a", "b", "c"],
+            "source": ["t"] * 3,
+            "pixels": pa.array(pixels, pa.list_(pa.int32())),
+            "height": [8, 4, 8],
+            "width": [8, 16, 8],
+        }
+    )
+    valid, rejected = validate_batch(batch, PLAIN)
+    assert valid.example_ids.to_pylist() == ["a"]
+    np.testing.assert_allclose(valid.images[0].ravel(), images[0].ravel() / 255, rtol=1e-6)
+    assert rejected.reasons.to_pylist() == [
+        "wrong shape: 4x16x1 image, the model expects 8x8x1",
+        "out of range: values in [300, 300]; pixels must be in [0, 1] or whole numbers 0-255 (which are scaled)",
+    ]
+
+
+def test_image_bytes_are_decoded_scaled_or_rejected():
+    digit = (load_digits().images[0, ..., 0] * 255).round().astype(np.uint8)
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "example_id": ["png", "junk", "big", "null"],
+            "source": ["t"] * 4,
+            "image": pa.array([png_bytes(digit), b"not an image", png_bytes(np.zeros((9, 9))), None], pa.binary()),
+        }
+    )
+    valid, rejected = validate_batch(batch, PLAIN)
+    np.testing.assert_allclose(valid.images[0, ..., 0], digit / 255, rtol=1e-6)
+    reasons = rejected.reasons.to_pylist()
+    assert reasons[0].startswith("unreadable image")
+    assert reasons[1] == "wrong shape: 9x9x1 image, the model expects 8x8x1"
+    assert reasons[2] == "null value: image is null"
+    assert rejected.raws.to_pylist()[0].startswith("base64:")
+
+
+def test_a_conditional_model_rejects_rows_without_a_known_label():
+    pixels = digits_pixels(4)
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "example_id": list("abcd"),
+            "source": ["t"] * 4,
+            "pixels": pa.array(pixels, pa.list_(pa.float32())),
+            "label": pa.array(["3", None, "cat", "7"]),
+        }
+    )
+    valid, rejected = validate_batch(batch, CONDITIONAL)
+    assert valid.example_ids.to_pylist() == ["a", "d"] and valid.labels.tolist() == [3, 7]
+    assert rejected.reasons.to_pylist() == [
+        "missing label: label is null and the model is conditional",
+        "unknown label: 'cat' is not one of the model's classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)",
+    ]
+    assert rejected.raws.to_pylist() == [None, "cat"]
+
+    no_labels = batch.drop_columns(["label"])
+    valid, rejected = validate_batch(no_labels, CONDITIONAL)
+    assert valid is None and len(rejected) == 4
+    assert set(rejected.reasons.to_pylist()) == {
+        "missing label: the model is conditional and the input has no 'label'"
+    }
+
+    out_of_range = batch.set_column(3, "label", pa.array([3, 10, -1, None]))
+    valid, rejected = validate_batch(out_of_range, CONDITIONAL)
+    assert valid.example_ids.to_pylist() == ["a"]
+    assert [r.split(":")[0] for r in rejected.reasons.to_pylist()] == ["unknown label"] * 2 + ["missing label"]
+
+
+def test_plans_cut_inputs_into_shards_with_stable_ids(tmp_path):
+    table = pa.table({"pixels": pa.array(digits_pixels(25), pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=10)
+    plan = plan_input(str(tmp_path / "a.parquet"), shard_rows=10)
+    assert plan.total_rows == 25 and [s.num_rows for s in plan.shards] == [10, 10, 5]
+    ids = [i for s in plan.shards for b in s.read(4) for i in b.column("example_id").to_pylist()]
+    assert ids == [f"a.parquet:{i}" for i in range(25)]
+
+    test_part = plan_input("digits:test", split_seed=0)
+    assert test_part.total_rows == 270 and test_part.shards[0].batch.column("source")[0].as_py() == "digits:test"
+    with pytest.raises(ValueError, match="digits:test"):
+        plan_input("digits:tset")
+
+
+def test_help_documents_every_option():
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    result = CliRunner().invoke(main, ["score", "--help"])
+    assert result.exit_code == 0, result.output
+    for option in (
+        "--model",
+        "--input",
+        "--output",
+        "--iwae-k",
+        "--fpr",
+        "--batch-size",
+        "--shape",
+        "--split-seed",
+        "--shard-rows",
+        "--runner",
+        "--direct-num-workers",
+        "--direct-running-mode",
+        "pipeline option",
+    ):
+        assert option in result.output, option
+
+
+# --- real pipelines with trained models ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_uri(trained_plain):
+    return f"models:/{trained_plain.model_name}/{trained_plain.version}"
+
+
+@pytest.mark.slow
+def test_pipeline_scores_equal_score_images(trained_plain, plain_uri, tmp_path):
+    from scoring.calibration import Calibration
+    from scoring.elbo import score_images
+
+    model, test = trained_plain.model, trained_plain.split.test
+    summary = score_dataset(
+        plain_uri, test, tmp_path, iwae_k=3, fpr=0.2, batch_size=64, shard_rows=100, scored_at=WHEN, **FAST
+    )
+    assert (summary.rows_read, summary.rows_scored, summary.rows_rejected) == (len(test), len(test), 0)
+
+    table = read(tmp_path / "scores")
+    assert table.schema.equals(SCORES_SCHEMA)
+    assert read(tmp_path / "rejects").schema.equals(REJECTS_SCHEMA)
+    order = np.argsort(test.example_ids)
+    assert table.column("example_id").to_pylist() == test.example_ids[order].tolist()
+    expected = score_images(
+        model, test.images[order], num_samples=model.score_samples, seed=model.score_seed, iwae_k=3
+    )
+    for name in ("neg_elbo", "reconstruction_nll", "kl", "iwae_nll"):
+        np.testing.assert_allclose(table.column(name).to_numpy(), expected[name], rtol=1e-5, err_msg=name)
+    calibration = Calibration.from_dict(model.calibration).with_fpr(0.2)
+    neg_elbo = table.column("neg_elbo").to_numpy()
+    np.testing.assert_allclose(table.column("p_value").to_numpy(), calibration.p_values(neg_elbo))
+    assert set(table.column("threshold").to_pylist()) == {calibration.threshold} == {summary.threshold}
+    assert table.column("is_anomaly").to_pylist() == calibration.is_anomaly(neg_elbo).tolist()
+    assert summary.anomalies == int(calibration.is_anomaly(neg_elbo).sum())
+    assert table.column("label").to_pylist() == test.labels[order].tolist()
+    assert set(table.column("model_name").to_pylist()) == {trained_plain.model_name}
+    assert set(table.column("model_version").to_pylist()) == {str(trained_plain.version)}
+    assert set(table.column("scored_at").to_pylist()) == {WHEN}
+    assert duckdb_rows(tmp_path / "scores") == len(test)
+    top = top_anomalies(tmp_path / "scores", n=3)
+    assert top.column("neg_elbo").to_pylist() == sorted(neg_elbo, reverse=True)[:3]
+
+
+@pytest.fixture
+def mixed_parquet(tmp_path):
+    """A folder of two Parquet files: good rows, bad rows, and a file with no pixel column."""
+    folder = tmp_path / "input"
+    folder.mkdir()
+    good = digits_pixels(6)
+    pixels = [
+        good[0],
+        good[1],
+        (np.asarray(good[2]) * 255).round().tolist(),
+        [float("nan")] * 64,
+        [2.0] * 64,
+        good[3][:60],
+        None,
+        good[4],
+        good[5],
+    ]
+    ids = ["g0", "g1", "g255", "nan", "range", "short", "null", None, "g5"]
+    table = pa.table({"example_id": ids, "pixels": pa.array(pixels, pa.list_(pa.float32()))})
+    pq.write_table(table, folder / "mixed.parquet", row_group_size=4)
+    pq.write_table(pa.table({"example_id": ["x1", "x2"], "label": [1, 2]}), folder / "no_pixels.parquet")
+    return folder
+
+
+@pytest.mark.slow
+def test_rows_in_equal_rows_scored_plus_rejected(plain_uri, mixed_parquet, tmp_path):
+    summary = score_dataset(plain_uri, str(mixed_parquet), tmp_path / "out", shard_rows=4, **FAST)
+    assert (summary.rows_read, summary.rows_scored, summary.rows_rejected) == (11, 5, 6)
+    scores, rejects = read(tmp_path / "out/scores"), read(tmp_path / "out/rejects")
+    assert scores.column("example_id").to_pylist() == ["g0", "g1", "g255", "g5", "mixed.parquet:7"]
+    assert set(scores.column("source").to_pylist()) == {str(mixed_parquet / "mixed.parquet")}
+    reasons = dict(zip(rejects.column("example_id").to_pylist(), rejects.column("reason").to_pylist(), strict=True))
+    assert {k: v.split(":")[0] for k, v in reasons.items()} == {
+        "nan": "not finite",
+        "range": "out of range",
+        "short": "wrong size",
+        "null": "null value",
+        "x1": "missing column",
+        "x2": "missing column",
+    }
+    assert summary.reject_reasons == {
+        "not finite": 1,
+        "out of range": 1,
+        "wrong size": 1,
+        "null value": 1,
+        "missing column": 2,
+    }
+    assert set(rejects.column("model_version").to_pylist()) == {summary.model_version}
+    assert duckdb_rows(tmp_path / "out/scores") + duckdb_rows(tmp_path / "out/rejects") == 11
+
+    import duckdb
+
+    by_reason = duckdb.sql(
+        f"select split_part(reason, ':', 1) as kind, count(*) from read_parquet('{tmp_path}/out/rejects/*.parquet') "
+        "group by kind order by kind"
+    ).fetchall()
+    assert dict(by_reason) == summary.reject_reasons
+
+
+@pytest.mark.slow
+def test_a_rerun_gives_identical_output(plain_uri, mixed_parquet, tmp_path):
+    first = score_dataset(plain_uri, str(mixed_parquet), tmp_path, shard_rows=4, batch_size=3, **FAST)
+    scores, rejects = read(tmp_path / "scores"), read(tmp_path / "rejects")
+    second = score_dataset(plain_uri, str(mixed_parquet), tmp_path, shard_rows=4, batch_size=3, **FAST)
+    assert (first.rows_scored, first.rows_rejected) == (second.rows_scored, second.rows_rejected)
+    assert without_scored_at(read(tmp_path / "scores")).equals(without_scored_at(scores))
+    assert without_scored_at(read(tmp_path / "rejects")).equals(without_scored_at(rejects))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rejects", "scores"]  # no temporary folders left
+
+
+@pytest.mark.slow
+def test_a_failure_mid_write_leaves_the_older_output_intact(plain_uri, tmp_path):
+    out = tmp_path / "out"
+    score_dataset(plain_uri, "digits:test", out, **FAST)
+    before = read(out / "scores")
+
+    # Two row groups; the second's page header is garbage, so reading it fails after the
+    # first row group has been scored and written to the (temporary) sink.
+    broken = tmp_path / "broken.parquet"
+    table = pa.table({"pixels": pa.array(digits_pixels(20), pa.list_(pa.float32()))})
+    pq.write_table(table, broken, row_group_size=10, compression="none")
+    column = pq.ParquetFile(broken).metadata.row_group(1).column(0)
+    offset = column.dictionary_page_offset or column.data_page_offset
+    data = bytearray(broken.read_bytes())
+    data[offset : offset + 16] = b"\xff" * 16
+    broken.write_bytes(bytes(data))
+
+    with pytest.raises(Exception, match="row groups"):
+        score_dataset(plain_uri, str(broken), out, shard_rows=10, batch_size=5, **FAST)
+    assert read(out / "scores").equals(before)
+    assert sorted(p.name for p in out.iterdir()) == ["rejects", "scores"]
+
+
+@pytest.mark.slow
+def test_multi_processing_mode_matches_in_process(plain_uri, tmp_path):
+    """The default local mode: two worker processes, each loading the model in DoFn.setup."""
+    in_process = score_dataset(plain_uri, "digits:test", tmp_path / "a", shard_rows=100, scored_at=WHEN, **FAST)
+    multi = score_dataset(plain_uri, "digits:test", tmp_path / "b", shard_rows=100, scored_at=WHEN)
+    assert multi.rows_scored == in_process.rows_scored == 270
+    assert len(list((tmp_path / "b/scores").glob("*.parquet"))) >= 1
+    a, b = read(tmp_path / "a/scores"), read(tmp_path / "b/scores")
+    assert a.column("example_id").equals(b.column("example_id"))
+    for name in ("neg_elbo", "p_value"):
+        np.testing.assert_allclose(b.column(name).to_numpy(), a.column(name).to_numpy(), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_conditional_model_scores_with_labels(trained_conditional, tmp_path):
+    from scoring.elbo import score_images
+
+    model = trained_conditional.model
+    digits = load_digits()
+    x = (digits.images[:40] * 255).round().astype(np.uint8)
+    y = digits.target[:40].copy()
+    y[[3, 7]] = [10, 42]  # not classes of the model
+    np.savez(tmp_path / "digits.npz", x=x, y=y)
+    uri = f"models:/{trained_conditional.model_name}/{trained_conditional.version}"
+    summary = score_dataset(uri, str(tmp_path / "digits.npz"), tmp_path / "out", **FAST)
+    assert (summary.rows_scored, summary.rows_rejected) == (38, 2)
+    keep = np.setdiff1d(np.arange(40), [3, 7])
+    scores = ds.dataset(tmp_path / "out/scores").to_table()
+    index = np.array([int(i.split(":")[1]) for i in scores.column("example_id").to_pylist()])
+    np.testing.assert_array_equal(np.sort(index), keep)
+    expected = score_images(
+        model, x[index][..., None] / 255.0, y[index], num_samples=model.score_samples, seed=model.score_seed
+    )
+    np.testing.assert_allclose(scores.column("neg_elbo").to_numpy(), expected["neg_elbo"], rtol=1e-5)
+    assert scores.column("label").to_pylist() == y[index].tolist()
+    rejects = read(tmp_path / "out/rejects")
+    assert rejects.column("example_id").to_pylist() == ["digits.npz:3", "digits.npz:7"]
+    assert rejects.column("raw").to_pylist() == ["10", "42"]
+
+
+@pytest.mark.slow
+def test_cli_scores_a_png_folder(trained_plain, mlflow_store, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, image in enumerate(load_digits().images[:5]):
+        (folder / f"digit-{i}.png").write_bytes(png_bytes((image * 255).round()))
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    result = CliRunner().invoke(
+        main,
+        [
+            "score",
+            "--model",
+            f"models:/{trained_plain.model_name}@champion",
+            "--input",
+            str(folder),
+            "--output",
+            str(tmp_path / "out"),
+            "--direct-running-mode",
+            "in_memory",
+            "--direct-num-workers",
+            "1",
+            "--job_name=score-test",  # an extra Beam pipeline option, passed through
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "passed through: --job_name=score-test" in result.output
+    for text in ("rows read:  6", "scored:     5", "rejected:   1", "1 x unreadable image", "throughput:"):
+        assert text in result.output, text
+    scores = read(tmp_path / "out/scores")
+    assert scores.column("example_id").to_pylist() == [f"digit-{i}.png" for i in range(5)]
+    assert read(tmp_path / "out/rejects").column("example_id").to_pylist() == ["broken.png"]
+
+    missing = CliRunner().invoke(main, ["score", "--model", "models:/no-such-model@champion", "--output", "x"])
+    assert missing.exit_code != 0 and "no-such-model" in missing.output
