@@ -27,7 +27,7 @@ setup(
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
         "airflow": ["apache-airflow==3.3.*"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "duckdb>=1.1", "ruff>=0.6"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "duckdb>=1.1", "ruff>=0.6", "jax>=0.4"],  # jax: backend tests
     },
     entry_points={"console_scripts": ["vae=pipeline.cli:main"]},
 )

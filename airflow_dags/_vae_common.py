@@ -119,14 +119,16 @@ def param(name: str, description: str, type_: str = "string") -> Param:
     )
 
 
-COMMON_PARAMS = {
-    "model_name": lambda: param("model_name", "Registered model name in MLflow."),
-    "mlflow_tracking_uri": lambda: param("mlflow_tracking_uri", "MLflow tracking URI for this run."),
-}
+def common_params() -> dict[str, Param]:
+    """The params every DAG offers."""
+    return {
+        "model_name": param("model_name", "Registered model name in MLflow."),
+        "mlflow_tracking_uri": param("mlflow_tracking_uri", "MLflow tracking URI for this run."),
+    }
 
 
 def default_args() -> dict[str, Any]:
-    """Retries with exponential back-off (2, 4, 8 ... minutes, at most an hour).
+    """Retries with exponential back-off: Airflow waits 2-4, then 4-8 minutes (at most an hour).
 
     ``VAE_DAG_RETRIES`` in the scheduler's environment changes the number of retries (tests use 0)."""
     return {

@@ -13,9 +13,9 @@ from datetime import timedelta
 from typing import Any
 
 from _vae_common import (
-    COMMON_PARAMS,
     MODEL_ASSET,
     START_DATE,
+    common_params,
     default_args,
     flag,
     generate_command,
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
         "synthetic_per_label": param("synthetic_per_label", "Images per label (conditional models).", "integer"),
         "synthetic_n": param("synthetic_n", "Images from the prior (plain models).", "integer"),
         "generate_args": param("generate_args", "More `vae generate` options."),
-        **{name: make() for name, make in COMMON_PARAMS.items()},
+        **common_params(),
     },
 )
 def vae_augment() -> None:
@@ -73,7 +73,7 @@ def vae_augment() -> None:
         log.info("New champion: %s version %s", chosen["model_name"], chosen["version"])
         return dict(chosen)
 
-    @task.bash(skip_on_exit_code=None, execution_timeout=timedelta(hours=2))
+    @task.bash(skip_on_exit_code=None, do_xcom_push=False, execution_timeout=timedelta(hours=2))
     def generate(model: dict[str, Any], params: dict[str, Any] | None = None) -> str:
         return generate_command(model, params)
 

@@ -12,9 +12,9 @@ from datetime import timedelta
 from typing import Any
 
 from _vae_common import (
-    COMMON_PARAMS,
     MODEL_ASSET,
     START_DATE,
+    common_params,
     default_args,
     flag,
     model_event_extra,
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
         "conditional": param("conditional", "Train a label-conditioned VAE (true/false).", "boolean"),
         "epochs": param("epochs", "Maximum epochs.", "integer"),
         "train_args": param("train_args", "More `vae train` options."),
-        **{name: make() for name, make in COMMON_PARAMS.items()},
+        **common_params(),
     },
 )
 def vae_retrain() -> None:

@@ -15,8 +15,8 @@ from datetime import timedelta
 from typing import Any
 
 from _vae_common import (
-    COMMON_PARAMS,
     START_DATE,
+    common_params,
     day_input,
     default_args,
     param,
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
         "input_root": param("input_root", "Root of the daily input partitions date=YYYY-MM-DD/, or digits."),
         "output_root": param("output_root", "Root of the daily outputs date=YYYY-MM-DD/."),
         "score_args": param("score_args", "More `vae score` options."),
-        **{name: make() for name, make in COMMON_PARAMS.items()},
+        **common_params(),
     },
 )
 def vae_score() -> None:
@@ -65,7 +65,7 @@ def vae_score() -> None:
         log.info("Input for %s: %s", day, found)
         return {"date": day, "input": found}
 
-    @task.bash(skip_on_exit_code=None, execution_timeout=timedelta(hours=4))
+    @task.bash(skip_on_exit_code=None, do_xcom_push=False, execution_timeout=timedelta(hours=4))
     def score(day: dict[str, str], params: dict[str, Any] | None = None) -> str:
         return score_command(day["input"], day["date"], params)
 

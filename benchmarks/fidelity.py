@@ -47,6 +47,31 @@ def flat(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1)
 
 
+def spread(images: np.ndarray) -> float:
+    """Mean Euclidean distance of images to their centroid: how varied a set is."""
+    x = flat(images)
+    return float(np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1)).mean())
+
+
+def latent_usage(model_uri: str, work_dir, test) -> dict:
+    """Mean KL per test image (nats) and the active latent units (variance of posterior means > 0.01):
+    a conditional VAE whose KL collapses leaves the label to do the work, and its samples vary little."""
+    from pipeline import generate_pipeline as gp
+    from scoring.elbo import neg_elbo_terms
+    from scoring.sampling import posterior_means
+
+    info, tracking_uri = gp.resolve_model(model_uri, work_dir)
+    model = gp.cached_model(info.uri, tracking_uri).model
+    terms = neg_elbo_terms(model, test.images, test.labels, num_samples=4, seed=0)
+    means = posterior_means(model, test.images, test.labels)
+    return {
+        "test_neg_elbo": float(terms["neg_elbo"].mean()),
+        "test_kl": float(terms["kl"].mean()),
+        "active_units": int((means.var(axis=0) > 0.01).sum()),
+        "latent_dim": int(model.latent_dim),
+    }
+
+
 def conditional_samples(model_uri: str, output: Path, per_label: int, temperature: float, seed: int, work_dir):
     from pipeline import generate_pipeline as gp
 
@@ -123,6 +148,12 @@ def main(argv: list[str] | None = None) -> dict:
     fidelity = float((predicted == sample_labels).mean())
     per_label = {int(k): float((predicted[sample_labels == k] == k).mean()) for k in np.unique(sample_labels)}
 
+    # diversity: how much the samples of a label vary, relative to the real training images of it
+    diversity = float(
+        np.mean([spread(samples[sample_labels == k]) / spread(train.images[train.labels == k]) for k in per_label])
+    )
+    usage = latent_usage(model_uri, str(work), test)
+
     # (b) augmentation lift over seeds of the small subset
     rows = []
     for s in range(args.subsets):
@@ -172,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
         "classifier_test_accuracy_full_real": judge_accuracy,
         "label_fidelity": fidelity,
         "label_fidelity_per_label": per_label,
+        "diversity_ratio": diversity,
+        **usage,
         "subsets": rows,
         "real_only_mean": float(real_only),
         "real_plus_synthetic_mean": float(augmented),
@@ -189,6 +222,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"({args.per_label} per label) get the requested label"
     )
     print("  per label:               " + ", ".join(f"{k}: {v:.2f}" for k, v in per_label.items()))
+    print(
+        f"diversity:                 samples spread {diversity:.2f}x as far around their label's centroid as "
+        f"the real images do"
+    )
+    print(
+        f"latent use:                test KL {usage['test_kl']:.2f} nats per image (neg ELBO "
+        f"{usage['test_neg_elbo']:.2f}); {usage['active_units']} of {usage['latent_dim']} latent units active"
+    )
     print(f"augmentation ({args.fraction:.0%} real, {args.subsets} subsets, test accuracy, mean ± sd):")
     for key, text in (
         ("real_only", "real only"),

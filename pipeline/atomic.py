@@ -11,6 +11,8 @@ final step is a rename. pyarrow, DuckDB and Spark skip names starting with ``.``
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -18,6 +20,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -62,3 +66,52 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """True for URLs such as ``gs://bucket/x`` (any scheme), False for local paths."""
+    return "://" in str(path)
+
+
+@contextmanager
+def atomic_filesystem_dir(final_path: str) -> Iterator[str]:
+    """The same contract on any file system Apache Beam knows (``gs://``, ``s3://``, ``hdfs://``,
+    local): files are written under a hidden sibling prefix and moved into place on success; on an
+    exception they are deleted and the old dataset is untouched.
+
+    Object stores cannot rename a folder in one step, so the final move deletes the old files and
+    then renames the new ones (a copy on GCS and S3): a reader during that moment may find the
+    dataset missing or incomplete, never a mixture of two runs."""
+    from apache_beam.io.filesystems import FileSystems
+
+    final = str(final_path).rstrip("/")
+    parent, name = final.rsplit("/", 1)
+    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+    _mkdirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _delete_quietly(tmp)
+        raise
+    new = [m.path for m in FileSystems.match([f"{tmp}/*"])[0].metadata_list]
+    if FileSystems.exists(final) or FileSystems.match([f"{final}/*"])[0].metadata_list:
+        FileSystems.delete([final if not is_remote(final) else final + "/"])
+    _mkdirs(final)
+    FileSystems.rename(new, [f"{final}/{path.rsplit('/', 1)[1]}" for path in new])
+    _delete_quietly(tmp)
+
+
+def _mkdirs(path: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    with contextlib.suppress(OSError):  # it exists already (object stores have no folders to make)
+        FileSystems.mkdirs(path)
+
+
+def _delete_quietly(path: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        FileSystems.delete([path if not is_remote(path) else path + "/"])
+    except Exception:  # best effort: it is only a temporary prefix
+        log.warning("could not delete the temporary folder %s; delete it by hand", path)

@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
@@ -45,6 +45,9 @@ from apache_beam.metrics import Metrics
 from pipeline.atomic import atomic_dataset_dir
 from pipeline.score_pipeline import DEFAULT_WORKERS, make_pipeline
 from scoring.sampling import SAMPLE_METHODS, stream_seed, synthesize
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -689,7 +692,9 @@ def images_of(table: pa.Table) -> np.ndarray:
     return flat.astype(np.float32).reshape(table.num_rows, h, w, c)
 
 
-def grid_figure(table: pa.Table, class_names: Sequence[str] = (), per_label: int = 10, title: str | None = None):
+def grid_figure(
+    table: pa.Table, class_names: Sequence[str] = (), per_label: int = 10, title: str | None = None
+) -> "Figure":
     """A matplotlib figure of synthetic samples: one row of ``per_label`` images per label, or the first
     ``per_label**2`` samples in rows of ``per_label`` when there are no labels."""
     from training.plots import image_grid
@@ -752,7 +757,9 @@ def generate_showcase(
     **options: Any,
 ) -> GenerateSummary:
     """What ``vae run`` writes: 100 conditional samples per label (1,000 prior samples for a plain
-    model) into ``output``, a PNG grid of them beside it, logged to the model version's MLflow run."""
+    model) into ``output/synthetic``, a PNG grid of them beside it (``output/synthetic-METHOD.png``,
+    also in ``summary.grid``), logged to the model version's MLflow run under ``synthetic/``.
+    ``options`` go to :func:`generate_dataset` (``work_dir``, ``direct_running_mode`` ...)."""
     from dataclasses import replace
 
     info, _ = resolve_model(model_uri, options.get("work_dir"))

@@ -226,13 +226,21 @@ def top_table(frame, images: dict, top: int) -> str:
             str(rank),
             picture,
             html.escape(eid),
-            "–" if label is None or (isinstance(label, float) and math.isnan(label)) else html.escape(str(label)),
+            _label_text(label),
             *(_number(row[c], 4 if c == "p_value" else 3) for c in columns),
             "yes" if flagged is True or flagged == 1 else ("no" if flagged is not None else "–"),
         ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
     return f"<table class='anomalies'>{header}{''.join(rows)}</table>"
+
+
+def _label_text(label: object) -> str:
+    if label is None or (isinstance(label, float) and math.isnan(label)):
+        return "–"
+    if isinstance(label, float) and label.is_integer():  # an int column with nulls reads as float
+        return str(int(label))
+    return html.escape(str(label))
 
 
 STYLE = """

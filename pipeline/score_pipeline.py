@@ -36,7 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import arrow_io
 from pipeline.arrow_io import InputPlan, ModelSpec, RejectedRows, ValidRows
-from pipeline.atomic import atomic_dataset_dir
+from pipeline.atomic import atomic_dataset_dir, atomic_filesystem_dir, is_remote
 from training.data import ImageData
 
 log = logging.getLogger(__name__)
@@ -264,12 +264,16 @@ def build_pipeline(
         checked.valid
         | "Score" >> beam.ParDo(scorer)
         | "WriteScores"
-        >> beam.io.WriteToParquetBatched(scores_prefix, schema=SCORES_SCHEMA, file_name_suffix=".parquet")
+        >> beam.io.WriteToParquetBatched(
+            scores_prefix, schema=SCORES_SCHEMA, file_name_suffix=".parquet", codec="snappy"
+        )
     )
     (
         checked[REJECTS]
         | "WriteRejects"
-        >> beam.io.WriteToParquetBatched(rejects_prefix, schema=REJECTS_SCHEMA, file_name_suffix=".parquet")
+        >> beam.io.WriteToParquetBatched(
+            rejects_prefix, schema=REJECTS_SCHEMA, file_name_suffix=".parquet", codec="snappy"
+        )
     )
 
 
@@ -326,8 +330,8 @@ class ScoreSummary:
     threshold: float | None
     seconds: float  # the whole call: model load, planning, the Beam run, the commit
     pipeline_seconds: float  # the Beam run alone
-    scores_path: Path
-    rejects_path: Path
+    scores_path: Path | str  # a str for gs://, s3:// ... outputs
+    rejects_path: Path | str
     reject_reasons: dict[str, int] = field(default_factory=dict)
     expected_rows: int | None = None
 
@@ -358,14 +362,22 @@ class ScoreSummary:
         return out
 
 
-def _count_output(scores_dir: Path, rejects_dir: Path) -> tuple[int, int, int, dict[str, int]]:
+def _output_paths(output: str | os.PathLike):
+    """(scores path, rejects path, the matching all-or-nothing folder context manager)."""
+    if is_remote(output):
+        base = str(output).rstrip("/")
+        return f"{base}/scores", f"{base}/rejects", atomic_filesystem_dir
+    return Path(output) / "scores", Path(output) / "rejects", atomic_dataset_dir
+
+
+def _count_output(scores_dir, rejects_dir) -> tuple[int, int, int, dict[str, int]]:
     import pyarrow.dataset as ds
 
-    scores = ds.dataset(scores_dir, format="parquet")
+    scores = ds.dataset(str(scores_dir), format="parquet")
     rows_scored = scores.count_rows()
     flags = scores.to_table(columns=["is_anomaly"]).column("is_anomaly")
     anomalies = int(pc.sum(flags.fill_null(False)).as_py() or 0)
-    rejects = ds.dataset(rejects_dir, format="parquet").to_table(columns=["reason"])
+    rejects = ds.dataset(str(rejects_dir), format="parquet").to_table(columns=["reason"])
     reasons = Counter(r.split(":", 1)[0] for r in rejects.column("reason").to_pylist())
     return rows_scored, rejects.num_rows, anomalies, dict(reasons)
 
@@ -430,7 +442,7 @@ def score_dataset(
     spec = ModelSpec.of(model)
     plan = arrow_io.plan_input(input, shard_rows=shard_rows, split_seed=split_seed)
     stamp = RunStamp(name, str(version), scored_at or datetime.now(UTC).replace(microsecond=0))
-    output = Path(output)
+    scores_path, rejects_path, atomic_dir = _output_paths(output)
     log.info(
         "scoring %s with %s version %s (%s, image %s): %d shard(s) on %s",
         plan.description,
@@ -443,7 +455,7 @@ def score_dataset(
     )
     scorer = ScoreImages(pinned, stamp, tracking_uri=tracking, iwae_k=iwae_k, fpr=fpr, batch_size=batch_size)
     validator = ValidateRows(spec, shape, stamp)
-    with atomic_dataset_dir(output / "scores") as scores_tmp, atomic_dataset_dir(output / "rejects") as rejects_tmp:
+    with atomic_dir(scores_path) as scores_tmp, atomic_dir(rejects_path) as rejects_tmp:
         pipeline = test_pipeline or make_pipeline(
             runner, direct_num_workers=direct_num_workers, direct_running_mode=direct_running_mode, beam_args=beam_args
         )
@@ -454,8 +466,8 @@ def score_dataset(
                 plan,
                 scorer=scorer,
                 validator=validator,
-                scores_prefix=str(scores_tmp / "part"),
-                rejects_prefix=str(rejects_tmp / "part"),
+                scores_prefix=f"{scores_tmp}/part",
+                rejects_prefix=f"{rejects_tmp}/part",
                 batch_size=batch_size,
             )
         pipeline_seconds = time.perf_counter() - pipeline_started
@@ -477,8 +489,8 @@ def score_dataset(
         threshold=None if calibration is None else calibration.threshold,
         seconds=time.perf_counter() - started,
         pipeline_seconds=pipeline_seconds,
-        scores_path=output / "scores",
-        rejects_path=output / "rejects",
+        scores_path=scores_path,
+        rejects_path=rejects_path,
         reject_reasons=reasons,
         expected_rows=plan.total_rows,
     )

@@ -57,3 +57,23 @@ def test_replace_dir_puts_the_old_folder_back_when_the_move_fails(tmp_path):
         replace_dir(tmp_path / "does-not-exist", target)
     assert (target / "keep").read_text() == "old"
     assert _leftovers(tmp_path) == []
+
+
+def test_the_beam_filesystems_variant_keeps_the_same_contract(tmp_path):
+    """``atomic_filesystem_dir`` is for gs://, s3:// ... outputs; Beam's local file system runs it here."""
+    from pipeline.atomic import atomic_filesystem_dir
+
+    target = tmp_path / "scores"
+    target.mkdir()
+    (target / "old.parquet").write_text("old")
+    with pytest.raises(RuntimeError), atomic_filesystem_dir(str(target)) as tmp:
+        (tmp_path / tmp.rsplit("/", 1)[1] / "half.parquet").write_text("half")
+        raise RuntimeError
+    assert [p.name for p in target.iterdir()] == ["old.parquet"]
+    assert _leftovers(tmp_path) == []
+
+    with atomic_filesystem_dir(str(target)) as tmp:
+        for i in range(2):
+            (tmp_path / tmp.rsplit("/", 1)[1] / f"part-{i}.parquet").write_text(f"new {i}")
+    assert sorted(p.name for p in target.iterdir()) == ["part-0.parquet", "part-1.parquet"]
+    assert _leftovers(tmp_path) == []

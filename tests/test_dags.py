@@ -31,6 +31,7 @@ HEAVY = ("tensorflow", "keras", "apache_beam", "mlflow", "torch", "jax")
 MODEL = "vae-airflow-test"
 DAY = "2026-01-05"
 QUICK_TRAIN_ARGS = "--kl-warmup 1 --early-stopping 0 --score-samples 4"
+QUICK_SCORE_ARGS = "--direct-running-mode in_memory --direct-num-workers 1"  # 1,797 rows: no worker processes
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -60,6 +61,9 @@ def airflow_env(airflow_home: Path) -> dict[str, str]:
         AIRFLOW_VAR_VAE_MODEL_NAME=MODEL,
         AIRFLOW_VAR_VAE_EPOCHS="2",
         AIRFLOW_VAR_VAE_TRAIN_ARGS=QUICK_TRAIN_ARGS,
+        AIRFLOW_VAR_VAE_SCORE_ARGS=QUICK_SCORE_ARGS,
+        AIRFLOW_VAR_VAE_SYNTHETIC_N="32",
+        AIRFLOW_VAR_VAE_GENERATE_ARGS=QUICK_SCORE_ARGS + " --no-grid",
     )
     return env
 
@@ -380,12 +384,11 @@ def test_augment_skips_without_a_promoted_model(airflow_db):
 
 
 @pytest.mark.slow
-def test_a_failing_command_fails_the_task_and_shows_its_output(airflow_db, tmp_path):
-    missing = tmp_path / "no-such-data.npz"
+def test_a_failing_command_fails_the_task_and_shows_its_output(airflow_db):
     events_before = model_events(airflow_db)
-    result = dags_test(airflow_db, "vae_retrain", "2026-02-03", {"train_data": str(missing)})
+    result = dags_test(airflow_db, "vae_retrain", "2026-02-03", {"train_args": "--likelihood poisson"})
     assert result.returncode != 0
-    assert str(missing) in log_of(result)  # vae's own error message, from the task log
+    assert "Invalid value for '--likelihood': 'poisson'" in log_of(result)  # vae's own stderr, in the task log
     assert "Bash command failed" in log_of(result)
     assert task_states(airflow_db, "vae_retrain", "2026-02-03") == {
         "train": "failed",
@@ -395,7 +398,7 @@ def test_a_failing_command_fails_the_task_and_shows_its_output(airflow_db, tmp_p
 
 
 @pytest.mark.slow
-def test_retrain_then_score_end_to_end(airflow_db, airflow_home, common):
+def test_retrain_score_and_augment_end_to_end(airflow_db, airflow_home, common):
     from mlflow import MlflowClient
 
     tracking_uri = airflow_db["AIRFLOW_VAR_VAE_MLFLOW_TRACKING_URI"]
@@ -425,9 +428,19 @@ def test_retrain_then_score_end_to_end(airflow_db, airflow_home, common):
     assert task_states(airflow_db, "vae_score", DAY) == {"find_input": "success", "score": "success"}
 
     import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
     day = airflow_home / "vae-work" / "daily" / f"date={DAY}"
     scores = ds.dataset(day / "scores", format="parquet").to_table()
     assert scores.num_rows == 1797
     assert {str(v) for v in scores.column("model_version").to_pylist()} == {str(champion.version)}
     assert (day / "rejects").is_dir()
+
+    # vae_augment, run by hand for the new champion (a scheduler would start it from the event)
+    conf = {"model_name": MODEL, "model_version": str(champion.version)}
+    augment = dags_test(airflow_db, "vae_augment", DAY, conf)
+    assert augment.returncode == 0, log_of(augment)
+    assert task_states(airflow_db, "vae_augment", DAY) == {"choose_model": "success", "generate": "success"}
+    synthetic = airflow_home / "vae-work" / "synthetic" / MODEL / f"version={champion.version}" / "synthetic"
+    files = sorted((synthetic / "method=prior").rglob("*.parquet"))
+    assert sum(pq.read_metadata(f).num_rows for f in files) == 32

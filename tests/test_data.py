@@ -48,11 +48,16 @@ def test_npz_with_labels(tmp_path):
 
 def test_parquet_pixels_with_shape_columns_and_string_labels(tmp_path):
     rows = 6
-    table = pa.table({
-        "pixels": [list(np.linspace(0, 1, 16)) for _ in range(rows)],
-        "height": [4] * rows, "width": [4] * rows, "channels": [1] * rows,
-        "label": ["cat", "dog"] * 3, "example_id": [f"img-{i}" for i in range(rows)],
-    })
+    table = pa.table(
+        {
+            "pixels": [list(np.linspace(0, 1, 16)) for _ in range(rows)],
+            "height": [4] * rows,
+            "width": [4] * rows,
+            "channels": [1] * rows,
+            "label": ["cat", "dog"] * 3,
+            "example_id": [f"img-{i}" for i in range(rows)],
+        }
+    )
     pq.write_table(table, tmp_path / "p.parquet")
     loaded = data.load(str(tmp_path / "p.parquet"))
     assert loaded.images.shape == (6, 4, 4, 1) and loaded.class_names == ["cat", "dog"]
@@ -145,8 +150,16 @@ def test_empty_data_sets(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no PNG or JPEG images"):
         data.load(str(tmp_path / "empty"))
-    pq.write_table(pa.table({"pixels": pa.array([], pa.list_(pa.float32())), "height": pa.array([], pa.int32()),
-                             "width": pa.array([], pa.int32())}), tmp_path / "e.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "pixels": pa.array([], pa.list_(pa.float32())),
+                "height": pa.array([], pa.int32()),
+                "width": pa.array([], pa.int32()),
+            }
+        ),
+        tmp_path / "e.parquet",
+    )
     with pytest.raises(DataError, match="empty"):
         data.load(str(tmp_path / "e.parquet"))
 
@@ -159,8 +172,10 @@ def test_unreadable_image_names_the_file(tmp_path):
 
 
 def test_unreadable_image_bytes_in_parquet_name_the_row(tmp_path):
-    pq.write_table(pa.table({"image": [png_bytes(np.zeros((4, 4))), b"garbage"], "example_id": ["x1", "x2"]}),
-                   tmp_path / "g.parquet")
+    pq.write_table(
+        pa.table({"image": [png_bytes(np.zeros((4, 4))), b"garbage"], "example_id": ["x1", "x2"]}),
+        tmp_path / "g.parquet",
+    )
     with pytest.raises(DataError, match=r"g\.parquet row 1 \(example_id x2\): unreadable image"):
         data.load(str(tmp_path / "g.parquet"))
 

@@ -81,6 +81,9 @@ def test_vae_config_for_tasks(digits):
     held_out = ev.vae_config(base, ev.held_out_tasks(digits)[0])
     assert (held_out.kl_warmup, held_out.early_stopping, held_out.conditional) == (2, 10, False)
     assert ev.vae_config(base, ev.contaminated_task(digits)).early_stopping == 0
+    one_class = ev.vae_config(base, ev.one_class_tasks(digits)[0])
+    factor = ev.ONE_CLASS_EPOCH_FACTOR
+    assert (one_class.epochs, one_class.kl_warmup, one_class.early_stopping) == (6 * factor, 2 * factor, 10 * factor)
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -148,8 +151,9 @@ def test_kde_bandwidth_comes_from_cross_validation(digits):
 def test_classical_evaluation_writes_tables_csv_and_plot(digits, tmp_path):
     import pandas as pd
 
+    every_third = digits.subset(np.arange(0, len(digits), 3))  # a third of the images keeps the test quick
     result = ev.evaluate(
-        digits, ["held-out", "contaminated"], output_dir=tmp_path, detectors=ev.CLASSICAL, progress=lambda _: None
+        every_third, ["held-out", "contaminated"], output_dir=tmp_path, detectors=ev.CLASSICAL, progress=lambda _: None
     )
     assert len(result.rows) == (10 + 1) * len(ev.CLASSICAL)
     frame = pd.read_csv(result.csv_path)

@@ -67,8 +67,9 @@ def test_continuous_bernoulli_density_integrates_to_one():
     grid = np.linspace(0, 1, 20001, dtype=np.float64)
     for logit in (-3.0, -0.01, 0.0, 0.02, 2.5):
         params = np.full((grid.size, 1, 1, 1), logit, np.float32)
-        nll = ops.convert_to_numpy(likelihoods.negative_log_likelihood(grid.reshape(-1, 1, 1, 1), params,
-                                                                         "continuous_bernoulli"))
+        nll = ops.convert_to_numpy(
+            likelihoods.negative_log_likelihood(grid.reshape(-1, 1, 1, 1), params, "continuous_bernoulli")
+        )
         assert np.trapezoid(np.exp(-nll.astype(np.float64)), grid) == pytest.approx(1.0, abs=2e-3)
 
 
@@ -153,8 +154,10 @@ def test_elbo_and_iwae_bound_the_exact_marginal_likelihood():
     elbo_gap = elbo.neg_elbo_terms(model, images, num_samples=4000, seed=0)["neg_elbo"] - exact_nll
     assert np.all(elbo_gap > 0.5)  # -ELBO > -log p(x) for every example: a strict bound here
     # the IWAE gap, averaged over seeds, shrinks towards 0 as K grows
-    gaps = {k: np.mean([np.mean(elbo.iwae_nll(model, images, k=k, seed=s) - exact_nll) for s in range(8)])
-            for k in (1, 10, 100, 1000)}
+    gaps = {
+        k: np.mean([np.mean(elbo.iwae_nll(model, images, k=k, seed=s) - exact_nll) for s in range(8)])
+        for k in (1, 10, 100, 1000)
+    }
     assert gaps[1] == pytest.approx(elbo_gap.mean(), rel=0.3)  # K = 1 is the ELBO
     assert gaps[1] > gaps[10] > gaps[1000]
     assert abs(gaps[100]) < 0.1 * elbo_gap.mean()
@@ -173,14 +176,20 @@ def test_scores_are_deterministic_and_independent_of_batching():
 
 
 def test_saved_model_reloads_in_safe_mode_with_identical_scores(tmp_path):
-    model = VariationalAutoencoder((8, 8, 1), latent_dim=3, num_classes=10, seed=0,
-                                   calibration={"threshold": 1.0, "target_fpr": 0.01, "scores": [0.5, 1.0]})
+    model = VariationalAutoencoder(
+        (8, 8, 1),
+        latent_dim=3,
+        num_classes=10,
+        seed=0,
+        calibration={"threshold": 1.0, "target_fpr": 0.01, "scores": [0.5, 1.0]},
+    )
     compile_model(model)
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     x = np.random.default_rng(5).random((6, 8, 8, 1), dtype=np.float32)
     labels = np.arange(6)
-    np.testing.assert_array_equal(elbo.score_images(model, x, labels)["neg_elbo"],
-                                  elbo.score_images(loaded, x, labels)["neg_elbo"])
+    np.testing.assert_array_equal(
+        elbo.score_images(model, x, labels)["neg_elbo"], elbo.score_images(loaded, x, labels)["neg_elbo"]
+    )
     assert loaded.calibration == model.calibration and loaded.class_names == model.class_names

@@ -16,7 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.arrow_io import ModelSpec, image_data_batch, plan_input, validate_batch
+from pipeline.arrow_io import ModelSpec, plan_input, validate_batch
 from pipeline.score_pipeline import REJECTS_SCHEMA, SCORES_SCHEMA, score_dataset, top_anomalies
 from training.data import load_digits
 
@@ -150,9 +150,7 @@ def test_a_conditional_model_rejects_rows_without_a_known_label():
     no_labels = batch.drop_columns(["label"])
     valid, rejected = validate_batch(no_labels, CONDITIONAL)
     assert valid is None and len(rejected) == 4
-    assert set(rejected.reasons.to_pylist()) == {
-        "missing label: the model is conditional and the input has no 'label'"
-    }
+    assert set(rejected.reasons.to_pylist()) == {"missing label: the model is conditional and the input has no 'label'"}
 
     out_of_range = batch.set_column(3, "label", pa.array([3, 10, -1, None]))
     valid, rejected = validate_batch(out_of_range, CONDITIONAL)
@@ -223,9 +221,7 @@ def test_pipeline_scores_equal_score_images(trained_plain, plain_uri, tmp_path):
     assert read(tmp_path / "rejects").schema.equals(REJECTS_SCHEMA)
     order = np.argsort(test.example_ids)
     assert table.column("example_id").to_pylist() == test.example_ids[order].tolist()
-    expected = score_images(
-        model, test.images[order], num_samples=model.score_samples, seed=model.score_seed, iwae_k=3
-    )
+    expected = score_images(model, test.images[order], num_samples=model.score_samples, seed=model.score_seed, iwae_k=3)
     for name in ("neg_elbo", "reconstruction_nll", "kl", "iwae_nll"):
         np.testing.assert_allclose(table.column(name).to_numpy(), expected[name], rtol=1e-5, err_msg=name)
     calibration = Calibration.from_dict(model.calibration).with_fpr(0.2)
@@ -254,7 +250,7 @@ def mixed_parquet(tmp_path):
         good[1],
         (np.asarray(good[2]) * 255).round().tolist(),
         [float("nan")] * 64,
-        [2.0] * 64,
+        [1.5] * 64,
         good[3][:60],
         None,
         good[4],
@@ -304,13 +300,14 @@ def test_rows_in_equal_rows_scored_plus_rejected(plain_uri, mixed_parquet, tmp_p
 
 @pytest.mark.slow
 def test_a_rerun_gives_identical_output(plain_uri, mixed_parquet, tmp_path):
-    first = score_dataset(plain_uri, str(mixed_parquet), tmp_path, shard_rows=4, batch_size=3, **FAST)
-    scores, rejects = read(tmp_path / "scores"), read(tmp_path / "rejects")
-    second = score_dataset(plain_uri, str(mixed_parquet), tmp_path, shard_rows=4, batch_size=3, **FAST)
+    out = tmp_path / "out"
+    first = score_dataset(plain_uri, str(mixed_parquet), out, shard_rows=4, batch_size=3, **FAST)
+    scores, rejects = read(out / "scores"), read(out / "rejects")
+    second = score_dataset(plain_uri, str(mixed_parquet), out, shard_rows=4, batch_size=3, **FAST)
     assert (first.rows_scored, first.rows_rejected) == (second.rows_scored, second.rows_rejected)
-    assert without_scored_at(read(tmp_path / "scores")).equals(without_scored_at(scores))
-    assert without_scored_at(read(tmp_path / "rejects")).equals(without_scored_at(rejects))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rejects", "scores"]  # no temporary folders left
+    assert without_scored_at(read(out / "scores")).equals(without_scored_at(scores))
+    assert without_scored_at(read(out / "rejects")).equals(without_scored_at(rejects))
+    assert sorted(p.name for p in out.iterdir()) == ["rejects", "scores"]  # no temporary folders left
 
 
 @pytest.mark.slow
@@ -335,6 +332,15 @@ def test_a_failure_mid_write_leaves_the_older_output_intact(plain_uri, tmp_path)
     assert read(out / "scores").equals(before)
     assert sorted(p.name for p in out.iterdir()) == ["rejects", "scores"]
 
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    args = ["--input", str(broken), "--output", str(out), "--shard-rows", "10", "--direct-running-mode", "in_memory"]
+    result = CliRunner().invoke(main, ["score", "--model", plain_uri, *args])
+    assert result.exit_code == 1 and "left as it was" in result.output and "row groups" in result.output
+    assert read(out / "scores").equals(before)
+
 
 @pytest.mark.slow
 def test_multi_processing_mode_matches_in_process(plain_uri, tmp_path):
@@ -356,7 +362,7 @@ def test_conditional_model_scores_with_labels(trained_conditional, tmp_path):
     model = trained_conditional.model
     digits = load_digits()
     x = (digits.images[:40] * 255).round().astype(np.uint8)
-    y = digits.target[:40].copy()
+    y = digits.labels[:40].copy()
     y[[3, 7]] = [10, 42]  # not classes of the model
     np.savez(tmp_path / "digits.npz", x=x, y=y)
     uri = f"models:/{trained_conditional.model_name}/{trained_conditional.version}"
@@ -366,9 +372,7 @@ def test_conditional_model_scores_with_labels(trained_conditional, tmp_path):
     scores = ds.dataset(tmp_path / "out/scores").to_table()
     index = np.array([int(i.split(":")[1]) for i in scores.column("example_id").to_pylist()])
     np.testing.assert_array_equal(np.sort(index), keep)
-    expected = score_images(
-        model, x[index][..., None] / 255.0, y[index], num_samples=model.score_samples, seed=model.score_seed
-    )
+    expected = score_images(model, x[index] / 255.0, y[index], num_samples=model.score_samples, seed=model.score_seed)
     np.testing.assert_allclose(scores.column("neg_elbo").to_numpy(), expected["neg_elbo"], rtol=1e-5)
     assert scores.column("label").to_pylist() == y[index].tolist()
     rejects = read(tmp_path / "out/rejects")
@@ -414,3 +418,18 @@ def test_cli_scores_a_png_folder(trained_plain, mlflow_store, tmp_path):
 
     missing = CliRunner().invoke(main, ["score", "--model", "models:/no-such-model@champion", "--output", "x"])
     assert missing.exit_code != 0 and "no-such-model" in missing.output
+
+
+@pytest.mark.slow
+def test_run_takes_beam_style_arguments_and_an_injected_pipeline(plain_uri, tmp_path):
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from pipeline.score_pipeline import run
+
+    summary = run(
+        ["--model", plain_uri, "--input", "digits:test", "--output", str(tmp_path), "--batch_size", "50"],
+        test_pipeline=beam.Pipeline(runner=FnApiRunner()),
+    )
+    assert summary.rows_scored == 270 and summary.scores_path == tmp_path / "scores"
+    assert duckdb_rows(tmp_path / "scores") == 270

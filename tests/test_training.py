@@ -42,13 +42,22 @@ def test_champion_from_the_registry_scores_like_the_in_memory_model(trained_cond
 def test_run_logs_params_per_epoch_metrics_plots_and_calibration(trained_conditional):
     client = MlflowClient()
     run = client.get_run(trained_conditional.run_id)
-    assert run.data.params["latent_dim"] == "8" and run.data.params["conditional"] == "True"
+    assert run.data.params["latent_dim"] == str(TrainConfig().latent_dim) and run.data.params["conditional"] == "True"
     assert len(run.data.tags["data_fingerprint"]) == 16
     for key in ("neg_elbo", "val_neg_elbo", "reconstruction", "val_reconstruction", "kl", "val_kl"):
         assert len(client.get_metric_history(run.info.run_id, key)) == QUICK["epochs"]
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {f"plots/{n}.png" for n in ("learning_curves", "reconstructions", "prior_samples", "latent_map",
-                                        "score_histogram", "samples_per_label")} <= plots
+    assert {
+        f"plots/{n}.png"
+        for n in (
+            "learning_curves",
+            "reconstructions",
+            "prior_samples",
+            "latent_map",
+            "score_histogram",
+            "samples_per_label",
+        )
+    } <= plots
     stored = Path(client.download_artifacts(run.info.run_id, "calibration.json")).read_text()
     calibration = Calibration.from_dict(json.loads(stored))
     assert calibration.threshold == pytest.approx(trained_conditional.threshold)
@@ -78,8 +87,24 @@ def test_promotion_follows_the_promote_option(mlflow_store):
 
 
 def test_vae_train_command_end_to_end(mlflow_store):
-    result = CliRunner().invoke(main, ["train", "--data", "digits", "--model-name", "vae-test-cli", "--epochs", "2",
-                                       "--kl-warmup", "1", "--score-samples", "2", "--seed", "3"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            "digits",
+            "--model-name",
+            "vae-test-cli",
+            "--epochs",
+            "2",
+            "--kl-warmup",
+            "1",
+            "--score-samples",
+            "2",
+            "--seed",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "registered:          vae-test-cli version 1" in result.output
     assert "promoted to @champion (no champion yet)" in result.output

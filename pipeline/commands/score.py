@@ -107,19 +107,33 @@ def score_command(ctx: click.Context, model_uri: str, input_spec: str, output: s
     OUTPUT/rejects (every row that could not be scored, with the reason) as Parquet datasets.
     """
     from pipeline.score_pipeline import score_dataset
+    from training.data import DataError
 
     beam_args = list(ctx.args)
     if beam_args:
         click.echo(f"Beam pipeline options passed through: {' '.join(beam_args)}")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    summary = score_dataset(
-        model_uri,
-        input_spec,
-        output,
-        beam_args=beam_args,
-        work_dir=ctx.obj["work_dir"],
-        **options,
-    )
+    try:
+        summary = score_dataset(
+            model_uri,
+            input_spec,
+            output,
+            beam_args=beam_args,
+            work_dir=ctx.obj["work_dir"],
+            **options,
+        )
+    except (RuntimeError, DataError) as exc:
+        if isinstance(exc, DataError) and "[while running" not in str(exc):
+            raise  # bad input found before the pipeline started: friendly_errors prints it
+        # a step failed in a worker (Beam wraps its traceback)
+        raise click.ClickException(f"the scoring pipeline failed; {output} was left as it was: {_cause(exc)}") from exc
     click.echo("")
     for line in summary.lines():
         click.echo(line)
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong, in one line, from an error or a worker traceback that Beam wrapped."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line for line in lines if "Error: " in line or "Exception: " in line]
+    return causes[-1] if causes else " ".join(lines) or type(exc).__name__

@@ -39,8 +39,13 @@ def train_options(func):
             show_default=True,
             help="Maximum epochs (early stopping may end sooner).",
         ),
-        click.option("--batch-size", type=click.IntRange(1), default=d.batch_size, show_default=True,
-                     help="Images per gradient step."),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1),
+            default=d.batch_size,
+            show_default=True,
+            help="Images per gradient step.",
+        ),
         click.option(
             "--learning-rate",
             type=click.FloatRange(min=0, min_open=True),

@@ -1,0 +1,201 @@
+"""Beam scoring throughput against raw in-process scoring of the same rows.
+
+For each ``--rows`` N: tile the built-in digits to N rows in a Parquet file (``pixels`` as
+list<float32>, row groups of ``--shard-rows``), then measure in the same process
+
+(a) raw: :func:`scoring.elbo.score_images` on the same N rows held in memory (batched, one process);
+(b) Beam: ``score_dataset`` on the Parquet file, end to end (worker start-up, reading, validation,
+    scoring, Parquet writing, the atomic commit), on the DirectRunner in multi-processing mode;
+
+and print rows/s of each, the ratio (b)/(a), and the peak resident memory of the pipeline (this
+process plus all its worker processes, sampled every 0.2 s).
+
+Usage::
+
+    python benchmarks/score_throughput.py --rows 100000 1000000 [--model models:/NAME@ALIAS]
+        [--batch-size 4096] [--workers 2] [--raw-rows 200000]
+
+Trains a quick model into a throw-away MLflow store unless ``--model`` is given. ``--raw-rows``
+caps (a) at that many rows (the rate, not the total, is compared) to save time on big N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("score_throughput")
+
+
+class PeakMemory:
+    """Peak summed RSS of this process and its descendants, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval = interval
+        self.peak = 0  # this process + workers
+        self.workers_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> tuple[int, int]:
+        """(this process, its worker processes) resident bytes."""
+        import psutil
+
+        workers = 0
+        for proc in self.process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                workers += proc.memory_info().rss
+        return self.process.memory_info().rss, workers
+
+    def _sample(self) -> None:
+        own, workers = self._rss()
+        self.peak = max(self.peak, own + workers)
+        self.workers_peak = max(self.workers_peak, workers)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self.workers_peak = 0
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def tiled_digits(rows: int) -> tuple[np.ndarray, np.ndarray]:
+    from training.data import load_digits
+
+    digits = load_digits()
+    index = np.arange(rows) % len(digits)
+    return digits.images[index], digits.labels[index]
+
+
+def write_parquet(path: Path, images: np.ndarray, labels: np.ndarray, row_group: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(images)
+    flat = pa.array(np.ascontiguousarray(images, dtype=np.float32).reshape(-1))
+    table = pa.table(
+        {
+            "pixels": pa.ListArray.from_arrays(pa.array(np.arange(0, n * 64 + 1, 64, dtype=np.int32)), flat),
+            "label": pa.array(labels),
+        }
+    )
+    pq.write_table(table, path, row_group_size=row_group)
+
+
+def quick_model(folder: Path) -> str:
+    """Trains a small VAE (few epochs; scoring cost does not depend on how well it fits)."""
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    from training import registry
+    from training.config import TrainConfig
+    from training.train import train
+
+    registry.configure(folder)
+    result = train(TrainConfig(epochs=2, kl_warmup=1, early_stopping=0, model_name="vae-bench", promote="always"))
+    return f"models:/vae-bench/{result.version}"
+
+
+def raw_rate(model, images: np.ndarray, batch_size: int) -> tuple[float, float]:
+    from scoring.elbo import score_images
+
+    score_images(model, images[:batch_size], num_samples=model.score_samples, seed=model.score_seed)  # warm-up
+    start = time.perf_counter()
+    score_images(model, images, num_samples=model.score_samples, seed=model.score_seed, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    return len(images) / seconds, seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--model", default=None, help="models:/NAME@ALIAS or .keras (default: train a quick one)")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--shard-rows", type=int, default=50_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--mode", default="multi_processing")
+    parser.add_argument("--raw-rows", type=int, default=None, help="measure (a) on at most this many rows")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the data and outputs in this folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for name in ("apache_beam", "absl", "mlflow", "alembic", "tensorflow", "training"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from pipeline.score_pipeline import pinned_model, score_dataset
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="score-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model_uri = args.model or quick_model(work)
+    model, name, version, _ = pinned_model(model_uri)
+    log.info(
+        "model %s version %s: %d posterior samples per row, batch %d",
+        name,
+        version,
+        model.score_samples,
+        args.batch_size,
+    )
+    results = []
+    for rows in args.rows:
+        images, labels = tiled_digits(rows)
+        data = work / f"digits-{rows}.parquet"
+        write_parquet(data, images, labels, args.shard_rows)
+        raw_n = min(rows, args.raw_rows or rows)
+        raw, raw_seconds = raw_rate(model, images[:raw_n], args.batch_size)
+        log.info("(a) raw score_images: %s rows in %.1f s = %s rows/s", f"{raw_n:,}", raw_seconds, f"{raw:,.0f}")
+        del images
+        with PeakMemory() as memory:
+            summary = score_dataset(
+                model_uri,
+                str(data),
+                work / f"out-{rows}",
+                batch_size=args.batch_size,
+                shard_rows=args.shard_rows,
+                direct_num_workers=args.workers,
+                direct_running_mode=args.mode,
+            )
+        beam = summary.rows_read / summary.pipeline_seconds
+        results.append((rows, raw, beam, summary, memory))
+        log.info(
+            "(b) Beam pipeline: %s rows in %.1f s = %s rows/s; ratio (b)/(a) = %.2f; peak memory %.2f GiB "
+            "(workers %.2f GiB)",
+            f"{rows:,}",
+            summary.pipeline_seconds,
+            f"{beam:,.0f}",
+            beam / raw,
+            memory.peak / 2**30,
+            memory.workers_peak / 2**30,
+        )
+    print(
+        f"\nmodel {name} v{version}, {model.score_samples} posterior samples/row, batch {args.batch_size}, "
+        f"{args.workers} workers ({args.mode}), {os.cpu_count()} CPU cores"
+    )
+    header = f"{'rows':>10} {'raw rows/s':>11} {'Beam rows/s':>12} {'ratio':>6} {'Beam s':>8} {'total s':>8}"
+    print(header + f" {'peak GiB':>9} {'workers GiB':>12}")
+    for rows, raw, beam, summary, memory in results:
+        print(
+            f"{rows:>10,} {raw:>11,.0f} {beam:>12,.0f} {beam / raw:>6.2f} {summary.pipeline_seconds:>8.1f} "
+            f"{summary.seconds:>8.1f} {memory.peak / 2**30:>9.2f} {memory.workers_peak / 2**30:>12.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
