@@ -60,7 +60,7 @@ DEFAULTS: dict[str, str | Callable[[], str]] = {
     "train_args": "",  # more `vae train` options, e.g. "--latent-dim 16 --kl-warmup 5"
     # vae_score
     "input_root": "digits",  # {input_root}/date=YYYY-MM-DD/ is a day's input; "digits": the built-in set
-    "output_root": "{work_dir}/daily",  # {output_root}/date=YYYY-MM-DD/ gets scores/ and rejects/
+    "output_root": "{work_dir}/daily",  # {output_root}/scores/date=YYYY-MM-DD/ and rejects/date=YYYY-MM-DD/
     "score_args": "",
     # vae_augment
     "synthetic_root": "{work_dir}/synthetic",  # {synthetic_root}/{model}/version=V/ gets synthetic/
@@ -231,10 +231,10 @@ def day_input(input_root: str, ds: str) -> tuple[str, str | None]:
     return path, None
 
 
-def day_output(output_root: str, ds: str) -> str:
-    """The output folder of one day: ``vae score`` replaces its ``scores/`` and ``rejects/`` atomically,
-    so a rerun of a day replaces that day only."""
-    return f"{output_root.rstrip('/')}/date={ds}"
+def day_partition(ds: str) -> str:
+    """The hive partition of one day: ``vae score --partition`` replaces ``scores/date=DS/`` and
+    ``rejects/date=DS/`` atomically, so a rerun of a day replaces that day only."""
+    return f"date={ds}"
 
 
 def score_command(input_path: str, ds: str, params: Mapping[str, Any] | None, variables=get_variable) -> str:
@@ -248,7 +248,9 @@ def score_command(input_path: str, ds: str, params: Mapping[str, Any] | None, va
         "--input",
         input_path,
         "--output",
-        day_output(get("output_root"), ds),
+        get("output_root").rstrip("/"),
+        "--partition",
+        day_partition(ds),
         *shlex.split(get("score_args")),
     ]
     return vae_shell(args, params, variables)

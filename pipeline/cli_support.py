@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-QUIET_LOGGERS = ("absl", "tensorflow", "mlflow.store.db.utils", "alembic", "h5py", "matplotlib")
+QUIET_LOGGERS = ("absl", "tensorflow", "mlflow.store.db.utils", "alembic", "h5py", "matplotlib", "apache_beam")
 
 
 def setup_logging(verbose: bool) -> None:

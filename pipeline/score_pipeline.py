@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -362,12 +363,21 @@ class ScoreSummary:
         return out
 
 
-def _output_paths(output: str | os.PathLike):
-    """(scores path, rejects path, the matching all-or-nothing folder context manager)."""
+_PARTITION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=[A-Za-z0-9_.:-]+$")
+
+
+def _output_paths(output: str | os.PathLike, partition: str | None = None):
+    """(scores path, rejects path, the matching all-or-nothing folder context manager).
+
+    With ``partition`` (``KEY=VALUE``, e.g. ``date=2026-11-20``) the run writes and replaces only
+    ``scores/KEY=VALUE/`` and ``rejects/KEY=VALUE/``: hive-style partitions of one dataset."""
+    if partition is not None and not _PARTITION.match(partition):
+        raise ValueError(f"--partition {partition!r}: expected KEY=VALUE, e.g. date=2026-11-20")
+    suffix = f"/{partition}" if partition else ""
     if is_remote(output):
         base = str(output).rstrip("/")
-        return f"{base}/scores", f"{base}/rejects", atomic_filesystem_dir
-    return Path(output) / "scores", Path(output) / "rejects", atomic_dataset_dir
+        return f"{base}/scores{suffix}", f"{base}/rejects{suffix}", atomic_filesystem_dir
+    return Path(f"{Path(output) / 'scores'}{suffix}"), Path(f"{Path(output) / 'rejects'}{suffix}"), atomic_dataset_dir
 
 
 def _count_output(scores_dir, rejects_dir) -> tuple[int, int, int, dict[str, int]]:
@@ -412,6 +422,7 @@ def score_dataset(
     beam_args: Sequence[str] = (),
     work_dir: str | os.PathLike | None = None,
     scored_at: datetime | None = None,
+    partition: str | None = None,
     test_pipeline: beam.Pipeline | None = None,
 ) -> ScoreSummary:
     """Scores ``input`` with the model at ``model_uri`` in a Beam pipeline; writes
@@ -419,6 +430,7 @@ def score_dataset(
 
     ``input``: see :func:`pipeline.arrow_io.plan_input` (``digits:test`` is the test part of the
     training split made with ``split_seed``), or an :class:`ImageData` in memory.
+    ``partition``: ``KEY=VALUE`` to write (and replace) only that hive partition of the outputs.
     ``test_pipeline``: a pipeline to build into and run instead of :func:`make_pipeline`'s.
     """
     from training import registry
@@ -442,7 +454,7 @@ def score_dataset(
     spec = ModelSpec.of(model)
     plan = arrow_io.plan_input(input, shard_rows=shard_rows, split_seed=split_seed)
     stamp = RunStamp(name, str(version), scored_at or datetime.now(UTC).replace(microsecond=0))
-    scores_path, rejects_path, atomic_dir = _output_paths(output)
+    scores_path, rejects_path, atomic_dir = _output_paths(output, partition)
     log.info(
         "scoring %s with %s version %s (%s, image %s): %d shard(s) on %s",
         plan.description,

@@ -318,7 +318,10 @@ def test_score_command_writes_one_folder_per_day(common, tmp_path):
     script = common.score_command("digits", DAY, {"output_root": str(tmp_path / "out")}, no_variables)
     assert "MLFLOW_TRACKING_URI" not in script  # unset: the worker's own environment applies
     command = script.splitlines()[-1]
-    assert f"score --model models:/vae-digits@champion --input digits --output {tmp_path}/out/date={DAY}" in command
+    assert (
+        f"score --model models:/vae-digits@champion --input digits --output {tmp_path}/out --partition date={DAY}"
+        in command
+    )
 
 
 def test_the_day_is_the_param_else_the_logical_date_else_the_trigger_day(common):
@@ -430,8 +433,9 @@ def test_retrain_score_and_augment_end_to_end(airflow_db, airflow_home, common):
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    day = airflow_home / "vae-work" / "daily" / f"date={DAY}"
-    scores = ds.dataset(day / "scores", format="parquet").to_table()
+    day = airflow_home / "vae-work" / "daily" / "scores" / f"date={DAY}"
+    assert (airflow_home / "vae-work" / "daily" / "rejects" / f"date={DAY}").is_dir()
+    scores = ds.dataset(day, format="parquet").to_table()
     assert scores.num_rows == 1797
     assert {str(v) for v in scores.column("model_version").to_pylist()} == {str(champion.version)}
     assert (day / "rejects").is_dir()

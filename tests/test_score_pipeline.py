@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -35,7 +36,6 @@ def read(path) -> pa.Table:
 
 
 def duckdb_rows(path) -> int:
-    import duckdb
 
     return duckdb.sql(f"select count(*) from read_parquet('{path}/*.parquet')").fetchall()[0][0]
 
@@ -289,8 +289,6 @@ def test_rows_in_equal_rows_scored_plus_rejected(plain_uri, mixed_parquet, tmp_p
     assert set(rejects.column("model_version").to_pylist()) == {summary.model_version}
     assert duckdb_rows(tmp_path / "out/scores") + duckdb_rows(tmp_path / "out/rejects") == 11
 
-    import duckdb
-
     by_reason = duckdb.sql(
         f"select split_part(reason, ':', 1) as kind, count(*) from read_parquet('{tmp_path}/out/rejects/*.parquet') "
         "group by kind order by kind"
@@ -433,3 +431,22 @@ def test_run_takes_beam_style_arguments_and_an_injected_pipeline(plain_uri, tmp_
     )
     assert summary.rows_scored == 270 and summary.scores_path == tmp_path / "scores"
     assert duckdb_rows(tmp_path / "scores") == 270
+
+
+@pytest.mark.slow
+def test_a_partition_is_written_and_replaced_alone(plain_uri, tmp_path):
+    out = tmp_path / "daily"
+    first = score_dataset(plain_uri, "digits:test", out, partition="date=2026-11-19", **FAST)
+    score_dataset(plain_uri, "digits:validation", out, partition="date=2026-11-20", **FAST)
+    assert first.scores_path == out / "scores" / "date=2026-11-19"
+    assert (out / "rejects" / "date=2026-11-20").is_dir()
+    rerun = score_dataset(plain_uri, "digits:validation", out, partition="date=2026-11-19", **FAST)
+    assert rerun.rows_scored == 270
+    per_day = duckdb.sql(
+        f"SELECT date, count(*) FROM read_parquet('{out}/scores/*/*.parquet', hive_partitioning = true) "
+        "GROUP BY date ORDER BY date"
+    ).fetchall()
+    assert [(str(day), n) for day, n in per_day] == [("2026-11-19", 270), ("2026-11-20", 270)]
+    assert not [p for p in (out / "scores").iterdir() if p.name.startswith(".")]  # no temp folders left
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        score_dataset(plain_uri, "digits:test", out, partition="../escape", **FAST)

@@ -9,9 +9,12 @@ import click
 from pipeline.cli_support import friendly_errors
 from pipeline.commands.train import print_result, run_training, train_options
 
+# 270 test rows: worker processes would spend longer importing TensorFlow than scoring.
+SMALL_JOB = {"direct_running_mode": "in_memory", "direct_num_workers": 1}
+
 
 @click.command("run")
-@click.option("--model-name", default="vae-digits", show_default=True)
+@click.option("--model-name", default="vae-digits", show_default=True, help="Registered model name in MLflow.")
 @click.option(
     "--conditional/--plain",
     default=True,
@@ -21,15 +24,58 @@ from pipeline.commands.train import print_result, run_training, train_options
 @click.option(
     "--output", type=click.Path(file_okay=False), default=None, help="Where the outputs go (default: WORK_DIR/outputs)."
 )
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="Anomalies to list.")
 @train_options
 @click.pass_context
 @friendly_errors
-def run_command(ctx: click.Context, model_name: str, conditional: bool, output: str | None, **options) -> None:
-    """Train, calibrate, register, then score and generate on the built-in digits."""
+def run_command(
+    ctx: click.Context, model_name: str, conditional: bool, output: str | None, top: int, **options
+) -> None:
+    """Train, calibrate and register a model on the built-in digits, then score the test split,
+    write synthetic images and an HTML report, and print where everything is."""
+    from pipeline.generate_pipeline import generate_showcase
+    from pipeline.report import render_report
+    from pipeline.score_pipeline import score_dataset, top_anomalies
     from training import registry
 
-    output_dir = Path(output) if output else registry.work_dir(ctx.obj["work_dir"]) / "outputs"
+    work_dir = ctx.obj["work_dir"]
+    output_dir = Path(output) if output else registry.work_dir(work_dir) / "outputs"
+    click.echo("== 1/4 train, calibrate, register")
     result = run_training(ctx, data="digits", model_name=model_name, conditional=conditional, **options)
     print_result(result)
-    click.echo(f"\nMLflow UI:           mlflow ui --backend-store-uri {registry.tracking_uri(ctx.obj['work_dir'])}")
-    click.echo(f"outputs:             {output_dir}")
+    model_uri = f"models:/{result.model_name}/{result.version}"
+
+    click.echo(f"\n== 2/4 score the test split with {model_uri}")
+    scored = score_dataset(
+        model_uri, "digits:test", output_dir, split_seed=options["seed"], work_dir=work_dir, **SMALL_JOB
+    )
+    for line in scored.lines():
+        click.echo(line)
+    click.echo(f"top {top} anomalies:")
+    click.echo(f"  {'example_id':<14} {'label':>5} {'neg_elbo':>10} {'p_value':>8}")
+    for row in top_anomalies(scored.scores_path, n=top).to_pylist():
+        click.echo(f"  {row['example_id']:<14} {row['label']!s:>5} {row['neg_elbo']:>10.2f} {row['p_value']:>8.4f}")
+
+    click.echo("\n== 3/4 synthetic images")
+    generated = generate_showcase(model_uri, output_dir, seed=options["seed"], work_dir=work_dir, **SMALL_JOB)
+    for line in generated.lines():
+        click.echo(line)
+
+    click.echo("\n== 4/4 report")
+    report = render_report(
+        scored.scores_path, model_uri, output_dir / "report.html", input_spec="digits", seed=options["seed"]
+    )
+    click.echo(f"report:     {report}")
+
+    click.echo("\nOutputs")
+    click.echo(
+        f'  scores:    {scored.scores_path}   (Parquet; e.g. duckdb -c "SELECT * FROM '
+        f"read_parquet('{scored.scores_path}/*.parquet') ORDER BY neg_elbo DESC LIMIT 5\")"
+    )
+    click.echo(f"  rejects:   {scored.rejects_path}")
+    click.echo(f"  synthetic: {generated.output}   grid: {generated.grid}")
+    click.echo(f"  report:    {report}")
+    click.echo(f"  MLflow:    {registry.tracking_uri(work_dir)}  (mlflow ui --backend-store-uri ...)")
+    click.echo(
+        f"  model:     models:/{result.model_name}@champion -> version {registry.champion_version(result.model_name)}"
+    )

@@ -40,6 +40,13 @@ RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
     help="Folder for the scores/ and rejects/ Parquet datasets; each is replaced only when the run succeeds.",
 )
 @click.option(
+    "--partition",
+    default=None,
+    metavar="KEY=VALUE",
+    help="Write only this hive partition, e.g. date=2026-11-20: OUTPUT/scores/date=2026-11-20/ and the same "
+    "under rejects/, replacing that partition alone (what the daily Airflow DAG uses).",
+)
+@click.option(
     "--iwae-k",
     type=click.IntRange(1),
     default=None,
