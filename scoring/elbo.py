@@ -47,14 +47,23 @@ def _np(t) -> np.ndarray:
     return np.asarray(ops.convert_to_numpy(t))
 
 
+MAX_DECODE = 4096  # latents per decoder call: bounds activation memory whatever the batch size
+
+
 def _decode_nll(model: ScorableModel, images: np.ndarray, z: np.ndarray, oh: np.ndarray | None) -> np.ndarray:
     """-log p(x|z) for S latents per example: ``z`` is (S, N, D); returns (S, N)."""
     s, n, d = z.shape
-    tiled_x = np.broadcast_to(images, (s, *images.shape)).reshape(s * n, *images.shape[1:])
-    tiled_oh = None if oh is None else np.broadcast_to(oh, (s, *oh.shape)).reshape(s * n, -1)
-    params = model.decode(z.reshape(s * n, d), tiled_oh)
-    nll = likelihoods.negative_log_likelihood(tiled_x, ops.cast(params, "float32"), model.likelihood)
-    return _np(nll).reshape(s, n)
+    per_call = max(1, MAX_DECODE // max(n, 1))  # posterior samples per decoder call
+    out = np.empty((s, n), dtype=np.float32)
+    for start in range(0, s, per_call):
+        chunk = z[start : start + per_call]
+        k = chunk.shape[0]
+        tiled_x = np.broadcast_to(images, (k, *images.shape)).reshape(k * n, *images.shape[1:])
+        tiled_oh = None if oh is None else np.broadcast_to(oh, (k, *oh.shape)).reshape(k * n, -1)
+        params = model.decode(chunk.reshape(k * n, d), tiled_oh)
+        nll = likelihoods.negative_log_likelihood(tiled_x, ops.cast(params, "float32"), model.likelihood)
+        out[start : start + k] = _np(nll).reshape(k, n)
+    return out
 
 
 def neg_elbo_terms(

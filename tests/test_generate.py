@@ -262,12 +262,17 @@ def test_posterior_keeps_source_ids_and_labels(trained_conditional, tmp_path):
     np.testing.assert_allclose(stored, means, atol=1e-5)
 
 
-def test_sampled_pixels_are_draws_from_the_bernoulli(trained_plain, tmp_path):
-    gp.generate_dataset(uri(trained_plain), "prior", tmp_path, n=40, sample_pixels=True, **IN_PROCESS)
-    table = gp.read_synthetic(tmp_path / "synthetic")
-    pixels = np.concatenate([np.asarray(p) for p in table.column("pixels").to_pylist()])
-    assert set(np.unique(pixels).tolist()) == {0.0, 1.0}
-    assert decode_png(table.column("image_png")[0].as_py()).max() == 255
+def test_sample_pixels_draws_from_the_likelihood_instead_of_its_mean(trained_plain, tmp_path):
+    gp.generate_dataset(uri(trained_plain), "prior", tmp_path / "mean", n=40, **IN_PROCESS)
+    gp.generate_dataset(uri(trained_plain), "prior", tmp_path / "drawn", n=40, sample_pixels=True, **IN_PROCESS)
+    mean = gp.read_synthetic(tmp_path / "mean" / "synthetic").sort_by("sample_id")
+    drawn = gp.read_synthetic(tmp_path / "drawn" / "synthetic").sort_by("sample_id")
+    assert mean.column("latent").to_pylist() == drawn.column("latent").to_pylist()  # same z, other pixels
+    mean_px = np.asarray(mean.column("pixels").to_pylist())
+    drawn_px = np.asarray(drawn.column("pixels").to_pylist())
+    assert drawn_px.min() >= 0.0 and drawn_px.max() <= 1.0
+    assert np.abs(drawn_px - mean_px).mean() > 0.05  # draws scatter around the mean
+    assert abs(drawn_px.mean() - mean_px.mean()) < 0.1  # ... and centre on it
 
 
 @pytest.mark.slow
