@@ -48,3 +48,36 @@ def parse_shape(_ctx: click.Context, _param: click.Parameter, value: str | None)
     if len(parts) != 3 or min(parts) < 1:
         raise click.BadParameter(f"{value!r}: give the image shape as HxW or HxWxC, e.g. 28x28x1")
     return tuple(parts)  # type: ignore[return-value]
+
+
+RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
+
+
+def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--runner``, ``--direct-num-workers`` and ``--direct-running-mode``, shared by the Beam commands."""
+    options = [
+        click.option(
+            "--runner",
+            default="DirectRunner",
+            show_default=True,
+            help="Beam runner: DirectRunner runs locally and offline; DataflowRunner, FlinkRunner, SparkRunner "
+            "take their own pipeline options (see the README).",
+        ),
+        click.option(
+            "--direct-num-workers",
+            type=click.IntRange(1),
+            default=2,
+            show_default=True,
+            help="DirectRunner: parallel workers (each loads the model once).",
+        ),
+        click.option(
+            "--direct-running-mode",
+            type=click.Choice(RUNNING_MODES),
+            default="multi_processing",
+            show_default=True,
+            help="DirectRunner: worker processes, threads, or one in-process worker (fastest start for small jobs).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

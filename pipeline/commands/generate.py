@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli_support import friendly_errors, parse_shape
+from pipeline.cli_support import beam_runner_options, friendly_errors, parse_shape
 
 METHODS = ("prior", "conditional", "posterior")
-RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
-DEFAULT_WORKERS = 2  # as `vae score`
 
 
 @click.command("generate")
@@ -91,28 +89,8 @@ DEFAULT_WORKERS = 2  # as `vae score`
 @click.option(
     "--log-grid", is_flag=True, help="Also log the grid to the model version's MLflow run (artifact 'synthetic/')."
 )
-@click.option(
-    "--runner",
-    default="DirectRunner",
-    show_default=True,
-    help="Beam runner. DirectRunner runs locally, offline; others (DataflowRunner, FlinkRunner, SparkRunner) "
-    "take their options after -- as BEAM_ARGS.",
-)
-@click.option(
-    "--direct-num-workers",
-    type=click.IntRange(1),
-    default=DEFAULT_WORKERS,
-    show_default=True,
-    help="DirectRunner: parallel workers (each loads the model once).",
-)
-@click.option(
-    "--direct-running-mode",
-    type=click.Choice(RUNNING_MODES),
-    default="multi_processing",
-    show_default=True,
-    help="DirectRunner: worker processes, threads, or one in-process worker (fastest start for small jobs).",
-)
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BEAM_ARGS...]")
+@beam_runner_options
 @click.pass_context
 @friendly_errors
 def generate_command(

@@ -6,10 +6,9 @@ import logging
 
 import click
 
-from pipeline.cli_support import friendly_errors, parse_shape
+from pipeline.cli_support import beam_runner_options, friendly_errors, parse_shape
 
 DEFAULT_MODEL = "models:/vae-digits@champion"
-RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
 
 
 @click.command(
@@ -85,26 +84,7 @@ RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
     show_default=True,
     help="Rows per unit of work spread over the workers (Parquet: whole row groups).",
 )
-@click.option(
-    "--runner",
-    default="DirectRunner",
-    show_default=True,
-    help="Beam runner: DirectRunner (local), DataflowRunner, FlinkRunner, SparkRunner, PortableRunner ...",
-)
-@click.option(
-    "--direct-num-workers",
-    type=click.IntRange(1),
-    default=2,
-    show_default=True,
-    help="DirectRunner: parallel workers.",
-)
-@click.option(
-    "--direct-running-mode",
-    type=click.Choice(RUNNING_MODES),
-    default="multi_processing",
-    show_default=True,
-    help="DirectRunner: workers as processes, threads, or in this process.",
-)
+@beam_runner_options
 @click.pass_context
 @friendly_errors
 def score_command(ctx: click.Context, model_uri: str, input_spec: str, output: str, **options) -> None:
