@@ -68,14 +68,14 @@ def run_command(
     click.echo(f"report:     {report}")
 
     click.echo("\nOutputs")
-    click.echo(
-        f'  scores:    {scored.scores_path}   (Parquet; e.g. duckdb -c "SELECT * FROM '
-        f"read_parquet('{scored.scores_path}/*.parquet') ORDER BY neg_elbo DESC LIMIT 5\")"
-    )
+    click.echo(f"  scores:    {scored.scores_path}   (Parquet)")
     click.echo(f"  rejects:   {scored.rejects_path}")
     click.echo(f"  synthetic: {generated.output}   grid: {generated.grid}")
     click.echo(f"  report:    {report}")
-    click.echo(f"  MLflow:    {registry.tracking_uri(work_dir)}  (mlflow ui --backend-store-uri ...)")
+    click.echo(f"  MLflow:    {registry.tracking_uri(work_dir)}")
     click.echo(
         f"  model:     models:/{result.model_name}@champion -> version {registry.champion_version(result.model_name)}"
     )
+    query = f"SELECT * FROM '{scored.scores_path}/*.parquet' ORDER BY neg_elbo DESC LIMIT 5"
+    click.echo('\nQuery the scores:  .venv/bin/python -c "import duckdb; duckdb.sql(\\"' + query + '\\").show()"')
+    click.echo(f"Browse the runs:   .venv/bin/mlflow ui --backend-store-uri {registry.tracking_uri(work_dir)}")
