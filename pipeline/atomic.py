@@ -5,7 +5,7 @@ rename it into place, so readers see the old complete dataset or the new complet
         write_parquet_files_into(tmp)
     # out/scores now holds exactly what was written; on an exception it is untouched
 
-The temporary folder is a hidden sibling (``.scores.tmp-XXXX``) on the same file system, so the
+The temporary folder is a hidden sibling (``.scores.tmp-<random>``) on the same file system, so the
 final step is a rename. pyarrow, DuckDB and Spark skip names starting with ``.`` or ``_``.
 """
 
