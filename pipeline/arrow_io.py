@@ -32,7 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from training.data import IMAGE_SUFFIXES, DataError, ImageData, decode_image
+from pipeline.atomic import is_remote
+from training.data import IMAGE_SUFFIXES, DataError, ImageData, decode_image, parquet_files
 
 PIXEL_COLUMNS = ("image", "pixels")
 INPUT_COLUMNS = ("example_id", "image", "pixels", "height", "width", "channels", "label")
@@ -45,13 +46,9 @@ RAW_IMAGE_LIMIT = 16_384
 # --- shards: what one worker reads --------------------------------------------------------------
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def _open(path: str):
     """A local path as is; anything else (gs://, s3://, hdfs://) through Beam's file systems."""
-    if _is_remote(path):
+    if is_remote(path):
         from apache_beam.io.filesystems import FileSystems
 
         return FileSystems.open(path)
@@ -172,7 +169,7 @@ class ImageFilesShard:
             paths = [f"{self.root.rstrip('/')}/{name}" for name in names]
             blobs = []
             for path in paths:
-                with open(path, "rb") if not _is_remote(path) else _open(path) as handle:
+                with open(path, "rb") if not is_remote(path) else _open(path) as handle:
                     blobs.append(handle.read())
             columns = {
                 "example_id": pa.array(names, pa.string()),
@@ -245,31 +242,22 @@ def plan_input(spec: str | ImageData, *, shard_rows: int = DEFAULT_SHARD_ROWS, s
         return plan_image_data(data, shard_rows)
     if spec.endswith(".npz"):
         return plan_npz(spec, shard_rows)
-    if _is_remote(spec):
+    if is_remote(spec):
         return plan_parquet(spec, shard_rows)
     path = Path(spec)
     if not path.exists():
         raise DataError(f"{spec}: no such file or folder, and not a built-in data set (digits, digits:test, ...)")
-    if path.suffix == ".parquet" or (path.is_dir() and _parquet_files(path)):
+    if path.suffix == ".parquet" or (path.is_dir() and parquet_files(path)):
         return plan_parquet(spec, shard_rows)
     if path.is_dir():
         return plan_image_folder(path, shard_rows)
     raise DataError(f"{spec}: unsupported input; give a .parquet file or folder, an .npz file or a folder of PNGs")
 
 
-def _parquet_files(folder: Path) -> list[Path]:
-    """Data files of a Parquet dataset folder, skipping hidden and ``_``-prefixed files and folders."""
-    return sorted(
-        p
-        for p in folder.rglob("*.parquet")
-        if not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
-    )
-
-
 def plan_parquet(spec: str, shard_rows: int) -> InputPlan:
     import pyarrow.parquet as pq
 
-    if _is_remote(spec):
+    if is_remote(spec):
         from apache_beam.io.filesystems import FileSystems
 
         pattern = spec if spec.endswith(".parquet") else spec.rstrip("/") + "/**.parquet"
@@ -277,7 +265,7 @@ def plan_parquet(spec: str, shard_rows: int) -> InputPlan:
         root = spec if not spec.endswith(".parquet") else spec.rsplit("/", 1)[0]
     else:
         path = Path(spec)
-        files = [str(path)] if path.is_file() else [str(p) for p in _parquet_files(path)]
+        files = [str(path)] if path.is_file() else [str(p) for p in parquet_files(path)]
         root = str(path if path.is_dir() else path.parent)
     if not files:
         raise DataError(f"{spec}: no Parquet files found")
@@ -437,8 +425,9 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
-def _check_pixels(pix: np.ndarray, integer_type: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 values scaled to [0, 1], reason per row or None) for (k, P) raw pixel values."""
+def _check_pixels(pix: np.ndarray, integer_type: bool, decoded: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 values scaled to [0, 1], reason per row or None) for (k, P) raw pixel values;
+    ``decoded``: 8-bit values decoded from PNG/JPEG bytes, always scaled by 1/255."""
     k = pix.shape[0]
     reasons = np.empty(k, dtype=object)
     if pix.shape[1] == 0:
@@ -446,7 +435,7 @@ def _check_pixels(pix: np.ndarray, integer_type: bool) -> tuple[np.ndarray, np.n
     if integer_type:
         lo, hi = pix.min(axis=1), pix.max(axis=1)
         bad = (lo < 0) | (hi > 255)
-        scale = ~bad
+        scale = ~bad & ((hi > 1) | decoded)  # as training (data.as_image_array): 0/1 integers kept, 0-255 scaled
     else:
         finite = np.isfinite(pix).all(axis=1)
         reasons[~finite] = "not finite: NaN, infinite or null pixel values"
@@ -634,7 +623,7 @@ def validate_batch(
     else:
         verdicts.reject(np.ones(n, bool), "missing column: the input has no 'image' or 'pixels' column")
         good, raw, integer_type = np.empty(0, np.int64), np.empty((0, math.prod(spec.image_shape))), False
-    images, pixel_reasons = _check_pixels(raw, integer_type)
+    images, pixel_reasons = _check_pixels(raw, integer_type, decoded="pixels" not in names and "image" in names)
     if len(good):
         failed = np.zeros(n, dtype=bool)
         failed[good] = [r is not None for r in pixel_reasons]

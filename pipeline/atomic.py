@@ -5,8 +5,11 @@ rename it into place, so readers see the old complete dataset or the new complet
         write_parquet_files_into(tmp)
     # out/scores now holds exactly what was written; on an exception it is untouched
 
-The temporary folder is a hidden sibling (``.scores.tmp-<random>``) on the same file system, so the
-final step is a rename. pyarrow, DuckDB and Spark skip names starting with ``.`` or ``_``.
+The temporary folder (and the old dataset while it is swapped out) lives in ``staging``: by default
+beside the target, on the same file system, so the final step is a rename. When the target is a
+partition *inside* a dataset (``out/scores/date=2026-11-20``), pass a ``staging`` folder outside the
+dataset root (``out/.staging``): a glob such as DuckDB's ``out/scores/*/*.parquet`` matches hidden
+folders too, so nothing half-written may ever sit under the dataset root.
 """
 
 from __future__ import annotations
@@ -23,30 +26,34 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+STAGING = ".staging"  # OUTPUT/.staging: temporary and swapped-out datasets, outside every dataset root
+
 
 @contextmanager
-def atomic_dataset_dir(final_path: str | os.PathLike) -> Iterator[Path]:
-    """Yields an empty temporary folder next to ``final_path``; on success it replaces
-    ``final_path`` (and any older dataset there), on an exception it is deleted."""
+def atomic_dataset_dir(final_path: str | os.PathLike, staging: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Yields an empty temporary folder in ``staging`` (default: next to ``final_path``); on
+    success it replaces ``final_path`` (and any older dataset there), on an exception it is deleted."""
     final = Path(final_path).absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    stage = Path(staging).absolute() if staging is not None else final.parent
+    stage.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=stage))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the dataset should not be
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_dir(tmp, final)
+    replace_dir(tmp, final, staging=stage)
 
 
-def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Moves folder ``src`` to ``dst``, replacing whatever was at ``dst``; if the move fails the
-    old ``dst`` is put back. Both must be on the same file system."""
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike, staging: str | os.PathLike | None = None) -> None:
+    """Moves folder ``src`` to ``dst``, replacing whatever was at ``dst`` (set aside in ``staging``,
+    default its parent, meanwhile); if the move fails the old ``dst`` is put back. All on one file system."""
     src, dst = Path(src), Path(dst)
     old: Path | None = None
     if dst.exists() or dst.is_symlink():
-        old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+        old = (Path(staging) if staging is not None else dst.parent) / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(dst, old)
     try:
         os.replace(src, dst)

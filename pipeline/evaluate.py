@@ -298,10 +298,10 @@ def render_tables(rows: list[dict]) -> dict[str, str]:
 
 def plot_results(rows: list[dict]):
     """AUROC per task for every detector, one panel per protocol (the mean in the legend)."""
-    from training.plots import plt
+    from training.plots import new_figure
 
     protocols = [p for p in PROTOCOLS if any(r["protocol"] == p for r in rows)]
-    fig, axes = plt.subplots(1, len(protocols), figsize=(5.2 * len(protocols), 4.2), squeeze=False)
+    fig, axes = new_figure(1, len(protocols), figsize=(5.2 * len(protocols), 4.2), squeeze=False)
     markers = "ovs^DPX*"
     for ax, protocol in zip(axes[0], protocols, strict=True):
         table = results_table(rows, protocol, "auroc")
@@ -389,8 +389,6 @@ def evaluate(
 def write_outputs(result: EvaluationResult, folder: Path, cfg: TrainConfig, iwae_k: int) -> None:
     import pandas as pd
 
-    from training.plots import plt
-
     folder.mkdir(parents=True, exist_ok=True)
     result.csv_path = folder / "results.csv"
     pd.DataFrame(result.rows).to_csv(result.csv_path, index=False)
@@ -403,7 +401,6 @@ def write_outputs(result: EvaluationResult, folder: Path, cfg: TrainConfig, iwae
     figure = plot_results(result.rows)
     result.plot_path = folder / "evaluation.png"
     figure.savefig(result.plot_path, dpi=110)
-    plt.close(figure)
 
 
 def summary_metrics(rows: list[dict]) -> dict[str, float]:

@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline.atomic import atomic_dataset_dir
+from pipeline.atomic import STAGING, atomic_dataset_dir
 from pipeline.score_pipeline import DEFAULT_WORKERS, make_pipeline
 from scoring.sampling import SAMPLE_METHODS, stream_seed, synthesize
 
@@ -589,6 +589,11 @@ def generate_dataset(
         raise GenerateError(f"--temperature must be non-negative, got {temperature}")
     if shards is not None and shards < 1:
         raise GenerateError(f"--shards must be at least 1, got {shards}")
+    if "://" in str(output) or runner != "DirectRunner":
+        raise GenerateError(
+            "vae generate writes to a local folder with the DirectRunner only (its atomic commit renames "
+            f"local folders); got --output {output} --runner {runner}"
+        )
     info, tracking_uri = resolve_model(model_uri, work_dir)
     if method != "posterior" and input is not None:
         raise GenerateError(f"--input is only used by --method posterior, not {method}")
@@ -620,7 +625,7 @@ def generate_dataset(
         len(work),
         root,
     )
-    with atomic_dataset_dir(partition) as tmp:
+    with atomic_dataset_dir(partition, staging=Path(output).resolve() / STAGING) as tmp:
         pipeline = test_pipeline or make_pipeline(
             runner,
             direct_num_workers=direct_num_workers,
@@ -717,8 +722,6 @@ def grid_figure(
 def save_grid(summary: GenerateSummary, path: str | os.PathLike | None = None, per_label: int = 10) -> Path:
     """Renders the samples ``summary`` wrote as a PNG grid, by default beside the dataset
     (``OUTPUT/synthetic-METHOD.png``); returns its path."""
-    import matplotlib.pyplot as plt
-
     target = Path(path) if path else summary.output.parent / f"{DATASET}-{summary.method}.png"
     table = read_synthetic(
         summary.output, summary.method, columns=("label", "sample_id", "height", "width", "channels", "pixels")
@@ -727,7 +730,6 @@ def save_grid(summary: GenerateSummary, path: str | os.PathLike | None = None, p
     fig = grid_figure(table, summary.class_names, per_label=per_label, title=title)
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, dpi=100)
-    plt.close(fig)
     return target
 
 

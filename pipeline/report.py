@@ -33,12 +33,9 @@ class Section:
 
 
 def figure_png(figure, dpi: int = 90) -> bytes:
-    """A matplotlib figure as PNG bytes; the figure is closed."""
-    from training.plots import plt
-
+    """A matplotlib figure as PNG bytes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(figure)
     return buffer.getvalue()
 
 

@@ -18,6 +18,7 @@ Run it through ``vae score`` or, Beam-examples style, ``python -m pipeline.score
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
@@ -37,7 +38,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import arrow_io
 from pipeline.arrow_io import InputPlan, ModelSpec, RejectedRows, ValidRows
-from pipeline.atomic import atomic_dataset_dir, atomic_filesystem_dir, is_remote
+from pipeline.atomic import STAGING, atomic_dataset_dir, atomic_filesystem_dir, is_remote
 from training.data import ImageData
 
 log = logging.getLogger(__name__)
@@ -377,7 +378,8 @@ def _output_paths(output: str | os.PathLike, partition: str | None = None):
     if is_remote(output):
         base = str(output).rstrip("/")
         return f"{base}/scores{suffix}", f"{base}/rejects{suffix}", atomic_filesystem_dir
-    return Path(f"{Path(output) / 'scores'}{suffix}"), Path(f"{Path(output) / 'rejects'}{suffix}"), atomic_dataset_dir
+    staged = functools.partial(atomic_dataset_dir, staging=Path(output) / STAGING)
+    return Path(f"{Path(output) / 'scores'}{suffix}"), Path(f"{Path(output) / 'rejects'}{suffix}"), staged
 
 
 def _count_output(scores_dir, rejects_dir) -> tuple[int, int, int, dict[str, int]]:

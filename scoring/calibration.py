@@ -48,4 +48,5 @@ def threshold_at(sorted_scores: np.ndarray, target_fpr: float) -> float:
     """The smallest held-out score with at most ``target_fpr`` of held-out scores above it."""
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"the false positive rate must be in (0, 1), got {target_fpr}")
-    return float(np.quantile(sorted_scores, 1.0 - target_fpr, method="higher"))
+    # the inverted empirical CDF: index n - floor(n * fpr) - 1, so exactly floor(n * fpr) scores lie above
+    return float(np.quantile(sorted_scores, 1.0 - target_fpr, method="inverted_cdf"))

@@ -77,3 +77,18 @@ def test_the_beam_filesystems_variant_keeps_the_same_contract(tmp_path):
             (tmp_path / tmp.rsplit("/", 1)[1] / f"part-{i}.parquet").write_text(f"new {i}")
     assert sorted(p.name for p in target.iterdir()) == ["part-0.parquet", "part-1.parquet"]
     assert _leftovers(tmp_path) == []
+
+
+def test_a_partition_is_staged_outside_its_dataset_root(tmp_path):
+    """While a partition is written, nothing half-written sits under the dataset root, where a
+    glob such as DuckDB's out/scores/*/*.parquet would find it."""
+    dataset = tmp_path / "scores"
+    (dataset / "date=1").mkdir(parents=True)
+    (dataset / "date=1" / "old.parquet").write_bytes(b"old")
+    with atomic_dataset_dir(dataset / "date=1", staging=tmp_path / ".staging") as tmp:
+        assert tmp.parent == tmp_path / ".staging"
+        (tmp / "new.parquet").write_bytes(b"new")
+        assert sorted(p.name for p in dataset.iterdir()) == ["date=1"]
+    assert [p.name for p in (dataset / "date=1").iterdir()] == ["new.parquet"]
+    assert sorted(p.name for p in dataset.iterdir()) == ["date=1"]
+    assert list((tmp_path / ".staging").iterdir()) == []

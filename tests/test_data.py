@@ -195,3 +195,22 @@ def test_conditional_training_on_unlabelled_data_is_refused(tmp_path):
     np.savez(tmp_path / "nolabels.npz", x=np.random.default_rng(0).random((20, 4, 4)))
     with pytest.raises(DataError, match="--conditional needs labels"):
         load_training_data(TrainConfig(data=str(tmp_path / "nolabels.npz"), conditional=True))
+
+
+def test_parquet_folder_ids_are_file_and_row_as_the_scorer_gives_them(tmp_path):
+    (tmp_path / "sub").mkdir()
+    pq.write_table(pa.table({"pixels": [[0.0] * 4] * 2, "height": [2, 2], "width": [2, 2]}), tmp_path / "a.parquet")
+    pq.write_table(
+        pa.table({"pixels": [[1.0] * 4] * 3, "height": [2] * 3, "width": [2] * 3, "example_id": ["x", None, "z"]}),
+        tmp_path / "sub" / "b.parquet",
+    )
+    (tmp_path / ".staging").mkdir()  # hidden folders are not part of the dataset
+    pq.write_table(pa.table({"pixels": [[1.0] * 4]}), tmp_path / ".staging" / "c.parquet")
+    loaded = data.load(str(tmp_path))
+    assert loaded.example_ids.tolist() == ["a.parquet:0", "a.parquet:1", "x", "sub/b.parquet:1", "z"]
+
+    from pipeline.arrow_io import plan_input
+
+    batches = [batch for shard in plan_input(str(tmp_path)).shards for batch in shard.read(1024)]
+    scored_ids = [i for batch in batches for i in batch.column("example_id").to_pylist()]
+    assert scored_ids == loaded.example_ids.tolist()

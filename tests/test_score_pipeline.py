@@ -49,6 +49,13 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def datasets_and_no_leftovers(out) -> list[str]:
+    """The datasets under ``out``, after checking no temporary or swapped-out folder was left."""
+    staging = out / ".staging"
+    assert not staging.exists() or not any(staging.iterdir()), list(staging.iterdir())
+    return sorted(p.name for p in out.iterdir() if p.name != ".staging")
+
+
 def without_scored_at(table: pa.Table) -> pa.Table:
     return table.drop_columns(["scored_at"])
 
@@ -109,6 +116,25 @@ def test_integer_pixels_are_0_255_and_shapes_come_from_height_width_columns():
         "wrong shape: 4x16x1 image, the model expects 8x8x1",
         "out of range: values in [300, 300]; pixels must be in [0, 1] or whole numbers 0-255 (which are scaled)",
     ]
+
+
+def test_integer_pixels_follow_the_training_rule_binary_kept_0_255_scaled():
+    binary = (load_digits().images[:2] > 8).astype(np.uint8)  # 0/1 integers: already in [0, 1]
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "example_id": ["bin", "u8"],
+            "source": ["t"] * 2,
+            "height": [8, 8],
+            "width": [8, 8],
+            "pixels": pa.array([binary[0].ravel().tolist(), (binary[1] * 255).ravel().tolist()], pa.list_(pa.int32())),
+        }
+    )
+    valid, _ = validate_batch(batch, PLAIN)
+    np.testing.assert_array_equal(valid.images[0].ravel(), binary[0].ravel())  # not divided by 255
+    np.testing.assert_array_equal(valid.images[1].ravel(), binary[1].ravel())
+    from training.data import as_image_array
+
+    np.testing.assert_array_equal(as_image_array(binary, "t")[0].ravel(), valid.images[0].ravel())
 
 
 def test_image_bytes_are_decoded_scaled_or_rejected():
@@ -305,7 +331,7 @@ def test_a_rerun_gives_identical_output(plain_uri, mixed_parquet, tmp_path):
     assert (first.rows_scored, first.rows_rejected) == (second.rows_scored, second.rows_rejected)
     assert without_scored_at(read(out / "scores")).equals(without_scored_at(scores))
     assert without_scored_at(read(out / "rejects")).equals(without_scored_at(rejects))
-    assert sorted(p.name for p in out.iterdir()) == ["rejects", "scores"]  # no temporary folders left
+    assert datasets_and_no_leftovers(out) == ["rejects", "scores"]
 
 
 @pytest.mark.slow
@@ -328,7 +354,7 @@ def test_a_failure_mid_write_leaves_the_older_output_intact(plain_uri, tmp_path)
     with pytest.raises(Exception, match="row groups"):
         score_dataset(plain_uri, str(broken), out, shard_rows=10, batch_size=5, **FAST)
     assert read(out / "scores").equals(before)
-    assert sorted(p.name for p in out.iterdir()) == ["rejects", "scores"]
+    assert datasets_and_no_leftovers(out) == ["rejects", "scores"]
 
     from click.testing import CliRunner
 
@@ -403,7 +429,8 @@ def test_cli_scores_a_png_folder(trained_plain, mlflow_store, tmp_path):
             "in_memory",
             "--direct-num-workers",
             "1",
-            "--job_name=score-test",  # an extra Beam pipeline option, passed through
+            "--",
+            "--job_name=score-test",  # an extra Beam pipeline option, passed through after --
         ],
     )
     assert result.exit_code == 0, result.output
@@ -447,6 +474,18 @@ def test_a_partition_is_written_and_replaced_alone(plain_uri, tmp_path):
         "GROUP BY date ORDER BY date"
     ).fetchall()
     assert [(str(day), n) for day, n in per_day] == [("2026-11-19", 270), ("2026-11-20", 270)]
-    assert not [p for p in (out / "scores").iterdir() if p.name.startswith(".")]  # no temp folders left
+    assert sorted(p.name for p in (out / "scores").iterdir()) == ["date=2026-11-19", "date=2026-11-20"]
+    assert datasets_and_no_leftovers(out) == ["rejects", "scores"]
     with pytest.raises(ValueError, match="KEY=VALUE"):
         score_dataset(plain_uri, "digits:test", out, partition="../escape", **FAST)
+
+
+def test_a_mistyped_option_is_an_error_not_a_beam_option(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    result = CliRunner().invoke(main, ["score", "--output", str(tmp_path), "--partiton", "date=2026-01-01"])
+    assert result.exit_code == 2
+    assert "No such option '--partiton'. Did you mean '--partition'?" in result.output
+    assert not (tmp_path / "scores").exists()

@@ -115,19 +115,36 @@ def load_npz(path: Path) -> ImageData:
     return check(ImageData(images, labels, ids, names, str(path)))
 
 
+def parquet_files(folder: Path) -> list[Path]:
+    """Data files of a Parquet dataset folder, sorted, skipping hidden and ``_``-prefixed files and folders."""
+    return sorted(
+        p
+        for p in folder.rglob("*.parquet")
+        if not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
+    )
+
+
 def load_parquet(path: Path, shape: tuple[int, int, int] | None = None) -> ImageData:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable Parquet data set ({exc})") from exc
+    files = [path] if path.is_file() else parquet_files(path)
+    if not files:
+        raise DataError(f"{path}: no Parquet files found")
+    tables, ids = [], []
+    for file in files:
+        try:
+            part = pq.read_table(file)
+        except Exception as exc:
+            raise DataError(f"{file}: not a readable Parquet file ({exc})") from exc
+        rel = file.name if file == path else file.relative_to(path).as_posix()
+        given = part.column("example_id").to_pylist() if "example_id" in part.column_names else [None] * part.num_rows
+        # the same ids as the Beam scorer gives: the input's, else FILE:ROW within that file
+        ids += [f"{rel}:{i}" if v is None else str(v) for i, v in enumerate(given)]
+        tables.append(part)
+    table = pa.concat_tables(tables, promote_options="permissive")
+    ids = np.array(ids)
     columns = set(table.column_names)
-    n = table.num_rows
-    if "example_id" in columns:
-        ids = np.array([str(v) for v in table.column("example_id").to_pylist()])
-    else:
-        ids = np.array([f"{path.name}:{i}" for i in range(n)])
     if "image" in columns:
         images = [
             decode_image(b, f"{path} row {i} (example_id {ids[i]})")

@@ -43,7 +43,7 @@ def downsampling_steps(image_shape: tuple[int, int, int]) -> int:
     steps = 0
     while height % 2 == 0 and width % 2 == 0 and height // 2 >= 4 and width // 2 >= 4 and steps < 3:
         height, width, steps = height // 2, width // 2, steps + 1
-    return max(steps, 0)
+    return steps
 
 
 def build_encoder(

@@ -1,15 +1,18 @@
-"""Figures logged with every training run (and reused by reports): matplotlib, Agg backend."""
+"""Figures logged with every training run (and reused by reports), built without pyplot."""
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from scoring import sampling
 
-from scoring import sampling  # noqa: E402
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True):
+    """(figure, axes) outside pyplot: no backend is chosen and nothing needs closing, so importing
+    this module changes nothing for a notebook's own plots."""
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def image_grid(
@@ -18,7 +21,7 @@ def image_grid(
     """A grid of (N, H, W, C) images in [0, 1]."""
     n = len(images)
     nrows = max(1, int(np.ceil(n / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.8, nrows * 0.8 + (0.4 if title else 0)), squeeze=False)
+    fig, axes = new_figure(nrows, ncols, figsize=(ncols * 0.8, nrows * 0.8 + (0.4 if title else 0)), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -36,7 +39,7 @@ def image_grid(
 
 
 def learning_curves(history: dict[str, list[float]]) -> Figure:
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig, axes = new_figure(1, 3, figsize=(12, 3.2))
     for ax, key in zip(axes, ("neg_elbo", "reconstruction", "kl"), strict=True):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + key in history:
@@ -88,7 +91,7 @@ def latent_map(model, images: np.ndarray, labels: np.ndarray | None) -> Figure:
         centred = means - means.mean(axis=0)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
         means = centred @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = new_figure(figsize=(5, 4.5))
     points = ax.scatter(means[:, 0], means[:, 1], c=labels if labels is not None else "C0", cmap="tab10", s=6)
     if labels is not None:
         fig.colorbar(points, ax=ax, label="label")
@@ -98,7 +101,7 @@ def latent_map(model, images: np.ndarray, labels: np.ndarray | None) -> Figure:
 
 
 def score_histogram(scores: np.ndarray, threshold: float, title: str = "validation neg ELBO") -> Figure:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure(figsize=(6, 3.5))
     ax.hist(scores, bins=40, color="C0", alpha=0.8)
     ax.axvline(threshold, color="C3", linestyle="--", label=f"threshold {threshold:.2f}")
     ax.set_xlabel("negative ELBO (nats)")

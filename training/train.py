@@ -131,10 +131,16 @@ def decide_promotion(
     if champion is None:
         return True, "no champion yet"
     current = registry.load_model(f"models:/{cfg.model_name}/{champion}").model
-    if tuple(current.image_shape) != split.validation.image_shape or (
-        current.num_classes and split.validation.labels is None
-    ):
-        return False, f"champion v{champion} takes different inputs; not comparable, kept it"
+    keep = f"kept champion v{champion} (--promote always replaces it)"
+    if tuple(current.image_shape) != split.validation.image_shape:
+        return False, f"champion v{champion} takes {current.image_shape} images, not comparable; {keep}"
+    if current.likelihood != cfg.likelihood:
+        return False, (
+            f"champion v{champion} uses the {current.likelihood} likelihood, this model {cfg.likelihood}: "
+            f"their nats are not comparable; {keep}"
+        )
+    if bool(current.num_classes) != cfg.conditional:
+        return False, f"one of the two models is conditional (log p(x|y) against log p(x)), not comparable; {keep}"
     champion_score = float(mean_neg_elbo(current, split.validation).mean())
     if new_score < champion_score:
         return True, f"validation neg ELBO {new_score:.3f} < champion v{champion}'s {champion_score:.3f}"
@@ -203,7 +209,6 @@ def train(cfg: TrainConfig) -> TrainResult:
             figures["samples_per_label"] = plots.per_label_grid(model, seed=cfg.seed)
         for name, figure in figures.items():
             mlflow.log_figure(figure, f"plots/{name}.png")
-            plots.plt.close(figure)
 
         version = _log_and_register(model, cfg, split)
         promoted, reason = decide_promotion(cfg, champion, summary["validation_neg_elbo"], split)

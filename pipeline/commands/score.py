@@ -13,9 +13,9 @@ DEFAULT_MODEL = "models:/vae-digits@champion"
 
 @click.command(
     "score",
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    epilog="Any other option is passed to Beam as a pipeline option, e.g. --runner DataflowRunner "
-    "--project P --region R --temp_location gs://B/tmp --setup_file ./setup.py.",
+    epilog="Beam pipeline options go after --, e.g. vae score ... --runner DataflowRunner -- --project P "
+    "--region R --temp_location gs://B/tmp --setup_file ./setup.py. A mistyped option before -- is an "
+    "error, never silently handed to Beam.",
 )
 @click.option(
     "--model",
@@ -85,9 +85,12 @@ DEFAULT_MODEL = "models:/vae-digits@champion"
     help="Rows per unit of work spread over the workers (Parquet: whole row groups).",
 )
 @beam_runner_options
+@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BEAM_ARGS...]")
 @click.pass_context
 @friendly_errors
-def score_command(ctx: click.Context, model_uri: str, input_spec: str, output: str, **options) -> None:
+def score_command(
+    ctx: click.Context, model_uri: str, input_spec: str, output: str, beam_args: tuple[str, ...], **options
+) -> None:
     """Score a data set for anomalies with a registered VAE, in an Apache Beam pipeline.
 
     Writes OUTPUT/scores (negative ELBO, its terms, p-value, threshold, is_anomaly per row) and
@@ -96,7 +99,7 @@ def score_command(ctx: click.Context, model_uri: str, input_spec: str, output: s
     from pipeline.score_pipeline import score_dataset
     from training.data import DataError
 
-    beam_args = list(ctx.args)
+    beam_args = list(beam_args)
     if beam_args:
         click.echo(f"Beam pipeline options passed through: {' '.join(beam_args)}")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
