@@ -140,6 +140,17 @@ def default_args() -> dict[str, Any]:
     }
 
 
+def dag_defaults() -> dict[str, Any]:
+    """What every VAE DAG shares: start date, no catch-up, one run at a time, retries, the tag."""
+    return {
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": default_args(),
+        "tags": ["vae"],
+    }
+
+
 def schedule(env: str, default: str) -> str:
     """A DAG's schedule: a cron expression or preset from the scheduler's environment, else ``default``."""
     return os.environ.get(env) or default

@@ -14,9 +14,8 @@ from typing import Any
 
 from _vae_common import (
     MODEL_ASSET,
-    START_DATE,
     common_params,
-    default_args,
+    dag_defaults,
     flag,
     generate_command,
     latest_promoted,
@@ -32,12 +31,8 @@ log = logging.getLogger(__name__)
 @dag(
     dag_id="vae_augment",
     schedule=[MODEL_ASSET],
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(),
-    tags=["vae"],
     doc_md=__doc__,
+    **dag_defaults(),
     params={
         "model_version": Param(
             None, type=["null", "string"], description="Manual runs: the version to generate for (with model_name)."

@@ -13,9 +13,8 @@ from typing import Any
 
 from _vae_common import (
     MODEL_ASSET,
-    START_DATE,
     common_params,
-    default_args,
+    dag_defaults,
     flag,
     model_event_extra,
     param,
@@ -32,12 +31,8 @@ log = logging.getLogger(__name__)
 @dag(
     dag_id="vae_retrain",
     schedule=schedule("VAE_RETRAIN_SCHEDULE", "@weekly"),
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(),
-    tags=["vae"],
     doc_md=__doc__,
+    **dag_defaults(),
     params={
         "train_data": param("train_data", "Training data: digits, mnist, fashion_mnist or a path."),
         "conditional": param("conditional", "Train a label-conditioned VAE (true/false).", "boolean"),

@@ -15,10 +15,9 @@ from datetime import timedelta
 from typing import Any
 
 from _vae_common import (
-    START_DATE,
     common_params,
+    dag_defaults,
     day_input,
-    default_args,
     param,
     run_day,
     schedule,
@@ -35,12 +34,8 @@ log = logging.getLogger(__name__)
     dag_id="vae_score",
     # a data-interval schedule: the run at midnight scores the day that just ended ({{ ds }})
     schedule=CronDataIntervalTimetable(schedule("VAE_SCORE_SCHEDULE", "@daily"), timezone="UTC"),
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(),
-    tags=["vae"],
     doc_md=__doc__,
+    **dag_defaults(),
     params={
         "date": Param(
             None,

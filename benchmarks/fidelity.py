@@ -59,9 +59,10 @@ def latent_usage(model_uri: str, work_dir, test) -> dict:
     from pipeline import generate_pipeline as gp
     from scoring.elbo import neg_elbo_terms
     from scoring.sampling import posterior_means
+    from training import registry
 
     info, tracking_uri = gp.resolve_model(model_uri, work_dir)
-    model = gp.cached_model(info.uri, tracking_uri).model
+    model = registry.load_pinned(info.uri, tracking_uri).model
     terms = neg_elbo_terms(model, test.images, test.labels, num_samples=4, seed=0)
     means = posterior_means(model, test.images, test.labels)
     return {

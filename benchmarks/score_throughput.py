@@ -140,12 +140,14 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from pipeline.score_pipeline import pinned_model, score_dataset
+    from pipeline.score_pipeline import score_dataset
+    from training import registry
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="score-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     model_uri = args.model or quick_model(work)
-    model, name, version, _ = pinned_model(model_uri)
+    pinned = registry.pin(model_uri)
+    model, name, version = registry.load_pinned(pinned.uri, pinned.tracking_uri).model, pinned.name, pinned.version
     log.info(
         "model %s version %s: %d posterior samples per row, batch %d",
         name,

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from pipeline.runner import DEFAULT_WORKERS, RUNNING_MODES
+
 QUIET_LOGGERS = ("absl", "tensorflow", "mlflow.store.db.utils", "alembic", "h5py", "matplotlib", "apache_beam")
 
 
@@ -50,9 +52,6 @@ def parse_shape(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return tuple(parts)  # type: ignore[return-value]
 
 
-RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
-
-
 def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--runner``, ``--direct-num-workers`` and ``--direct-running-mode``, shared by the Beam commands."""
     options = [
@@ -66,7 +65,7 @@ def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--direct-num-workers",
             type=click.IntRange(1),
-            default=2,
+            default=DEFAULT_WORKERS,
             show_default=True,
             help="DirectRunner: parallel workers (each loads the model once).",
         ),

@@ -29,7 +29,6 @@ the dataset with :func:`read_synthetic`, or in DuckDB with
 import logging
 import math
 import os
-import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from pipeline.atomic import STAGING, atomic_dataset_dir
-from pipeline.score_pipeline import DEFAULT_WORKERS, make_pipeline
+from pipeline.runner import DEFAULT_WORKERS, make_pipeline
 from scoring.sampling import SAMPLE_METHODS, stream_seed, synthesize
 
 if TYPE_CHECKING:
@@ -341,39 +340,13 @@ class Request:
     image_shape: tuple[int, int, int]
 
 
-_MODELS: dict[tuple[str | None, str], Any] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def cached_model(model_uri: str, tracking_uri: str | None) -> Any:
-    """The loaded model, once per process (a worker, or the driver when the runner is in-process)."""
-    with _MODELS_LOCK:
-        key = (tracking_uri, model_uri)
-        if key not in _MODELS:
-            from training import registry
-
-            if tracking_uri and not model_uri.endswith(".keras"):
-                import mlflow
-
-                mlflow.set_tracking_uri(tracking_uri)
-            _MODELS[key] = registry.load_model(model_uri)
-        return _MODELS[key]
-
-
 def resolve_model(model_uri: str, work_dir: str | os.PathLike | None = None) -> tuple[ModelInfo, str | None]:
-    """Pins ``models:/NAME@ALIAS`` to the version it points at now and loads that version (cached by
-    the pinned URI, so a moved alias is never served stale); returns its info and the tracking URI
-    (``MLFLOW_TRACKING_URI``, else the SQLite store in the working folder)."""
+    """Pins ``model_uri`` (:func:`training.registry.pin`) and loads that version once per process;
+    returns its info and the tracking URI the workers need (None for a ``.keras`` file)."""
     from training import registry
 
-    if str(model_uri).endswith(".keras"):
-        return ModelInfo.of(cached_model(str(Path(model_uri).resolve()), None)), None
-    import mlflow
-
-    tracking_uri = registry.tracking_uri(work_dir)
-    mlflow.set_tracking_uri(tracking_uri)
-    name, version = registry.resolve(str(model_uri))
-    return ModelInfo.of(cached_model(f"models:/{name}/{version}", tracking_uri)), tracking_uri
+    pinned = registry.pin(str(model_uri), work_dir)
+    return ModelInfo.of(registry.load_pinned(pinned.uri, pinned.tracking_uri)), pinned.tracking_uri
 
 
 def sample_id(method: str, seed: int, index: int) -> str:
@@ -390,7 +363,9 @@ class DecodeShard(beam.DoFn):
         self.model: Any = None
 
     def setup(self) -> None:
-        self.model = cached_model(self.request.model_uri, self.request.tracking_uri).model
+        from training import registry
+
+        self.model = registry.load_pinned(self.request.model_uri, self.request.tracking_uri).model
 
     def process(self, shard: Shard) -> Iterator[dict[str, Any]]:
         r = self.request
@@ -579,7 +554,7 @@ def generate_dataset(
     ``posterior``: encodes the images of ``input`` (default: the built-in digits), every one once, or
     ``n`` samples cycling over them, or ``per_label`` per label; ``labels`` filters them.
     ``test_pipeline``: a pipeline to build into and run instead of
-    :func:`pipeline.score_pipeline.make_pipeline`'s (same runner options as ``vae score``).
+    :func:`pipeline.runner.make_pipeline`'s (same runner options as ``vae score``).
     """
     from training import data as data_lib
 

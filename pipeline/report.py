@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.png import to_uint8
 from training import data as data_lib
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,9 @@ def image_png(image: np.ndarray, scale: int | None = None) -> bytes:
     """One (H, W, C) image in [0, 1] as a PNG, enlarged by whole pixels to about 64 pixels a side."""
     from PIL import Image
 
-    array = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-    array = (array[..., 0] if array.shape[-1] == 1 else array) * 255.0
-    picture = Image.fromarray(array.round().astype(np.uint8))
-    scale = scale or max(1, 64 // max(array.shape[:2]))
+    pixels = to_uint8(image)
+    picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    scale = scale or max(1, 64 // max(pixels.shape[:2]))
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     buffer = io.BytesIO()

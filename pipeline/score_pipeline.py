@@ -34,19 +34,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import arrow_io
 from pipeline.arrow_io import InputPlan, ModelSpec, RejectedRows, ValidRows
 from pipeline.atomic import STAGING, atomic_dataset_dir, atomic_filesystem_dir, is_remote
+from pipeline.runner import DEFAULT_WORKERS, make_pipeline
 from training.data import ImageData
+from training.registry import DEFAULT_MODEL_URI, PinnedModel
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "models:/vae-digits@champion"
 DEFAULT_BATCH_SIZE = 1024
-DEFAULT_WORKERS = 2
-RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
 METRICS_NAMESPACE = "vae_score"
 REJECTS = "rejects"
 
@@ -185,17 +183,15 @@ class ScoreImages(beam.DoFn):
 
     def __init__(
         self,
-        model_uri: str,
+        pinned: PinnedModel,
         stamp: RunStamp,
         *,
-        tracking_uri: str | None = None,
         iwae_k: int | None = None,
         fpr: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
-        self.model_uri = model_uri
+        self.pinned = pinned
         self.stamp = stamp
-        self.tracking_uri = tracking_uri
         self.iwae_k = iwae_k
         self.fpr = fpr
         self.batch_size = batch_size
@@ -204,16 +200,12 @@ class ScoreImages(beam.DoFn):
 
     def setup(self) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        if self.tracking_uri and self.model_uri.startswith("models:/"):
-            import mlflow
-
-            mlflow.set_tracking_uri(self.tracking_uri)
         from training import registry
 
         start = time.perf_counter()
-        self.model = registry.load_model(self.model_uri).model
+        self.model = registry.load_pinned(self.pinned.uri, self.pinned.tracking_uri).model
         self.calibration = model_calibration(self.model, self.fpr)
-        log.info("worker pid %d loaded %s in %.1f s", os.getpid(), self.model_uri, time.perf_counter() - start)
+        log.info("worker pid %d loaded %s in %.1f s", os.getpid(), self.pinned.uri, time.perf_counter() - start)
 
     def process(self, rows: ValidRows):
         from scoring.elbo import score_images
@@ -279,44 +271,6 @@ def build_pipeline(
     )
 
 
-def make_pipeline(
-    runner: str = "DirectRunner",
-    *,
-    direct_num_workers: int = DEFAULT_WORKERS,
-    direct_running_mode: str = "multi_processing",
-    beam_args: Sequence[str] = (),
-) -> beam.Pipeline:
-    """A pipeline with the runner set explicitly.
-
-    ``DirectRunner`` here is Beam's FnApiRunner, the engine the DirectRunner itself picks for batch
-    jobs; naming it directly keeps ``direct_running_mode`` in force and never tries to download the
-    Prism runner binary (this project runs offline). Any other runner name goes to Beam as is, with
-    ``beam_args`` (``--project``, ``--region``, ``--temp_location``, ``--setup_file`` ...).
-    """
-    if direct_running_mode not in RUNNING_MODES:
-        raise ValueError(f"direct_running_mode must be one of {', '.join(RUNNING_MODES)}, got {direct_running_mode!r}")
-    quiet = {}  # workers log our progress lines, not the harness's chatter, unless asked otherwise
-    if not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
-        quiet = {"default_sdk_harness_log_level": "WARNING", "sdk_harness_log_level_overrides": {"pipeline": "INFO"}}
-    options = PipelineOptions(
-        list(beam_args),
-        runner=runner,
-        direct_num_workers=direct_num_workers,
-        direct_running_mode=direct_running_mode,
-        save_main_session=False,
-        **quiet,
-    )
-    if runner in ("DirectRunner", "FnApiRunner"):
-        from apache_beam.portability.api import beam_provision_api_pb2
-        from apache_beam.runners.portability.fn_api_runner import fn_runner
-        from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-        encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-        provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-        return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
-    return beam.Pipeline(options=options)
-
-
 # --- the library entry point --------------------------------------------------------------------
 
 
@@ -335,7 +289,6 @@ class ScoreSummary:
     scores_path: Path | str  # a str for gs://, s3:// ... outputs
     rejects_path: Path | str
     reject_reasons: dict[str, int] = field(default_factory=dict)
-    expected_rows: int | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -394,19 +347,6 @@ def _count_output(scores_dir, rejects_dir) -> tuple[int, int, int, dict[str, int
     return rows_scored, rejects.num_rows, anomalies, dict(reasons)
 
 
-def pinned_model(model_uri: str) -> tuple[object, str, str, str]:
-    """(loaded model, name, version, the URI every worker should load): an alias is resolved
-    once, here, so a promotion during the run cannot mix two versions in one output."""
-    from training import registry
-
-    loaded = registry.load_model(model_uri)
-    if loaded.version == "local":
-        pinned = str(Path(model_uri).resolve()) if "://" not in model_uri else model_uri
-    else:
-        pinned = f"models:/{loaded.name}/{loaded.version}"
-    return loaded.model, loaded.name, loaded.version, pinned
-
-
 def score_dataset(
     model_uri: str,
     input: str | ImageData,
@@ -444,12 +384,8 @@ def score_dataset(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     started = time.perf_counter()
-    tracking = registry.tracking_uri(work_dir)
-    if model_uri.startswith("models:/"):
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking)
-    model, name, version, pinned = pinned_model(model_uri)
+    pinned = registry.pin(model_uri, work_dir)
+    model, name, version = registry.load_pinned(pinned.uri, pinned.tracking_uri).model, pinned.name, pinned.version
     calibration = model_calibration(model, fpr)
     if calibration is None:
         log.warning("%s has no stored calibration: threshold, p_value and is_anomaly will be null", model_uri)
@@ -467,7 +403,7 @@ def score_dataset(
         len(plan.shards),
         runner if runner != "DirectRunner" else f"DirectRunner ({direct_running_mode}, {direct_num_workers} workers)",
     )
-    scorer = ScoreImages(pinned, stamp, tracking_uri=tracking, iwae_k=iwae_k, fpr=fpr, batch_size=batch_size)
+    scorer = ScoreImages(pinned, stamp, iwae_k=iwae_k, fpr=fpr, batch_size=batch_size)
     validator = ValidateRows(spec, shape, stamp)
     with atomic_dir(scores_path) as scores_tmp, atomic_dir(rejects_path) as rejects_tmp:
         pipeline = test_pipeline or make_pipeline(
@@ -506,7 +442,6 @@ def score_dataset(
         scores_path=scores_path,
         rejects_path=rejects_path,
         reject_reasons=reasons,
-        expected_rows=plan.total_rows,
     )
     log.info("done: %d scored, %d rejected, %d anomalies", rows_scored, rows_rejected, anomalies)
     return summary
@@ -524,7 +459,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     """Beam-examples style entry point: ``python -m pipeline.score_pipeline --model ... --input ...
     --output ... [--runner DataflowRunner --project ... any Beam pipeline option]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--model", default=DEFAULT_MODEL_URI)
     parser.add_argument("--input", default="digits")
     parser.add_argument("--output", required=True)
     parser.add_argument("--iwae-k", "--iwae_k", type=int, default=None)

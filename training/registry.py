@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 CHAMPION = "champion"
+DEFAULT_MODEL_URI = "models:/vae-digits@champion"
 EXPERIMENT = "vae"
 DEFAULT_WORK_DIR = "vae-work"
 
@@ -87,6 +89,46 @@ def load_model(uri: str) -> LoadedModel:
 
         model = mlflow.keras.load_model(f"models:/{name}/{version}", load_model_kwargs={"safe_mode": True})
     return LoadedModel(model=model, name=name, version=str(version), uri=uri)
+
+
+@dataclass(frozen=True)
+class PinnedModel:
+    uri: str  # what every worker loads: models:/NAME/VERSION, or a .keras path
+    name: str
+    version: str
+    tracking_uri: str | None  # None for a .keras file
+
+
+def pin(model_uri: str, work: str | os.PathLike | None = None) -> PinnedModel:
+    """Resolves an alias to the version it names *now*, once per job, so that a promotion during a
+    run cannot mix two versions in one output."""
+    if model_uri.endswith(".keras"):
+        path = model_uri if "://" in model_uri else str(Path(model_uri).resolve())
+        return PinnedModel(path, Path(model_uri).stem, "local", None)
+    import mlflow
+
+    uri = tracking_uri(work)
+    mlflow.set_tracking_uri(uri)
+    name, version = resolve(model_uri)
+    return PinnedModel(f"models:/{name}/{version}", name, version, uri)
+
+
+_LOADED: dict[tuple[str | None, str], LoadedModel] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def load_pinned(uri: str, tracking: str | None = None) -> LoadedModel:
+    """A pinned model (``PinnedModel.uri``), loaded once per process: a Beam worker, or the driver of
+    an in-process run, which then shares the copy it loaded to plan the job."""
+    key = (tracking, uri)
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            if tracking:
+                import mlflow
+
+                mlflow.set_tracking_uri(tracking)
+            _LOADED[key] = load_model(uri)
+        return _LOADED[key]
 
 
 def champion_version(name: str) -> str | None:

@@ -106,7 +106,8 @@ def fit(cfg: TrainConfig, model, split: data_lib.Split, sink=None):
     return history.history, elapsed / max(1, len(history.history.get("loss", [1])))
 
 
-def mean_neg_elbo(model, part: data_lib.ImageData) -> np.ndarray:
+def neg_elbo_scores(model, part: data_lib.ImageData) -> np.ndarray:
+    """Per-example negative ELBO with the model's own scoring settings."""
     labels = part.labels if model.num_classes else None
     return score_images(model, part.images, labels, num_samples=model.score_samples, seed=model.score_seed)["neg_elbo"]
 
@@ -141,7 +142,7 @@ def decide_promotion(
         )
     if bool(current.num_classes) != cfg.conditional:
         return False, f"one of the two models is conditional (log p(x|y) against log p(x)), not comparable; {keep}"
-    champion_score = float(mean_neg_elbo(current, split.validation).mean())
+    champion_score = float(neg_elbo_scores(current, split.validation).mean())
     if new_score < champion_score:
         return True, f"validation neg ELBO {new_score:.3f} < champion v{champion}'s {champion_score:.3f}"
     return False, f"validation neg ELBO {new_score:.3f} >= champion v{champion}'s {champion_score:.3f}"
@@ -182,10 +183,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
         history, seconds_per_epoch = fit(cfg, model, split, sink=lambda logs, step: mlflow.log_metrics(logs, step=step))
 
-        validation_scores = mean_neg_elbo(model, split.validation)
+        validation_scores = neg_elbo_scores(model, split.validation)
         calibration = Calibration.fit(validation_scores, cfg.target_fpr)
         model.calibration = calibration.to_dict()
-        test_scores = mean_neg_elbo(model, split.test)
+        test_scores = neg_elbo_scores(model, split.test)
         summary = {
             "validation_neg_elbo": float(validation_scores.mean()),
             "test_neg_elbo": float(test_scores.mean()),

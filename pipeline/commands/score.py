@@ -7,8 +7,7 @@ import logging
 import click
 
 from pipeline.cli_support import beam_runner_options, friendly_errors, parse_shape
-
-DEFAULT_MODEL = "models:/vae-digits@champion"
+from training.registry import DEFAULT_MODEL_URI
 
 
 @click.command(
@@ -20,7 +19,7 @@ DEFAULT_MODEL = "models:/vae-digits@champion"
 @click.option(
     "--model",
     "model_uri",
-    default=DEFAULT_MODEL,
+    default=DEFAULT_MODEL_URI,
     show_default=True,
     help="models:/NAME@ALIAS, models:/NAME/VERSION, or a .keras file. An alias is resolved once, at the start.",
 )
