@@ -15,6 +15,7 @@ import numpy as np
 from keras import ops
 
 from scoring import likelihoods
+from scoring.anomaly import anomaly_scores
 
 
 class ScorableModel(Protocol):
@@ -129,7 +130,10 @@ def score_images(
     iwae_k: int | None = None,
     batch_size: int = 1024,
 ) -> dict[str, np.ndarray]:
-    """All per-example scores for a data set, in batches: the library entry point."""
+    """All per-example scores for a data set, in batches: the library entry point.
+
+    Returns ``neg_elbo``, ``reconstruction_nll``, ``kl``, ``anomaly_score`` (see
+    :mod:`scoring.anomaly`) and, with ``iwae_k``, ``iwae_nll``."""
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, len(images), batch_size):
         stop = start + batch_size
@@ -137,8 +141,9 @@ def score_images(
         part = neg_elbo_terms(model, images[start:stop], batch_labels, num_samples=num_samples, seed=seed)
         if iwae_k:
             part["iwae_nll"] = iwae_nll(model, images[start:stop], batch_labels, k=iwae_k, seed=seed)
+        part["anomaly_score"] = anomaly_scores(model, part, images[start:stop], batch_labels)
         parts.append(part)
     if not parts:
-        keys = ["neg_elbo", "reconstruction_nll", "kl"] + (["iwae_nll"] if iwae_k else [])
+        keys = ["neg_elbo", "reconstruction_nll", "kl", "anomaly_score"] + (["iwae_nll"] if iwae_k else [])
         return {key: np.empty(0) for key in keys}
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}

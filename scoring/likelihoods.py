@@ -12,7 +12,6 @@ from keras import ops
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 _MIN_LOG_SCALE = float(np.log(1e-2))  # the Gaussian's scale never drops below 0.01
 _MAX_LOG_SCALE = float(np.log(1.0))
-_CB_EPS = 1e-4
 
 
 def check_likelihood(name: str) -> str:
@@ -36,22 +35,22 @@ def _split_gaussian(params):
     return ops.sigmoid(loc_logits), log_scale
 
 
+_CB_SERIES = 0.1  # |logit| below this uses the Taylor series (error below 1e-9)
+
+
 def _cb_log_norm(logits):
-    """log C(lambda) of the continuous Bernoulli, with lambda = sigmoid(logits).
+    """log C of the continuous Bernoulli at logit l: C = l / tanh(l / 2), exact for every l.
 
-    C(l) = 2 atanh(1 - 2l) / (1 - 2l), and 2 near l = 1/2 (Loaiza-Ganem & Cunningham, 2019).
+    (Loaiza-Ganem & Cunningham, 2019 write C = 2 atanh(1 - 2 lambda) / (1 - 2 lambda); with
+    lambda = sigmoid(l) that is l / tanh(l / 2).) Near 0 the series log 2 + l^2/12 - 7 l^4/1440.
+    No clipping: the density integrates to one at any logit.
     """
-    lam = ops.clip(ops.sigmoid(logits), _CB_EPS, 1.0 - _CB_EPS)
-    near_half = ops.abs(lam - 0.5) < 1e-2
-    safe = ops.where(near_half, ops.ones_like(lam) * 0.4, lam)
-    exact = ops.log(ops.abs(2.0 * _atanh(1.0 - 2.0 * safe))) - ops.log(ops.abs(1.0 - 2.0 * safe))
-    u = lam - 0.5
-    taylor = ops.log(2.0) + (4.0 / 3.0) * u**2 + (104.0 / 45.0) * u**4
-    return ops.where(near_half, taylor, exact)
-
-
-def _atanh(t):
-    return 0.5 * (ops.log1p(t) - ops.log1p(-t))
+    a = ops.abs(logits)
+    small = a < _CB_SERIES
+    safe = ops.where(small, ops.ones_like(a), a)
+    exact = ops.log(safe) - ops.log(ops.tanh(0.5 * safe))
+    series = float(np.log(2.0)) + a**2 / 12.0 - 7.0 * a**4 / 1440.0
+    return ops.where(small, series, exact)
 
 
 def negative_log_likelihood(x, params, name: str):
@@ -74,11 +73,11 @@ def mean_image(params, name: str):
     if name == "bernoulli":
         return ops.sigmoid(params)
     if name == "continuous_bernoulli":
-        lam = ops.clip(ops.sigmoid(params), _CB_EPS, 1.0 - _CB_EPS)
-        near_half = ops.abs(lam - 0.5) < 1e-2
-        safe = ops.where(near_half, ops.ones_like(lam) * 0.4, lam)
-        exact = safe / (2.0 * safe - 1.0) + 1.0 / (2.0 * _atanh(1.0 - 2.0 * safe))
-        return ops.where(near_half, 0.5 + (lam - 0.5) / 3.0, exact)
+        # sigmoid(l) / tanh(l / 2) - 1 / l, and its series 1/2 + l/12 - l^3/720 near 0
+        small = ops.abs(params) < _CB_SERIES
+        safe = ops.where(small, ops.ones_like(params), params)
+        exact = ops.sigmoid(safe) / ops.tanh(0.5 * safe) - 1.0 / safe
+        return ops.where(small, 0.5 + params / 12.0 - params**3 / 720.0, exact)
     if name == "gaussian":
         return _split_gaussian(params)[0]
     raise ValueError(f"unknown likelihood {name!r}")
@@ -90,10 +89,12 @@ def sample_image(params, name: str, rng: np.random.Generator) -> np.ndarray:
         p = np.asarray(ops.convert_to_numpy(ops.sigmoid(params)))
         return (rng.random(p.shape) < p).astype(np.float32)
     if name == "continuous_bernoulli":
-        lam = np.clip(np.asarray(ops.convert_to_numpy(ops.sigmoid(params)), dtype=np.float64), _CB_EPS, 1 - _CB_EPS)
-        u = rng.random(lam.shape)
-        # inverse CDF: x = log(1 + u (2l - 1) / (1 - l)) / log(l / (1 - l))
-        x = np.log1p(u * (2 * lam - 1) / (1 - lam)) / np.log(lam / (1 - lam))
+        logits = np.asarray(ops.convert_to_numpy(params), dtype=np.float64)
+        u = rng.random(logits.shape)
+        # inverse CDF x = log(1 + u (e^l - 1)) / l, as a log-sum-exp so that no e^l overflows
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.logaddexp(np.log(u) + logits, np.log1p(-u)) / logits
+        x = np.where(np.abs(logits) < 1e-6, u, x)
         return np.clip(x, 0.0, 1.0).astype(np.float32)
     if name == "gaussian":
         loc, log_scale = (np.asarray(ops.convert_to_numpy(t)) for t in _split_gaussian(params))

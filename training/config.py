@@ -19,6 +19,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     kl_warmup: int = 10
     early_stopping: int = 10
+    architecture: str = "conv"
     filters: int = 32
     hidden_units: int = 256
     seed: int = 0

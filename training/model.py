@@ -46,15 +46,33 @@ def downsampling_steps(image_shape: tuple[int, int, int]) -> int:
     return steps
 
 
+ARCHITECTURES = ("dense", "conv")
+
+
+def check_architecture(name: str) -> str:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return name
+
+
 def build_encoder(
-    image_shape: tuple[int, int, int], latent_dim: int, num_classes: int, filters: int, hidden_units: int
+    image_shape: tuple[int, int, int],
+    latent_dim: int,
+    num_classes: int,
+    filters: int,
+    hidden_units: int,
+    architecture: str = "conv",
 ) -> keras.Model:
     image = keras.Input(shape=image_shape, name="image")
     inputs = [image]
     h = image
-    for i in range(downsampling_steps(image_shape)):
-        h = layers.Conv2D(filters * 2**i, 3, strides=2, padding="same", activation="relu", name=f"conv_{i}")(h)
-    h = layers.Flatten(name="flatten")(h)
+    if architecture == "conv":
+        for i in range(downsampling_steps(image_shape)):
+            h = layers.Conv2D(filters * 2**i, 3, strides=2, padding="same", activation="relu", name=f"conv_{i}")(h)
+        h = layers.Flatten(name="flatten")(h)
+    else:
+        h = layers.Flatten(name="flatten")(h)
+        h = layers.Dense(2 * hidden_units, activation="relu", name="dense_0")(h)
     if num_classes:
         label = keras.Input(shape=(num_classes,), name="label_one_hot")
         inputs.append(label)
@@ -72,8 +90,10 @@ def build_decoder(
     filters: int,
     hidden_units: int,
     likelihood: str,
+    architecture: str = "conv",
 ) -> keras.Model:
     height, width, channels = image_shape
+    out_channels = likelihoods.parameter_channels(likelihood, channels)
     steps = downsampling_steps(image_shape)
     small_h, small_w = height // 2**steps, width // 2**steps
     top_filters = filters * 2 ** max(steps - 1, 0)
@@ -85,13 +105,17 @@ def build_decoder(
         inputs.append(label)
         h = layers.Concatenate(name="with_label")([h, label])
     h = layers.Dense(hidden_units, activation="relu", name="hidden")(h)
+    if architecture == "dense":
+        h = layers.Dense(2 * hidden_units, activation="relu", name="dense_0")(h)
+        h = layers.Dense(height * width * out_channels, name="project", dtype="float32")(h)
+        params = layers.Reshape((height, width, out_channels), name="likelihood_params", dtype="float32")(h)
+        return keras.Model(inputs if num_classes else z, params, name="decoder")
     h = layers.Dense(small_h * small_w * top_filters, activation="relu", name="project")(h)
     h = layers.Reshape((small_h, small_w, top_filters), name="unflatten")(h)
     for i in reversed(range(steps)):
         h = layers.Conv2DTranspose(filters * 2**i, 3, strides=2, padding="same", activation="relu", name=f"deconv_{i}")(
             h
         )
-    out_channels = likelihoods.parameter_channels(likelihood, channels)
     params = layers.Conv2D(out_channels, 3, padding="same", name="likelihood_params", dtype="float32")(h)
     return keras.Model(inputs if num_classes else z, params, name="decoder")
 
@@ -119,6 +143,8 @@ class VariationalAutoencoder(keras.Model):
         calibration: dict[str, Any] | None = None,
         score_samples: int = 16,
         score_seed: int = 0,
+        architecture: str = "conv",
+        anomaly: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -133,9 +159,19 @@ class VariationalAutoencoder(keras.Model):
         self.calibration = calibration
         self.score_samples = int(score_samples)
         self.score_seed = int(score_seed)
-        self.encoder = build_encoder(self.image_shape, self.latent_dim, self.num_classes, self.filters, hidden_units)
+        self.architecture = check_architecture(architecture)
+        self.anomaly = anomaly  # the anomaly score's fitted statistics (scoring.anomaly)
+        self.encoder = build_encoder(
+            self.image_shape, self.latent_dim, self.num_classes, self.filters, hidden_units, self.architecture
+        )
         self.decoder = build_decoder(
-            self.image_shape, self.latent_dim, self.num_classes, self.filters, hidden_units, self.likelihood
+            self.image_shape,
+            self.latent_dim,
+            self.num_classes,
+            self.filters,
+            hidden_units,
+            self.likelihood,
+            self.architecture,
         )
         self.sampling = Sampling(seed, name="sampling")
         self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
@@ -200,6 +236,8 @@ class VariationalAutoencoder(keras.Model):
             "calibration": self.calibration,
             "score_samples": self.score_samples,
             "score_seed": self.score_seed,
+            "architecture": self.architecture,
+            "anomaly": self.anomaly,
         }
 
 

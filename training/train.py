@@ -47,6 +47,7 @@ def build_model(cfg: TrainConfig, data: data_lib.ImageData):
         likelihood=cfg.likelihood,
         num_classes=len(data.class_names) if cfg.conditional else 0,
         class_names=data.class_names if cfg.conditional else None,
+        architecture=cfg.architecture,
         filters=cfg.filters,
         hidden_units=cfg.hidden_units,
         seed=cfg.seed,
