@@ -38,7 +38,7 @@ from training.data import IMAGE_SUFFIXES, DataError, ImageData, decode_image, pa
 PIXEL_COLUMNS = ("image", "pixels")
 INPUT_COLUMNS = ("example_id", "image", "pixels", "height", "width", "channels", "label")
 DEFAULT_SHARD_ROWS = 50_000
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "calibration", "holdout", "test")  # test: the holdout, its older name
 RAW_TEXT_LIMIT = 2_000
 RAW_IMAGE_LIMIT = 16_384
 
@@ -226,8 +226,9 @@ def data_lib_builtin() -> tuple[str, ...]:
 def plan_input(spec: str | ImageData, *, shard_rows: int = DEFAULT_SHARD_ROWS, split_seed: int = 0) -> InputPlan:
     """Cuts an input into shards of about ``shard_rows`` rows (Parquet: whole row groups).
 
-    ``spec``: ``digits`` (all 1,797), ``digits:train|validation|test`` (that part of the seeded
-    split :func:`training.data.split` makes with ``split_seed``, as ``vae train --seed`` does),
+    ``spec``: ``digits`` (all 1,797), ``digits:train|validation|calibration|holdout`` (that part of
+    :func:`training.data.training_split` with ``split_seed``, as ``vae train --seed`` splits; the
+    holdout is the same rows for every seed; ``test`` is the holdout),
     ``mnist``/``fashion_mnist`` (downloaded), a ``.parquet`` file or a folder of them, an ``.npz``
     file, a folder of PNG/JPEG files, or an :class:`ImageData` already in memory.
     """
@@ -243,7 +244,7 @@ def plan_input(spec: str | ImageData, *, shard_rows: int = DEFAULT_SHARD_ROWS, s
         if part:
             if part not in SPLITS:
                 raise DataError(f"{spec}: the part must be one of {', '.join(SPLITS)}, e.g. {name}:test")
-            data = getattr(data_lib.split(data, seed=split_seed), part)
+            data = getattr(data_lib.training_split(data, seed=split_seed), "holdout" if part == "test" else part)
             data = ImageData(data.images, data.labels, data.example_ids, data.class_names, spec)
         return plan_image_data(data, shard_rows)
     if spec.endswith(".npz"):

@@ -1,45 +1,83 @@
-"""The VAE against classical detectors on labelled images, under three protocols.
+"""The VAE against classical detectors (PyOD) on labelled images: three protocols, several data
+sets, several seeds.
 
 - ``held-out``: train on every class but one (the usual train split), score the test split;
-  the anomalies are the left-out class. One task per class, and the mean.
+  the anomalies are the left-out class. One task per class.
 - ``contaminated``: the unsupervised setting of ODDS ``optdigits``: every class but the first,
   plus examples of the first class making up about 3% of the data; fit on all of it, score all
-  of it; the anomalies are the first class.
+  of it; the anomalies are the first class. One task.
 - ``one-class``: train on one class, score the test split; the anomalies are the other classes.
+  One task per class.
 
-Every detector in a task sees the same fit and test images, and every random step is seeded,
-so a table is reproducible. The VAE is the plain (unconditional) model of
-:mod:`training.model`, fitted with :func:`training.train.fit` and scored with
-:func:`scoring.elbo.score_images`; nothing is registered.
+Every detector in a task sees the same fit and test images, and every random step is seeded by
+the run's seed (the split, the planted anomalies, the VAE, and the detectors that take a seed),
+so a table is reproducible. Per seed, a detector's AUROC and average precision are averaged over
+the tasks of a protocol; the summary gives the mean, standard deviation and worst of those over
+the seeds (:mod:`pipeline.evaluation_tables`).
+
+The VAE is the plain (unconditional) model of :mod:`training.model`, fitted fresh per task with
+:func:`training.train.fit` (settings: :func:`vae_config`), then the anomaly score is fitted on the
+task's fit images (the ``score_fit`` hook, :func:`scoring.anomaly.fit_anomaly` by default) and the
+test images are scored with :func:`scoring.elbo.score_images`; nothing is registered. The
+classical detectors are PyOD's, with its defaults (:mod:`scoring.detectors`). A classical
+detector that raises or returns a non-finite score gets NaN metrics for that task and a logged
+warning; the evaluation carries on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import re
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from pipeline import evaluation_tables as tables
 from scoring import metrics
-from scoring.detectors import classical_detectors
+from scoring.detectors import DETECTOR_NAMES, classical_detectors
 from training import data as data_lib
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
+DATA_SETS = ("digits", "mnist5k")
+DEFAULT_SEEDS = (0, 1, 2)
 PROTOCOLS = ("held-out", "contaminated", "one-class")
-VAE_SCORES = ("neg_elbo", "iwae_nll", "reconstruction_nll")
+VAE_SCORES = ("anomaly_score", "neg_elbo", "iwae_nll")  # the default score first
 VAE_DETECTORS = tuple(f"vae_{s}" for s in VAE_SCORES)
-CLASSICAL = ("isolation_forest", "one_class_svm", "pca_reconstruction", "kde")
+CLASSICAL = DETECTOR_NAMES
 DETECTORS = VAE_DETECTORS + CLASSICAL
-METRICS = ("auroc", "average_precision")
+METRICS = tables.METRICS
 CONTAMINATION = 0.03
 DEFAULT_EPOCHS = 30
+IWAE_K = 100
 ONE_CLASS_EPOCH_FACTOR = 4
+QUICK_EPOCHS = 2  # --quick: epochs per VAE fit,
+QUICK_CLASSES = 2  # held-out and one-class tasks for the first classes only,
+QUICK_SEEDS = (0,)  # one seed, digits only, and no IWAE
+RESULT_COLUMNS = (
+    "data",
+    "seed",
+    "protocol",
+    "task",
+    "detector",
+    "auroc",
+    "average_precision",
+    "seconds",
+    "n_fit",
+    "n_normal",
+    "n_anomalous",
+)
 
 
 @dataclass(frozen=True)
@@ -61,15 +99,31 @@ class Task:
             "n_anomalous": int(self.is_anomaly.sum()),
         }
 
+    @property
+    def unsupervised(self) -> bool:
+        """True where the scored images are the fit images (the contaminated protocol)."""
+        return self.fit is self.test
+
+
+#: ``score_fit(model, task)``: fits the anomaly score's statistics after the VAE fit.
+ScoreFit = Callable[[Any, Task], None]
+
 
 @dataclass
 class EvaluationResult:
-    rows: list[dict] = field(repr=False)  # one per task and detector
-    fits: list[dict] = field(repr=False)  # one per VAE fit: epochs, test likelihood, KL, time
-    tables: dict[str, str]  # markdown, per protocol
-    csv_path: Path | None = None
-    plot_path: Path | None = None
+    """What :func:`evaluate` returns; ``paths`` names the files written (``results``, ``summary``,
+    ``fits``, ``tables``, ``plot``), when an output folder was given."""
+
+    results: pd.DataFrame = field(repr=False)  # one row per data set, seed, protocol, task, detector
+    summary: pd.DataFrame = field(repr=False)  # one row per data set, protocol, detector
+    fits: pd.DataFrame = field(repr=False)  # one row per VAE fit: epochs, seconds, mean scores, KL
+    markdown: str = field(repr=False)  # tables.md
+    seconds: float = 0.0
+    paths: dict[str, Path] = field(default_factory=dict)
     run_id: str | None = None
+
+
+# --- tasks -----------------------------------------------------------------------------------
 
 
 def _labels(data: data_lib.ImageData) -> np.ndarray:
@@ -78,23 +132,27 @@ def _labels(data: data_lib.ImageData) -> np.ndarray:
     return data.labels
 
 
-def held_out_tasks(data: data_lib.ImageData, seed: int = 0) -> list[Task]:
-    """Per class c: fit on the train split without c, score the whole test split; anomalies = c."""
+def _classes(labels: np.ndarray, max_classes: int | None) -> np.ndarray:
+    classes = np.unique(labels)
+    return classes if max_classes is None else classes[:max_classes]
+
+
+def held_out_tasks(data: data_lib.ImageData, seed: int = 0, max_classes: int | None = None) -> list[Task]:
+    """Per class c (the first ``max_classes`` only, if given): fit on the train split without c,
+    score the whole test split; anomalies = c."""
     labels = _labels(data)
     parts = data_lib.split(data, seed=seed)
-    tasks = []
-    for c in np.unique(labels):
-        tasks.append(
-            Task(
-                protocol="held-out",
-                target=data.class_names[c],
-                fit=parts.train.subset(np.flatnonzero(parts.train.labels != c)),
-                validation=parts.validation.subset(np.flatnonzero(parts.validation.labels != c)),
-                test=parts.test,
-                is_anomaly=parts.test.labels == c,
-            )
+    return [
+        Task(
+            protocol="held-out",
+            target=data.class_names[c],
+            fit=parts.train.subset(np.flatnonzero(parts.train.labels != c)),
+            validation=parts.validation.subset(np.flatnonzero(parts.validation.labels != c)),
+            test=parts.test,
+            is_anomaly=parts.test.labels == c,
         )
-    return tasks
+        for c in _classes(labels, max_classes)
+    ]
 
 
 def contaminated_task(
@@ -118,8 +176,9 @@ def contaminated_task(
     )
 
 
-def one_class_tasks(data: data_lib.ImageData, seed: int = 0) -> list[Task]:
-    """Per class c: fit on the train split of c only, score the whole test split; anomalies = not c."""
+def one_class_tasks(data: data_lib.ImageData, seed: int = 0, max_classes: int | None = None) -> list[Task]:
+    """Per class c (the first ``max_classes`` only, if given): fit on the train split of c only,
+    score the whole test split; anomalies = not c."""
     labels = _labels(data)
     parts = data_lib.split(data, seed=seed)
     return [
@@ -131,25 +190,42 @@ def one_class_tasks(data: data_lib.ImageData, seed: int = 0) -> list[Task]:
             test=parts.test,
             is_anomaly=parts.test.labels != c,
         )
-        for c in np.unique(labels)
+        for c in _classes(labels, max_classes)
     ]
 
 
-def build_tasks(data: data_lib.ImageData, protocols: Sequence[str] = PROTOCOLS, seed: int = 0) -> list[Task]:
-    unknown = [p for p in protocols if p not in PROTOCOLS]
+def check_protocols(protocols: Iterable[str]) -> list[str]:
+    """The protocols in table order; raises ``ValueError`` on an unknown one."""
+    wanted = list(protocols)
+    unknown = [p for p in wanted if p not in PROTOCOLS]
     if unknown:
         raise ValueError(f"unknown protocol(s) {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
+    return [p for p in PROTOCOLS if p in wanted]
+
+
+def build_tasks(
+    data: data_lib.ImageData, protocols: Sequence[str] = PROTOCOLS, seed: int = 0, max_classes: int | None = None
+) -> list[Task]:
+    """The tasks of ``protocols`` on ``data`` for one seed, in table order (held-out, contaminated,
+    one-class) whatever order they were asked in."""
     tasks: list[Task] = []
-    for protocol in PROTOCOLS:  # table order, whatever order they were asked in
-        if protocol not in protocols:
-            continue
+    for protocol in check_protocols(protocols):
         if protocol == "held-out":
-            tasks += held_out_tasks(data, seed)
+            tasks += held_out_tasks(data, seed, max_classes)
         elif protocol == "contaminated":
             tasks.append(contaminated_task(data, seed))
         else:
-            tasks += one_class_tasks(data, seed)
+            tasks += one_class_tasks(data, seed, max_classes)
     return tasks
+
+
+def count_tasks(data: data_lib.ImageData, protocols: Sequence[str] = PROTOCOLS, max_classes: int | None = None) -> int:
+    """How many tasks :func:`build_tasks` makes per seed, without building them."""
+    classes = len(_classes(_labels(data), max_classes))
+    return sum(1 if p == "contaminated" else classes for p in check_protocols(protocols))
+
+
+# --- the VAE ---------------------------------------------------------------------------------
 
 
 def vae_config(base: TrainConfig, task: Task) -> TrainConfig:
@@ -171,9 +247,21 @@ def vae_config(base: TrainConfig, task: Task) -> TrainConfig:
     return cfg
 
 
-def score_with_vae(task: Task, cfg: TrainConfig, iwae_k: int = 100) -> tuple[dict[str, np.ndarray], dict]:
-    """Fits a fresh plain VAE on the task's images and scores its test images: the three VAE
-    scores, and a summary of the fit (epochs, the normal test examples' mean scores)."""
+def fit_anomaly_score(model: Any, task: Task) -> None:
+    """The default ``score_fit`` hook: :func:`scoring.anomaly.fit_anomaly` on the task's fit images."""
+    from scoring.anomaly import fit_anomaly
+
+    fit_anomaly(model, task.fit.images)
+
+
+def score_with_vae(
+    task: Task, cfg: TrainConfig, iwae_k: int | None = IWAE_K, score_fit: ScoreFit | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Fits a fresh plain VAE on the task's images, fits its anomaly score (``score_fit``, by
+    default :func:`fit_anomaly_score`) and scores the test images: the dict of
+    :func:`scoring.elbo.score_images` (``anomaly_score``, ``neg_elbo``, ``reconstruction_nll``,
+    ``kl``, and ``iwae_nll`` when ``iwae_k``), and a summary of the fit (epochs, seconds, the
+    normal test examples' mean scores)."""
     import keras
 
     from scoring.elbo import score_images
@@ -184,242 +272,369 @@ def score_with_vae(task: Task, cfg: TrainConfig, iwae_k: int = 100) -> tuple[dic
     split = data_lib.Split(task.fit, task.validation, task.test)
     model = build_model(cfg, task.fit)
     started = time.perf_counter()
-    epoch_log = logging.getLogger("training.callbacks")  # one line per task, not per epoch of 21 fits
+    epoch_log = logging.getLogger("training.callbacks")  # one line per task, not per epoch of every fit
     level = epoch_log.level
     epoch_log.setLevel(max(level, logging.WARNING))
     try:
         history, seconds_per_epoch = fit(cfg, model, split)
     finally:
         epoch_log.setLevel(level)
+    fit_seconds = time.perf_counter() - started
+    (score_fit or fit_anomaly_score)(model, task)
     scores = score_images(
-        model, task.test.images, num_samples=cfg.score_samples, seed=cfg.seed, iwae_k=iwae_k, batch_size=128
+        model, task.test.images, num_samples=cfg.score_samples, seed=cfg.seed, iwae_k=iwae_k or None, batch_size=128
     )
     normal = ~task.is_anomaly
-    summary = {
+    summary: dict[str, Any] = {
         "protocol": task.protocol,
-        "target": task.target,
+        "task": task.target,
+        "likelihood": getattr(model, "likelihood", cfg.likelihood),  # what "auto" chose for these images
         "epochs_run": len(history.get("loss", [])),
         "seconds": round(time.perf_counter() - started, 2),
+        "fit_seconds": round(fit_seconds, 2),
         "seconds_per_epoch": round(seconds_per_epoch, 3),
-        "normal_neg_elbo": float(scores["neg_elbo"][normal].mean()),
-        "normal_iwae_nll": float(scores["iwae_nll"][normal].mean()),
         "normal_kl": float(scores["kl"][normal].mean()),
+        "normal_neg_elbo": float(scores["neg_elbo"][normal].mean()),
         "anomalous_neg_elbo": float(scores["neg_elbo"][task.is_anomaly].mean()),
+        "normal_anomaly_score": float(scores["anomaly_score"][normal].mean()),
+        "anomalous_anomaly_score": float(scores["anomaly_score"][task.is_anomaly].mean()),
     }
+    if "iwae_nll" in scores:
+        summary["normal_iwae_nll"] = float(scores["iwae_nll"][normal].mean())
     return scores, summary
 
 
-def evaluate_task(task: Task, cfg: TrainConfig, iwae_k: int = 100, detectors: Iterable[str] = DETECTORS):
-    """Every requested detector on one task: rows of AUROC and average precision, and the VAE
-    fit summary (None when no VAE detector was asked for)."""
-    wanted = set(detectors)
-    scores: dict[str, np.ndarray] = {}
+# --- one task --------------------------------------------------------------------------------
+
+
+def classical_scores(detector: Any, task: Task) -> np.ndarray | None:
+    """One PyOD wrapper's scores of the task's test images (``decision_scores_`` where the test
+    images are the fit images), or None, with a warning logged, if it raised or any score is
+    not finite."""
+    try:
+        if task.unsupervised:
+            scores = detector.fit_score(task.fit.images)
+        else:
+            scores = detector.fit(task.fit.images).score(task.test.images)
+    except Exception as exc:  # whatever a third-party detector raises costs one NaN cell, not the run
+        log.warning("%s failed (%s: %s); its metrics are NaN", _where(detector.name, task), type(exc).__name__, exc)
+        return None
+    return _finite_or_none(detector.name, task, scores)
+
+
+def _where(name: str, task: Task) -> str:
+    return f"{name} on {task.protocol} {task.target}"
+
+
+def _finite_or_none(name: str, task: Task, scores: np.ndarray) -> np.ndarray | None:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.shape != (len(task.test),):
+        log.warning("%s: %d scores for %d images; its metrics are NaN", _where(name, task), scores.size, len(task.test))
+        return None
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        log.warning("%s: %d of %d scores are not finite; its metrics are NaN", _where(name, task), bad, scores.size)
+        return None
+    return scores
+
+
+def evaluate_task(
+    task: Task,
+    cfg: TrainConfig,
+    iwae_k: int | None = IWAE_K,
+    detectors: Iterable[str] = DETECTORS,
+    score_fit: ScoreFit | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every requested detector on one task: rows (``protocol, task, detector, auroc,
+    average_precision, seconds`` and the counts), in :data:`DETECTORS` order, and the VAE fit
+    summary (None when no VAE detector was asked for). ``cfg.seed`` seeds the detectors too."""
+    wanted = [d for d in DETECTORS if d in set(detectors)]
+    if not iwae_k:
+        wanted = [d for d in wanted if d != "vae_iwae_nll"]
+    scores: dict[str, np.ndarray | None] = {}
+    seconds: dict[str, float] = {}
     summary = None
-    if wanted & set(VAE_DETECTORS):
-        vae_scores, summary = score_with_vae(task, cfg, iwae_k)
-        scores |= {f"vae_{k}": vae_scores[k] for k in VAE_SCORES}
-    same = task.fit is task.test  # unsupervised: fit on the images that are scored
-    for detector in classical_detectors(cfg.seed):
-        if detector.name in wanted:
-            if same:
-                scores[detector.name] = detector.fit_score(task.fit.images)
-            else:
-                scores[detector.name] = detector.fit(task.fit.images).score(task.test.images)
-    rows = [
-        {
-            "protocol": task.protocol,
-            "target": task.target,
-            "detector": name,
-            "auroc": metrics.auroc(task.is_anomaly, scores[name]),
-            "average_precision": metrics.average_precision(task.is_anomaly, scores[name]),
-            **task.counts,
-        }
-        for name in DETECTORS
-        if name in scores
-    ]
+    vae_wanted = [d for d in wanted if d in VAE_DETECTORS]
+    if vae_wanted:
+        k = iwae_k if "vae_iwae_nll" in vae_wanted else None
+        vae_scores, summary = score_with_vae(task, cfg, k, score_fit)
+        for name in vae_wanted:
+            scores[name] = _finite_or_none(name, task, vae_scores[name.removeprefix("vae_")])
+            seconds[name] = summary["seconds"]
+    for detector in classical_detectors(cfg.seed, [d for d in wanted if d in CLASSICAL]):
+        started = time.perf_counter()
+        scores[detector.name] = classical_scores(detector, task)
+        seconds[detector.name] = round(time.perf_counter() - started, 3)
+    rows = []
+    for name in wanted:
+        s = scores[name]
+        rows.append(
+            {
+                "protocol": task.protocol,
+                "task": task.target,
+                "detector": name,
+                "auroc": math.nan if s is None else metrics.auroc(task.is_anomaly, s),
+                "average_precision": math.nan if s is None else metrics.average_precision(task.is_anomaly, s),
+                "seconds": seconds[name],
+                **task.counts,
+            }
+        )
     return rows, summary
 
 
-def results_table(rows: list[dict], protocol: str, metric: str):
-    """A pandas table: one row per task (and the mean), one column per detector."""
-    import pandas as pd
-
-    frame = pd.DataFrame([r for r in rows if r["protocol"] == protocol])
-    if frame.empty:
-        return frame
-    table = frame.pivot(index="target", columns="detector", values=metric)
-    table = table[[d for d in DETECTORS if d in table.columns]]
-    table = table.loc[sorted(table.index, key=_natural)]
-    if len(table) > 1:
-        table.loc["mean"] = table.mean(axis=0)
-    table.index.name = "anomalous class" if protocol != "one-class" else "normal class"
-    return table
+# --- progress --------------------------------------------------------------------------------
 
 
-def _natural(value: str):
-    return (0, int(value), "") if str(value).isdigit() else (1, 0, str(value))
+class Progress:
+    """A tqdm bar over every task (postfix: data set, seed, protocol, task, the last VAE AUROC)
+    when ``mode`` is ``"bar"``, or one plain line per finished task (``"lines"``: to stdout, or
+    to ``mode`` itself when it is a callable); ``"auto"`` picks the bar when stdout is a
+    terminal; ``"off"`` says nothing."""
+
+    def __init__(self, total: int, mode: str | Callable[[str], None] = "auto") -> None:
+        self.total = total
+        self.done = 0
+        self.started = time.perf_counter()
+        self.last_vae: str = "-"
+        self._bar = None
+        self._say: Callable[[str], None] | None = None
+        self._stack = contextlib.ExitStack()
+        if callable(mode):
+            self._say = mode
+        elif mode == "auto":
+            mode = "bar" if sys.stdout.isatty() else "lines"
+        if mode == "bar":
+            from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._bar = tqdm(total=total, unit="task", file=sys.stdout, dynamic_ncols=True)
+            self._stack.enter_context(logging_redirect_tqdm())  # warnings print above the bar, not through it
+        elif mode == "lines":
+            self._say = lambda line: print(line, flush=True)
+        elif not callable(mode) and mode != "off":
+            raise ValueError(f"progress: {mode!r}; choose auto, bar, lines or off, or pass a callable")
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, data: str, seed: int, task: Task) -> None:
+        if self._bar is not None:
+            postfix = {"data": data, "seed": seed, "protocol": task.protocol, "task": task.target}
+            self._bar.set_postfix(postfix | {"vae_auroc": self.last_vae}, refresh=True)
+
+    def finish(self, data: str, seed: int, task: Task, rows: list[dict[str, Any]], fit: dict | None) -> None:
+        self.done += 1
+        vae = next((r for r in rows if r["detector"].startswith("vae_")), None)
+        if vae is not None:
+            self.last_vae = f"{vae['auroc']:.3f}"
+        if self._bar is not None:
+            self._bar.update(1)
+        elif self._say is not None:
+            finite = [r for r in rows if math.isfinite(r["auroc"])]
+            best = max(finite, key=lambda r: r["auroc"]) if finite else None
+            self._say(
+                f"[{self.done}/{self.total}] {data} seed {seed} {task.protocol} {task.target}: "
+                + (f"{vae['detector']} AUROC {vae['auroc']:.3f}, " if vae else "")
+                + (f"best {best['detector']} {best['auroc']:.3f}" if best else "no finite AUROC")
+                + (f" (VAE {fit['epochs_run']} epochs, KL {fit['normal_kl']:.2f} nats)" if fit else "")
+                + f"  [{time.perf_counter() - self.started:.0f}s]"
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._stack.close()
 
 
-def markdown_table(table) -> str:
-    """A pipe table with the best detector of each row in bold."""
-    if table.empty:
-        return ""
-    columns = list(table.columns)
-    lines = [
-        "| " + " | ".join([table.index.name or "", *columns]) + " |",
-        "|" + "---|" * (len(columns) + 1),
-    ]
-    for index, row in table.iterrows():
-        values = row.to_numpy(dtype=float)
-        best = np.nanmax(values) if np.isfinite(values).any() else math.nan
-        cells = []
-        for v in values:
-            text = "n/a" if not math.isfinite(v) else f"{v:.3f}"
-            cells.append(f"**{text}**" if math.isfinite(v) and v == best else text)
-        label = f"**{index}**" if index == "mean" else str(index)
-        lines.append("| " + " | ".join([label, *cells]) + " |")
-    return "\n".join(lines)
+# --- the evaluation --------------------------------------------------------------------------
 
 
-def render_tables(rows: list[dict]) -> dict[str, str]:
-    """Markdown, per protocol: the AUROC table, then the average-precision table."""
-    out = {}
-    for protocol in PROTOCOLS:
-        parts = []
-        for metric in METRICS:
-            table = results_table(rows, protocol, metric)
-            if not table.empty:
-                parts.append(f"{metric.replace('_', ' ').upper() if metric == 'auroc' else 'Average precision'}:\n\n")
-                parts[-1] += markdown_table(table)
-        if parts:
-            out[protocol] = "\n\n".join(parts)
-    return out
+def _as_list(data: str | data_lib.ImageData | Sequence[str | data_lib.ImageData]) -> list[str | data_lib.ImageData]:
+    if isinstance(data, str | data_lib.ImageData):
+        return [data]
+    return list(data)
 
 
-def plot_results(rows: list[dict]):
-    """AUROC per task for every detector, one panel per protocol (the mean in the legend)."""
-    from training.plots import new_figure
-
-    protocols = [p for p in PROTOCOLS if any(r["protocol"] == p for r in rows)]
-    fig, axes = new_figure(1, len(protocols), figsize=(5.2 * len(protocols), 4.2), squeeze=False)
-    markers = "ovs^DPX*"
-    for ax, protocol in zip(axes[0], protocols, strict=True):
-        table = results_table(rows, protocol, "auroc")
-        per_task = table.drop(index="mean") if "mean" in table.index else table
-        if len(per_task) == 1:
-            values = per_task.iloc[0]
-            colours = [f"C{i}" for i in range(len(values))]
-            ax.barh(list(values.index)[::-1], values.to_numpy()[::-1], color=colours[::-1])
-            for y, v in enumerate(values.to_numpy()[::-1]):
-                ax.text(min(v, 1.0) - 0.01, y, f"{v:.3f}", va="center", ha="right", color="white", fontsize=8)
-            ax.set_xlim(max(0.0, float(np.nanmin(values.to_numpy())) - 0.1), 1.0)
-            ax.set_xlabel("AUROC")
+def load_data_sets(
+    data: str | data_lib.ImageData | Sequence[str | data_lib.ImageData],
+) -> Iterator[tuple[str, data_lib.ImageData]]:
+    """(name, images) per data set: a built-in name or path is loaded (the name is the spec), an
+    ``ImageData`` is used as it is (the name is its ``source``)."""
+    for item in _as_list(data):
+        if isinstance(item, data_lib.ImageData):
+            yield item.source, item
         else:
-            x = np.arange(len(per_task))
-            for i, detector in enumerate(per_task.columns):
-                mean = table.loc["mean", detector] if "mean" in table.index else per_task[detector].mean()
-                ax.plot(
-                    x,
-                    per_task[detector].to_numpy(),
-                    marker=markers[i % len(markers)],
-                    linestyle="-" if detector.startswith("vae_") else ":",
-                    color=f"C{i}",
-                    label=f"{detector} ({mean:.3f})",
-                )
-            ax.set_xticks(x, list(per_task.index))
-            ax.set_xlabel(table.index.name)
-            ax.set_ylabel("AUROC")
-            ax.legend(fontsize=7, loc="lower left")
-        ax.set_title(protocol)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+            yield item, data_lib.load(item)
 
 
 def evaluate(
-    data: str | data_lib.ImageData = "digits",
+    data: str | data_lib.ImageData | Sequence[str | data_lib.ImageData] = DATA_SETS,
     protocols: Sequence[str] = PROTOCOLS,
     *,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
     epochs: int = DEFAULT_EPOCHS,
-    seed: int = 0,
+    train_config: TrainConfig | None = None,
+    iwae_k: int | None = IWAE_K,
+    detectors: Iterable[str] = DETECTORS,
+    max_classes: int | None = None,
+    score_fit: ScoreFit | None = None,
     output_dir: str | Path | None = None,
     run_id: str | None = None,
     log_to_mlflow: bool = False,
-    train_config: TrainConfig | None = None,
-    iwae_k: int = 100,
-    detectors: Iterable[str] = DETECTORS,
-    progress: Callable[[str], None] | None = None,
+    progress: str | Callable[[str], None] = "auto",
 ) -> EvaluationResult:
-    """Runs the protocols and every detector; writes ``results.csv``, ``vae_fits.csv``,
-    ``tables.md`` and ``evaluation.png`` to ``output_dir`` when given, and logs them to MLflow
-    when ``run_id`` is given (into that run) or ``log_to_mlflow`` is set (a new run).
+    """Runs every protocol on every data set for every seed, with every detector.
 
-    ``train_config`` sets the VAE (its defaults otherwise); ``epochs`` and ``seed`` override it.
+    ``data``: built-in names (``digits``, ``mnist5k``, ...), paths or ``ImageData``, one or a list.
+    ``train_config`` sets the VAE (the :class:`TrainConfig` defaults otherwise); ``epochs`` and
+    each seed override its ``epochs`` and ``seed``, and :func:`vae_config` adapts it per task.
+    ``iwae_k``: samples of the IWAE bound (None or 0: no ``vae_iwae_nll``). ``max_classes``: the
+    held-out and one-class tasks of the first classes only. ``score_fit``: how the anomaly score
+    is fitted after each VAE fit (see :func:`fit_anomaly_score`). ``progress``: see :class:`Progress`.
+
+    Writes ``results.csv``, ``summary.csv``, ``vae_fits.csv``, ``tables.md`` and
+    ``evaluation.png`` to ``output_dir`` when given (``results.csv`` and ``vae_fits.csv`` after
+    every task, so a stopped run keeps what it did), and logs the summary metrics and those files
+    to MLflow when ``run_id`` is given (into that run) or ``log_to_mlflow`` is set (a new run).
     """
-    say = progress or log.info
-    images = data if isinstance(data, data_lib.ImageData) else data_lib.load(data)
-    base = replace(train_config or TrainConfig(), epochs=epochs, seed=seed, conditional=False)
-    tasks = build_tasks(images, protocols, seed)
-    detectors = [d for d in DETECTORS if d in set(detectors)]
-    rows: list[dict] = []
-    fits: list[dict] = []
+    protocols = check_protocols(protocols)
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise ValueError("no seeds: give at least one")
+    asked = set(detectors)
+    unknown = sorted(asked - set(DETECTORS))
+    if unknown:
+        raise ValueError(f"unknown detector(s) {', '.join(unknown)}; choose from {', '.join(DETECTORS)}")
+    wanted = [d for d in DETECTORS if d in asked and (iwae_k or d != "vae_iwae_nll")]
+    if not wanted:
+        raise ValueError("no detector to run (vae_iwae_nll needs iwae_k > 0)")
+    iwae_k = iwae_k if "vae_iwae_nll" in wanted else None
+    base = replace(train_config or TrainConfig(), epochs=epochs, conditional=False)
+    datasets = list(load_data_sets(data))
+    total = len(seeds) * sum(count_tasks(images, protocols, max_classes) for _, images in datasets)
+    folder = Path(output_dir) if output_dir is not None else None
+    rows: list[dict[str, Any]] = []
+    fits: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for i, task in enumerate(tasks, 1):
-        task_rows, summary = evaluate_task(task, vae_config(base, task), iwae_k, detectors)
-        rows += task_rows
-        if summary:
-            fits.append(summary)
-        best = max(task_rows, key=lambda r: r["auroc"] if math.isfinite(r["auroc"]) else -1.0)
-        vae = next((r for r in task_rows if r["detector"] == "vae_neg_elbo"), None)
-        say(
-            f"[{i}/{len(tasks)}] {task.protocol} {task.target}: "
-            + (f"vae_neg_elbo AUROC {vae['auroc']:.3f}, " if vae else "")
-            + f"best {best['detector']} {best['auroc']:.3f}"
-            + (f" (VAE {summary['epochs_run']} epochs, KL {summary['normal_kl']:.2f} nats)" if summary else "")
-            + f"  [{time.perf_counter() - started:.0f}s]"
-        )
-    result = EvaluationResult(rows=rows, fits=fits, tables=render_tables(rows))
-    if output_dir is not None:
-        write_outputs(result, Path(output_dir), base, iwae_k)
+    with Progress(total, progress) as bar:
+        for name, images in datasets:
+            for seed in seeds:
+                cfg = replace(base, seed=seed)
+                for task in build_tasks(images, protocols, seed, max_classes):
+                    bar.start(name, seed, task)
+                    task_rows, fit = evaluate_task(task, vae_config(cfg, task), iwae_k, wanted, score_fit)
+                    rows += [{"data": name, "seed": seed} | r for r in task_rows]
+                    if fit:
+                        fits.append({"data": name, "seed": seed} | fit)
+                    bar.finish(name, seed, task, task_rows, fit)
+                    if folder is not None:
+                        _write_results(folder, rows, fits)
+    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    summary = tables.summarise(results, DETECTORS, PROTOCOLS)
+    seconds = time.perf_counter() - started
+    header = _header(base, [n for n, _ in datasets], seeds, iwae_k, max_classes, seconds)
+    result = EvaluationResult(
+        results=results,
+        summary=summary,
+        fits=pd.DataFrame(fits),
+        markdown=tables.markdown_report(results, summary, header, DETECTORS),
+        seconds=seconds,
+    )
+    if folder is not None:
+        write_outputs(result, folder)
     if run_id is not None or log_to_mlflow:
-        result.run_id = log_results(result, base, iwae_k, run_id)
+        params = {
+            "eval_data": ",".join(n for n, _ in datasets),
+            "eval_seeds": ",".join(map(str, seeds)),
+            "eval_protocols": ",".join(protocols),
+            "eval_epochs": epochs,
+            "eval_iwae_k": iwae_k or 0,
+            "eval_max_classes": max_classes or "all",
+        }
+        if folder is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                write_outputs(result, Path(tmp))
+                result.run_id = log_results(result, base, params, run_id)
+            result.paths = {}
+        else:
+            result.run_id = log_results(result, base, params, run_id)
     return result
 
 
-def write_outputs(result: EvaluationResult, folder: Path, cfg: TrainConfig, iwae_k: int) -> None:
-    import pandas as pd
+def vae_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The VAE settings worth recording (no paths, no registry settings)."""
+    skip = ("work_dir", "promote", "model_name", "data", "shape", "target_fpr", "seed", "conditional")
+    return {k: v for k, v in asdict(cfg).items() if k not in skip}
 
+
+def _header(
+    cfg: TrainConfig, names: list[str], seeds: list[int], iwae_k: int | None, max_classes: int | None, seconds: float
+) -> str:
+    return (
+        "# VAE against PyOD detectors\n\n"
+        f"Data sets: {', '.join(names)}; seeds: {', '.join(map(str, seeds))}"
+        + (f"; the first {max_classes} classes only (held-out, one-class)" if max_classes else "")
+        + f"; {seconds:.0f} s.\n\nVAE settings: {vae_settings(cfg)}, IWAE K = {iwae_k or 'none'} "
+        f"(one-class fits: {ONE_CLASS_EPOCH_FACTOR}x the epochs; contaminated: no early stopping).\n"
+    )
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Writes beside ``path``, then renames: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    frame.to_csv(partial, index=False)
+    partial.replace(path)
+
+
+def _write_results(folder: Path, rows: list[dict[str, Any]], fits: list[dict[str, Any]]) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    result.csv_path = folder / "results.csv"
-    pd.DataFrame(result.rows).to_csv(result.csv_path, index=False)
-    if result.fits:
-        pd.DataFrame(result.fits).to_csv(folder / "vae_fits.csv", index=False)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "promote", "model_name")}
-    text = [f"VAE settings: {settings}, IWAE K = {iwae_k}\n"]
-    text += [f"## {protocol}\n\n{body}\n" for protocol, body in result.tables.items()]
-    (folder / "tables.md").write_text("\n".join(text))
-    figure = plot_results(result.rows)
-    result.plot_path = folder / "evaluation.png"
-    figure.savefig(result.plot_path, dpi=110)
+    paths = {"results": folder / "results.csv"}
+    _write_csv(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), paths["results"])
+    if fits:
+        paths["fits"] = folder / "vae_fits.csv"
+        _write_csv(pd.DataFrame(fits), paths["fits"])
+    return paths
 
 
-def summary_metrics(rows: list[dict]) -> dict[str, float]:
-    """Mean AUROC and average precision per protocol and detector, for MLflow."""
+def write_outputs(result: EvaluationResult, folder: Path) -> None:
+    """``results.csv``, ``vae_fits.csv`` (when the VAE ran), ``summary.csv``, ``tables.md`` and
+    ``evaluation.png`` into ``folder``; their paths go to ``result.paths``."""
+    paths = _write_results(folder, result.results.to_dict("records"), result.fits.to_dict("records"))
+    paths["summary"] = folder / "summary.csv"
+    result.summary.to_csv(paths["summary"], index=False)
+    paths["tables"] = folder / "tables.md"
+    paths["tables"].write_text(result.markdown)
+    paths["plot"] = folder / "evaluation.png"
+    tables.plot_summary(result.summary).savefig(paths["plot"], dpi=110)
+    result.paths = paths
+
+
+def _metric_name(text: str) -> str:
+    return re.sub(r"[^\w\-. /]", "_", text)
+
+
+def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
+    """``eval.<data>.<protocol>.<detector>.<metric>_<mean|std|worst>`` for MLflow (finite values only)."""
     out = {}
-    for protocol in PROTOCOLS:
+    for _, row in summary.iterrows():
+        prefix = _metric_name(f"eval.{row['data']}.{row['protocol']}.{row['detector']}")
         for metric in METRICS:
-            table = results_table(rows, protocol, metric)
-            if table.empty:
-                continue
-            means = table.loc["mean"] if "mean" in table.index else table.iloc[0]
-            for detector, value in means.items():
-                if math.isfinite(value):
-                    out[f"eval.{protocol}.{detector}.mean_{metric}"] = float(value)
+            for stat in ("mean", "std", "worst"):
+                value = row[f"{metric}_{stat}"]
+                if value is not None and math.isfinite(value):
+                    out[f"{prefix}.{metric}_{stat}"] = float(value)
     return out
 
 
-def log_results(result: EvaluationResult, cfg: TrainConfig, iwae_k: int, run_id: str | None = None) -> str:
-    """Logs the mean metrics, the tables, the CSV and the plot into ``run_id`` (or a new run)."""
+def log_results(
+    result: EvaluationResult, cfg: TrainConfig, params: dict[str, Any] | None = None, run_id: str | None = None
+) -> str:
+    """Logs the summary metrics and the output files into ``run_id`` (or a new run named
+    ``evaluation``, with the evaluation's and the VAE's settings as parameters)."""
     import mlflow
 
     from training import registry
@@ -427,19 +642,12 @@ def log_results(result: EvaluationResult, cfg: TrainConfig, iwae_k: int, run_id:
     registry.configure(cfg.work_dir)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else "evaluation") as run:
         if run_id is None:
-            mlflow.log_params(
-                {
-                    "eval_epochs": cfg.epochs,
-                    "eval_seed": cfg.seed,
-                    "eval_iwae_k": iwae_k,
-                    "latent_dim": cfg.latent_dim,
-                    "likelihood": cfg.likelihood,
-                    "kl_warmup": cfg.kl_warmup,
-                }
-            )
-        mlflow.log_metrics(summary_metrics(result.rows))
-        mlflow.log_text("\n\n".join(f"## {p}\n\n{t}" for p, t in result.tables.items()), "evaluation/tables.md")
-        for path in (result.csv_path, result.plot_path):
-            if path is not None:
-                mlflow.log_artifact(str(path), "evaluation")
+            mlflow.log_params((params or {}) | vae_settings(cfg))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mlflow.log_metrics(summary_metrics(result.summary))
+        mlflow.log_text(result.markdown, "evaluation/tables.md")
+        for key in ("results", "summary", "fits", "plot"):
+            if key in result.paths:
+                mlflow.log_artifact(str(result.paths[key]), "evaluation")
         return run.info.run_id

@@ -23,7 +23,12 @@ from training import data as data_lib
 log = logging.getLogger(__name__)
 
 CURVE_KEYS = ("neg_elbo", "reconstruction", "kl")
-SCORE_COLUMNS = ("neg_elbo", "reconstruction_nll", "kl", "iwae_nll", "p_value")
+SCORE_COLUMNS = ("anomaly_score", "neg_elbo", "reconstruction_nll", "kl", "iwae_nll", "p_value")
+
+
+def ranking_column(frame) -> str:
+    """``anomaly_score``; ``neg_elbo`` in scores written before it existed."""
+    return "anomaly_score" if "anomaly_score" in frame.columns else "neg_elbo"
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,8 @@ def build_sections(frame, loaded, run_id: str | None, images: dict, top: int, se
     elif "threshold" in frame.columns and frame["threshold"].notna().any():
         threshold = float(frame["threshold"].dropna().iloc[0])
     flagged = int(frame["is_anomaly"].fillna(False).astype(bool).sum()) if "is_anomaly" in frame.columns else None
-    scores = frame["neg_elbo"].to_numpy(dtype=np.float64)
+    ranked_by = ranking_column(frame)
+    scores = frame[ranked_by].to_numpy(dtype=np.float64)
     overview = [
         _stat("model", f"{loaded.name} version {loaded.version}"),
         _stat("kind", ("conditional" if model.num_classes else "plain") + f" VAE, {model.likelihood} likelihood"),
@@ -166,8 +172,8 @@ def build_sections(frame, loaded, run_id: str | None, images: dict, top: int, se
         _stat("training run", run_id or "not in MLflow"),
         _stat("rows scored", f"{len(frame):,}"),
         _stat("flagged anomalous", "unknown" if flagged is None else f"{flagged:,} ({flagged / len(frame):.1%})"),
-        _stat("threshold", "unknown" if threshold is None else f"{threshold:.3f} nats (negative ELBO)"),
-        _stat("mean negative ELBO", f"{np.nanmean(scores):.3f} nats"),
+        _stat("threshold", "unknown" if threshold is None else f"{threshold:.3f} ({ranked_by})"),
+        _stat("mean negative ELBO", f"{np.nanmean(frame['neg_elbo'].to_numpy(dtype=np.float64)):.3f} nats"),
     ]
     if "source" in frame.columns:
         overview.append(_stat("source", ", ".join(sorted({str(s) for s in frame["source"].dropna().unique()}))))
@@ -202,7 +208,10 @@ def build_sections(frame, loaded, run_id: str | None, images: dict, top: int, se
         sections.append(Section("samples", "Samples from the prior", img_tag(figure_png(grid), "prior samples")))
 
     histogram = plots.score_histogram(
-        scores[np.isfinite(scores)], threshold if threshold is not None else math.nan, title="scored negative ELBO"
+        scores[np.isfinite(scores)],
+        threshold if threshold is not None else math.nan,
+        title=f"scored {ranked_by}",
+        label=ranked_by,
     )
     sections.append(Section("histogram", "Score histogram", img_tag(figure_png(histogram), "score histogram")))
     sections.append(Section("top-anomalies", f"Top {top} anomalies", top_table(frame, images, top)))
@@ -210,7 +219,7 @@ def build_sections(frame, loaded, run_id: str | None, images: dict, top: int, se
 
 
 def top_table(frame, images: dict, top: int) -> str:
-    ranked = frame.sort_values("neg_elbo", ascending=False, kind="stable").head(top)
+    ranked = frame.sort_values(ranking_column(frame), ascending=False, kind="stable").head(top)
     columns = [c for c in SCORE_COLUMNS if c in ranked.columns and ranked[c].notna().any()]
     head = ["rank", "image", "example_id", "label", *columns, "flagged"]
     rows = []
@@ -288,7 +297,7 @@ def render_report(
     loaded = registry.load_model(uri)
     frame = read_scores(scores, loaded.name, loaded.version)
     run_id = model_run_id(loaded.name, loaded.version)
-    top_ids = frame.sort_values("neg_elbo", ascending=False).head(top)["example_id"].astype(str).to_numpy()
+    top_ids = frame.sort_values(ranking_column(frame), ascending=False).head(top)["example_id"].astype(str).to_numpy()
     images = lookup_images(frame["example_id"].astype(str).to_numpy(), input_spec)
     if images and not any(i in images for i in top_ids):
         log.warning("none of the top anomalies' images were found in the input")

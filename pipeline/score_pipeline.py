@@ -51,6 +51,7 @@ REJECTS = "rejects"
 SCORES_SCHEMA = pa.schema(
     [
         ("example_id", pa.string()),
+        ("anomaly_score", pa.float64()),
         ("neg_elbo", pa.float64()),
         ("reconstruction_nll", pa.float64()),
         ("kl", pa.float64()),
@@ -110,13 +111,15 @@ def scores_table(rows: ValidRows, scores: dict[str, np.ndarray], calibration, st
     n = len(rows)
     nulls = pa.nulls(n, pa.float64())
     if calibration is not None:
-        p_value = pa.array(calibration.p_values(scores["neg_elbo"]))
+        calibrated = scores[calibration.score]  # anomaly_score; neg_elbo for models calibrated before it
+        p_value = pa.array(calibration.p_values(calibrated))
         threshold = pa.repeat(pa.scalar(calibration.threshold, pa.float64()), n)
-        is_anomaly = pa.array(calibration.is_anomaly(scores["neg_elbo"]))
+        is_anomaly = pa.array(calibration.is_anomaly(calibrated))
     else:
         p_value, threshold, is_anomaly = nulls, nulls, pa.nulls(n, pa.bool_())
     columns = {
         "example_id": rows.example_ids,
+        "anomaly_score": pa.array(scores["anomaly_score"]),
         "neg_elbo": pa.array(scores["neg_elbo"]),
         "reconstruction_nll": pa.array(scores["reconstruction_nll"]),
         "kl": pa.array(scores["kl"]),
@@ -222,7 +225,7 @@ class ScoreImages(beam.DoFn):
         table = scores_table(rows, scores, self.calibration, self.stamp)
         self.rows_scored.inc(len(rows))
         if self.calibration is not None:
-            self.anomalies.inc(int(np.count_nonzero(self.calibration.is_anomaly(scores["neg_elbo"]))))
+            self.anomalies.inc(int(np.count_nonzero(self.calibration.is_anomaly(scores[self.calibration.score]))))
         yield table
 
 
@@ -448,11 +451,11 @@ def score_dataset(
 
 
 def top_anomalies(scores_path: str | os.PathLike, n: int = 10) -> pa.Table:
-    """The ``n`` rows with the highest negative ELBO (the least probable images), highest first."""
+    """The ``n`` rows with the highest ``anomaly_score`` (the most unusual images), highest first."""
     import pyarrow.dataset as ds
 
     table = ds.dataset(scores_path, format="parquet").to_table()
-    return table.sort_by([("neg_elbo", "descending"), ("example_id", "ascending")]).slice(0, n)
+    return table.sort_by([("anomaly_score", "descending"), ("example_id", "ascending")]).slice(0, n)
 
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> ScoreSummary:

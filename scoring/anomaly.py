@@ -1,10 +1,21 @@
 """The default anomaly score, ``anomaly_score``, built from the VAE's own outputs.
 
-Two calls, PyOD-style: :func:`fit_anomaly` fits whatever the score needs from the model's
-training images (statistics that are stored inside the model, so every Beam worker computes
-the same score), and :func:`anomaly_scores` turns per-example ELBO terms into the score
-(higher = more anomalous). A model without fitted statistics (saved before the score existed)
-scores by its negative ELBO.
+Two calls, PyOD-style: :func:`fit_anomaly` fits what the score needs on the model's training
+images and stores it *inside the model* (scalars in its config, the reference latents in a
+weight), so every Beam worker computes the same score; :func:`anomaly_scores` turns the
+per-example terms of :func:`scoring.elbo.neg_elbo_terms` into the score, higher = more anomalous.
+
+Methods (``vae evaluate`` reports each side by side, see the README):
+
+- ``neg_elbo``: the negative ELBO in nats.
+- ``elbo_latent_knn``: the negative ELBO plus the distance from the image's posterior mean to its
+  ``k``-th nearest posterior mean of the training images, each term robustly standardised on
+  the training images ((value - median) / IQR), then summed. The ELBO term catches images the
+  decoder explains badly; the latent term catches images the model explains well but places
+  away from every training image (a new class that shares strokes with the known ones, which the
+  likelihood alone ranks as normal: the complexity bias of likelihood scores).
+
+A model with no fitted statistics (saved before the score existed) scores by its negative ELBO.
 """
 
 from __future__ import annotations
@@ -13,19 +24,87 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("neg_elbo",)
-DEFAULT_METHOD = "neg_elbo"
+METHODS = ("neg_elbo", "elbo_latent_knn")
+DEFAULT_METHOD = "elbo_latent_knn"
+DEFAULT_K = 5
+MAX_REFERENCE = 5000  # training posterior means kept in the model for the latent term
 
 
-def fit_anomaly(model: Any, images: np.ndarray, labels: np.ndarray | None = None, method: str = DEFAULT_METHOD) -> None:
-    """Fits the score's statistics on training images and stores them in ``model.anomaly``."""
+def reference_rows(train_rows: int) -> int:
+    """How many reference latents a model trained on ``train_rows`` images stores."""
+    return min(int(train_rows), MAX_REFERENCE)
+
+
+def fit_anomaly(
+    model: Any,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    method: str = DEFAULT_METHOD,
+    *,
+    k: int = DEFAULT_K,
+    seed: int = 0,
+) -> None:
+    """Fits the score's statistics on the training ``images`` and stores them in the model."""
+    from scoring.elbo import score_images
+
     if method not in METHODS:
         raise ValueError(f"unknown anomaly score {method!r}; choose one of {', '.join(METHODS)}")
-    model.anomaly = {"method": method}
+    model.anomaly = None  # score the training images by their terms alone
+    terms = score_images(model, images, labels, num_samples=model.score_samples, seed=model.score_seed)
+    stats: dict[str, Any] = {"method": method, "k": int(k)}
+    stats |= _robust_scale(terms["neg_elbo"], "neg_elbo")
+    capacity = int(getattr(model, "reference_rows", 0))
+    if capacity >= 2:
+        pick = np.sort(np.random.default_rng(seed).permutation(len(images))[:capacity])
+        reference = terms["posterior_mean"][pick]
+        model.set_reference_latents(reference)
+        k = min(int(k), len(reference) - 1)
+        stats |= {"k": k, "reference_count": len(reference)}
+        stats |= _robust_scale(knn_distance(reference, reference, k, exclude_self=True), "latent_knn")
+    elif method != "neg_elbo":
+        raise ValueError(f"{method} needs reference latents: build the model with reference_rows >= 2")
+    model.anomaly = stats
 
 
-def anomaly_scores(
-    model: Any, terms: dict[str, np.ndarray], images: np.ndarray, labels: np.ndarray | None = None
-) -> np.ndarray:
-    """Per-example ``anomaly_score`` from the ELBO ``terms`` of :func:`scoring.elbo.neg_elbo_terms`."""
-    return np.asarray(terms["neg_elbo"], dtype=np.float64)
+def method_scores(model: Any, terms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every method's score that the model's fitted statistics support, by method name."""
+    stats = getattr(model, "anomaly", None) or {}
+    out = {"neg_elbo": np.asarray(terms["neg_elbo"], dtype=np.float64)}
+    if "latent_knn_center" in stats:
+        reference = model.reference_latents_array()[: int(stats["reference_count"])]
+        distance = knn_distance(terms["posterior_mean"], reference, int(stats["k"]))
+        out["elbo_latent_knn"] = _standardise(out["neg_elbo"], stats, "neg_elbo") + _standardise(
+            distance, stats, "latent_knn"
+        )
+    return out
+
+
+def anomaly_scores(model: Any, terms: dict[str, np.ndarray]) -> np.ndarray:
+    """Per-example ``anomaly_score``: the model's fitted method (``neg_elbo`` if none)."""
+    stats = getattr(model, "anomaly", None) or {}
+    return method_scores(model, terms)[stats.get("method", "neg_elbo")]
+
+
+def knn_distance(points: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+    """Euclidean distance from each point to its ``k``-th nearest reference point (in chunks)."""
+    points = np.asarray(points, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    squared_norms = np.sum(reference**2, axis=1)
+    out = np.empty(len(points))
+    for start in range(0, len(points), 1024):
+        chunk = points[start : start + 1024]
+        squared = np.maximum(np.sum(chunk**2, axis=1)[:, None] + squared_norms[None] - 2.0 * chunk @ reference.T, 0.0)
+        if exclude_self:
+            rows = np.arange(len(chunk))
+            squared[rows, start + rows] = np.inf
+        out[start : start + len(chunk)] = np.sqrt(np.partition(squared, k - 1, axis=1)[:, k - 1])
+    return out
+
+
+def _robust_scale(values: np.ndarray, name: str) -> dict[str, float]:
+    q25, median, q75 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])
+    return {f"{name}_center": float(median), f"{name}_scale": float(max(q75 - q25, 1e-9))}
+
+
+def _standardise(values: np.ndarray, stats: dict[str, Any], name: str) -> np.ndarray:
+    return (np.asarray(values, dtype=np.float64) - stats[f"{name}_center"]) / stats[f"{name}_scale"]

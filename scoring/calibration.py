@@ -1,31 +1,40 @@
 """The anomaly threshold and conformal p-values, fitted once on held-out scores and stored
-with the model (the score stays separate from the threshold, as in PyOD)."""
+with the model (the score stays separate from the threshold, as in PyOD).
+
+Training calibrates on the ``anomaly_score`` (:mod:`scoring.anomaly`) of its calibration part:
+data that neither fitted the weights nor chose the epoch. ``Calibration.score`` names the score
+column the threshold and p-values apply to."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+MIN_EXCEEDANCES = 10  # calibration scores above the threshold for a threshold that is not noise
+LEGACY_SCORE = "neg_elbo"  # what calibrations stored before ``score`` existed were fitted on
+
 
 @dataclass(frozen=True)
 class Calibration:
-    """Held-out ``neg_elbo`` scores of normal data and the threshold at ``target_fpr``."""
+    """Held-out scores of normal data (``score``: the score's name) and the threshold at ``target_fpr``."""
 
     scores: np.ndarray = field(repr=False)
     target_fpr: float
     threshold: float
+    score: str = "anomaly_score"
 
     @classmethod
-    def fit(cls, held_out_scores: np.ndarray, target_fpr: float = 0.01) -> Calibration:
+    def fit(cls, held_out_scores: np.ndarray, target_fpr: float = 0.01, score: str = "anomaly_score") -> Calibration:
         scores = np.sort(np.asarray(held_out_scores, dtype=np.float64))
         if scores.size == 0 or not np.all(np.isfinite(scores)):
             raise ValueError("calibration needs a non-empty set of finite held-out scores")
-        return cls(scores=scores, target_fpr=target_fpr, threshold=threshold_at(scores, target_fpr))
+        return cls(scores=scores, target_fpr=target_fpr, threshold=threshold_at(scores, target_fpr), score=score)
 
     def with_fpr(self, target_fpr: float) -> Calibration:
-        return Calibration(self.scores, target_fpr, threshold_at(self.scores, target_fpr))
+        return Calibration(self.scores, target_fpr, threshold_at(self.scores, target_fpr), self.score)
 
     def p_values(self, scores: np.ndarray) -> np.ndarray:
         """Conformal p-value: (1 + #{held-out >= s}) / (n + 1); small means unusual."""
@@ -36,12 +45,26 @@ class Calibration:
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
 
+    def size_warning(self) -> str | None:
+        """:func:`size_warning` for these scores and this rate."""
+        return size_warning(self.scores.size, self.target_fpr)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"target_fpr": self.target_fpr, "threshold": self.threshold, "scores": self.scores.tolist()}
+        return {
+            "score": self.score,
+            "target_fpr": self.target_fpr,
+            "threshold": self.threshold,
+            "scores": self.scores.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        return cls(np.asarray(data["scores"], dtype=np.float64), float(data["target_fpr"]), float(data["threshold"]))
+        return cls(
+            np.asarray(data["scores"], dtype=np.float64),
+            float(data["target_fpr"]),
+            float(data["threshold"]),
+            str(data.get("score", LEGACY_SCORE)),
+        )
 
 
 def threshold_at(sorted_scores: np.ndarray, target_fpr: float) -> float:
@@ -50,3 +73,38 @@ def threshold_at(sorted_scores: np.ndarray, target_fpr: float) -> float:
         raise ValueError(f"the false positive rate must be in (0, 1), got {target_fpr}")
     # the inverted empirical CDF: index n - floor(n * fpr) - 1, so exactly floor(n * fpr) scores lie above
     return float(np.quantile(sorted_scores, 1.0 - target_fpr, method="inverted_cdf"))
+
+
+def exceedances(n: int, target_fpr: float) -> int:
+    """How many of ``n`` calibration scores lie above the threshold at ``target_fpr``: floor(n * fpr)."""
+    return int(math.floor(n * target_fpr + 1e-9))
+
+
+def rows_needed(target_fpr: float, above: int = MIN_EXCEEDANCES) -> int:
+    """Calibration rows for ``above`` scores above the threshold at ``target_fpr``: ceil(above / fpr)."""
+    return int(math.ceil(above / target_fpr - 1e-9))
+
+
+def size_warning(n: int, target_fpr: float) -> str | None:
+    """Why ``n`` calibration scores are too few for ``target_fpr``, or None when they are enough.
+
+    The threshold is an order statistic with floor(n * fpr) scores above it; with fewer than
+    ``MIN_EXCEEDANCES`` of them it moves a lot from one calibration sample to the next, and with
+    none it is the largest score, so the target rate cannot be reached."""
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"the false positive rate must be in (0, 1), got {target_fpr}")
+    above = exceedances(n, target_fpr)
+    needed = rows_needed(target_fpr)
+    if above == 0:
+        return (
+            f"{n} calibration scores are too few for a false positive rate of {target_fpr:g}: the threshold is "
+            f"the largest calibration score and the target rate cannot be reached; about {needed} calibration "
+            f"rows are needed ({MIN_EXCEEDANCES} above the threshold)"
+        )
+    if above < MIN_EXCEEDANCES:
+        return (
+            f"only {above} of {n} calibration scores lie above the threshold at a false positive rate of "
+            f"{target_fpr:g}, fewer than {MIN_EXCEEDANCES}: the threshold is noisy; about {needed} calibration "
+            "rows are needed"
+        )
+    return None

@@ -1,24 +1,73 @@
-"""Classical anomaly detectors to compare the VAE with, on the same split.
+"""Classical anomaly detectors to compare the VAE with: thin wrappers over PyOD (``pyod.models``).
 
-Each detector is fitted on training images and scores others with *higher = more anomalous*,
-like the VAE's negative ELBO, so one metric function ranks them all. Images are flattened to
-vectors of pixels in [0, 1]; nothing else is scaled, so every detector sees the same input.
-The score is kept apart from any threshold (as in PyOD): these classes only rank.
+Every detector is PyOD's own class with its default parameters, what a user would type
+(``IForest()``, ``OCSVM()``, ``PCA()``, ``KDE()``, ``KNN()``, ``LOF()``, ``HBOS()``, ``ECOD()``),
+plus ``random_state=seed`` where the class takes one (IForest and PCA), so a table is reproducible.
+Scores follow PyOD's convention, *higher = more anomalous*, like the VAE's negative ELBO, so one
+metric function ranks them all. The wrappers only rank: PyOD's ``contamination`` threshold and
+labels are never used.
+
+Pre-processing, the same for every detector:
+
+- images are flattened to float64 vectors of pixels in [0, 1]; nothing is scaled (PyOD's PCA
+  standardises by itself, as it does for any user);
+- pixel columns that are constant on the *fit* images are dropped, on the fit images and on every
+  image scored later. PyOD's PCA standardises each column and turns a zero-variance one into NaN
+  or inf scores; the always-blank border pixels of the 8x8 digits are such columns. A constant
+  column tells no detector anything about the fit images, but for the distance-based detectors
+  (KNN, LOF, KDE, OCSVM) dropping it also hides ink that a scored image has where no fit image
+  has any. The rule is applied to every detector all the same, so that they all see the same input.
+
+:meth:`PyODDetector.fit` then :meth:`PyODDetector.score` is the semi-supervised setting (PyOD's
+``fit`` and ``decision_function``); :meth:`PyODDetector.fit_score` is the unsupervised one, where
+the scored images are the fit images, and returns PyOD's ``decision_scores_``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
+DETECTOR_NAMES = ("iforest", "ocsvm", "pca", "kde", "knn", "lof", "hbos", "ecod")
 
-class Detector(Protocol):
-    name: str
 
-    def fit(self, images: np.ndarray) -> Detector: ...
-    def score(self, images: np.ndarray) -> np.ndarray: ...
-    def fit_score(self, images: np.ndarray) -> np.ndarray: ...
+def _factory(name: str, seed: int) -> Callable[[], Any]:
+    """The PyOD detector behind ``name``, with its defaults (``random_state=seed`` where it takes one)."""
+    if name == "iforest":
+        from pyod.models.iforest import IForest
+
+        return lambda: IForest(random_state=seed)
+    if name == "ocsvm":
+        from pyod.models.ocsvm import OCSVM
+
+        return OCSVM
+    if name == "pca":
+        from pyod.models.pca import PCA
+
+        return lambda: PCA(random_state=seed)
+    if name == "kde":
+        from pyod.models.kde import KDE
+
+        return KDE
+    if name == "knn":
+        from pyod.models.knn import KNN
+
+        return KNN
+    if name == "lof":
+        from pyod.models.lof import LOF
+
+        return LOF
+    if name == "hbos":
+        from pyod.models.hbos import HBOS
+
+        return HBOS
+    if name == "ecod":
+        from pyod.models.ecod import ECOD
+
+        return ECOD
+    raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTOR_NAMES)}")
 
 
 def flatten(images: np.ndarray) -> np.ndarray:
@@ -29,155 +78,62 @@ def flatten(images: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-class IsolationForestDetector:
-    """Isolation Forest (Liu et al., 2008): anomalies take fewer random splits to isolate."""
-
-    name = "isolation_forest"
-
-    def fit_score(self, images: np.ndarray) -> np.ndarray:
-        """Fits on ``images`` and scores them (the unsupervised setting)."""
-        return self.fit(images).score(images)
-
-    def __init__(self, n_estimators: int = 200, seed: int = 0) -> None:
-        self.n_estimators = n_estimators
-        self.seed = seed
-        self._model = None
-
-    def fit(self, images: np.ndarray) -> IsolationForestDetector:
-        from sklearn.ensemble import IsolationForest
-
-        self._model = IsolationForest(n_estimators=self.n_estimators, random_state=self.seed).fit(flatten(images))
-        return self
-
-    def score(self, images: np.ndarray) -> np.ndarray:
-        return -_fitted(self._model, self.name).score_samples(flatten(images))
+def varying_columns(x: np.ndarray) -> np.ndarray:
+    """Boolean mask of the columns of ``x`` (N, D) that are not constant; raises if none varies."""
+    keep = np.ptp(x, axis=0) > 0
+    if not keep.any():
+        raise ValueError(f"all {x.shape[1]} pixels are constant on the {x.shape[0]} fit images; nothing to fit")
+    return keep
 
 
-class OneClassSVMDetector:
-    """One-Class SVM with an RBF kernel (Schoelkopf et al., 2001); ``gamma="scale"`` = 1 / (D var(x))."""
+class PyODDetector:
+    """One PyOD detector behind the shared pre-processing (see the module docstring).
 
-    name = "one_class_svm"
-
-    def fit_score(self, images: np.ndarray) -> np.ndarray:
-        return self.fit(images).score(images)
-
-    def __init__(self, nu: float = 0.1, gamma: str | float = "scale") -> None:
-        self.nu = nu
-        self.gamma = gamma
-        self._model = None
-
-    def fit(self, images: np.ndarray) -> OneClassSVMDetector:
-        from sklearn.svm import OneClassSVM
-
-        self._model = OneClassSVM(kernel="rbf", nu=self.nu, gamma=self.gamma).fit(flatten(images))
-        return self
-
-    def score(self, images: np.ndarray) -> np.ndarray:
-        return -_fitted(self._model, self.name).decision_function(flatten(images))
-
-
-class PCADetector:
-    """Squared error of the reconstruction from the principal components that keep ``variance`` of
-    the training variance (Shyu et al., 2003, in its simplest form)."""
-
-    name = "pca_reconstruction"
-
-    def fit_score(self, images: np.ndarray) -> np.ndarray:
-        return self.fit(images).score(images)
-
-    def __init__(self, variance: float = 0.9) -> None:
-        self.variance = variance
-        self._model = None
-
-    def fit(self, images: np.ndarray) -> PCADetector:
-        from sklearn.decomposition import PCA
-
-        self._model = PCA(n_components=self.variance, svd_solver="full").fit(flatten(images))
-        return self
-
-    def score(self, images: np.ndarray) -> np.ndarray:
-        model = _fitted(self._model, self.name)
-        x = flatten(images)
-        return np.sum((x - model.inverse_transform(model.transform(x))) ** 2, axis=1)
-
-
-class KDEDetector:
-    """Gaussian kernel density; the bandwidth maximises the held-out log-likelihood in k-fold
-    cross-validation on the training images. Score: -log density.
-
-    Computed exactly from pairwise distances (N is small here), not with scikit-learn's tree
-    estimator, whose answer drifts by nats at the small bandwidths that cross-validation picks
-    on 64-pixel digits, where every density is a sum of vanishing kernel values.
+    ``factory`` builds a fresh, unfitted PyOD detector; every :meth:`fit` starts from a new one.
+    After fitting, ``model`` is the PyOD object and ``columns`` the mask of the pixels it sees.
     """
 
-    name = "kde"
+    def __init__(self, name: str, factory: Callable[[], Any]) -> None:
+        self.name = name
+        self.factory = factory
+        self.model: Any = None
+        self.columns: np.ndarray | None = None
 
-    def __init__(self, bandwidths: np.ndarray | None = None, folds: int = 5, seed: int = 0) -> None:
-        self.bandwidths = np.logspace(-1.5, 0.5, 41) if bandwidths is None else np.asarray(bandwidths, float)
-        self.folds = folds
-        self.seed = seed
-        self.bandwidth: float | None = None
-        self.cv_log_likelihood: np.ndarray | None = None  # mean held-out log density per bandwidth
-        self._train: np.ndarray | None = None
+    def __repr__(self) -> str:
+        return f"PyODDetector({self.name!r})"
 
-    def fit(self, images: np.ndarray) -> KDEDetector:
+    def fit(self, images: np.ndarray) -> PyODDetector:
+        """Fits on ``images`` (N, ...) after dropping the pixel columns constant on them."""
         x = flatten(images)
-        folds = min(self.folds, len(x))
-        if folds >= 2:
-            from sklearn.model_selection import KFold
-
-            totals = np.zeros(len(self.bandwidths))
-            for fit_index, held_index in KFold(folds, shuffle=True, random_state=self.seed).split(x):
-                squared = squared_distances(x[held_index], x[fit_index])
-                totals += [log_density(squared, h, x.shape[1]).sum() for h in self.bandwidths]
-            self.cv_log_likelihood = totals / len(x)
-            self.bandwidth = float(self.bandwidths[int(np.argmax(self.cv_log_likelihood))])
-        else:
-            self.bandwidth = float(np.median(self.bandwidths))
-        self._train = x
+        self.columns = varying_columns(x)
+        self.model = self.factory().fit(x[:, self.columns])
         return self
 
     def score(self, images: np.ndarray) -> np.ndarray:
-        train = _fitted(self._train, self.name)
-        return -log_density(squared_distances(flatten(images), train), float(self.bandwidth), train.shape[1])
+        """PyOD's ``decision_function`` on new images: (N,) float64, higher = more anomalous."""
+        if self.model is None or self.columns is None:
+            raise RuntimeError(f"{self.name}: call fit() before score()")
+        x = flatten(images)
+        if x.shape[1] != self.columns.size:
+            raise ValueError(f"{self.name}: fitted on {self.columns.size} pixels, got images with {x.shape[1]}")
+        return np.asarray(self.model.decision_function(x[:, self.columns]), dtype=np.float64).ravel()
 
     def fit_score(self, images: np.ndarray) -> np.ndarray:
-        """Fits on ``images`` and scores each by the density of the *others* (leave-one-out).
-
-        Scoring the fitted points with their own kernel in the sum would give every point about
-        the same score, ``-log(K(0) / N)``, once the bandwidth is below the distance between
-        neighbours, which is where cross-validation puts it on 64-pixel digits.
-        """
-        x = flatten(images)
-        self.fit(x)
-        if len(x) < 2:
-            return np.zeros(len(x))
-        squared = squared_distances(x, x)
-        np.fill_diagonal(squared, np.inf)
-        return -log_density(squared, float(self.bandwidth), x.shape[1])
+        """Fits on ``images`` and returns their own scores (PyOD's ``decision_scores_``): the
+        unsupervised setting, where the fit images are the ones being ranked."""
+        self.fit(images)
+        return np.asarray(self.model.decision_scores_, dtype=np.float64).ravel()
 
 
-def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) squared Euclidean distances, never negative."""
-    return np.maximum(np.sum(a**2, 1)[:, None] + np.sum(b**2, 1)[None, :] - 2.0 * a @ b.T, 0.0)
+def make_detector(name: str, seed: int = 0) -> PyODDetector:
+    """The wrapper for one of :data:`DETECTOR_NAMES`, seeded where PyOD's class takes a seed."""
+    return PyODDetector(name, _factory(name, seed))
 
 
-def log_density(squared: np.ndarray, bandwidth: float, dim: int) -> np.ndarray:
-    """log of the Gaussian KDE at each row's point, from its squared distances to the kernel
-    centres (an ``inf`` distance drops a centre: the leave-one-out case)."""
-    from scipy.special import logsumexp
-
-    centres = np.isfinite(squared).sum(axis=1)
-    log_kernel = -squared / (2.0 * bandwidth**2) - 0.5 * dim * np.log(2.0 * np.pi * bandwidth**2)
-    return logsumexp(log_kernel, axis=1) - np.log(centres)
-
-
-def _fitted(model, name: str):
-    if model is None:
-        raise RuntimeError(f"{name}: call fit() before score()")
-    return model
-
-
-def classical_detectors(seed: int = 0) -> list[Detector]:
-    """The four baselines, in table order, seeded where they are random."""
-    return [IsolationForestDetector(seed=seed), OneClassSVMDetector(), PCADetector(), KDEDetector(seed=seed)]
+def classical_detectors(seed: int = 0, names: Iterable[str] = DETECTOR_NAMES) -> list[PyODDetector]:
+    """Fresh wrappers for ``names`` (all eight by default), in :data:`DETECTOR_NAMES` order."""
+    wanted = list(names)
+    unknown = [n for n in wanted if n not in DETECTOR_NAMES]
+    if unknown:
+        raise ValueError(f"unknown detector(s) {', '.join(unknown)}; choose from {', '.join(DETECTOR_NAMES)}")
+    return [make_detector(name, seed) for name in DETECTOR_NAMES if name in wanted]

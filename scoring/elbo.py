@@ -22,6 +22,7 @@ class ScorableModel(Protocol):
     latent_dim: int
     likelihood: str
     num_classes: int
+    pixel_levels: int
 
     def encode(self, images: Any, one_hot: Any = None) -> Any: ...
     def decode(self, z: Any, one_hot: Any = None) -> Any: ...
@@ -62,7 +63,9 @@ def _decode_nll(model: ScorableModel, images: np.ndarray, z: np.ndarray, oh: np.
         tiled_x = np.broadcast_to(images, (k, *images.shape)).reshape(k * n, *images.shape[1:])
         tiled_oh = None if oh is None else np.broadcast_to(oh, (k, *oh.shape)).reshape(k * n, -1)
         params = model.decode(chunk.reshape(k * n, d), tiled_oh)
-        nll = likelihoods.negative_log_likelihood(tiled_x, ops.cast(params, "float32"), model.likelihood)
+        nll = likelihoods.negative_log_likelihood(
+            tiled_x, ops.cast(params, "float32"), model.likelihood, getattr(model, "pixel_levels", 0)
+        )
         out[start : start + k] = _np(nll).reshape(k, n)
     return out
 
@@ -76,7 +79,8 @@ def neg_elbo_terms(
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """``reconstruction_nll`` (Monte Carlo over ``num_samples``), analytic ``kl`` and their sum
-    ``neg_elbo``, each a float64 array of one value per example, in nats."""
+    ``neg_elbo``, each a float64 array of one value per example, in nats; and the
+    ``posterior_mean`` of q(z|x), (N, latent_dim)."""
     images = np.asarray(images, dtype=np.float32)
     oh = one_hot(labels, model.num_classes)
     mean, log_var = (_np(t) for t in model.encode(images, oh))
@@ -85,7 +89,7 @@ def neg_elbo_terms(
     reconstruction = _decode_nll(model, images, z, oh).astype(np.float64).mean(axis=0)
     mean64, log_var64 = mean.astype(np.float64), log_var.astype(np.float64)
     kl = 0.5 * np.sum(np.exp(log_var64) + mean64**2 - 1.0 - log_var64, axis=-1)
-    return {"neg_elbo": reconstruction + kl, "reconstruction_nll": reconstruction, "kl": kl}
+    return {"neg_elbo": reconstruction + kl, "reconstruction_nll": reconstruction, "kl": kl, "posterior_mean": mean}
 
 
 def iwae_nll(
@@ -133,7 +137,7 @@ def score_images(
     """All per-example scores for a data set, in batches: the library entry point.
 
     Returns ``neg_elbo``, ``reconstruction_nll``, ``kl``, ``anomaly_score`` (see
-    :mod:`scoring.anomaly`) and, with ``iwae_k``, ``iwae_nll``."""
+    :mod:`scoring.anomaly`), ``posterior_mean`` and, with ``iwae_k``, ``iwae_nll``."""
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, len(images), batch_size):
         stop = start + batch_size
@@ -141,9 +145,9 @@ def score_images(
         part = neg_elbo_terms(model, images[start:stop], batch_labels, num_samples=num_samples, seed=seed)
         if iwae_k:
             part["iwae_nll"] = iwae_nll(model, images[start:stop], batch_labels, k=iwae_k, seed=seed)
-        part["anomaly_score"] = anomaly_scores(model, part, images[start:stop], batch_labels)
+        part["anomaly_score"] = anomaly_scores(model, part)
         parts.append(part)
     if not parts:
         keys = ["neg_elbo", "reconstruction_nll", "kl", "anomaly_score"] + (["iwae_nll"] if iwae_k else [])
-        return {key: np.empty(0) for key in keys}
+        return {key: np.empty(0) for key in keys} | {"posterior_mean": np.empty((0, model.latent_dim), np.float32)}
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}

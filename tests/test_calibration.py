@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scoring.calibration import Calibration
+from scoring.calibration import Calibration, exceedances, rows_needed, size_warning
 
 
 @pytest.mark.parametrize(("n", "fpr"), [(100, 0.01), (20, 0.05), (270, 0.01), (1000, 0.05), (7, 0.5)])
@@ -32,3 +32,37 @@ def test_refitting_at_another_rate_and_round_trip():
         calibration.with_fpr(1.5)
     with pytest.raises(ValueError, match="finite"):
         Calibration.fit(np.array([1.0, np.nan]), 0.1)
+
+
+def test_the_calibration_names_its_score_and_old_dicts_read_as_neg_elbo():
+    calibration = Calibration.fit(np.arange(100.0), 0.05)
+    assert calibration.score == "anomaly_score" and calibration.to_dict()["score"] == "anomaly_score"
+    assert Calibration.from_dict(calibration.to_dict()).score == "anomaly_score"
+    assert calibration.with_fpr(0.1).score == "anomaly_score"
+    old = {k: v for k, v in calibration.to_dict().items() if k != "score"}  # saved before the field existed
+    assert Calibration.from_dict(old).score == "neg_elbo"
+
+
+@pytest.mark.parametrize(("n", "fpr"), [(1000, 0.01), (200, 0.05), (5000, 0.01), (100, 0.1)])
+def test_no_size_warning_with_at_least_ten_scores_above_the_threshold(n, fpr):
+    assert size_warning(n, fpr) is None
+    assert Calibration.fit(np.arange(float(n)), fpr).size_warning() is None
+
+
+def test_size_warning_when_few_calibration_scores_lie_above_the_threshold():
+    warning = size_warning(270, 0.01)  # digits' calibration part at the default 1 %
+    assert "only 2 of 270 calibration scores" in warning and "noisy" in warning and "about 1000" in warning
+    assert "about 1000" in size_warning(999, 0.01)  # 9.99 expected above: still too few
+    assert "about 334" in size_warning(300, 0.03)
+    assert Calibration.fit(np.arange(270.0), 0.01).size_warning() == warning
+
+
+def test_size_warning_when_the_threshold_is_the_largest_score():
+    calibration = Calibration.fit(np.arange(50.0), 0.01)
+    assert calibration.threshold == calibration.scores.max()
+    warning = calibration.size_warning()
+    assert "the threshold is the largest calibration score" in warning and "cannot be reached" in warning
+    assert "about 1000 calibration rows" in warning
+    assert exceedances(50, 0.01) == 0 and exceedances(100, 0.01) == 1 and rows_needed(0.05) == 200
+    with pytest.raises(ValueError, match="false positive rate"):
+        size_warning(100, 0.0)

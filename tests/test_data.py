@@ -188,6 +188,53 @@ def test_missing_path_and_unknown_format(tmp_path):
         data.load(str(tmp_path / "x.csv"))
 
 
+def test_training_split_has_a_fixed_hash_chosen_holdout_whatever_the_seed_or_row_order():
+    digits = data.load_digits()
+    first, other = data.training_split(digits, seed=0), data.training_split(digits, seed=1)
+    shuffled = digits.subset(np.random.default_rng(7).permutation(len(digits)))
+    again = data.training_split(shuffled, seed=0)
+    np.testing.assert_array_equal(first.holdout.example_ids, other.holdout.example_ids)
+    np.testing.assert_array_equal(first.holdout.example_ids, again.holdout.example_ids)
+    assert data.fingerprint(first.holdout) == data.fingerprint(again.holdout) == data.fingerprint(other.holdout)
+    assert data.in_holdout(first.holdout.example_ids).all()
+    assert 0.12 < len(first.holdout) / len(digits) < 0.18
+    # the seed moves the other three parts, and never into the holdout
+    assert set(first.calibration.example_ids) != set(other.calibration.example_ids)
+    for a, b in ((first, again), (first, first)):
+        np.testing.assert_array_equal(a.calibration.example_ids, b.calibration.example_ids)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_training_split_partitions_the_data_into_four_disjoint_stratified_parts(seed):
+    digits = data.load_digits()
+    parts = data.training_split(digits, seed=seed)
+    ids = [set(p.example_ids) for p in (parts.train, parts.validation, parts.calibration, parts.holdout)]
+    assert sum(map(len, ids)) == len(digits) and set().union(*ids) == set(digits.example_ids)
+    assert all(not (ids[i] & ids[j]) for i in range(4) for j in range(i + 1, 4))
+    assert all(abs(len(p) - 0.15 * len(digits)) <= 2 for p in (parts.validation, parts.calibration))
+    expected = np.bincount(digits.labels) / len(digits)
+    for part in (parts.train, parts.validation, parts.calibration):
+        np.testing.assert_allclose(np.bincount(part.labels, minlength=10) / len(part), expected, atol=0.02)
+        row = {i: k for k, i in enumerate(digits.example_ids)}
+        np.testing.assert_array_equal(part.images, digits.images[[row[i] for i in part.example_ids]])
+    # the evaluation's three-way split is unchanged
+    old = data.split(digits, seed=seed)
+    assert [len(p) for p in (old.train, old.validation, old.test)] == [1257, 270, 270]
+
+
+def test_training_split_refuses_data_too_small_for_four_parts():
+    tiny = data.ImageData(np.zeros((12, 4, 4, 1), np.float32), None, np.array([f"r{i}" for i in range(12)]), None, "t")
+    with pytest.raises(DataError, match="too few to split into train, validation, calibration and holdout"):
+        data.training_split(tiny)
+    ids = np.array([f"r{i}" for i in range(400)])
+    outside = ids[~data.in_holdout(ids)][:25]  # rows the hash never puts in the holdout
+    none_held = data.ImageData(np.zeros((25, 4, 4, 1), np.float32), None, outside, None, "n")
+    with pytest.raises(DataError, match="put 0 of 25 images in the holdout"):
+        data.training_split(none_held)
+    unlabelled = data.training_split(data.ImageData(np.zeros((40, 4, 4, 1), np.float32), None, ids[:40], None, "u"))
+    assert min(len(p) for p in (unlabelled.train, unlabelled.validation, unlabelled.calibration)) > 0
+
+
 def test_conditional_training_on_unlabelled_data_is_refused(tmp_path):
     from training.config import TrainConfig
     from training.train import load_training_data
@@ -214,3 +261,24 @@ def test_parquet_folder_ids_are_file_and_row_as_the_scorer_gives_them(tmp_path):
     batches = [batch for shard in plan_input(str(tmp_path)).shards for batch in shard.read(1024)]
     scored_ids = [i for batch in batches for i in batch.column("example_id").to_pylist()]
     assert scored_ids == loaded.example_ids.tolist()
+
+
+def test_grey_levels_are_read_from_the_pixels():
+    from training.data import grey_levels, load_digits
+
+    assert grey_levels(load_digits().images) == 17
+    assert grey_levels(np.array([0.0, 1.0, 1.0], np.float32)) == 2
+    assert grey_levels(np.arange(256, dtype=np.float32) / 255) == 256
+    assert grey_levels(np.random.default_rng(0).random(1000, dtype=np.float32)) == 0
+
+
+def test_auto_likelihood_is_chosen_from_the_data_and_a_set_one_is_kept():
+    from training.config import TrainConfig
+    from training.train import choose_likelihood
+
+    binary = (np.random.default_rng(0).random((5, 8, 8, 1)) > 0.5).astype(np.float32)
+    assert choose_likelihood(TrainConfig(), binary)[:2] == ("bernoulli", 0)
+    assert choose_likelihood(TrainConfig(), np.arange(17, dtype=np.float32) / 16)[:2] == ("continuous_bernoulli", 17)
+    continuous = np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32)
+    assert choose_likelihood(TrainConfig(), continuous)[:2] == ("continuous_bernoulli", 0)
+    assert choose_likelihood(TrainConfig(likelihood="gaussian"), binary)[:2] == ("gaussian", 0)

@@ -1,16 +1,23 @@
-"""The evaluation: protocol splits, ranking metrics, classical detectors, and the command."""
+"""The evaluation: protocol splits on every data set, ranking metrics, the PyOD wrappers, the
+aggregation over seeds, the outputs, and the command."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline import evaluate as ev
+from pipeline import evaluation_tables as tables
 from scoring import metrics
-from scoring.detectors import classical_detectors
+from scoring.detectors import DETECTOR_NAMES, classical_detectors, make_detector
 from training import data as data_lib
+from training.config import TrainConfig
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -18,55 +25,88 @@ def digits() -> data_lib.ImageData:
     return data_lib.load_digits()
 
 
-@pytest.fixture(scope="module")
-def parts(digits) -> data_lib.Split:
-    return data_lib.split(digits, seed=0)
+@pytest.fixture(scope="module", params=["digits", "mnist5k"])
+def dataset(request) -> data_lib.ImageData:
+    """Every data set the evaluation runs by default, loaded once per module."""
+    return data_lib.load(request.param)
 
 
 # --- protocols -------------------------------------------------------------------------------
 
 
-def test_held_out_leaves_one_class_out_of_training(digits, parts):
-    tasks = ev.held_out_tasks(digits, seed=0)
-    assert [t.target for t in tasks] == [str(d) for d in range(10)]
-    for digit, task in enumerate(tasks):
+def _ids(part: data_lib.ImageData) -> set[str]:
+    return set(part.example_ids.tolist())
+
+
+def test_held_out_leaves_one_class_out_of_training(dataset):
+    parts = data_lib.split(dataset, seed=0)
+    tasks = ev.held_out_tasks(dataset, seed=0)
+    assert [t.target for t in tasks] == dataset.class_names
+    for c, task in enumerate(tasks):
         assert task.protocol == "held-out"
-        assert digit not in set(task.fit.labels.tolist()) | set(task.validation.labels.tolist())
-        assert len(task.fit) == int((parts.train.labels != digit).sum())
-        assert task.counts["n_anomalous"] == int((parts.test.labels == digit).sum())
-        assert task.counts["n_normal"] == len(parts.test) - task.counts["n_anomalous"]
+        assert c not in set(task.fit.labels.tolist()) | set(task.validation.labels.tolist())
+        assert len(task.fit) == int((parts.train.labels != c).sum())
+        assert not _ids(task.fit) & _ids(task.test)  # never scored on what it was fitted on
+        assert not _ids(task.validation) & _ids(task.test)
         assert np.array_equal(task.test.example_ids, parts.test.example_ids)  # the same test split every time
-        assert np.array_equal(task.is_anomaly, task.test.labels == digit)
+        assert np.array_equal(task.is_anomaly, task.test.labels == c)
+        assert task.counts["n_normal"] + task.counts["n_anomalous"] == len(parts.test)
     assert sum(t.counts["n_anomalous"] for t in tasks) == len(parts.test)
+    assert len(parts.test) == pytest.approx(0.15 * len(dataset), abs=1)
 
 
-def test_contaminated_plants_about_three_percent_of_zeros(digits):
-    task = ev.contaminated_task(digits, seed=0)
-    normals = int((digits.labels != 0).sum())
-    assert normals == 1619
-    assert task.counts == {"n_fit": normals + 50, "n_normal": normals, "n_anomalous": 50}
+def test_contaminated_plants_about_three_percent_of_the_first_class(dataset):
+    task = ev.contaminated_task(dataset, seed=0)
+    normals = int((dataset.labels != 0).sum())
+    expected = {"digits": (1619, 50), "mnist5k": (4500, 139)}[dataset.source]
+    assert (normals, task.counts["n_anomalous"]) == expected
+    assert task.counts == {"n_fit": normals + expected[1], "n_normal": normals, "n_anomalous": expected[1]}
     assert task.counts["n_anomalous"] / len(task.test) == pytest.approx(0.03, abs=0.001)
-    assert np.array_equal(task.fit.example_ids, task.test.example_ids)  # fit on all of it, score all of it
+    assert task.unsupervised and np.array_equal(task.fit.example_ids, task.test.example_ids)
     assert np.array_equal(task.is_anomaly, task.test.labels == 0)
-    again = ev.contaminated_task(digits, seed=0)
+    again = ev.contaminated_task(dataset, seed=0)
     assert np.array_equal(task.test.example_ids, again.test.example_ids)
-    other = ev.contaminated_task(digits, seed=1)
+    other = ev.contaminated_task(dataset, seed=1)
     assert not np.array_equal(task.test.example_ids, other.test.example_ids)
 
 
-def test_one_class_trains_on_one_class(digits, parts):
-    tasks = ev.one_class_tasks(digits, seed=0)
-    assert len(tasks) == 10
-    for digit, task in enumerate(tasks):
-        assert set(task.fit.labels.tolist()) == {digit} == set(task.validation.labels.tolist())
-        assert len(task.fit) == int((parts.train.labels == digit).sum())
-        assert task.counts["n_normal"] == int((parts.test.labels == digit).sum())
+def test_one_class_trains_on_one_class(dataset):
+    parts = data_lib.split(dataset, seed=0)
+    tasks = ev.one_class_tasks(dataset, seed=0)
+    assert len(tasks) == len(dataset.class_names)
+    for c, task in enumerate(tasks):
+        assert set(task.fit.labels.tolist()) == {c} == set(task.validation.labels.tolist())
+        assert len(task.fit) == int((parts.train.labels == c).sum())
+        assert not _ids(task.fit) & _ids(task.test)
+        assert task.counts["n_normal"] == int((parts.test.labels == c).sum())
         assert task.counts["n_anomalous"] == len(parts.test) - task.counts["n_normal"]
+        assert np.array_equal(task.is_anomaly, task.test.labels != c)
 
 
-def test_build_tasks_in_table_order_and_rejects_unknown(digits):
+def test_tasks_depend_on_the_seed_only(dataset):
+    first, again, other = (ev.build_tasks(dataset, seed=s) for s in (0, 0, 1))
+    assert len(first) == ev.count_tasks(dataset) == 2 * len(dataset.class_names) + 1
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(a.fit.example_ids, b.fit.example_ids)
+        assert np.array_equal(a.test.example_ids, b.test.example_ids)
+    held_out = [t for t in first if t.protocol == "held-out"]
+    held_out_other = [t for t in other if t.protocol == "held-out"]
+    assert not np.array_equal(held_out[0].test.example_ids, held_out_other[0].test.example_ids)
+    assert not np.array_equal(held_out[0].fit.example_ids, held_out_other[0].fit.example_ids)
+
+
+def test_build_tasks_in_table_order_limits_classes_and_rejects_unknown(digits):
     tasks = ev.build_tasks(digits, ["one-class", "contaminated"])
     assert [t.protocol for t in tasks] == ["contaminated"] + ["one-class"] * 10
+    limited = ev.build_tasks(digits, seed=0, max_classes=2)
+    assert [(t.protocol, t.target) for t in limited] == [
+        ("held-out", "0"),
+        ("held-out", "1"),
+        ("contaminated", "0"),
+        ("one-class", "0"),
+        ("one-class", "1"),
+    ]
+    assert ev.count_tasks(digits, max_classes=2) == 5
     with pytest.raises(ValueError, match="unknown protocol"):
         ev.build_tasks(digits, ["leave-one-out"])
     unlabelled = data_lib.ImageData(digits.images[:20], None, digits.example_ids[:20], None, "x")
@@ -75,8 +115,6 @@ def test_build_tasks_in_table_order_and_rejects_unknown(digits):
 
 
 def test_vae_config_for_tasks(digits):
-    from training.config import TrainConfig
-
     base = TrainConfig(epochs=6, kl_warmup=10, early_stopping=10)
     held_out = ev.vae_config(base, ev.held_out_tasks(digits)[0])
     assert (held_out.kl_warmup, held_out.early_stopping, held_out.conditional) == (2, 10, False)
@@ -84,6 +122,12 @@ def test_vae_config_for_tasks(digits):
     one_class = ev.vae_config(base, ev.one_class_tasks(digits)[0])
     factor = ev.ONE_CLASS_EPOCH_FACTOR
     assert (one_class.epochs, one_class.kl_warmup, one_class.early_stopping) == (6 * factor, 2 * factor, 10 * factor)
+
+
+def test_detector_names():
+    assert ev.DETECTORS[0] == "vae_anomaly_score"  # the default score leads every table
+    assert ev.VAE_DETECTORS == ("vae_anomaly_score", "vae_neg_elbo", "vae_iwae_nll")
+    assert ev.CLASSICAL == DETECTOR_NAMES == ("iforest", "ocsvm", "pca", "kde", "knn", "lof", "hbos", "ecod")
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -112,86 +156,242 @@ def test_metrics_edge_cases():
         metrics.auroc(y, [0.0, 1.0])
 
 
-# --- detectors -------------------------------------------------------------------------------
+# --- the PyOD wrappers -----------------------------------------------------------------------
 
 
-def test_classical_detectors_rank_an_obvious_outlier_first(digits):
+def test_pyod_detectors_rank_an_obvious_outlier_first(digits):
     normal = digits.subset(np.flatnonzero(digits.labels == 3))
     fit, inliers = normal.images[:120], normal.images[120:]
     outlier = np.ones((1, *digits.image_shape), np.float32)  # an all-white square
     test = np.concatenate([inliers, outlier])
-    for detector in classical_detectors(seed=0):
-        scores = detector.fit(fit).score(test)
+    detectors = classical_detectors(seed=0)
+    assert [d.name for d in detectors] == list(DETECTOR_NAMES)
+    for detector in detectors:
+        scores = detector.fit(fit).score(test)  # semi-supervised: PyOD's decision_function
         assert scores.shape == (len(test),)
         assert np.all(np.isfinite(scores)), detector.name
         assert scores[-1] > scores[:-1].max(), detector.name
+        own = detector.fit_score(test)  # unsupervised: PyOD's decision_scores_ of the fit images
+        assert np.array_equal(own, detector.model.decision_scores_)
+        assert own[-1] > own[:-1].max(), detector.name
 
 
-def test_detectors_are_deterministic_and_need_fit(digits):
+def test_constant_pixels_are_dropped_so_pca_scores_digits(digits):
+    x = digits.images
+    pca = make_detector("pca", seed=0).fit(x)
+    flat = x.reshape(len(x), -1)
+    constant = flat.max(axis=0) == flat.min(axis=0)
+    assert constant.sum() >= 3  # the always-blank border pixels of the 8x8 digits
+    assert np.array_equal(pca.columns, ~constant)
+    assert pca.model.detector_.n_features_in_ == 64 - constant.sum()  # the sklearn PCA inside PyOD's
+    assert np.all(np.isfinite(pca.model.decision_scores_))
+    inked = x[:10].copy().reshape(10, -1)
+    inked[:, constant] = 1.0  # ink where no fit image has any: those pixels are not seen
+    assert np.array_equal(pca.score(inked.reshape(x[:10].shape)), pca.score(x[:10]))
+    with pytest.raises(ValueError, match="constant"):
+        make_detector("knn").fit(np.zeros((5, 8, 8, 1)))
+
+
+def test_pyod_wrappers_are_seeded_and_need_fit(digits):
     x = digits.images[:200]
-    a = [d.fit(x).score(x[:20]) for d in classical_detectors(seed=3)]
-    b = [d.fit(x).score(x[:20]) for d in classical_detectors(seed=3)]
-    for first, second in zip(a, b, strict=True):
-        np.testing.assert_array_equal(first, second)
+    for name in ("iforest", "pca"):
+        a = make_detector(name, seed=3).fit(x).score(x[:20])
+        b = make_detector(name, seed=3).fit(x).score(x[:20])
+        np.testing.assert_array_equal(a, b)
+    assert make_detector("iforest", seed=3).factory().random_state == 3
     with pytest.raises(RuntimeError, match="fit"):
-        classical_detectors()[0].score(x)
+        make_detector("ecod").score(x)
+    with pytest.raises(ValueError, match="unknown detector"):
+        classical_detectors(names=["iforest", "autoencoder"])
 
 
-def test_kde_bandwidth_comes_from_cross_validation(digits):
-    from scoring.detectors import KDEDetector
-
-    kde = KDEDetector().fit(digits.images[:300])
-    assert kde.bandwidth in kde.bandwidths
-    assert kde.bandwidths.min() < kde.bandwidth < kde.bandwidths.max()  # an interior optimum, not a grid edge
-
-
-# --- tables and outputs ----------------------------------------------------------------------
-
-
-def test_classical_evaluation_writes_tables_csv_and_plot(digits, tmp_path):
-    import pandas as pd
-
-    every_third = digits.subset(np.arange(0, len(digits), 3))  # a third of the images keeps the test quick
-    result = ev.evaluate(
-        every_third, ["held-out", "contaminated"], output_dir=tmp_path, detectors=ev.CLASSICAL, progress=lambda _: None
+@pytest.mark.filterwarnings("ignore:n_neighbors .* is greater than")
+def test_a_failing_detector_gets_nan_and_a_warning(digits, caplog):
+    tiny = ev.Task(
+        protocol="held-out",
+        target="0",
+        fit=digits.subset(np.arange(3)),  # KNN needs more than its 5 neighbours: it raises
+        validation=digits.subset(np.arange(3)),
+        test=digits.subset(np.arange(3, 60)),
+        is_anomaly=digits.labels[3:60] == 0,
     )
-    assert len(result.rows) == (10 + 1) * len(ev.CLASSICAL)
-    frame = pd.read_csv(result.csv_path)
-    assert set(frame.columns) >= {"protocol", "target", "detector", "auroc", "average_precision", "n_anomalous"}
-    assert frame["auroc"].between(0, 1).all()
-    table = ev.results_table(result.rows, "held-out", "auroc")
-    assert list(table.columns) == list(ev.CLASSICAL)
-    assert list(table.index) == [str(d) for d in range(10)] + ["mean"]
-    assert (table.loc["mean"] > 0.6).all()  # every baseline beats chance on held-out digits
-    assert "| **mean** |" in result.tables["held-out"]
-    assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "tables.md").read_text().count("| anomalous class |") == 4
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluate"):
+        rows, fit = ev.evaluate_task(tiny, TrainConfig(seed=0), detectors=["knn", "iforest"])
+    assert fit is None  # no VAE detector asked for: no VAE fit
+    by_name = {r["detector"]: r for r in rows}
+    assert list(by_name) == ["iforest", "knn"]  # table order
+    assert math.isnan(by_name["knn"]["auroc"]) and math.isnan(by_name["knn"]["average_precision"])
+    assert 0.0 <= by_name["iforest"]["auroc"] <= 1.0
+    assert any("knn" in r.getMessage() and "NaN" in r.getMessage() for r in caplog.records)
+    assert ev.classical_scores(make_detector("lof"), tiny) is not None  # LOF shrinks its neighbourhood
+
+
+# --- aggregation -----------------------------------------------------------------------------
+
+
+def _hand_made() -> pd.DataFrame:
+    """Two seeds, two tasks, two detectors, one data set and protocol; one failed cell on 'b'."""
+    auroc = {  # (seed, task, detector)
+        (0, "0", "a"): 0.8,
+        (0, "1", "a"): 0.6,  # seed 0 mean 0.7
+        (1, "0", "a"): 1.0,
+        (1, "1", "a"): 0.8,  # seed 1 mean 0.9
+        (0, "0", "b"): 0.5,
+        (0, "1", "b"): 0.7,
+        (1, "0", "b"): math.nan,
+        (1, "1", "b"): 0.9,
+    }
+    return pd.DataFrame(
+        [
+            {
+                "data": "d",
+                "seed": s,
+                "protocol": "held-out",
+                "task": t,
+                "detector": det,
+                "auroc": v,
+                "average_precision": v / 2,
+            }
+            for (s, t, det), v in auroc.items()
+        ]
+    )
+
+
+def test_summary_is_mean_std_and_worst_over_seeds_of_the_task_means():
+    results = _hand_made()
+    seeds = tables.per_seed(results)
+    assert seeds.loc[seeds["detector"] == "a", "auroc"].tolist() == pytest.approx([0.7, 0.9])
+    summary = tables.summarise(results, detectors=["a", "b"])
+    a = summary.set_index("detector").loc["a"]
+    assert (a["n_seeds"], a["n_tasks"]) == (2, 2)
+    assert a["auroc_mean"] == pytest.approx(0.8)
+    assert a["auroc_std"] == pytest.approx(np.std([0.7, 0.9], ddof=1))
+    assert (a["auroc_worst"], a["auroc_worst_seed"]) == (pytest.approx(0.7), 0)
+    assert a["average_precision_mean"] == pytest.approx(0.4)
+    assert a["average_precision_worst"] == pytest.approx(0.35)
+    b = summary.set_index("detector").loc["b"]
+    assert math.isnan(b["auroc_mean"]) and math.isnan(b["auroc_worst"])  # a failure is never averaged away
+    one_seed = tables.summarise(results[results["seed"] == 0])
+    assert math.isnan(one_seed["auroc_std"].iloc[0])  # no spread from a single seed
+    assert list(tables.summarise(results, detectors=["b", "a"])["detector"]) == ["b", "a"]
+
+
+def test_markdown_tables_bold_the_best_mean():
+    results = _hand_made()
+    results.loc[results["auroc"].isna(), ["auroc", "average_precision"]] = (0.7, 0.35)
+    summary = tables.summarise(results)
+    table = tables.summary_table(summary, "d", "held-out")
+    lines = table.splitlines()
+    assert lines[0] == "| detector | AUROC mean ± std | worst seed | AP mean ± std |"
+    assert lines[2] == "| a | **0.800 ± 0.141** | 0.700 (seed 0) | **0.400 ± 0.071** |"
+    assert lines[3] == "| b | 0.700 ± 0.141 | 0.600 (seed 0) | 0.350 ± 0.071 |"
+    per_task = tables.per_task_table(results, "d", "held-out", "auroc")
+    assert "| **mean** | **0.800** | 0.700 |" in per_task
+    assert tables.summary_table(summary, "d", "one-class") == ""
+
+
+# --- the evaluation, without the VAE ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def classical_result(digits, tmp_path_factory):
+    """Every PyOD detector over two seeds on a third of the digits, the first two classes."""
+    folder = tmp_path_factory.mktemp("evaluation")
+    lines: list[str] = []
+    every_third = digits.subset(np.arange(0, len(digits), 3))
+    result = ev.evaluate(
+        every_third, seeds=(0, 1), detectors=ev.CLASSICAL, max_classes=2, output_dir=folder, progress=lines.append
+    )
+    return result, folder, lines
+
+
+def test_classical_evaluation_writes_results_summary_tables_and_plot(classical_result):
+    result, folder, lines = classical_result
+    assert {p.name for p in folder.iterdir()} == {"results.csv", "summary.csv", "tables.md", "evaluation.png"}
+    frame = pd.read_csv(folder / "results.csv", dtype={"task": str})
+    assert list(frame.columns) == list(ev.RESULT_COLUMNS)
+    assert len(frame) == 2 * 5 * len(ev.CLASSICAL)  # seeds x tasks x detectors
+    assert frame["auroc"].between(0, 1).all() and frame["average_precision"].between(0, 1).all()
+    assert set(frame["data"]) == {"digits"} and set(frame["seed"]) == {0, 1}
+    summary = pd.read_csv(folder / "summary.csv")
+    assert len(summary) == 3 * len(ev.CLASSICAL)
+    assert list(summary["detector"][: len(ev.CLASSICAL)]) == list(ev.CLASSICAL)
+    assert (summary["n_seeds"] == 2).all() and summary["auroc_std"].notna().all()
+    held_out = summary[summary["protocol"] == "held-out"].set_index("detector")
+    assert (held_out["auroc_mean"] > 0.5).all()  # every baseline beats chance on held-out digits
+    assert (held_out["auroc_worst"] <= held_out["auroc_mean"]).all()
+    text = (folder / "tables.md").read_text()
+    assert text.count("| detector | AUROC mean ± std | worst seed | AP mean ± std |") == 3
+    assert "## digits: held-out" in text and "## digits: one-class" in text
+    assert (folder / "evaluation.png").read_bytes()[:8] == PNG
+    assert len(lines) == 10 and lines[0].startswith("[1/10] digits seed 0 held-out 0:")
+    assert ev.summary_metrics(result.summary)["eval.digits.held-out.knn.auroc_mean"] == pytest.approx(
+        held_out.loc["knn", "auroc_mean"]
+    )
+
+
+def test_evaluation_logs_summary_metrics_and_files_to_mlflow(classical_result, mlflow_store):
+    from mlflow import MlflowClient
+
+    result, _, _ = classical_result
+    run_id = ev.log_results(result, TrainConfig(), {"eval_seeds": "0,1"})
+    run = MlflowClient().get_run(run_id)
+    assert run.data.params["eval_seeds"] == "0,1"
+    assert run.data.metrics["eval.digits.one-class.iforest.auroc_mean"] == pytest.approx(
+        result.summary.set_index(["protocol", "detector"]).loc[("one-class", "iforest"), "auroc_mean"]
+    )
+    assert "eval.digits.contaminated.ecod.average_precision_worst" in run.data.metrics
+    assert {a.path for a in MlflowClient().list_artifacts(run_id, "evaluation")} >= {
+        "evaluation/results.csv",
+        "evaluation/summary.csv",
+        "evaluation/tables.md",
+        "evaluation/evaluation.png",
+    }
+
+
+# --- the command -----------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_evaluate_command_with_the_vae_logs_to_mlflow(mlflow_store, tmp_path):
+def test_quick_evaluation_runs_end_to_end(tmp_path):
     from click.testing import CliRunner
-    from mlflow import MlflowClient
 
     from pipeline.cli import main
 
     out = tmp_path / "evaluation"
-    args = ["evaluate", "--protocols", "contaminated", "--epochs", "2", "--output", str(out)]
+    args = ["--work-dir", str(tmp_path / "work"), "evaluate", "--quick", "--no-mlflow", "--output", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "vae_neg_elbo" in result.output and "average_precision" in result.output
-    assert {p.name for p in out.iterdir()} == {"results.csv", "vae_fits.csv", "tables.md", "evaluation.png"}
-    run_id = result.output.strip().splitlines()[-1].split()[-1]
-    run = MlflowClient().get_run(run_id)
-    assert 0.0 <= run.data.metrics["eval.contaminated.vae_iwae_nll.mean_auroc"] <= 1.0
-    assert {a.path for a in MlflowClient().list_artifacts(run_id, "evaluation")} >= {
-        "evaluation/results.csv",
-        "evaluation/evaluation.png",
-        "evaluation/tables.md",
+    assert {p.name for p in out.iterdir()} == {
+        "results.csv",
+        "summary.csv",
+        "vae_fits.csv",
+        "tables.md",
+        "evaluation.png",
     }
+    assert "[5/5] digits seed 0 one-class 1: vae_anomaly_score AUROC" in result.output  # a line per task
+    assert "digits: held-out (2 task(s), 1 seed(s))" in result.output
+    frame = pd.read_csv(out / "results.csv", dtype={"task": str})
+    vae = frame[frame["detector"] == "vae_anomaly_score"]
+    assert sorted(zip(vae["protocol"], vae["task"], strict=True)) == [
+        ("contaminated", "0"),
+        ("held-out", "0"),
+        ("held-out", "1"),
+        ("one-class", "0"),
+        ("one-class", "1"),
+    ]
+    assert vae["auroc"].between(0, 1).all()
+    assert "vae_iwae_nll" not in set(frame["detector"])  # no IWAE in --quick
+    assert set(frame["detector"]) == {"vae_anomaly_score", "vae_neg_elbo", *ev.CLASSICAL}
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["detector"].iloc[0] == "vae_anomaly_score" and len(summary) == 3 * 10
+    fits = pd.read_csv(out / "vae_fits.csv")
+    assert len(fits) == 5 and (fits["epochs_run"] > 0).all()
+    assert "| vae_anomaly_score |" in (out / "tables.md").read_text()
+    assert (out / "evaluation.png").read_bytes()[:8] == PNG
 
 
-def test_evaluate_command_rejects_unknown_protocol():
+def test_evaluate_command_rejects_bad_options():
     from click.testing import CliRunner
 
     from pipeline.cli import main
@@ -199,3 +399,9 @@ def test_evaluate_command_rejects_unknown_protocol():
     result = CliRunner().invoke(main, ["evaluate", "--protocols", "held-out,bogus"])
     assert result.exit_code == 2
     assert "choose one or more of" in result.output
+    result = CliRunner().invoke(main, ["evaluate", "--seeds", "0,one"])
+    assert result.exit_code == 2
+    assert "comma-separated integers" in result.output
+    result = CliRunner().invoke(main, ["evaluate", "--detectors", "kde,vae_elbo"])
+    assert result.exit_code == 2
+    assert "vae_anomaly_score" in result.output

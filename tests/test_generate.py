@@ -235,7 +235,7 @@ def test_posterior_keeps_source_ids_and_labels(trained_conditional, tmp_path):
 
     from scoring.sampling import posterior_means
 
-    test = trained_conditional.split.test.subset(np.arange(30))
+    test = trained_conditional.split.holdout.subset(np.arange(30))
     source = tmp_path / "input.parquet"
     pq.write_table(
         pa.table(

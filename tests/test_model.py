@@ -63,14 +63,35 @@ def test_bernoulli_nll_is_binary_cross_entropy_in_nats():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
-def test_continuous_bernoulli_density_integrates_to_one():
-    grid = np.linspace(0, 1, 20001, dtype=np.float64)
-    for logit in (-3.0, -0.01, 0.0, 0.02, 2.5):
-        params = np.full((grid.size, 1, 1, 1), logit, np.float32)
-        nll = ops.convert_to_numpy(
-            likelihoods.negative_log_likelihood(grid.reshape(-1, 1, 1, 1), params, "continuous_bernoulli")
-        )
-        assert np.trapezoid(np.exp(-nll.astype(np.float64)), grid) == pytest.approx(1.0, abs=2e-3)
+@pytest.mark.parametrize(
+    "logit", [-50.0, -30.0, -10.0, -9.3, -3.0, -0.05, -1e-5, 0.0, 0.02, 0.09, 0.11, 2.5, 10.0, 50.0]
+)
+def test_continuous_bernoulli_density_integrates_to_one_and_matches_its_mean_and_samples(logit):
+    grid = np.linspace(0, 1, 400_001)
+    params = np.full((grid.size, 1, 1, 1), logit, np.float32)
+    nll = ops.convert_to_numpy(
+        likelihoods.negative_log_likelihood(grid.reshape(-1, 1, 1, 1), params, "continuous_bernoulli")
+    ).astype(np.float64)
+    density = np.exp(-nll)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-3)
+    mean = float(
+        np.asarray(ops.convert_to_numpy(likelihoods.mean_image(np.float32([logit]), "continuous_bernoulli")))[0]
+    )
+    assert mean == pytest.approx(np.trapezoid(density * grid, grid), abs=1e-4)
+    drawn = likelihoods.sample_image(
+        np.full(100_000, logit, np.float32), "continuous_bernoulli", np.random.default_rng(0)
+    )
+    assert drawn.mean() == pytest.approx(mean, abs=5e-3)
+
+
+@pytest.mark.parametrize("levels", [2, 17, 256])
+def test_binned_continuous_bernoulli_is_a_probability_over_the_grey_levels(levels):
+    values = (np.arange(levels) / (levels - 1)).astype(np.float32).reshape(-1, 1, 1, 1)
+    for logit in (-50.0, -8.0, -1e-5, 0.0, 0.4, 12.0, 50.0):
+        params = np.full(values.shape, logit, np.float32)
+        nll = ops.convert_to_numpy(likelihoods.negative_log_likelihood(values, params, "continuous_bernoulli", levels))
+        assert np.all(nll >= -1e-6)  # a probability: never more than 1
+        assert np.exp(-nll.astype(np.float64)).sum() == pytest.approx(1.0, abs=1e-4)
 
 
 def test_gaussian_nll_matches_normal_density():

@@ -64,7 +64,7 @@ def write_scores(folder, trained, ids_prefix: str = "digits") -> tuple[str, np.n
     from scoring.calibration import Calibration
     from scoring.elbo import score_images
 
-    model, test = trained.model, trained.split.test
+    model, test = trained.model, trained.split.holdout
     scores = score_images(model, test.images, test.labels if model.num_classes else None, num_samples=4, seed=0)
     calibration = Calibration.from_dict(model.calibration)
     n = len(test)
@@ -119,7 +119,7 @@ def test_report_renders_every_section_with_embedded_images(which, request, tmp_p
         "score histogram",
     ]
     assert len(digits) == 7 and page.table_rows == 7 + 1  # the header and the top 7
-    worst = trained.split.test.example_ids[np.argmax(neg_elbo)]
+    worst = trained.split.holdout.example_ids[np.argmax(neg_elbo)]
     assert digits[0]["alt"] == worst  # ranked by score, highest first
     image = decode_png(digits[0]["src"])
     assert image.size == (64, 64)  # 8x8 enlarged by whole pixels
@@ -154,7 +154,7 @@ def test_report_finds_images_of_other_inputs_with_input(trained_plain, tmp_path)
     assert not [i for i in without.images if i.get("class") == "digit"]
     assert "reconstructions" in without.sections and "latent-map" not in without.sections
 
-    test = trained_plain.split.test
+    test = trained_plain.split.holdout
     np.savez(tmp_path / "mine.npz", x=test.images[..., 0], y=test.labels)
     with_input = parse(
         render_report(scores_dir, uri, tmp_path / "b.html", top=4, input_spec=str(tmp_path / "mine.npz"))

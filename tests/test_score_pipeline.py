@@ -192,8 +192,14 @@ def test_plans_cut_inputs_into_shards_with_stable_ids(tmp_path):
     ids = [i for s in plan.shards for b in s.read(4) for i in b.column("example_id").to_pylist()]
     assert ids == [f"a.parquet:{i}" for i in range(25)]
 
+    from training.data import load_digits, training_split
+
+    holdout = training_split(load_digits(), seed=0).holdout
     test_part = plan_input("digits:test", split_seed=0)
-    assert test_part.total_rows == 270 and test_part.shards[0].batch.column("source")[0].as_py() == "digits:test"
+    assert (
+        test_part.total_rows == len(holdout) and test_part.shards[0].batch.column("source")[0].as_py() == "digits:test"
+    )
+    assert plan_input("digits:holdout", split_seed=1).total_rows == len(holdout)  # the holdout ignores the seed
     with pytest.raises(ValueError, match="digits:test"):
         plan_input("digits:tset")
 
@@ -236,7 +242,7 @@ def test_pipeline_scores_equal_score_images(trained_plain, plain_uri, tmp_path):
     from scoring.calibration import Calibration
     from scoring.elbo import score_images
 
-    model, test = trained_plain.model, trained_plain.split.test
+    model, test = trained_plain.model, trained_plain.split.holdout
     summary = score_dataset(
         plain_uri, test, tmp_path, iwae_k=3, fpr=0.2, batch_size=64, shard_rows=100, scored_at=WHEN, **FAST
     )

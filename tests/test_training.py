@@ -11,12 +11,13 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from pipeline.cli import main
-from scoring.calibration import Calibration
+from scoring.calibration import Calibration, size_warning
 from scoring.elbo import score_images
+from training import data as data_lib
 from training import registry
 from training.callbacks import NaNGuard, TrainingDiverged
 from training.config import TrainConfig
-from training.train import train
+from training.train import decide_promotion, neg_elbo_scores, train
 
 from .conftest import QUICK
 
@@ -32,9 +33,9 @@ def test_training_registers_a_version_with_the_champion_alias(trained_plain):
 def test_champion_from_the_registry_scores_like_the_in_memory_model(trained_conditional):
     loaded = registry.load_model("models:/vae-test-cond@champion")
     assert loaded.version == trained_conditional.version and loaded.model.is_conditional
-    test = trained_conditional.split.test
-    ours = score_images(trained_conditional.model, test.images, test.labels, num_samples=4, seed=0, iwae_k=8)
-    theirs = score_images(loaded.model, test.images, test.labels, num_samples=4, seed=0, iwae_k=8)
+    holdout = trained_conditional.split.holdout
+    ours = score_images(trained_conditional.model, holdout.images, holdout.labels, num_samples=4, seed=0, iwae_k=8)
+    theirs = score_images(loaded.model, holdout.images, holdout.labels, num_samples=4, seed=0, iwae_k=8)
     for key in ours:
         np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6)
 
@@ -44,6 +45,18 @@ def test_run_logs_params_per_epoch_metrics_plots_and_calibration(trained_conditi
     run = client.get_run(trained_conditional.run_id)
     assert run.data.params["latent_dim"] == str(TrainConfig().latent_dim) and run.data.params["conditional"] == "True"
     assert len(run.data.tags["data_fingerprint"]) == 16
+    holdout = trained_conditional.split.holdout
+    assert (
+        run.data.tags["holdout_fingerprint"] == data_lib.fingerprint(holdout) == trained_conditional.holdout_fingerprint
+    )
+    assert run.data.params["holdout_rows"] == str(len(holdout))
+    metrics = run.data.metrics
+    assert metrics["validation_neg_elbo"] == pytest.approx(trained_conditional.validation_neg_elbo)
+    assert metrics["holdout_neg_elbo"] == pytest.approx(trained_conditional.holdout_neg_elbo)
+    assert metrics["threshold"] == pytest.approx(trained_conditional.threshold)
+    assert metrics["calibration_rows"] == len(trained_conditional.split.calibration)
+    flagged = score_images(trained_conditional.model, holdout.images, holdout.labels, num_samples=4, seed=0)
+    assert metrics["holdout_flagged_rate"] == pytest.approx(np.mean(flagged["anomaly_score"] > metrics["threshold"]))
     for key in ("neg_elbo", "val_neg_elbo", "reconstruction", "val_reconstruction", "kl", "val_kl"):
         assert len(client.get_metric_history(run.info.run_id, key)) == QUICK["epochs"]
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -64,12 +77,69 @@ def test_run_logs_params_per_epoch_metrics_plots_and_calibration(trained_conditi
     assert trained_conditional.model.calibration["threshold"] == pytest.approx(calibration.threshold)
 
 
-def test_threshold_keeps_the_validation_false_positive_rate_at_target(trained_plain):
+def test_threshold_keeps_the_calibration_false_positive_rate_at_target(trained_plain):
     calibration = Calibration.from_dict(trained_plain.model.calibration)
     n = calibration.scores.size
+    assert n == len(trained_plain.split.calibration)
     assert np.sum(calibration.scores > calibration.threshold) == int(np.floor(n * calibration.target_fpr + 1e-9))
     p = calibration.p_values(calibration.scores)
     assert p.min() > 0 and p.max() <= 1
+
+
+def test_calibration_is_the_calibration_parts_anomaly_score_not_the_validation_or_training_data(trained_plain):
+    model, split = trained_plain.model, trained_plain.split
+    assert model.anomaly is not None  # fit_anomaly ran before calibrating
+    calibration = Calibration.from_dict(model.calibration)
+    assert calibration.score == "anomaly_score"
+    anomaly = score_images(model, split.calibration.images, num_samples=4, seed=0)["anomaly_score"]
+    np.testing.assert_allclose(calibration.scores, np.sort(anomaly))
+    expected = np.quantile(anomaly, 1 - calibration.target_fpr, method="inverted_cdf")
+    assert calibration.threshold == pytest.approx(expected) == trained_plain.threshold
+    jobs = [set(p.example_ids) for p in (split.train, split.validation, split.calibration, split.holdout)]
+    assert all(not (jobs[i] & jobs[j]) for i in range(4) for j in range(i + 1, 4))
+
+
+def test_a_calibration_part_too_small_for_the_target_rate_is_flagged(trained_plain):
+    n = len(trained_plain.split.calibration)  # about 270 digits at the default 1 %: 2 above the threshold
+    assert trained_plain.calibration_warning == size_warning(n, 0.01)
+    assert f"of {n} calibration scores" in trained_plain.calibration_warning
+    run = MlflowClient().get_run(trained_plain.run_id)
+    assert run.data.tags["calibration_warning"] == trained_plain.calibration_warning
+    assert run.data.metrics["calibration_rows_needed"] == 1000
+
+
+def test_the_holdout_fingerprint_is_stored_with_the_registered_version(trained_plain):
+    tags = MlflowClient().get_model_version("vae-test-plain", trained_plain.version).tags
+    assert tags["holdout_fingerprint"] == data_lib.fingerprint(trained_plain.split.holdout)
+    assert tags["holdout_rows"] == str(len(trained_plain.split.holdout))
+    assert float(tags["holdout_neg_elbo"]) == pytest.approx(trained_plain.holdout_neg_elbo)
+    assert registry.version_tags("vae-test-plain", trained_plain.version) == tags
+
+
+def test_if_better_scores_the_champion_on_the_holdout_and_names_it(trained_plain):
+    name, version, holdout = "vae-test-plain", trained_plain.version, trained_plain.split.holdout
+    cfg = TrainConfig(**(QUICK | {"model_name": name}))
+    fingerprint = trained_plain.holdout_fingerprint
+    champion_score = float(neg_elbo_scores(trained_plain.model, holdout).mean())
+    assert champion_score == pytest.approx(trained_plain.holdout_neg_elbo)
+
+    promoted, reason = decide_promotion(cfg, version, champion_score - 1.0, holdout)
+    assert promoted and f"on holdout {fingerprint} ({len(holdout)} rows), champion v{version}'s own holdout" in reason
+    promoted, reason = decide_promotion(cfg, version, champion_score + 1.0, holdout, fingerprint)
+    assert not promoted and ">=" in reason and fingerprint in reason
+
+    other = holdout.subset(np.arange(len(holdout) - 1))  # new data: another holdout
+    promoted, reason = decide_promotion(cfg, version, -1e9, other)
+    assert promoted and f"fingerprints {fingerprint} -> {data_lib.fingerprint(other)}" in reason
+    assert f"({len(other)} rows)" in reason
+
+    client = MlflowClient()
+    client.delete_model_version_tag(name, version, "holdout_fingerprint")  # as on a model from before
+    try:
+        promoted, reason = decide_promotion(cfg, version, 1e9, holdout, fingerprint)
+        assert not promoted and "has no stored holdout" in reason and fingerprint in reason
+    finally:
+        client.set_model_version_tag(name, version, "holdout_fingerprint", fingerprint)
 
 
 def test_promotion_follows_the_promote_option(mlflow_store):
@@ -80,7 +150,8 @@ def test_promotion_follows_the_promote_option(mlflow_store):
     assert not never.promoted and registry.champion_version(name) == first.version
     worse = train(TrainConfig(**(QUICK | {"model_name": name, "epochs": 1, "promote": "if-better"})))
     assert not worse.promoted and registry.champion_version(name) == first.version
-    assert ">=" in worse.promotion_reason
+    assert ">=" in worse.promotion_reason and f"on holdout {worse.holdout_fingerprint}" in worse.promotion_reason
+    assert worse.holdout_fingerprint == first.holdout_fingerprint and "own holdout" in worse.promotion_reason
     better = train(TrainConfig(**(QUICK | {"model_name": name, "epochs": 8, "promote": "if-better"})))
     assert better.promoted and registry.champion_version(name) == better.version
     forced = train(TrainConfig(**(QUICK | {"model_name": name, "epochs": 1, "promote": "always"})))
@@ -117,6 +188,8 @@ def test_vae_train_command_end_to_end(mlflow_store):
     assert result.exit_code == 0, result.output
     assert "registered:          vae-test-cli version 1" in result.output
     assert "promoted to @champion (no champion yet)" in result.output
+    assert "holdout neg ELBO:" in result.output and "calibration rows" in result.output
+    assert "warning:" in result.output and "calibration scores" in result.output
     assert registry.champion_version("vae-test-cli") == "1"
 
 

@@ -145,6 +145,8 @@ class VariationalAutoencoder(keras.Model):
         score_seed: int = 0,
         architecture: str = "conv",
         anomaly: dict[str, Any] | None = None,
+        pixel_levels: int = 0,
+        reference_rows: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -160,6 +162,7 @@ class VariationalAutoencoder(keras.Model):
         self.score_samples = int(score_samples)
         self.score_seed = int(score_seed)
         self.architecture = check_architecture(architecture)
+        self.pixel_levels = int(pixel_levels)  # grey levels of the training data (0: continuous)
         self.anomaly = anomaly  # the anomaly score's fitted statistics (scoring.anomaly)
         self.encoder = build_encoder(
             self.image_shape, self.latent_dim, self.num_classes, self.filters, hidden_units, self.architecture
@@ -175,7 +178,28 @@ class VariationalAutoencoder(keras.Model):
         )
         self.sampling = Sampling(seed, name="sampling")
         self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
+        # posterior means of training images, for the anomaly score's latent term (scoring.anomaly)
+        self.reference_rows = int(reference_rows)
+        if self.reference_rows:
+            self.reference_latents = self.add_weight(
+                shape=(self.reference_rows, self.latent_dim),
+                initializer="zeros",
+                trainable=False,
+                name="reference_latents",
+            )
         self.built = True
+
+    def set_reference_latents(self, latents: np.ndarray) -> None:
+        """Stores up to ``reference_rows`` posterior means (the rest of the weight stays zero)."""
+        latents = np.asarray(latents, dtype=np.float32)
+        if not self.reference_rows or len(latents) > self.reference_rows:
+            raise ValueError(f"this model stores at most {self.reference_rows} reference latents, got {len(latents)}")
+        padded = np.zeros((self.reference_rows, self.latent_dim), np.float32)
+        padded[: len(latents)] = latents
+        self.reference_latents.assign(padded)
+
+    def reference_latents_array(self) -> np.ndarray:
+        return np.asarray(ops.convert_to_numpy(self.reference_latents), dtype=np.float64)
 
     @property
     def is_conditional(self) -> bool:
@@ -215,7 +239,9 @@ class VariationalAutoencoder(keras.Model):
         mean, log_var = self.encode(images, one_hot)
         z = self.sampling([mean, log_var])
         params = self.decode(z, one_hot)
-        reconstruction = likelihoods.negative_log_likelihood(images, ops.cast(params, "float32"), self.likelihood)
+        reconstruction = likelihoods.negative_log_likelihood(
+            images, ops.cast(params, "float32"), self.likelihood, self.pixel_levels
+        )
         return ops.stack([reconstruction, kl_divergence(mean, log_var)], axis=-1)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -238,6 +264,8 @@ class VariationalAutoencoder(keras.Model):
             "score_seed": self.score_seed,
             "architecture": self.architecture,
             "anomaly": self.anomaly,
+            "pixel_levels": self.pixel_levels,
+            "reference_rows": self.reference_rows,
         }
 
 

@@ -100,11 +100,13 @@ def latent_map(model, images: np.ndarray, labels: np.ndarray | None) -> Figure:
     return fig
 
 
-def score_histogram(scores: np.ndarray, threshold: float, title: str = "validation neg ELBO") -> Figure:
+def score_histogram(
+    scores: np.ndarray, threshold: float, title: str = "calibration anomaly_score", label: str = "anomaly_score"
+) -> Figure:
     fig, ax = new_figure(figsize=(6, 3.5))
     ax.hist(scores, bins=40, color="C0", alpha=0.8)
     ax.axvline(threshold, color="C3", linestyle="--", label=f"threshold {threshold:.2f}")
-    ax.set_xlabel("negative ELBO (nats)")
+    ax.set_xlabel(label)
     ax.set_ylabel("examples")
     ax.set_title(title)
     ax.legend()

@@ -145,3 +145,19 @@ def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:
     from mlflow import MlflowClient
 
     MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    """The tags of one registered model version (e.g. its ``holdout_fingerprint``)."""
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient().get_model_version(name, version).tags)
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, object]) -> None:
+    """Sets tags on one registered model version; values are stored as strings."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))

@@ -1,4 +1,4 @@
-"""The training job: fit, calibrate, log to MLflow, register, promote."""
+"""The training job: fit, calibrate, log to MLflow, register, promote (on a fixed holdout)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from scoring.calibration import Calibration
+from scoring.anomaly import fit_anomaly, reference_rows
+from scoring.calibration import Calibration, exceedances, rows_needed
 from scoring.elbo import score_images
 from training import data as data_lib
 from training import registry
@@ -25,13 +26,34 @@ class TrainResult:
     version: str
     promoted: bool
     promotion_reason: str
-    validation_neg_elbo: float
-    test_neg_elbo: float
-    threshold: float
+    validation_neg_elbo: float  # mean over the validation part (early stopping's data)
+    holdout_neg_elbo: float  # mean over the fixed holdout (promotion's data)
+    threshold: float  # on anomaly_score, from the calibration part
     seconds_per_epoch: float
     epochs_run: int
+    holdout_fingerprint: str
+    calibration_warning: str | None  # scoring.calibration.size_warning, or None
     model: object = field(repr=False)
-    split: data_lib.Split = field(repr=False)
+    split: data_lib.TrainingSplit = field(repr=False)
+
+
+def choose_likelihood(cfg: TrainConfig, images: np.ndarray) -> tuple[str, int, str]:
+    """(likelihood, grey levels, why) for ``cfg``'s ``auto`` settings, from the training images.
+
+    Binary images get the Bernoulli (a continuous density on {0, 1} is degenerate). Pixels on a
+    grid of grey levels (0-16 digits, 8-bit images) get the continuous Bernoulli *binned* to those
+    levels: a probability per pixel, bounded, where a density on quantised pixels is unbounded.
+    Anything else gets the continuous-Bernoulli density. A likelihood the user set is kept.
+    """
+    levels = data_lib.grey_levels(images) if cfg.pixel_levels is None else int(cfg.pixel_levels)
+    if cfg.likelihood != "auto":
+        kept = levels if cfg.likelihood == "continuous_bernoulli" else 0
+        return cfg.likelihood, kept, "set by --likelihood"
+    if levels == 2:
+        return "bernoulli", 0, "the images are binary (only 0 and 1)"
+    if levels > 2:
+        return "continuous_bernoulli", levels, f"the pixels take {levels} evenly spaced grey levels"
+    return "continuous_bernoulli", 0, "the pixels are continuous in [0, 1]"
 
 
 def build_model(cfg: TrainConfig, data: data_lib.ImageData):
@@ -41,13 +63,16 @@ def build_model(cfg: TrainConfig, data: data_lib.ImageData):
 
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    likelihood, levels, why = choose_likelihood(cfg, data.images)
     model = VariationalAutoencoder(
         data.image_shape,
         latent_dim=cfg.latent_dim,
-        likelihood=cfg.likelihood,
+        likelihood=likelihood,
         num_classes=len(data.class_names) if cfg.conditional else 0,
         class_names=data.class_names if cfg.conditional else None,
         architecture=cfg.architecture,
+        pixel_levels=levels,
+        reference_rows=reference_rows(len(data)),
         filters=cfg.filters,
         hidden_units=cfg.hidden_units,
         seed=cfg.seed,
@@ -55,6 +80,7 @@ def build_model(cfg: TrainConfig, data: data_lib.ImageData):
         score_seed=cfg.seed,
     )
     compile_model(model, cfg.learning_rate, jit_compile=True if cfg.xla else "auto")
+    model.likelihood_reason = why
     return model
 
 
@@ -68,8 +94,9 @@ def set_seeds(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def fit(cfg: TrainConfig, model, split: data_lib.Split, sink=None):
-    """Runs ``model.fit`` with warm-up, early stopping on validation neg ELBO and the NaN guard."""
+def fit(cfg: TrainConfig, model, split: data_lib.Split | data_lib.TrainingSplit, sink=None):
+    """Runs ``model.fit`` on ``split.train`` with warm-up, early stopping on ``split.validation``'s
+    neg ELBO (its only use) and the NaN guard."""
     import keras
 
     from training.model import model_inputs
@@ -107,25 +134,60 @@ def fit(cfg: TrainConfig, model, split: data_lib.Split, sink=None):
     return history.history, elapsed / max(1, len(history.history.get("loss", [1])))
 
 
+def part_scores(model, part: data_lib.ImageData) -> dict[str, np.ndarray]:
+    """Every per-example score (``neg_elbo``, ``anomaly_score``, ...) with the model's own settings."""
+    labels = part.labels if model.num_classes else None
+    return score_images(model, part.images, labels, num_samples=model.score_samples, seed=model.score_seed)
+
+
 def neg_elbo_scores(model, part: data_lib.ImageData) -> np.ndarray:
     """Per-example negative ELBO with the model's own scoring settings."""
-    labels = part.labels if model.num_classes else None
-    return score_images(model, part.images, labels, num_samples=model.score_samples, seed=model.score_seed)["neg_elbo"]
+    return part_scores(model, part)["neg_elbo"]
 
 
-def load_training_data(cfg: TrainConfig) -> data_lib.Split:
+def load_training_data(cfg: TrainConfig) -> data_lib.TrainingSplit:
     data = data_lib.load(cfg.data, cfg.shape)
     if cfg.conditional and data.labels is None:
         raise data_lib.DataError(
             f"{data.source}: --conditional needs labels, and this data set has none "
             "(add a 'label' column, a 'y' array, or sub-folders named by label)"
         )
-    return data_lib.split(data, seed=cfg.seed)
+    return data_lib.training_split(data, seed=cfg.seed)
+
+
+def calibrate(model, split: data_lib.TrainingSplit, target_fpr: float) -> Calibration:
+    """Fits the anomaly score's statistics on the train part (:func:`scoring.anomaly.fit_anomaly`),
+    then the threshold and p-values on the calibration part's ``anomaly_score``: data that neither
+    fitted the weights nor chose the epoch. Stores both in the model."""
+    fit_anomaly(model, split.train.images, split.train.labels if model.num_classes else None)
+    scores = part_scores(model, split.calibration)["anomaly_score"]
+    calibration = Calibration.fit(scores, target_fpr, score="anomaly_score")
+    model.calibration = calibration.to_dict()
+    return calibration
+
+
+def _likelihood_name(name: str, levels: int) -> str:
+    return f"{name} ({levels} grey levels)" if levels else name
+
+
+def _holdout_name(holdout_fingerprint: str, rows: int) -> str:
+    return f"holdout {holdout_fingerprint} ({rows} rows)"
 
 
 def decide_promotion(
-    cfg: TrainConfig, champion: str | None, new_score: float, split: data_lib.Split
+    cfg: TrainConfig,
+    champion: str | None,
+    new_score: float,
+    holdout: data_lib.ImageData,
+    holdout_fingerprint: str | None = None,
+    likelihood: tuple[str, int] | None = None,
 ) -> tuple[bool, str]:
+    """Whether the new model (mean holdout neg ELBO ``new_score``) takes the champion alias, and why.
+
+    ``if-better`` scores the champion on this run's ``holdout``. The holdout is chosen by a hash of
+    the example ids, so on the same data it is the champion's own holdout (its stored
+    ``holdout_fingerprint`` matches); on new data the reason says that the holdout changed.
+    ``likelihood``: the new model's (name, grey levels); its nats compare only with the same."""
     if cfg.promote == "always":
         return True, "--promote always"
     if cfg.promote == "never":
@@ -134,23 +196,40 @@ def decide_promotion(
         return True, "no champion yet"
     current = registry.load_model(f"models:/{cfg.model_name}/{champion}").model
     keep = f"kept champion v{champion} (--promote always replaces it)"
-    if tuple(current.image_shape) != split.validation.image_shape:
+    if tuple(current.image_shape) != holdout.image_shape:
         return False, f"champion v{champion} takes {current.image_shape} images, not comparable; {keep}"
-    if current.likelihood != cfg.likelihood:
+    theirs = (current.likelihood, int(getattr(current, "pixel_levels", 0)))
+    if likelihood is None:  # not given: the configured one, or the champion's under "auto"
+        likelihood = theirs if cfg.likelihood == "auto" else (cfg.likelihood, theirs[1])
+    ours = likelihood
+    if theirs != ours:
         return False, (
-            f"champion v{champion} uses the {current.likelihood} likelihood, this model {cfg.likelihood}: "
-            f"their nats are not comparable; {keep}"
+            f"champion v{champion} uses the {_likelihood_name(*theirs)} likelihood, this model "
+            f"{_likelihood_name(*ours)}: their nats are not comparable; {keep}"
         )
     if bool(current.num_classes) != cfg.conditional:
         return False, f"one of the two models is conditional (log p(x|y) against log p(x)), not comparable; {keep}"
-    champion_score = float(neg_elbo_scores(current, split.validation).mean())
+    fingerprint = holdout_fingerprint or data_lib.fingerprint(holdout)
+    stored = registry.version_tags(cfg.model_name, champion).get("holdout_fingerprint")
+    if stored is None:
+        note = f"; champion v{champion} has no stored holdout (an older model), so both were scored on this one"
+    elif stored != fingerprint:
+        note = f"; the holdout changed since champion v{champion} (fingerprints {stored} -> {fingerprint}): new data"
+    else:
+        note = f", champion v{champion}'s own holdout"
+    champion_score = float(neg_elbo_scores(current, holdout).mean())
+    where = f"on {_holdout_name(fingerprint, len(holdout))}{note}"
     if new_score < champion_score:
-        return True, f"validation neg ELBO {new_score:.3f} < champion v{champion}'s {champion_score:.3f}"
-    return False, f"validation neg ELBO {new_score:.3f} >= champion v{champion}'s {champion_score:.3f}"
+        return True, f"holdout neg ELBO {new_score:.3f} < champion v{champion}'s {champion_score:.3f} {where}"
+    return False, f"holdout neg ELBO {new_score:.3f} >= champion v{champion}'s {champion_score:.3f} {where}"
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Trains, calibrates, logs and registers one model; the library function behind ``vae train``."""
+    """Trains, calibrates, logs and registers one model; the library function behind ``vae train``.
+
+    The data fall into four parts with one job each (:func:`training.data.training_split`): train
+    fits the weights, validation stops early, calibration sets the threshold, and the fixed holdout
+    measures the model and decides ``--promote if-better``."""
     if cfg.promote not in PROMOTE_CHOICES:
         raise ValueError(f"--promote must be one of {', '.join(PROMOTE_CHOICES)}")
     import mlflow
@@ -162,50 +241,71 @@ def train(cfg: TrainConfig) -> TrainResult:
     registry.configure(cfg.work_dir)
     champion = registry.champion_version(cfg.model_name)
     model = build_model(cfg, split.train)
+    holdout_fingerprint = data_lib.fingerprint(split.holdout)
+    rows = {f"{part}_rows": len(getattr(split, part)) for part in ("train", "validation", "calibration", "holdout")}
     log.info(
-        "training %s on %s: %d train / %d validation / %d test images of shape %s",
+        "training %s on %s: %d train / %d validation / %d calibration / %d holdout images of shape %s",
         cfg.model_name,
         split.train.source,
-        len(split.train),
-        len(split.validation),
-        len(split.test),
+        *rows.values(),
         split.train.image_shape,
     )
 
     with mlflow.start_run() as run:
-        params = {k: v for k, v in asdict(cfg).items() if k != "work_dir"}
-        mlflow.log_params(params | {"image_shape": str(split.train.image_shape), "backend": _backend()})
+        params = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "pixel_levels")}
+        mlflow.log_params(
+            params
+            | rows
+            | {
+                "image_shape": str(split.train.image_shape),
+                "backend": _backend(),
+                "holdout_fraction": data_lib.HOLDOUT_FRACTION,
+            }
+        )
         mlflow.set_tags(
             {
                 "data_fingerprint": data_lib.fingerprint(split.train),
+                "holdout_fingerprint": holdout_fingerprint,
                 "data_source": split.train.source,
                 "model_name": cfg.model_name,
             }
         )
+        log.info("likelihood: %s (%s)", _likelihood_name(model.likelihood, model.pixel_levels), model.likelihood_reason)
+        mlflow.log_params({"chosen_likelihood": model.likelihood, "pixel_levels": model.pixel_levels})
+        mlflow.set_tag("likelihood_reason", model.likelihood_reason)
         history, seconds_per_epoch = fit(cfg, model, split, sink=lambda logs, step: mlflow.log_metrics(logs, step=step))
 
-        validation_scores = neg_elbo_scores(model, split.validation)
-        calibration = Calibration.fit(validation_scores, cfg.target_fpr)
-        model.calibration = calibration.to_dict()
-        test_scores = neg_elbo_scores(model, split.test)
+        validation_neg_elbo = float(neg_elbo_scores(model, split.validation).mean())
+        calibration = calibrate(model, split, cfg.target_fpr)
+        warning = calibration.size_warning()
+        if warning:
+            log.warning("%s: %s", cfg.model_name, warning)
+            mlflow.set_tag("calibration_warning", warning)
+        holdout_scores = part_scores(model, split.holdout)
         summary = {
-            "validation_neg_elbo": float(validation_scores.mean()),
-            "test_neg_elbo": float(test_scores.mean()),
+            "validation_neg_elbo": validation_neg_elbo,
+            "holdout_neg_elbo": float(holdout_scores["neg_elbo"].mean()),
             "threshold": calibration.threshold,
-            "test_flagged_rate": float(calibration.is_anomaly(test_scores).mean()),
+            "holdout_flagged_rate": float(calibration.is_anomaly(holdout_scores[calibration.score]).mean()),
+            "calibration_rows": len(split.calibration),
+            "calibration_above_threshold": exceedances(len(split.calibration), cfg.target_fpr),
+            "calibration_rows_needed": rows_needed(cfg.target_fpr),
             "seconds_per_epoch": seconds_per_epoch,
         }
         mlflow.log_metrics(summary)
         mlflow.log_dict(calibration.to_dict(), "calibration.json")
 
+        holdout = split.holdout
         figures = {
             "learning_curves": plots.learning_curves(history),
             "reconstructions": plots.reconstructions(
-                model, split.test.images, split.test.labels if cfg.conditional else None
+                model, holdout.images, holdout.labels if cfg.conditional else None
             ),
             "prior_samples": plots.prior_grid(model, seed=cfg.seed),
-            "latent_map": plots.latent_map(model, split.test.images, split.test.labels),
-            "score_histogram": plots.score_histogram(validation_scores, calibration.threshold),
+            "latent_map": plots.latent_map(model, holdout.images, holdout.labels),
+            "score_histogram": plots.score_histogram(
+                calibration.scores, calibration.threshold, title=f"calibration {calibration.score}"
+            ),
         }
         if cfg.conditional:
             figures["samples_per_label"] = plots.per_label_grid(model, seed=cfg.seed)
@@ -213,7 +313,23 @@ def train(cfg: TrainConfig) -> TrainResult:
             mlflow.log_figure(figure, f"plots/{name}.png")
 
         version = _log_and_register(model, cfg, split)
-        promoted, reason = decide_promotion(cfg, champion, summary["validation_neg_elbo"], split)
+        registry.set_version_tags(
+            cfg.model_name,
+            version,
+            {
+                "holdout_fingerprint": holdout_fingerprint,
+                "holdout_rows": len(holdout),
+                "holdout_neg_elbo": repr(summary["holdout_neg_elbo"]),
+            },
+        )
+        promoted, reason = decide_promotion(
+            cfg,
+            champion,
+            summary["holdout_neg_elbo"],
+            holdout,
+            holdout_fingerprint,
+            likelihood=(model.likelihood, model.pixel_levels),
+        )
         if promoted:
             registry.set_alias(cfg.model_name, version)
         mlflow.set_tags({"promoted": str(promoted), "promotion_reason": reason, "model_version": version})
@@ -223,17 +339,19 @@ def train(cfg: TrainConfig) -> TrainResult:
             version=version,
             promoted=promoted,
             promotion_reason=reason,
-            validation_neg_elbo=summary["validation_neg_elbo"],
-            test_neg_elbo=summary["test_neg_elbo"],
+            validation_neg_elbo=validation_neg_elbo,
+            holdout_neg_elbo=summary["holdout_neg_elbo"],
             threshold=calibration.threshold,
             seconds_per_epoch=seconds_per_epoch,
             epochs_run=len(history.get("loss", [])),
+            holdout_fingerprint=holdout_fingerprint,
+            calibration_warning=warning,
             model=model,
             split=split,
         )
 
 
-def _log_and_register(model, cfg: TrainConfig, split: data_lib.Split) -> str:
+def _log_and_register(model, cfg: TrainConfig, split: data_lib.TrainingSplit) -> str:
     import keras
     import mlflow.keras
     from mlflow.models import infer_signature

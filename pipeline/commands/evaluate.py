@@ -13,22 +13,67 @@ PROTOCOL_HELP = (
 )
 
 
+def _items(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
 def parse_protocols(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
     from pipeline.evaluate import PROTOCOLS
 
-    chosen = tuple(p.strip() for p in value.split(",") if p.strip())
+    chosen = tuple(_items(value))
     unknown = [p for p in chosen if p not in PROTOCOLS]
     if unknown or not chosen:
         raise click.BadParameter(f"{value!r}: choose one or more of {', '.join(PROTOCOLS)}")
     return chosen
 
 
+def parse_data(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    chosen = tuple(dict.fromkeys(_items(value)))
+    if not chosen:
+        raise click.BadParameter(f"{value!r}: give one or more data sets, e.g. digits,mnist5k")
+    return chosen
+
+
+def parse_seeds(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        seeds = tuple(dict.fromkeys(int(s) for s in _items(value)))
+    except ValueError:
+        seeds = ()
+    if not seeds:
+        raise click.BadParameter(f"{value!r}: give comma-separated integers, e.g. 0,1,2")
+    return seeds
+
+
+def parse_detectors(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    from pipeline.evaluate import DETECTORS
+
+    if value is None:
+        return None
+    chosen = tuple(dict.fromkeys(_items(value)))
+    unknown = [d for d in chosen if d not in DETECTORS]
+    if unknown or not chosen:
+        raise click.BadParameter(f"{value!r}: choose one or more of {', '.join(DETECTORS)}")
+    return chosen
+
+
 @click.command("evaluate")
 @click.option(
     "--data",
-    default="digits",
-    show_default=True,
-    help="Labelled images: digits (built in) or a path (Parquet, .npz, PNG folder with labels).",
+    default=None,
+    callback=parse_data,
+    help="Comma-separated labelled data sets: built-in names (digits, mnist5k, ...) or paths "
+    "(Parquet, .npz, PNG folder with labels). Default: digits,mnist5k (digits with --quick).",
+)
+@click.option(
+    "--seeds",
+    default=None,
+    callback=parse_seeds,
+    help="Comma-separated seeds for splits, fits and scores; the summary is over them. "
+    "Default: 0,1,2 (0 with --quick).",
 )
 @click.option(
     "--protocols",
@@ -41,14 +86,33 @@ def parse_protocols(_ctx: click.Context, _param: click.Parameter, value: str) ->
     "--epochs",
     type=click.IntRange(1),
     default=None,
-    help="VAE epochs per fit (default: the evaluation's own, 30; 21 fits in all).",
+    help="VAE epochs per fit (default: the evaluation's own, 30; 2 with --quick).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, fits and scores.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A smoke run: 2 epochs, digits and one seed (unless --data/--seeds), the first 2 classes of "
+    "held-out and one-class, no IWAE.",
+)
+@click.option(
+    "--detectors",
+    default=None,
+    callback=parse_detectors,
+    help="Comma-separated subset of the detectors (default: all): vae_anomaly_score, vae_neg_elbo, vae_iwae_nll, "
+    "iforest, ocsvm, pca, kde, knn, lof, hbos, ecod.",
+)
+@click.option(
+    "--iwae-k",
+    type=click.IntRange(0),
+    default=None,
+    help="Samples of the IWAE bound behind vae_iwae_nll; 0 skips it (default: 100; 0 with --quick).",
+)
 @click.option(
     "--output",
     type=click.Path(file_okay=False),
     default=None,
-    help="Folder for results.csv, vae_fits.csv, tables.md and evaluation.png (default: WORK_DIR/evaluation).",
+    help="Folder for results.csv, summary.csv, vae_fits.csv, tables.md and evaluation.png "
+    "(default: WORK_DIR/evaluation).",
 )
 @click.option("--run-id", default=None, help="Log into this MLflow run (default: a new run named 'evaluation').")
 @click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow.")
@@ -56,40 +120,59 @@ def parse_protocols(_ctx: click.Context, _param: click.Parameter, value: str) ->
 @friendly_errors
 def evaluate_command(
     ctx: click.Context,
-    data: str,
+    data: tuple[str, ...] | None,
+    seeds: tuple[int, ...] | None,
     protocols: tuple[str, ...],
     epochs: int | None,
-    seed: int,
+    quick: bool,
+    detectors: tuple[str, ...] | None,
+    iwae_k: int | None,
     output: str | None,
     run_id: str | None,
     no_mlflow: bool,
 ) -> None:
-    """Compare the VAE's scores with Isolation Forest, One-Class SVM, PCA and KDE.
+    """Compare the VAE's scores with PyOD's detectors over data sets, protocols and seeds.
 
-    Prints AUROC and average-precision tables (detectors side by side) for each protocol.
+    Prints, per data set and protocol, each detector's AUROC and average precision: the mean over
+    seeds (of the mean over the protocol's tasks), the standard deviation and the worst seed.
     """
-    from pipeline.evaluate import DEFAULT_EPOCHS, METRICS, evaluate, results_table
+    from pipeline.evaluate import (
+        DATA_SETS,
+        DEFAULT_EPOCHS,
+        DEFAULT_SEEDS,
+        DETECTORS,
+        IWAE_K,
+        QUICK_CLASSES,
+        QUICK_EPOCHS,
+        QUICK_SEEDS,
+        evaluate,
+    )
+    from pipeline.evaluation_tables import summary_table
     from training import registry
     from training.config import TrainConfig
 
     work = ctx.obj["work_dir"]
     folder = Path(output) if output else registry.work_dir(work) / "evaluation"
     result = evaluate(
-        data,
+        data or (("digits",) if quick else DATA_SETS),
         protocols,
-        epochs=epochs or DEFAULT_EPOCHS,
-        seed=seed,
+        seeds=seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS),
+        epochs=epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS),
+        train_config=TrainConfig(work_dir=work),
+        iwae_k=iwae_k if iwae_k is not None else (0 if quick else IWAE_K),
+        detectors=detectors or DETECTORS,
+        max_classes=QUICK_CLASSES if quick else None,
         output_dir=folder,
         run_id=run_id,
         log_to_mlflow=not no_mlflow,
-        train_config=TrainConfig(work_dir=work),
-        progress=click.echo,
+        progress="auto",
     )
-    for protocol in protocols:
-        for metric in METRICS:
-            table = results_table(result.rows, protocol, metric)
-            if not table.empty:
-                click.echo(f"\n{protocol}: {metric}\n{table.to_string(float_format=lambda v: f'{v:.3f}')}")
-    click.echo(f"\nresults:  {result.csv_path}\nplot:     {result.plot_path}")
+    summary = result.summary
+    for data_name, protocol in dict.fromkeys(zip(summary["data"], summary["protocol"], strict=True)):
+        part = summary[(summary["data"] == data_name) & (summary["protocol"] == protocol)]
+        seeds_run, tasks = int(part["n_seeds"].max()), int(part["n_tasks"].max())
+        click.echo(f"\n{data_name}: {protocol} ({tasks} task(s), {seeds_run} seed(s))\n")
+        click.echo(summary_table(summary, data_name, protocol))
+    click.echo(f"\n{result.seconds:.0f} s. Results in {folder}: " + ", ".join(p.name for p in result.paths.values()))
     if result.run_id:
         click.echo(f"MLflow run: {result.run_id}")

@@ -45,16 +45,19 @@ def run_command(
     print_result(result)
     model_uri = f"models:/{result.model_name}/{result.version}"
 
-    click.echo(f"\n== 2/4 score the test split with {model_uri}")
+    click.echo(f"\n== 2/4 score the holdout (rows no model trained on) with {model_uri}")
     scored = score_dataset(
-        model_uri, "digits:test", output_dir, split_seed=options["seed"], work_dir=work_dir, **SMALL_JOB
+        model_uri, "digits:holdout", output_dir, split_seed=options["seed"], work_dir=work_dir, **SMALL_JOB
     )
     for line in scored.lines():
         click.echo(line)
     click.echo(f"top {top} anomalies:")
-    click.echo(f"  {'example_id':<14} {'label':>5} {'neg_elbo':>10} {'p_value':>8}")
+    click.echo(f"  {'example_id':<14} {'label':>5} {'anomaly_score':>13} {'neg_elbo':>10} {'p_value':>8}")
     for row in top_anomalies(scored.scores_path, n=top).to_pylist():
-        click.echo(f"  {row['example_id']:<14} {row['label']!s:>5} {row['neg_elbo']:>10.2f} {row['p_value']:>8.4f}")
+        click.echo(
+            f"  {row['example_id']:<14} {row['label']!s:>5} {row['anomaly_score']:>13.3f} {row['neg_elbo']:>10.2f}"
+            f" {row['p_value']:>8.4f}"
+        )
 
     click.echo("\n== 3/4 synthetic images")
     generated = generate_showcase(model_uri, output_dir, seed=options["seed"], work_dir=work_dir, **SMALL_JOB)
@@ -76,6 +79,6 @@ def run_command(
     click.echo(
         f"  model:     models:/{result.model_name}@champion -> version {registry.champion_version(result.model_name)}"
     )
-    query = f"SELECT * FROM '{scored.scores_path}/*.parquet' ORDER BY neg_elbo DESC LIMIT 5"
+    query = f"SELECT * FROM '{scored.scores_path}/*.parquet' ORDER BY anomaly_score DESC LIMIT 5"
     click.echo('\nQuery the scores:  .venv/bin/python -c "import duckdb; duckdb.sql(\\"' + query + '\\").show()"')
     click.echo(f"Browse the runs:   .venv/bin/mlflow ui --backend-store-uri {registry.tracking_uri(work_dir)}")

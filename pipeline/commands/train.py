@@ -9,7 +9,7 @@ import click
 
 from pipeline.cli_support import friendly_errors, parse_shape
 
-LIKELIHOOD_CHOICES = ("bernoulli", "continuous_bernoulli", "gaussian")
+LIKELIHOOD_CHOICES = ("auto", "bernoulli", "continuous_bernoulli", "gaussian")
 
 
 def train_options(func):
@@ -30,7 +30,8 @@ def train_options(func):
             type=click.Choice(LIKELIHOOD_CHOICES),
             default=d.likelihood,
             show_default=True,
-            help="Decoder likelihood p(x|z); every score is reported in nats per example.",
+            help="Decoder likelihood p(x|z); auto: Bernoulli for binary images, the continuous Bernoulli binned "
+            "to the grey levels of quantised pixels, else its density. Scores are in nats per example.",
         ),
         click.option(
             "--epochs",
@@ -81,7 +82,8 @@ def train_options(func):
             type=click.FloatRange(0, 1, min_open=True, max_open=True),
             default=d.target_fpr,
             show_default=True,
-            help="Target false positive rate that sets the anomaly threshold on validation data.",
+            help="Target false positive rate that sets the anomaly threshold on the calibration part "
+            "(warns when that part is too small for it).",
         ),
         click.option(
             "--score-samples",
@@ -95,8 +97,8 @@ def train_options(func):
             type=click.Choice(PROMOTE_CHOICES),
             default=d.promote,
             show_default=True,
-            help="Move the 'champion' alias to the new version: if it beats the champion's validation "
-            "negative ELBO on the same data, always, or never.",
+            help="Move the 'champion' alias to the new version: if it beats the champion's negative ELBO "
+            "on the fixed, fingerprinted holdout (scored for both), always, or never.",
         ),
         click.option(
             "--shape",
@@ -126,7 +128,7 @@ def train_options(func):
     type=click.Path(dir_okay=False, writable=True),
     default=None,
     help="Also write the outcome (model_name, version, promoted, run_id, validation_neg_elbo, "
-    "test_neg_elbo) to this JSON file, for schedulers.",
+    "holdout_neg_elbo, holdout_fingerprint) to this JSON file, for schedulers.",
 )
 @train_options
 @click.pass_context
@@ -150,7 +152,8 @@ def write_result_json(result, path: Path) -> None:
         "promoted": bool(result.promoted),
         "run_id": result.run_id,
         "validation_neg_elbo": float(result.validation_neg_elbo),
-        "test_neg_elbo": float(result.test_neg_elbo),
+        "holdout_neg_elbo": float(result.holdout_neg_elbo),
+        "holdout_fingerprint": result.holdout_fingerprint,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(outcome) + "\n")
@@ -168,8 +171,15 @@ def print_result(result) -> None:
 
     click.echo(f"run id:              {result.run_id}")
     click.echo(f"registered:          {result.model_name} version {result.version}  ({registry.tracking_uri()})")
+    model = result.model
+    levels = f", binned to {model.pixel_levels} grey levels" if model.pixel_levels else ""
+    click.echo(f"likelihood:          {model.likelihood}{levels}  ({model.likelihood_reason})")
     click.echo(f"validation neg ELBO: {result.validation_neg_elbo:.3f} nats")
-    click.echo(f"test neg ELBO:       {result.test_neg_elbo:.3f} nats")
-    click.echo(f"anomaly threshold:   {result.threshold:.3f} nats")
+    holdout = f"holdout {result.holdout_fingerprint}, {len(result.split.holdout)} rows"
+    click.echo(f"holdout neg ELBO:    {result.holdout_neg_elbo:.3f} nats  ({holdout})")
+    calibration = f"on anomaly_score, from {len(result.split.calibration)} calibration rows"
+    click.echo(f"anomaly threshold:   {result.threshold:.3f}  ({calibration})")
+    if result.calibration_warning:
+        click.echo(f"warning:             {result.calibration_warning}")
     verdict = "promoted to @champion" if result.promoted else "not promoted"
     click.echo(f"alias:               {verdict} ({result.promotion_reason})")
