@@ -254,21 +254,25 @@ def test_pipeline_scores_equal_score_images(trained_plain, plain_uri, tmp_path):
     order = np.argsort(test.example_ids)
     assert table.column("example_id").to_pylist() == test.example_ids[order].tolist()
     expected = score_images(model, test.images[order], num_samples=model.score_samples, seed=model.score_seed, iwae_k=3)
-    for name in ("neg_elbo", "reconstruction_nll", "kl", "iwae_nll"):
+    for name in ("anomaly_score", "neg_elbo", "reconstruction_nll", "kl", "iwae_nll"):
         np.testing.assert_allclose(table.column(name).to_numpy(), expected[name], rtol=1e-5, err_msg=name)
+    # the default anomaly_score is not the ELBO alone: it adds the latent term the model stores
+    assert model.anomaly["method"] == "elbo_latent_knn"
+    assert not np.allclose(expected["anomaly_score"], expected["neg_elbo"])
     calibration = Calibration.from_dict(model.calibration).with_fpr(0.2)
-    neg_elbo = table.column("neg_elbo").to_numpy()
-    np.testing.assert_allclose(table.column("p_value").to_numpy(), calibration.p_values(neg_elbo))
+    assert calibration.score == "anomaly_score"
+    anomaly_score = table.column("anomaly_score").to_numpy()
+    np.testing.assert_allclose(table.column("p_value").to_numpy(), calibration.p_values(anomaly_score))
     assert set(table.column("threshold").to_pylist()) == {calibration.threshold} == {summary.threshold}
-    assert table.column("is_anomaly").to_pylist() == calibration.is_anomaly(neg_elbo).tolist()
-    assert summary.anomalies == int(calibration.is_anomaly(neg_elbo).sum())
+    assert table.column("is_anomaly").to_pylist() == calibration.is_anomaly(anomaly_score).tolist()
+    assert summary.anomalies == int(calibration.is_anomaly(anomaly_score).sum())
     assert table.column("label").to_pylist() == test.labels[order].tolist()
     assert set(table.column("model_name").to_pylist()) == {trained_plain.model_name}
     assert set(table.column("model_version").to_pylist()) == {str(trained_plain.version)}
     assert set(table.column("scored_at").to_pylist()) == {WHEN}
     assert duckdb_rows(tmp_path / "scores") == len(test)
     top = top_anomalies(tmp_path / "scores", n=3)
-    assert top.column("neg_elbo").to_pylist() == sorted(neg_elbo, reverse=True)[:3]
+    assert top.column("anomaly_score").to_pylist() == sorted(anomaly_score, reverse=True)[:3]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from scoring.anomaly import fit_anomaly, reference_rows
+from scoring.anomaly import DEFAULT_METHOD, fit_anomaly, reference_rows
 from scoring.calibration import Calibration, exceedances, rows_needed
 from scoring.elbo import score_images
 from training import data as data_lib
@@ -155,11 +155,13 @@ def load_training_data(cfg: TrainConfig) -> data_lib.TrainingSplit:
     return data_lib.training_split(data, seed=cfg.seed)
 
 
-def calibrate(model, split: data_lib.TrainingSplit, target_fpr: float) -> Calibration:
+def calibrate(
+    model, split: data_lib.TrainingSplit, target_fpr: float, method: str = DEFAULT_METHOD
+) -> Calibration:
     """Fits the anomaly score's statistics on the train part (:func:`scoring.anomaly.fit_anomaly`),
     then the threshold and p-values on the calibration part's ``anomaly_score``: data that neither
     fitted the weights nor chose the epoch. Stores both in the model."""
-    fit_anomaly(model, split.train.images, split.train.labels if model.num_classes else None)
+    fit_anomaly(model, split.train.images, split.train.labels if model.num_classes else None, method=method)
     scores = part_scores(model, split.calibration)["anomaly_score"]
     calibration = Calibration.fit(scores, target_fpr, score="anomaly_score")
     model.calibration = calibration.to_dict()
@@ -276,7 +278,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         history, seconds_per_epoch = fit(cfg, model, split, sink=lambda logs, step: mlflow.log_metrics(logs, step=step))
 
         validation_neg_elbo = float(neg_elbo_scores(model, split.validation).mean())
-        calibration = calibrate(model, split, cfg.target_fpr)
+        calibration = calibrate(model, split, cfg.target_fpr, cfg.anomaly_score)
         warning = calibration.size_warning()
         if warning:
             log.warning("%s: %s", cfg.model_name, warning)

@@ -105,7 +105,7 @@ def parse_detectors(_ctx: click.Context, _param: click.Parameter, value: str | N
     "--iwae-k",
     type=click.IntRange(0),
     default=None,
-    help="Samples of the IWAE bound behind vae_iwae_nll; 0 skips it (default: 100; 0 with --quick).",
+    help="Samples of the IWAE bound behind vae_iwae_nll; 0 (the default) skips it.",
 )
 @click.option(
     "--output",

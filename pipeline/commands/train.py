@@ -9,6 +9,7 @@ import click
 
 from pipeline.cli_support import friendly_errors, parse_shape
 
+ANOMALY_METHODS = ("elbo_latent_knn", "neg_elbo")  # scoring.anomaly.METHODS, without importing numpy here
 LIKELIHOOD_CHOICES = ("auto", "bernoulli", "continuous_bernoulli", "gaussian")
 
 
@@ -84,6 +85,14 @@ def train_options(func):
             show_default=True,
             help="Target false positive rate that sets the anomaly threshold on the calibration part "
             "(warns when that part is too small for it).",
+        ),
+        click.option(
+            "--anomaly-score",
+            type=click.Choice(ANOMALY_METHODS),
+            default=d.anomaly_score,
+            show_default=True,
+            help="What anomaly_score is: the ELBO plus the latent distance to the training images, or the "
+            "negative ELBO alone (better when the training data hold clusters of anomalies; see the README).",
         ),
         click.option(
             "--score-samples",
