@@ -212,6 +212,8 @@ def model_event_extra(result: Mapping[str, Any], conditional: bool) -> dict[str,
         "conditional": conditional,
         "run_id": result.get("run_id"),
         "validation_neg_elbo": result.get("validation_neg_elbo"),
+        "holdout_neg_elbo": result.get("holdout_neg_elbo"),
+        "holdout_fingerprint": result.get("holdout_fingerprint"),
     }
 
 

@@ -27,6 +27,13 @@ def train_options(func):
             help="Size of the latent space z.",
         ),
         click.option(
+            "--architecture",
+            type=click.Choice(("dense", "conv")),
+            default=d.architecture,
+            show_default=True,
+            help="Encoder and decoder: dense layers, or convolutions sized from the image shape.",
+        ),
+        click.option(
             "--likelihood",
             type=click.Choice(LIKELIHOOD_CHOICES),
             default=d.likelihood,
