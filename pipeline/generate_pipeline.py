@@ -10,9 +10,10 @@ The job reads as a sentence: ``PlanShards >> Spread >> Decode >> ToArrow >> Writ
   on the seed, the request and its index: the same seed gives the same images whatever the number of
   shards or workers, and a million samples spread over as many workers as the runner has.
 - Workers load the model once each (``DoFn.setup``), decode, encode PNGs, and write Arrow tables as
-  Parquet files straight into a hidden temporary folder beside the partition; the driver renames it
-  into place (:func:`pipeline.atomic.atomic_dataset_dir`) when the whole job has succeeded and the
-  row count matches the plan. A failed job leaves nothing behind.
+  Parquet files straight into a temporary folder under ``OUTPUT/.staging`` (outside the dataset);
+  the driver switches it with the partition in one step (:func:`pipeline.atomic.atomic_dataset_dir`)
+  when the whole job has succeeded and the row count matches the plan. A failed job leaves nothing
+  behind; a second run writing the same method at the same time is refused.
 
 Layout (hive partitioning; ``label`` null is ``label=__HIVE_DEFAULT_PARTITION__``, which pyarrow and
 DuckDB read as null)::
@@ -600,6 +601,7 @@ def generate_dataset(
         len(work),
         root,
     )
+    # Locks the partition (and shares the dataset with other methods' runs) until it is committed.
     with atomic_dataset_dir(partition, staging=Path(output).resolve() / STAGING) as tmp:
         pipeline = test_pipeline or make_pipeline(
             runner,

@@ -23,8 +23,10 @@ import logging
 import os
 import re
 import time
+import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +39,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline import arrow_io
 from pipeline.arrow_io import InputPlan, ModelSpec, RejectedRows, ValidRows
-from pipeline.atomic import STAGING, atomic_dataset_dir, atomic_filesystem_dir, is_remote
+from pipeline.atomic import STAGING, atomic_datasets, atomic_filesystem_datasets, is_remote
 from pipeline.runner import DEFAULT_WORKERS, make_pipeline
 from training.data import ImageData
 from training.registry import DEFAULT_MODEL_URI, PinnedModel
@@ -292,6 +294,7 @@ class ScoreSummary:
     scores_path: Path | str  # a str for gs://, s3:// ... outputs
     rejects_path: Path | str
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    calibrated_score: str = "anomaly_score"  # what the threshold applies to (neg_elbo for older models)
 
     @property
     def rows_per_second(self) -> float:
@@ -299,7 +302,7 @@ class ScoreSummary:
         return self.rows_read / self.pipeline_seconds if self.pipeline_seconds > 0 else 0.0
 
     def lines(self) -> list[str]:
-        threshold = "none stored" if self.threshold is None else f"{self.threshold:.3f} nats"
+        threshold = "none stored" if self.threshold is None else f"{self.threshold:.3f} on {self.calibrated_score}"
         share = f" ({self.anomalies / self.rows_scored:.1%} of scored)" if self.rows_scored else ""
         out = [
             f"model:      {self.model_name} version {self.model_version}",
@@ -323,18 +326,23 @@ class ScoreSummary:
 _PARTITION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=[A-Za-z0-9_.:-]+$")
 
 
-def _output_paths(output: str | os.PathLike, partition: str | None = None):
-    """(scores path, rejects path, the matching all-or-nothing folder context manager).
+def _output_paths(
+    output: str | os.PathLike, partition: str | None = None
+) -> tuple[Path | str, Path | str, Callable[..., AbstractContextManager[list]]]:
+    """(scores path, rejects path, the commit: a context manager that takes both paths, yields a
+    temporary folder for each, and commits them together, see :mod:`pipeline.atomic`).
 
     With ``partition`` (``KEY=VALUE``, e.g. ``date=2026-11-20``) the run writes and replaces only
-    ``scores/KEY=VALUE/`` and ``rejects/KEY=VALUE/``: hive-style partitions of one dataset."""
+    ``scores/KEY=VALUE/`` and ``rejects/KEY=VALUE/``: hive-style partitions of one dataset. The
+    temporary folders and the locks live in ``OUTPUT/.staging``, outside both dataset roots."""
     if partition is not None and not _PARTITION.match(partition):
         raise ValueError(f"--partition {partition!r}: expected KEY=VALUE, e.g. date=2026-11-20")
     suffix = f"/{partition}" if partition else ""
     if is_remote(output):
         base = str(output).rstrip("/")
-        return f"{base}/scores{suffix}", f"{base}/rejects{suffix}", atomic_filesystem_dir
-    staged = functools.partial(atomic_dataset_dir, staging=Path(output) / STAGING)
+        remote = functools.partial(atomic_filesystem_datasets, staging=f"{base}/{STAGING}")
+        return f"{base}/scores{suffix}", f"{base}/rejects{suffix}", remote
+    staged = functools.partial(atomic_datasets, staging=Path(output) / STAGING)
     return Path(f"{Path(output) / 'scores'}{suffix}"), Path(f"{Path(output) / 'rejects'}{suffix}"), staged
 
 
@@ -371,7 +379,9 @@ def score_dataset(
     test_pipeline: beam.Pipeline | None = None,
 ) -> ScoreSummary:
     """Scores ``input`` with the model at ``model_uri`` in a Beam pipeline; writes
-    ``output/scores`` and ``output/rejects`` (Parquet datasets), each replaced only on success.
+    ``output/scores`` and ``output/rejects`` (Parquet datasets), replaced in one commit only on
+    success (:mod:`pipeline.atomic`); while it runs, another run writing the same output (or
+    partition) is refused with :class:`pipeline.atomic.DatasetLockedError`.
 
     ``input``: see :func:`pipeline.arrow_io.plan_input` (``digits:test`` is the test part of the
     training split made with ``split_seed``), or an :class:`ImageData` in memory.
@@ -395,7 +405,10 @@ def score_dataset(
     spec = ModelSpec.of(model)
     plan = arrow_io.plan_input(input, shard_rows=shard_rows, split_seed=split_seed)
     stamp = RunStamp(name, str(version), scored_at or datetime.now(UTC).replace(microsecond=0))
-    scores_path, rejects_path, atomic_dir = _output_paths(output, partition)
+    scores_path, rejects_path, commit = _output_paths(output, partition)
+    # File names carry the run, so a reader that lists a folder just before a commit and opens the
+    # files just after gets "file not found" (and retries) rather than files of two runs mixed.
+    run_tag = uuid.uuid4().hex[:8]
     log.info(
         "scoring %s with %s version %s (%s, image %s): %d shard(s) on %s",
         plan.description,
@@ -408,7 +421,8 @@ def score_dataset(
     )
     scorer = ScoreImages(pinned, stamp, iwae_k=iwae_k, fpr=fpr, batch_size=batch_size)
     validator = ValidateRows(spec, shape, stamp)
-    with atomic_dir(scores_path) as scores_tmp, atomic_dir(rejects_path) as rejects_tmp:
+    # Locks scores and rejects (or those partitions) at once: a second run writing them is refused here.
+    with commit(scores_path, rejects_path) as (scores_tmp, rejects_tmp):
         pipeline = test_pipeline or make_pipeline(
             runner, direct_num_workers=direct_num_workers, direct_running_mode=direct_running_mode, beam_args=beam_args
         )
@@ -419,8 +433,8 @@ def score_dataset(
                 plan,
                 scorer=scorer,
                 validator=validator,
-                scores_prefix=f"{scores_tmp}/part",
-                rejects_prefix=f"{rejects_tmp}/part",
+                scores_prefix=f"{scores_tmp}/part-{run_tag}",
+                rejects_prefix=f"{rejects_tmp}/part-{run_tag}",
                 batch_size=batch_size,
             )
         pipeline_seconds = time.perf_counter() - pipeline_started
@@ -440,6 +454,7 @@ def score_dataset(
         rows_rejected=rows_rejected,
         anomalies=anomalies,
         threshold=None if calibration is None else calibration.threshold,
+        calibrated_score="anomaly_score" if calibration is None else calibration.score,
         seconds=time.perf_counter() - started,
         pipeline_seconds=pipeline_seconds,
         scores_path=scores_path,
