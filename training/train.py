@@ -155,9 +155,7 @@ def load_training_data(cfg: TrainConfig) -> data_lib.TrainingSplit:
     return data_lib.training_split(data, seed=cfg.seed)
 
 
-def calibrate(
-    model, split: data_lib.TrainingSplit, target_fpr: float, method: str = DEFAULT_METHOD
-) -> Calibration:
+def calibrate(model, split: data_lib.TrainingSplit, target_fpr: float, method: str = DEFAULT_METHOD) -> Calibration:
     """Fits the anomaly score's statistics on the train part (:func:`scoring.anomaly.fit_anomaly`),
     then the threshold and p-values on the calibration part's ``anomaly_score``: data that neither
     fitted the weights nor chose the epoch. Stores both in the model."""
