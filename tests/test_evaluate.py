@@ -290,6 +290,29 @@ def test_markdown_tables_bold_the_best_mean():
     assert tables.summary_table(summary, "d", "one-class") == ""
 
 
+def test_headline_sets_the_default_vae_score_against_the_best_pyod_detector():
+    summary = tables.summarise(
+        pd.DataFrame(
+            [
+                {
+                    "data": "d",
+                    "seed": seed,
+                    "protocol": "held-out",
+                    "target": "0",
+                    "detector": det,
+                    "auroc": v,
+                    "average_precision": 0.5,
+                }
+                for seed, values in ((0, (0.90, 0.70, 0.95, 0.80)), (1, (0.94, 0.72, 0.93, 0.82)))
+                for det, v in zip(("vae_anomaly_score", "vae_neg_elbo", "knn", "iforest"), values, strict=True)
+            ]
+        )
+    )
+    lines = tables.headline_table(summary).splitlines()
+    assert len(lines) == 3
+    assert lines[2] == "| d | held-out | 0.920 ± 0.028 (0.900) | 0.710 ± 0.014 | knn 0.940 ± 0.014 | -0.020 |"
+
+
 # --- the evaluation, without the VAE ----------------------------------------------------------
 
 

@@ -147,7 +147,7 @@ def evaluate_command(
         QUICK_SEEDS,
         evaluate,
     )
-    from pipeline.evaluation_tables import summary_table
+    from pipeline.evaluation_tables import headline_table, summary_table
     from training import registry
     from training.config import TrainConfig
 
@@ -173,6 +173,8 @@ def evaluate_command(
         seeds_run, tasks = int(part["n_seeds"].max()), int(part["n_tasks"].max())
         click.echo(f"\n{data_name}: {protocol} ({tasks} task(s), {seeds_run} seed(s))\n")
         click.echo(summary_table(summary, data_name, protocol))
+    click.echo("\nThe default VAE score against the best PyOD detector (mean AUROC over seeds):\n")
+    click.echo(headline_table(summary))
     click.echo(f"\n{result.seconds:.0f} s. Results in {folder}: " + ", ".join(p.name for p in result.paths.values()))
     if result.run_id:
         click.echo(f"MLflow run: {result.run_id}")
