@@ -24,11 +24,19 @@ from the same run. Where the exchange is not available (another OS, a file syste
 old path is used, two renames with a moment in which the folder does not exist, and a warning is
 logged.
 
-Readers (pyarrow, pandas, DuckDB, Spark) list a folder and then open the files by name. A read that
-straddles a switch opens names listed before it: with file names that differ from run to run (as
-``score_dataset`` writes them) that read fails with "file not found" and can simply be retried; with
-names that repeat from run to run it could silently combine files of two runs. A file already open
-keeps its old contents until it is closed.
+What a reader sees. Every state of a public path is one run's complete dataset: a reader that
+opens the folder once and reads the files relative to it never sees it missing, partial or mixed.
+The folder that was replaced is kept intact for :data:`OLD_VERSION_GRACE` seconds before it is
+deleted, so a reader that began listing it just before the switch still lists it whole (deleting it
+at once would let that listing come back empty). pyarrow, pandas and DuckDB, however, list the folder
+and then stat and open every file again by its full path, so a read that overlaps a switch (a window
+as long as the read) looks up names from the old folder in the new one. With file names that differ
+from run to run (as ``score_dataset`` writes them: ``part-RUN-SSSSS-of-NNNNN.parquet``) such a read
+fails with "file not found" or, rarely, comes back short (these libraries skip names that vanish
+while they list), but never holds rows of two runs; retry it, or check the row count. With names
+that repeat from run to run it could silently combine files of two runs. No switch of folders
+(exchange or symbolic link) can do better for such readers; only a manifest or table format can. A
+file already open keeps its old contents until it is closed.
 
 **Locks.** A run holds ``fcntl.flock`` locks on files in the staging folder from the moment it
 starts until it has committed (or failed): exclusive on each target (``scores.lock``,
@@ -78,6 +86,7 @@ log = logging.getLogger(__name__)
 STAGING = ".staging"  # OUTPUT/.staging: runs' private folders and the locks, outside every dataset root
 JOURNAL = "commit.json"
 REMOTE_STALE_AFTER = 2 * 24 * 3600  # seconds after which another host's run prefix on an object store is debris
+OLD_VERSION_GRACE = 0.5  # seconds a replaced folder is kept, intact, for readers that were listing it
 LEGACY_STALE_AFTER = 3600  # the ``.NAME.tmp-*`` / ``.NAME.old-*`` folders of earlier versions of this module
 
 _RUN = re.compile(r"^(run-(\d{8}T\d{6}Z)-(.+)-(\d+)-([0-9a-f]{6}))(\.lock)?$")
@@ -207,6 +216,8 @@ def _try_lock(path: Path, exclusive: bool, holder: dict | None = None, create: b
                 raise
             path.parent.mkdir(parents=True, exist_ok=True)  # another run removed the empty staging folder
             continue
+        except PermissionError:  # another user's lock file: lockable read-only, holder left unsaid
+            fd, holder = os.open(path, os.O_RDONLY), None
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -238,7 +249,7 @@ def _release(lock: _Lock) -> None:
             except BlockingIOError:
                 pass  # other runs share it; the last one deletes it
         if lock.exclusive:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or not ours to delete: harmless either way
                 os.unlink(lock.path)
     finally:
         os.close(lock.fd)
@@ -262,9 +273,12 @@ def _lock_keys(target: str, root: str) -> list[tuple[str, bool]]:
     return [("+".join(parts[:i]), i == len(parts)) for i in range(1, len(parts) + 1)]
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", ".", socket.gethostname())[:40] or "host"
+
+
 def _new_run_id() -> str:
-    host = re.sub(r"[^A-Za-z0-9.]+", ".", socket.gethostname())[:40] or "host"
-    return f"run-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return f"run-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
@@ -277,6 +291,7 @@ class _Run:
     started: str
     held: dict[str, _Lock] = field(default_factory=dict)
     keep_dir: bool = False  # a commit that could not be finished or undone: leave the journal to the next run
+    switched: bool = False  # a public folder was switched: the one it replaced gets a grace period
 
     @classmethod
     def start(cls, lock_dir: Path) -> _Run:
@@ -323,13 +338,17 @@ class _Run:
         )
 
     def close(self) -> None:
+        """Lets the targets go, then deletes the run folder (after the switch, the replaced folders:
+        only after a grace period, see the module docstring), then its own lock."""
         try:
-            if not self.keep_dir:
-                _remove(self.dir)
-        finally:
             for lock in self.held.values():
                 _release(lock)
             self.held.clear()
+            if not self.keep_dir:
+                if self.switched:
+                    time.sleep(OLD_VERSION_GRACE)
+                _remove(self.dir)
+        finally:
             _release(self.lock)
             with contextlib.suppress(OSError):
                 self.lock_dir.rmdir()  # only when empty: no other run is using it
@@ -377,6 +396,14 @@ def _clean_leftovers(run: _Run, root: str) -> None:
             _release(lock)
 
 
+def _best_effort(where: object, clean, *args) -> None:
+    """Cleaning up after others must never fail this run."""
+    try:
+        clean(*args)
+    except Exception:
+        log.warning("could not clean up after killed runs in %s; the next run will try again", where, exc_info=True)
+
+
 def _reap(run: _Run, run_id: str, root: str) -> None:
     folder = run.lock_dir / run_id
     try:
@@ -387,8 +414,12 @@ def _reap(run: _Run, run_id: str, root: str) -> None:
         lock = None  # a run creates its lock before its folder and deletes it after: dead
     try:
         journal = folder / JOURNAL
-        if journal.exists() and not _recover(run, journal, root):
-            return
+        if journal.exists():
+            switched = _recover(run, journal, root)
+            if switched is None:
+                return
+            if switched:
+                time.sleep(OLD_VERSION_GRACE)  # the folders it replaced are in ``folder``
         if os.path.lexists(folder):
             log.info("removing %s, left by a run that was killed", folder)
             _remove(folder)
@@ -397,44 +428,46 @@ def _reap(run: _Run, run_id: str, root: str) -> None:
             _release(lock)
 
 
-def _recover(run: _Run, journal: Path, root: str) -> bool:
-    """Finishes the commit of a killed run; False if another live run holds one of its targets."""
+def _recover(run: _Run, journal: Path, root: str) -> bool | None:
+    """Finishes the commit of a killed run: whether that switched a folder, or None if another live
+    run holds one of its targets (that run finishes it instead)."""
     try:
         entries = json.loads(journal.read_text())["entries"]
     except (OSError, ValueError, KeyError):
         log.warning("ignoring the unreadable commit journal %s", journal)
-        return True
+        return False
     borrowed: list[_Lock] = []
     try:
         for entry in entries:
             for name, exclusive in _lock_keys(entry["target"], root):
                 if name in run.held:
                     if exclusive and not run.held[name].exclusive:
-                        return False  # we only share that dataset with partition writers
+                        return None  # we only share that dataset with partition writers
                     continue
                 lock = _try_lock(run.lock_dir / f"{name}.lock", exclusive, _holder(run.id, run.started))
                 if lock is None:
-                    return False
+                    return None
                 borrowed.append(lock)
-        for entry in entries:
-            _roll_forward(entry)
+        switched = [_roll_forward(entry) for entry in entries]
         journal.unlink()
         log.warning("finished the commit of %s (interrupted when its process died)", journal.parent.name)
-        return True
+        return any(switched)
     finally:
         for lock in borrowed:
             _release(lock)
 
 
-def _roll_forward(entry: dict) -> None:
+def _roll_forward(entry: dict) -> bool:
+    """Switches one folder of a killed run's commit unless that happened already; whether it did."""
     target, new, aside = Path(entry["target"]), Path(entry["new"]), Path(entry["aside"])
     ident = tuple(entry["ident"])
     if _identity(target) == ident:
-        return  # switched already
-    if _identity(new) == ident:
-        _swap_into_place(new, target, aside)
-    else:
+        return False  # switched already
+    if _identity(new) != ident:
         log.warning("cannot finish switching %s: its new folder %s is gone", target, new)
+        return False
+    _swap_into_place(new, target, aside)
+    return True
 
 
 def _undo(entry: dict) -> None:
@@ -473,7 +506,7 @@ def atomic_datasets(*final_paths: str | os.PathLike, staging: str | os.PathLike 
     run = _Run.start(stage)
     try:
         run.lock_targets([str(f) for f in finals], root)
-        _clean_leftovers(run, root)
+        _best_effort(stage, _clean_leftovers, run, root)
         run.dir.mkdir()
         tmps = [run.dir / f"{i}-{final.name}" for i, final in enumerate(finals)]
         for tmp in tmps:
@@ -517,9 +550,11 @@ def _commit(run: _Run, finals: list[Path], tmps: list[Path]) -> None:
     done = []
     try:
         for entry in entries:
+            run.switched = run.switched or os.path.lexists(entry["target"])
             _swap_into_place(Path(entry["new"]), Path(entry["target"]), Path(entry["aside"]))
             done.append(entry)
     except BaseException:
+        run.switched = run.switched or bool(done)
         try:
             for entry in reversed(done):
                 _undo(entry)
@@ -570,9 +605,9 @@ def atomic_filesystem_datasets(*final_paths: str, staging: str | None = None) ->
     run = _Run.start(lock_dir)
     try:
         run.lock_targets(finals, root)
-        _clean_leftovers(run, root)
+        _best_effort(lock_dir, _clean_leftovers, run, root)
         if remote:
-            _clean_remote(stage, run)
+            _best_effort(stage, _clean_remote, stage, run)
         prefix = f"{stage}/{run.id}"
         tmps = [f"{prefix}/{i}-{final.rsplit('/', 1)[1]}" for i, final in enumerate(finals)]
         try:
@@ -594,7 +629,8 @@ def atomic_filesystem_dir(final_path: str, staging: str | None = None) -> Iterat
 
 
 def _host_lock_dir(stage: str) -> Path:
-    return Path(tempfile.gettempdir()) / "vae-output-locks" / hashlib.sha1(stage.encode()).hexdigest()[:16]
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"vae-output-locks-{user}" / hashlib.sha1(stage.encode()).hexdigest()[:16]
 
 
 def _match(pattern: str) -> list[str]:
@@ -643,11 +679,8 @@ def _exists(path: str) -> bool:
 def _clean_remote(stage: str, run: _Run) -> None:
     """Deletes the temporary prefixes of dead runs: this machine's whose run lock is free, and any
     older than :data:`REMOTE_STALE_AFTER`."""
-    me = re.sub(r"[^A-Za-z0-9.]+", ".", socket.gethostname())[:40] or "host"
-    try:
-        paths = _match(f"{stage}/run-*/**")
-    except Exception:
-        return
+    me = _host()
+    paths = _match(f"{stage}/run-*/**")
     for run_id in sorted({p[len(stage) + 1 :].split("/", 1)[0] for p in paths} - {run.id}):
         match = _RUN.match(run_id)
         if not match:

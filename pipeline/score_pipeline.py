@@ -406,8 +406,8 @@ def score_dataset(
     plan = arrow_io.plan_input(input, shard_rows=shard_rows, split_seed=split_seed)
     stamp = RunStamp(name, str(version), scored_at or datetime.now(UTC).replace(microsecond=0))
     scores_path, rejects_path, commit = _output_paths(output, partition)
-    # File names carry the run, so a reader that lists a folder just before a commit and opens the
-    # files just after gets "file not found" (and retries) rather than files of two runs mixed.
+    # File names carry the run: a read that overlaps the commit may find files it listed gone (and
+    # should be retried), but never combines files of two runs (see pipeline.atomic).
     run_tag = uuid.uuid4().hex[:8]
     log.info(
         "scoring %s with %s version %s (%s, image %s): %d shard(s) on %s",

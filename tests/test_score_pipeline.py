@@ -491,6 +491,73 @@ def test_a_partition_is_written_and_replaced_alone(plain_uri, tmp_path):
         score_dataset(plain_uri, "digits:test", out, partition="../escape", **FAST)
 
 
+@pytest.mark.slow
+def test_scores_and_rejects_become_visible_together(plain_uri, mixed_parquet, tmp_path, monkeypatch):
+    """Both datasets are complete before either is switched, they are switched one right after the
+    other, and if the second switch fails the first is undone: the two never stay from different runs."""
+    from pipeline import atomic
+
+    out = tmp_path / "out"
+    later = datetime(2025, 6, 7, 8, 9, 10, tzinfo=UTC)
+    first = score_dataset(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=WHEN, **FAST)
+
+    def stamps(folder) -> set:
+        return set(read(folder).column("scored_at").to_pylist())
+
+    real, seen = atomic._swap_into_place, []
+
+    def swap(new, target, aside):
+        seen.append((target.name, read(new).num_rows, stamps(new), stamps(out / "scores"), stamps(out / "rejects")))
+        return real(new, target, aside)
+
+    monkeypatch.setattr(atomic, "_swap_into_place", swap)
+    second = score_dataset(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=later, **FAST)
+    assert [(name, rows) for name, rows, *_ in seen] == [
+        ("scores", first.rows_scored),
+        ("rejects", first.rows_rejected),
+    ]
+    assert seen[0][2:] == ({later}, {WHEN}, {WHEN})  # complete new scores; both public datasets still the old run
+    assert seen[1][2:] == ({later}, {later}, {WHEN})  # the very next step switches the rejects
+    assert stamps(out / "scores") == stamps(out / "rejects") == {later}
+    assert second.scores_path == out / "scores" and datasets_and_no_leftovers(out) == ["rejects", "scores"]
+    names = sorted(p.name for p in (out / "scores").iterdir())
+    assert names and all(n.startswith("part-") and n.endswith(".parquet") for n in names)  # part-RUN-SSSSS-of-NNNNN
+
+    def failing(new, target, aside):
+        if target.name == "rejects":
+            raise OSError("switching rejects failed")
+        return real(new, target, aside)
+
+    monkeypatch.setattr(atomic, "_swap_into_place", failing)
+    with pytest.raises(OSError, match="switching rejects failed"):
+        score_dataset(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=WHEN, **FAST)
+    assert stamps(out / "scores") == stamps(out / "rejects") == {later}
+    assert datasets_and_no_leftovers(out) == ["rejects", "scores"]
+
+
+@pytest.mark.slow
+def test_a_second_run_writing_the_same_output_is_refused(plain_uri, tmp_path):
+    """Another run holds OUTPUT/scores/date=1 (and rejects/date=1): a run for the same day is refused
+    before its pipeline starts, a run for another day goes ahead at the same time."""
+    from pipeline.atomic import DatasetLockedError, atomic_datasets
+
+    out = tmp_path / "out"
+    day = ("scores/date=2026-11-19", "rejects/date=2026-11-19")
+    with (
+        pytest.raises(KeyError, match="the holder gives up"),
+        atomic_datasets(*(out / d for d in day), staging=out / ".staging"),
+    ):
+        with pytest.raises(
+            DatasetLockedError, match=r"date=2026-11-19 is being written by another run: its lock .*pid"
+        ):
+            score_dataset(plain_uri, "digits:test", out, partition="date=2026-11-19", **FAST)
+        other = score_dataset(plain_uri, "digits:test", out, partition="date=2026-11-20", **FAST)
+        raise KeyError("the holder gives up")
+    assert other.rows_scored == HOLDOUT_ROWS
+    assert sorted(p.name for p in (out / "scores").iterdir()) == ["date=2026-11-20"]
+    assert datasets_and_no_leftovers(out) == ["rejects", "scores"]
+
+
 def test_a_mistyped_option_is_an_error_not_a_beam_option(tmp_path):
     from click.testing import CliRunner
 
