@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.atomic import is_remote
-from training.data import IMAGE_SUFFIXES, DataError, ImageData, decode_image, parquet_files
+from training.data import BUILTIN, IMAGE_SUFFIXES, DataError, ImageData, decode_image, parquet_files
 
 PIXEL_COLUMNS = ("image", "pixels")
 INPUT_COLUMNS = ("example_id", "image", "pixels", "height", "width", "channels", "label")
@@ -217,12 +217,6 @@ def _numbered(shards: list, rows: int, description: str) -> InputPlan:
     return InputPlan([replace(s, index=i, total=total) for i, s in enumerate(shards)], rows, description)
 
 
-def data_lib_builtin() -> tuple[str, ...]:
-    from training.data import BUILTIN
-
-    return BUILTIN
-
-
 def plan_input(spec: str | ImageData, *, shard_rows: int = DEFAULT_SHARD_ROWS, split_seed: int = 0) -> InputPlan:
     """Cuts an input into shards of about ``shard_rows`` rows (Parquet: whole row groups).
 
@@ -237,7 +231,7 @@ def plan_input(spec: str | ImageData, *, shard_rows: int = DEFAULT_SHARD_ROWS, s
     if isinstance(spec, ImageData):
         return plan_image_data(spec, shard_rows)
     name, _, part = spec.partition(":")
-    if name in data_lib_builtin() and not Path(spec).exists():
+    if name in BUILTIN and not Path(spec).exists():
         from training import data as data_lib
 
         data = data_lib.load(name)

@@ -247,18 +247,11 @@ def vae_config(base: TrainConfig, task: Task) -> TrainConfig:
     return cfg
 
 
-def fit_anomaly_score(model: Any, task: Task) -> None:
-    """The default ``score_fit`` hook: :func:`scoring.anomaly.fit_anomaly` on the task's fit images."""
-    from scoring.anomaly import fit_anomaly
-
-    fit_anomaly(model, task.fit.images)
-
-
 def score_with_vae(
     task: Task, cfg: TrainConfig, iwae_k: int | None = IWAE_K, score_fit: ScoreFit | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Fits a fresh plain VAE on the task's images, fits its anomaly score (``score_fit``, by
-    default :func:`fit_anomaly_score`) and scores the test images: the dict of
+    default :func:`scoring.anomaly.fit_anomaly` with ``cfg.anomaly_score``) and scores the test images: the dict of
     :func:`scoring.elbo.score_images` (``anomaly_score``, ``neg_elbo``, ``reconstruction_nll``,
     ``kl``, and ``iwae_nll`` when ``iwae_k``), and a summary of the fit (epochs, seconds, the
     normal test examples' mean scores)."""
@@ -280,7 +273,12 @@ def score_with_vae(
     finally:
         epoch_log.setLevel(level)
     fit_seconds = time.perf_counter() - started
-    (score_fit or fit_anomaly_score)(model, task)
+    if score_fit is None:
+        from scoring.anomaly import fit_anomaly
+
+        fit_anomaly(model, task.fit.images, method=cfg.anomaly_score)
+    else:
+        score_fit(model, task)
     scores = score_images(
         model, task.test.images, num_samples=cfg.score_samples, seed=cfg.seed, iwae_k=iwae_k or None, batch_size=128
     )
@@ -494,7 +492,7 @@ def evaluate(
     each seed override its ``epochs`` and ``seed``, and :func:`vae_config` adapts it per task.
     ``iwae_k``: samples of the IWAE bound (None or 0: no ``vae_iwae_nll``). ``max_classes``: the
     held-out and one-class tasks of the first classes only. ``score_fit``: how the anomaly score
-    is fitted after each VAE fit (see :func:`fit_anomaly_score`). ``progress``: see :class:`Progress`.
+    is fitted after each VAE fit (by default :func:`scoring.anomaly.fit_anomaly` with the config's method). ``progress``: see :class:`Progress`.
 
     Writes ``results.csv``, ``summary.csv``, ``vae_fits.csv``, ``tables.md`` and
     ``evaluation.png`` to ``output_dir`` when given (``results.csv`` and ``vae_fits.csv`` after

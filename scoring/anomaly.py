@@ -72,7 +72,7 @@ def method_scores(model: Any, terms: dict[str, np.ndarray]) -> dict[str, np.ndar
     out = {"neg_elbo": np.asarray(terms["neg_elbo"], dtype=np.float64)}
     if "latent_knn_center" in stats:
         reference = model.reference_latents_array()[: int(stats["reference_count"])]
-        distance = knn_distance(terms["posterior_mean"], reference, int(stats["k"]))
+        distance = knn_distance(terms["posterior_mean"], reference, int(stats["k"]), skip_identical=True)
         out["elbo_latent_knn"] = _standardise(out["neg_elbo"], stats, "neg_elbo") + _standardise(
             distance, stats, "latent_knn"
         )
@@ -85,8 +85,18 @@ def anomaly_scores(model: Any, terms: dict[str, np.ndarray]) -> np.ndarray:
     return method_scores(model, terms)[stats.get("method", "neg_elbo")]
 
 
-def knn_distance(points: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
-    """Euclidean distance from each point to its ``k``-th nearest reference point (in chunks)."""
+SAME_POINT = 1e-4  # a reference latent this close to the scored one is that image itself
+
+
+def knn_distance(
+    points: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool = False, skip_identical: bool = False
+) -> np.ndarray:
+    """Euclidean distance from each point to its ``k``-th nearest reference point (in chunks).
+
+    ``exclude_self``: ``points`` is ``reference`` and row i never counts itself. ``skip_identical``:
+    a reference point at (numerically) zero distance is taken to be the scored image itself (a
+    training image scored again) and skipped, so training images are scored leave-one-out, as the
+    statistics were fitted, and new images as usual."""
     points = np.asarray(points, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     squared_norms = np.sum(reference**2, axis=1)
@@ -97,6 +107,12 @@ def knn_distance(points: np.ndarray, reference: np.ndarray, k: int, exclude_self
         if exclude_self:
             rows = np.arange(len(chunk))
             squared[rows, start + rows] = np.inf
+        if skip_identical:
+            nearest = np.partition(squared, min(k, squared.shape[1] - 1), axis=1)
+            itself = nearest.min(axis=1) < SAME_POINT**2
+            kth = np.where(itself, nearest[:, min(k, squared.shape[1] - 1)], np.sort(nearest[:, :k], axis=1)[:, k - 1])
+            out[start : start + len(chunk)] = np.sqrt(kth)
+            continue
         out[start : start + len(chunk)] = np.sqrt(np.partition(squared, k - 1, axis=1)[:, k - 1])
     return out
 
