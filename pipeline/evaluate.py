@@ -492,7 +492,8 @@ def evaluate(
     each seed override its ``epochs`` and ``seed``, and :func:`vae_config` adapts it per task.
     ``iwae_k``: samples of the IWAE bound (None or 0: no ``vae_iwae_nll``). ``max_classes``: the
     held-out and one-class tasks of the first classes only. ``score_fit``: how the anomaly score
-    is fitted after each VAE fit (by default :func:`scoring.anomaly.fit_anomaly` with the config's method). ``progress``: see :class:`Progress`.
+    is fitted after each VAE fit (by default :func:`scoring.anomaly.fit_anomaly` with the
+    config's method). ``progress``: see :class:`Progress`.
 
     Writes ``results.csv``, ``summary.csv``, ``vae_fits.csv``, ``tables.md`` and
     ``evaluation.png`` to ``output_dir`` when given (``results.csv`` and ``vae_fits.csv`` after

@@ -93,3 +93,13 @@ def test_a_model_without_fitted_statistics_scores_by_its_negative_elbo():
     np.testing.assert_array_equal(anomaly_scores(model, terms), terms["neg_elbo"])
     with pytest.raises(ValueError, match="reference latents"):
         fit_anomaly(model, images)
+
+
+def test_a_continuous_bernoulli_model_saved_before_the_density_fix_loses_its_stale_calibration():
+    model = VariationalAutoencoder(
+        (8, 8, 1), latent_dim=2, likelihood="continuous_bernoulli", calibration={"threshold": 1.0, "target_fpr": 0.01}
+    )
+    config = model.get_config()
+    assert VariationalAutoencoder.from_config(config).calibration is not None  # saved by this code: kept
+    del config["pixel_levels"]  # as saved before the fix
+    assert VariationalAutoencoder.from_config(config).calibration is None

@@ -137,7 +137,7 @@ def test_if_better_scores_the_champion_on_the_holdout_and_names_it(trained_plain
     client.delete_model_version_tag(name, version, "holdout_fingerprint")  # as on a model from before
     try:
         promoted, reason = decide_promotion(cfg, version, 1e9, holdout, fingerprint)
-        assert not promoted and "has no stored holdout" in reason and fingerprint in reason
+        assert promoted and "predates the fixed holdout" in reason and fingerprint in reason
     finally:
         client.set_model_version_tag(name, version, "holdout_fingerprint", fingerprint)
 

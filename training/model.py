@@ -7,6 +7,7 @@ reparameterised posterior sample; ``compute_loss`` weights the KL term (for warm
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import keras
@@ -17,6 +18,7 @@ from scoring import likelihoods
 from scoring.elbo import kl_divergence
 
 PACKAGE = "vae"
+log = logging.getLogger(__name__)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -188,6 +190,21 @@ class VariationalAutoencoder(keras.Model):
                 name="reference_latents",
             )
         self.built = True
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> VariationalAutoencoder:
+        config = dict(config)
+        legacy = "pixel_levels" not in config and config.get("likelihood") == "continuous_bernoulli"
+        if legacy and config.get("calibration"):
+            # saved before the exact continuous-Bernoulli normaliser: its stored threshold and
+            # p-values were fitted on scores this code no longer computes
+            log.warning(
+                "%s was calibrated with the old, clipped continuous-Bernoulli density: its threshold no longer "
+                "fits its scores and is dropped (threshold, p_value and is_anomaly will be null); retrain it",
+                config.get("name", "this model"),
+            )
+            config["calibration"] = None
+        return cls(**config)
 
     def set_reference_latents(self, latents: np.ndarray) -> None:
         """Stores up to ``reference_rows`` posterior means (the rest of the weight stays zero)."""

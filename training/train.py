@@ -198,6 +198,14 @@ def decide_promotion(
     keep = f"kept champion v{champion} (--promote always replaces it)"
     if tuple(current.image_shape) != holdout.image_shape:
         return False, f"champion v{champion} takes {current.image_shape} images, not comparable; {keep}"
+    fingerprint = holdout_fingerprint or data_lib.fingerprint(holdout)
+    stored = registry.version_tags(cfg.model_name, champion).get("holdout_fingerprint")
+    if stored is None:  # saved before holdouts (and before the continuous-Bernoulli fix)
+        return True, (
+            f"champion v{champion} predates the fixed holdout: it may have trained on the rows of "
+            f"{_holdout_name(fingerprint, len(holdout))} and its nats may predate the likelihood fix, so no fair "
+            "comparison is possible; the new model replaces it"
+        )
     theirs = (current.likelihood, int(getattr(current, "pixel_levels", 0)))
     if likelihood is None:  # not given: the configured one, or the champion's under "auto"
         likelihood = theirs if cfg.likelihood == "auto" else (cfg.likelihood, theirs[1])
@@ -209,11 +217,7 @@ def decide_promotion(
         )
     if bool(current.num_classes) != cfg.conditional:
         return False, f"one of the two models is conditional (log p(x|y) against log p(x)), not comparable; {keep}"
-    fingerprint = holdout_fingerprint or data_lib.fingerprint(holdout)
-    stored = registry.version_tags(cfg.model_name, champion).get("holdout_fingerprint")
-    if stored is None:
-        note = f"; champion v{champion} has no stored holdout (an older model), so both were scored on this one"
-    elif stored != fingerprint:
+    if stored != fingerprint:
         note = f"; the holdout changed since champion v{champion} (fingerprints {stored} -> {fingerprint}): new data"
     else:
         note = f", champion v{champion}'s own holdout"
