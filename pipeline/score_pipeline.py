@@ -383,8 +383,8 @@ def score_dataset(
     success (:mod:`pipeline.atomic`); while it runs, another run writing the same output (or
     partition) is refused with :class:`pipeline.atomic.DatasetLockedError`.
 
-    ``input``: see :func:`pipeline.arrow_io.plan_input` (``digits:test`` is the test part of the
-    training split made with ``split_seed``), or an :class:`ImageData` in memory.
+    ``input``: see :func:`pipeline.arrow_io.plan_input` (``digits:holdout`` is the holdout of the
+    split ``vae train`` makes; the other parts depend on ``split_seed``), or an :class:`ImageData`.
     ``partition``: ``KEY=VALUE`` to write (and replace) only that hive partition of the outputs.
     ``test_pipeline``: a pipeline to build into and run instead of :func:`make_pipeline`'s.
     """

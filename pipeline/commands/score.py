@@ -28,8 +28,9 @@ from training.registry import DEFAULT_MODEL_URI
     "input_spec",
     default="digits",
     show_default=True,
-    help="A .parquet file or folder, an .npz file, a folder of PNG/JPEG files, digits (built in), or "
-    "digits:train|validation|test (that part of the training split made with --split-seed).",
+    help="A .parquet file or folder, an .npz file, a folder of PNG/JPEG files, digits or mnist5k (built in), or "
+    "NAME:train|validation|calibration|holdout (that part of the split vae train makes with --split-seed; "
+    "the holdout, alias test, is the same for every seed).",
 )
 @click.option(
     "--output",
@@ -74,7 +75,7 @@ from training.registry import DEFAULT_MODEL_URI
     type=int,
     default=0,
     show_default=True,
-    help="Seed of the split for digits:train|validation|test (the --seed the model was trained with).",
+    help="Seed of the split for NAME:train|validation|calibration (the --seed the model was trained with).",
 )
 @click.option(
     "--shard-rows",
