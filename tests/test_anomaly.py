@@ -103,3 +103,16 @@ def test_a_continuous_bernoulli_model_saved_before_the_density_fix_loses_its_sta
     assert VariationalAutoencoder.from_config(config).calibration is not None  # saved by this code: kept
     del config["pixel_levels"]  # as saved before the fix
     assert VariationalAutoencoder.from_config(config).calibration is None
+
+
+def test_the_cli_and_the_config_offer_what_the_library_has():
+    from pipeline.commands.train import ANOMALY_METHODS, LIKELIHOOD_CHOICES, train_command
+    from scoring.anomaly import DEFAULT_METHOD, METHODS
+    from scoring.likelihoods import LIKELIHOODS
+    from training.config import TrainConfig
+    from training.model import ARCHITECTURES
+
+    assert set(ANOMALY_METHODS) == set(METHODS) and TrainConfig().anomaly_score == DEFAULT_METHOD
+    assert set(LIKELIHOOD_CHOICES) == {"auto", *LIKELIHOODS}
+    architecture = next(p for p in train_command.params if p.name == "architecture")
+    assert set(architecture.type.choices) == set(ARCHITECTURES)
