@@ -107,13 +107,12 @@ def knn_distance(
         if exclude_self:
             rows = np.arange(len(chunk))
             squared[rows, start + rows] = np.inf
+        last = min(k, squared.shape[1] - 1)  # the k+1 nearest, in order, when there are that many
+        nearest = np.sort(np.partition(squared, last, axis=1)[:, : last + 1], axis=1)
+        kth = nearest[:, k - 1]
         if skip_identical:
-            nearest = np.partition(squared, min(k, squared.shape[1] - 1), axis=1)
-            itself = nearest.min(axis=1) < SAME_POINT**2
-            kth = np.where(itself, nearest[:, min(k, squared.shape[1] - 1)], np.sort(nearest[:, :k], axis=1)[:, k - 1])
-            out[start : start + len(chunk)] = np.sqrt(kth)
-            continue
-        out[start : start + len(chunk)] = np.sqrt(np.partition(squared, k - 1, axis=1)[:, k - 1])
+            kth = np.where(nearest[:, 0] < SAME_POINT**2, nearest[:, last], kth)
+        out[start : start + len(chunk)] = np.sqrt(kth)
     return out
 
 

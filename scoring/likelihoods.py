@@ -116,8 +116,11 @@ def mean_image(params, name: str):
     raise ValueError(f"unknown likelihood {name!r}")
 
 
-def sample_image(params, name: str, rng: np.random.Generator) -> np.ndarray:
-    """Draws pixels from p(x|z) with a numpy generator (deterministic for a seed), clipped to [0, 1]."""
+def sample_image(params, name: str, rng: np.random.Generator, levels: int = 0) -> np.ndarray:
+    """Draws pixels from p(x|z) with a numpy generator (deterministic for a seed), clipped to [0, 1].
+
+    ``levels`` >= 2 (continuous Bernoulli): a draw from the binned likelihood, whose bins are
+    centred on the grey levels, i.e. the continuous draw rounded to the nearest level."""
     if name == "bernoulli":
         p = np.asarray(ops.convert_to_numpy(ops.sigmoid(params)))
         return (rng.random(p.shape) < p).astype(np.float32)
@@ -127,8 +130,10 @@ def sample_image(params, name: str, rng: np.random.Generator) -> np.ndarray:
         # inverse CDF x = log(1 + u (e^l - 1)) / l, as a log-sum-exp so that no e^l overflows
         with np.errstate(divide="ignore", invalid="ignore"):
             x = np.logaddexp(np.log(u) + logits, np.log1p(-u)) / logits
-        x = np.where(np.abs(logits) < 1e-6, u, x)
-        return np.clip(x, 0.0, 1.0).astype(np.float32)
+        x = np.clip(np.where(np.abs(logits) < 1e-6, u, x), 0.0, 1.0)
+        if levels >= 2:
+            x = np.round(x * (levels - 1)) / (levels - 1)
+        return x.astype(np.float32)
     if name == "gaussian":
         loc, log_scale = (np.asarray(ops.convert_to_numpy(t)) for t in _split_gaussian(params))
         return np.clip(loc + np.exp(log_scale) * rng.standard_normal(loc.shape), 0.0, 1.0).astype(np.float32)

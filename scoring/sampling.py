@@ -20,12 +20,8 @@ def decode_images(
     """Images for latents ``z`` (N, D): the likelihood's mean, or a draw from it with ``sample_pixels``."""
     params = ops.cast(model.decode(np.asarray(z, np.float32), one_hot(labels, model.num_classes)), "float32")
     if sample_pixels:
-        drawn = likelihoods.sample_image(params, model.likelihood, rng or np.random.default_rng(0))
         levels = int(getattr(model, "pixel_levels", 0))
-        if model.likelihood == "continuous_bernoulli" and levels >= 2:
-            # the binned likelihood's bins are centred on the grey levels: round the continuous draw
-            drawn = (np.round(drawn * (levels - 1)) / (levels - 1)).astype(np.float32)
-        return drawn
+        return likelihoods.sample_image(params, model.likelihood, rng or np.random.default_rng(0), levels)
     return np.asarray(ops.convert_to_numpy(likelihoods.mean_image(params, model.likelihood)), dtype=np.float32)
 
 
