@@ -32,5 +32,5 @@ setup(
         "airflow": ["apache-airflow==3.3.*"],
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "duckdb>=1.1", "ruff>=0.6", "jax>=0.4"],  # jax: backend tests
     },
-    entry_points={"console_scripts": ["vae=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["vae=pipeline.cli.main:main"]},
 )

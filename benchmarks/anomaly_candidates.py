@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from pipeline.evaluate import build_tasks, vae_config  # noqa: E402
+from pipeline.evaluation.evaluate import build_tasks, vae_config  # noqa: E402
 from scoring import metrics  # noqa: E402
 from scoring.anomaly import knn_distance  # noqa: E402
 from training import data as data_lib  # noqa: E402

@@ -56,7 +56,7 @@ def spread(images: np.ndarray) -> float:
 def latent_usage(model_uri: str, work_dir, test) -> dict:
     """Mean KL per test image (nats) and the active latent units (variance of posterior means > 0.01):
     a conditional VAE whose KL collapses leaves the label to do the work, and its samples vary little."""
-    from pipeline import generate_pipeline as gp
+    from pipeline.beam import generate_job as gp
     from scoring.elbo import neg_elbo_terms
     from scoring.sampling import posterior_means
     from training import registry
@@ -74,7 +74,7 @@ def latent_usage(model_uri: str, work_dir, test) -> dict:
 
 
 def conditional_samples(model_uri: str, output: Path, per_label: int, temperature: float, seed: int, work_dir):
-    from pipeline import generate_pipeline as gp
+    from pipeline.beam import generate_job as gp
 
     summary = gp.generate_dataset(
         model_uri,
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         logging.getLogger(name).setLevel(logging.WARNING)
     from sklearn.model_selection import train_test_split
 
-    from pipeline import generate_pipeline as gp
+    from pipeline.beam import generate_job as gp
     from training import data as data_lib
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="vae-fidelity-"))

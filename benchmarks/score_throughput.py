@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from pipeline.score_pipeline import score_dataset
+    from pipeline.beam.score_job import score_dataset
     from training import registry
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="score-bench-"))

@@ -106,7 +106,7 @@ def test_a_continuous_bernoulli_model_saved_before_the_density_fix_loses_its_sta
 
 
 def test_the_cli_and_the_config_offer_what_the_library_has():
-    from pipeline.commands.train import ANOMALY_METHODS, LIKELIHOOD_CHOICES, train_command
+    from pipeline.cli.train import ANOMALY_METHODS, LIKELIHOOD_CHOICES, train_command
     from scoring.anomaly import DEFAULT_METHOD, METHODS
     from scoring.likelihoods import LIKELIHOODS
     from training.config import TrainConfig

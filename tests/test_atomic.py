@@ -21,8 +21,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import atomic
-from pipeline.atomic import DatasetLockedError, atomic_dataset_dir, atomic_datasets, replace_dir
+from pipeline.outputs import atomic
+from pipeline.outputs.atomic import DatasetLockedError, atomic_dataset_dir, atomic_datasets, replace_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES, ROWS = 3, 40  # a run writes FILES files of ROWS rows into each dataset
@@ -161,7 +161,7 @@ def test_without_renameat2_it_falls_back_to_two_renames_with_a_warning(tmp_path,
     monkeypatch.setattr(atomic, "_warned", set())
     target = tmp_path / "scores"
     for run in (1, 2):
-        with caplog.at_level(logging.WARNING, logger="pipeline.atomic"), atomic_dataset_dir(target) as tmp:
+        with caplog.at_level(logging.WARNING, logger="pipeline.outputs.atomic"), atomic_dataset_dir(target) as tmp:
             write_run(tmp, run)
     assert runs_in(target) == 2 and _leftovers(tmp_path) == []
     assert "two renames" in caplog.text
@@ -372,7 +372,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import atomic
+from pipeline.outputs import atomic
 
 out, run, pause, files = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 real_swap, switched = atomic._swap_into_place, []
@@ -572,7 +572,7 @@ def test_leftovers_of_killed_runs_are_removed_but_live_runs_are_left_alone(tmp_p
 
 def test_the_beam_filesystems_variant_keeps_the_same_contract(tmp_path):
     """``atomic_filesystem_dir`` is for gs://, s3:// ... outputs; Beam's local file system runs it here."""
-    from pipeline.atomic import atomic_filesystem_dir
+    from pipeline.outputs.atomic import atomic_filesystem_dir
 
     target = tmp_path / "scores"
     target.mkdir()
@@ -596,7 +596,7 @@ def test_the_object_store_commit_puts_new_files_in_place_before_deleting_old_one
     new files copied into place first, then the old ones deleted, for scores and rejects alike."""
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.atomic import atomic_filesystem_datasets
+    from pipeline.outputs.atomic import atomic_filesystem_datasets
 
     out = tmp_path / "out"
     targets = [str(out / "scores" / "date=1"), str(out / "rejects" / "date=1")]
@@ -628,7 +628,7 @@ def test_the_object_store_commit_puts_new_files_in_place_before_deleting_old_one
 def test_a_failed_object_store_commit_takes_the_new_files_out_again(tmp_path, monkeypatch):
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.atomic import atomic_filesystem_datasets
+    from pipeline.outputs.atomic import atomic_filesystem_datasets
 
     out = tmp_path / "out"
     targets = [str(out / "scores"), str(out / "rejects")]
@@ -680,7 +680,7 @@ def test_object_store_prefixes_of_dead_runs_are_removed_by_age_or_by_this_machin
 def test_an_object_store_reader_never_finds_the_dataset_missing(tmp_path):
     """The object store commit is not a switch: for a moment a reader may see the old files and
     the new ones side by side (documented), but never fewer than a complete dataset."""
-    from pipeline.atomic import atomic_filesystem_dir
+    from pipeline.outputs.atomic import atomic_filesystem_dir
 
     target = tmp_path / "scores"
     with atomic_filesystem_dir(str(target)) as tmp:

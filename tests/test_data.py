@@ -256,7 +256,7 @@ def test_parquet_folder_ids_are_file_and_row_as_the_scorer_gives_them(tmp_path):
     loaded = data.load(str(tmp_path))
     assert loaded.example_ids.tolist() == ["a.parquet:0", "a.parquet:1", "x", "sub/b.parquet:1", "z"]
 
-    from pipeline.arrow_io import plan_input
+    from training.data.reader import plan_input
 
     batches = [batch for shard in plan_input(str(tmp_path)).shards for batch in shard.read(1024)]
     scored_ids = [i for batch in batches for i in batch.column("example_id").to_pylist()]

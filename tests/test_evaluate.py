@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import evaluate as ev
-from pipeline import evaluation_tables as tables
+from pipeline.evaluation import evaluate as ev
+from pipeline.evaluation import tables
 from scoring import metrics
 from scoring.detectors import DETECTOR_NAMES, classical_detectors, make_detector
 from training import data as data_lib
@@ -215,7 +215,7 @@ def test_a_failing_detector_gets_nan_and_a_warning(digits, caplog):
         test=digits.subset(np.arange(3, 60)),
         is_anomaly=digits.labels[3:60] == 0,
     )
-    with caplog.at_level(logging.WARNING, logger="pipeline.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.evaluate"):
         rows, fit = ev.evaluate_task(tiny, TrainConfig(seed=0), detectors=["knn", "iforest"])
     assert fit is None  # no VAE detector asked for: no VAE fit
     by_name = {r["detector"]: r for r in rows}
@@ -379,7 +379,7 @@ def test_evaluation_logs_summary_metrics_and_files_to_mlflow(classical_result, m
 def test_quick_evaluation_runs_end_to_end(tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     out = tmp_path / "evaluation"
     args = ["--work-dir", str(tmp_path / "work"), "evaluate", "--quick", "--no-mlflow", "--output", str(out)]
@@ -417,7 +417,7 @@ def test_quick_evaluation_runs_end_to_end(tmp_path):
 def test_evaluate_command_rejects_bad_options():
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     result = CliRunner().invoke(main, ["evaluate", "--protocols", "held-out,bogus"])
     assert result.exit_code == 2

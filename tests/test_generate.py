@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import generate_pipeline as gp
-from pipeline.png import decode_png, encode_png, to_uint8
+from pipeline.beam import generate_job as gp
+from pipeline.outputs.png import decode_png, encode_png, to_uint8
 
 IN_PROCESS = {"direct_running_mode": "in_memory", "direct_num_workers": 1}
 CLI_IN_PROCESS = ["--direct-running-mode", "in_memory", "--direct-num-workers", "1"]
@@ -303,7 +303,7 @@ def test_showcase_writes_the_grid_and_logs_it_to_the_models_run(trained_plain, t
 def test_cli_writes_the_dataset_grid_and_summary(trained_conditional, tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     args = ["generate", "--model", uri(trained_conditional), "--method", "conditional", "--per-label", "4"]
     result = CliRunner().invoke(main, [*args, "--labels", "2,5", "--output", str(tmp_path), *CLI_IN_PROCESS])
@@ -317,7 +317,7 @@ def test_cli_writes_the_dataset_grid_and_summary(trained_conditional, tmp_path):
 def test_cli_conditional_sampling_of_a_plain_model_is_a_clear_error(trained_plain, tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     args = ["generate", "--model", uri(trained_plain), "--method", "conditional", "--output", str(tmp_path)]
     result = CliRunner().invoke(main, [*args, *CLI_IN_PROCESS])
@@ -331,8 +331,8 @@ def test_help_documents_every_option():
     import click
     from click.testing import CliRunner
 
-    from pipeline.cli import main
-    from pipeline.commands.generate import generate_command
+    from pipeline.cli.generate import generate_command
+    from pipeline.cli.main import main
 
     result = CliRunner().invoke(main, ["generate", "--help"])
     assert result.exit_code == 0

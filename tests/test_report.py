@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from pipeline.report import image_png, read_scores, render_report
+from pipeline.report.html import image_png, read_scores, render_report
 from training import data as data_lib
 
 
@@ -131,7 +131,7 @@ def test_report_renders_every_section_with_embedded_images(which, request, tmp_p
 def test_report_command_takes_the_model_from_the_scores(trained_plain, tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     scores_dir, _ = write_scores(tmp_path / "scores", trained_plain)
     out = tmp_path / "out" / "report.html"

@@ -17,9 +17,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.arrow_io import ModelSpec, plan_input, validate_batch
-from pipeline.score_pipeline import REJECTS_SCHEMA, SCORES_SCHEMA, score_dataset, top_anomalies
+from pipeline.beam.score_job import REJECTS_SCHEMA, SCORES_SCHEMA, score_dataset, top_anomalies
 from training.data import load_digits, training_split
+from training.data.reader import plan_input
+from training.data.validate import ModelSpec, validate_batch
 
 FAST = {"direct_running_mode": "in_memory", "direct_num_workers": 1}
 PLAIN = ModelSpec((8, 8, 1))
@@ -206,7 +207,7 @@ def test_plans_cut_inputs_into_shards_with_stable_ids(tmp_path):
 def test_help_documents_every_option():
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     result = CliRunner().invoke(main, ["score", "--help"])
     assert result.exit_code == 0, result.output
@@ -368,7 +369,7 @@ def test_a_failure_mid_write_leaves_the_older_output_intact(plain_uri, tmp_path)
 
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     args = ["--input", str(broken), "--output", str(out), "--shard-rows", "10", "--direct-running-mode", "in_memory"]
     result = CliRunner().invoke(main, ["score", "--model", plain_uri, *args])
@@ -418,7 +419,7 @@ def test_conditional_model_scores_with_labels(trained_conditional, tmp_path):
 def test_cli_scores_a_png_folder(trained_plain, mlflow_store, tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     folder = tmp_path / "pngs"
     folder.mkdir()
@@ -460,7 +461,7 @@ def test_run_takes_beam_style_arguments_and_an_injected_pipeline(plain_uri, tmp_
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from pipeline.score_pipeline import run
+    from pipeline.beam.score_job import run
 
     summary = run(
         ["--model", plain_uri, "--input", "digits:test", "--output", str(tmp_path), "--batch_size", "50"],
@@ -495,7 +496,7 @@ def test_a_partition_is_written_and_replaced_alone(plain_uri, tmp_path):
 def test_scores_and_rejects_become_visible_together(plain_uri, mixed_parquet, tmp_path, monkeypatch):
     """Both datasets are complete before either is switched, they are switched one right after the
     other, and if the second switch fails the first is undone: the two never stay from different runs."""
-    from pipeline import atomic
+    from pipeline.outputs import atomic
 
     out = tmp_path / "out"
     later = datetime(2025, 6, 7, 8, 9, 10, tzinfo=UTC)
@@ -539,7 +540,7 @@ def test_scores_and_rejects_become_visible_together(plain_uri, mixed_parquet, tm
 def test_a_second_run_writing_the_same_output_is_refused(plain_uri, tmp_path):
     """Another run holds OUTPUT/scores/date=1 (and rejects/date=1): a run for the same day is refused
     before its pipeline starts, a run for another day goes ahead at the same time."""
-    from pipeline.atomic import DatasetLockedError, atomic_datasets
+    from pipeline.outputs.atomic import DatasetLockedError, atomic_datasets
 
     out = tmp_path / "out"
     day = ("scores/date=2026-11-19", "rejects/date=2026-11-19")
@@ -561,7 +562,7 @@ def test_a_second_run_writing_the_same_output_is_refused(plain_uri, tmp_path):
 def test_a_mistyped_option_is_an_error_not_a_beam_option(tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     result = CliRunner().invoke(main, ["score", "--output", str(tmp_path), "--partiton", "date=2026-01-01"])
     assert result.exit_code == 2

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from scoring.calibration import Calibration, size_warning
 from scoring.elbo import score_images
 from training import data as data_lib

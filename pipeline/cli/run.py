@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_support import friendly_errors
-from pipeline.commands.train import print_result, run_training, train_options
+from pipeline.cli.support import friendly_errors
+from pipeline.cli.train import print_result, run_training, train_options
 
 # 270 test rows: worker processes would spend longer importing TensorFlow than scoring.
 SMALL_JOB = {"direct_running_mode": "in_memory", "direct_num_workers": 1}
@@ -33,9 +33,9 @@ def run_command(
 ) -> None:
     """Train, calibrate and register a model on the built-in digits, then score the test split,
     write synthetic images and an HTML report, and print where everything is."""
-    from pipeline.generate_pipeline import generate_showcase
-    from pipeline.report import render_report
-    from pipeline.score_pipeline import score_dataset, top_anomalies
+    from pipeline.beam.generate_job import generate_showcase
+    from pipeline.beam.score_job import score_dataset, top_anomalies
+    from pipeline.report.html import render_report
     from training import registry
 
     work_dir = ctx.obj["work_dir"]

@@ -1,10 +1,10 @@
-"""``vae report``: a thin shell over :func:`pipeline.report.render_report`."""
+"""``vae report``: a thin shell over :func:`pipeline.report.html.render_report`."""
 
 from __future__ import annotations
 
 import click
 
-from pipeline.cli_support import friendly_errors
+from pipeline.cli.support import friendly_errors
 
 
 @click.command("report")
@@ -45,7 +45,7 @@ def report_command(
     Learning curves, reconstructions, samples, the latent map, the score histogram with its
     threshold, and the top anomalies with their images, scores and p-values.
     """
-    from pipeline.report import render_report
+    from pipeline.report.html import render_report
     from training import registry
 
     registry.configure(ctx.obj["work_dir"])

@@ -11,7 +11,7 @@ the Parquet writer inside one worker without being serialised. The model is load
 (``DoFn.setup``), pinned to the registry version resolved when the job starts. Rows that cannot be
 scored go to the dead-letter output ``rejects`` with a reason.
 
-Run it through ``vae score`` or, Beam-examples style, ``python -m pipeline.score_pipeline --model ...
+Run it through ``vae score`` or, Beam-examples style, ``python -m pipeline.beam.score_job --model ...
 --input ... --output ... [pipeline options]`` (see :func:`run`).
 """
 
@@ -37,11 +37,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from pipeline import arrow_io
-from pipeline.arrow_io import InputPlan, ModelSpec, RejectedRows, ValidRows
-from pipeline.atomic import STAGING, atomic_datasets, atomic_filesystem_datasets, is_remote
-from pipeline.runner import DEFAULT_WORKERS, make_pipeline
+from pipeline.beam.runner import DEFAULT_WORKERS, make_pipeline
+from pipeline.outputs.atomic import STAGING, atomic_datasets, atomic_filesystem_datasets, is_remote
 from training.data import ImageData
+from training.data import reader as arrow_io
+from training.data.reader import InputPlan
+from training.data.validate import ModelSpec, RejectedRows, ValidRows, validate_batch
 from training.registry import DEFAULT_MODEL_URI, PinnedModel
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class ValidateRows(beam.DoFn):
         self.rows_rejected = Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
 
     def process(self, batch: pa.RecordBatch):
-        valid, rejected = arrow_io.validate_batch(batch, self.spec, self.shape_hint)
+        valid, rejected = validate_batch(batch, self.spec, self.shape_hint)
         if rejected is not None:
             self.rows_rejected.inc(len(rejected))
             yield beam.pvalue.TaggedOutput(REJECTS, rejects_table(rejected, self.stamp))
@@ -330,7 +331,7 @@ def _output_paths(
     output: str | os.PathLike, partition: str | None = None
 ) -> tuple[Path | str, Path | str, Callable[..., AbstractContextManager[list]]]:
     """(scores path, rejects path, the commit: a context manager that takes both paths, yields a
-    temporary folder for each, and commits them together, see :mod:`pipeline.atomic`).
+    temporary folder for each, and commits them together, see :mod:`pipeline.outputs.atomic`).
 
     With ``partition`` (``KEY=VALUE``, e.g. ``date=2026-11-20``) the run writes and replaces only
     ``scores/KEY=VALUE/`` and ``rejects/KEY=VALUE/``: hive-style partitions of one dataset. The
@@ -380,10 +381,10 @@ def score_dataset(
 ) -> ScoreSummary:
     """Scores ``input`` with the model at ``model_uri`` in a Beam pipeline; writes
     ``output/scores`` and ``output/rejects`` (Parquet datasets), replaced in one commit only on
-    success (:mod:`pipeline.atomic`); while it runs, another run writing the same output (or
-    partition) is refused with :class:`pipeline.atomic.DatasetLockedError`.
+    success (:mod:`pipeline.outputs.atomic`); while it runs, another run writing the same output (or
+    partition) is refused with :class:`pipeline.outputs.atomic.DatasetLockedError`.
 
-    ``input``: see :func:`pipeline.arrow_io.plan_input` (``digits:holdout`` is the holdout of the
+    ``input``: see :func:`training.data.reader.plan_input` (``digits:holdout`` is the holdout of the
     split ``vae train`` makes; the other parts depend on ``split_seed``), or an :class:`ImageData`.
     ``partition``: ``KEY=VALUE`` to write (and replace) only that hive partition of the outputs.
     ``test_pipeline``: a pipeline to build into and run instead of :func:`make_pipeline`'s.
@@ -407,7 +408,7 @@ def score_dataset(
     stamp = RunStamp(name, str(version), scored_at or datetime.now(UTC).replace(microsecond=0))
     scores_path, rejects_path, commit = _output_paths(output, partition)
     # File names carry the run: a read that overlaps the commit may find files it listed gone (and
-    # should be retried), but never combines files of two runs (see pipeline.atomic).
+    # should be retried), but never combines files of two runs (see pipeline.outputs.atomic).
     run_tag = uuid.uuid4().hex[:8]
     log.info(
         "scoring %s with %s version %s (%s, image %s): %d shard(s) on %s",
@@ -474,7 +475,7 @@ def top_anomalies(scores_path: str | os.PathLike, n: int = 10) -> pa.Table:
 
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> ScoreSummary:
-    """Beam-examples style entry point: ``python -m pipeline.score_pipeline --model ... --input ...
+    """Beam-examples style entry point: ``python -m pipeline.beam.score_job --model ... --input ...
     --output ... [--runner DataflowRunner --project ... any Beam pipeline option]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL_URI)

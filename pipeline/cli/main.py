@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli_support import setup_logging
-from pipeline.commands.evaluate import evaluate_command
-from pipeline.commands.generate import generate_command
-from pipeline.commands.report import report_command
-from pipeline.commands.run import run_command
-from pipeline.commands.score import score_command
-from pipeline.commands.train import train_command
+from pipeline.cli.evaluate import evaluate_command
+from pipeline.cli.generate import generate_command
+from pipeline.cli.report import report_command
+from pipeline.cli.run import run_command
+from pipeline.cli.score import score_command
+from pipeline.cli.support import setup_logging
+from pipeline.cli.train import train_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

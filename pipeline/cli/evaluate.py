@@ -1,4 +1,4 @@
-"""``vae evaluate``: a thin shell over :func:`pipeline.evaluate.evaluate`."""
+"""``vae evaluate``: a thin shell over :func:`pipeline.evaluation.evaluate.evaluate`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_support import friendly_errors
+from pipeline.cli.support import friendly_errors
 
 PROTOCOL_HELP = (
     "Comma-separated: held-out (one class left out of training), contaminated (3% planted, unsupervised), one-class."
@@ -18,7 +18,7 @@ def _items(value: str) -> list[str]:
 
 
 def parse_protocols(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
-    from pipeline.evaluate import PROTOCOLS
+    from pipeline.evaluation.evaluate import PROTOCOLS
 
     chosen = tuple(_items(value))
     unknown = [p for p in chosen if p not in PROTOCOLS]
@@ -49,7 +49,7 @@ def parse_seeds(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 def parse_detectors(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
-    from pipeline.evaluate import DETECTORS
+    from pipeline.evaluation.evaluate import DETECTORS
 
     if value is None:
         return None
@@ -136,7 +136,7 @@ def evaluate_command(
     Prints, per data set and protocol, each detector's AUROC and average precision: the mean over
     seeds (of the mean over the protocol's tasks), the standard deviation and the worst seed.
     """
-    from pipeline.evaluate import (
+    from pipeline.evaluation.evaluate import (
         DATA_SETS,
         DEFAULT_EPOCHS,
         DEFAULT_SEEDS,
@@ -147,7 +147,7 @@ def evaluate_command(
         QUICK_SEEDS,
         evaluate,
     )
-    from pipeline.evaluation_tables import headline_table, summary_table
+    from pipeline.evaluation.tables import headline_table, summary_table
     from training import registry
     from training.config import TrainConfig
 

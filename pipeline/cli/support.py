@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pipeline.runner import DEFAULT_WORKERS, RUNNING_MODES
+from pipeline.beam.runner import DEFAULT_WORKERS, RUNNING_MODES
 
 QUIET_LOGGERS = ("absl", "tensorflow", "mlflow.store.db.utils", "alembic", "h5py", "matplotlib", "apache_beam")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_support import friendly_errors, parse_shape
+from pipeline.cli.support import friendly_errors, parse_shape
 
 ANOMALY_METHODS = ("elbo_latent_knn", "neg_elbo")  # scoring.anomaly.METHODS, without importing numpy here
 LIKELIHOOD_CHOICES = ("auto", "bernoulli", "continuous_bernoulli", "gaussian")

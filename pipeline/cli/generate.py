@@ -1,10 +1,10 @@
-"""``vae generate``: a thin shell over :func:`pipeline.generate_pipeline.generate_dataset`."""
+"""``vae generate``: a thin shell over :func:`pipeline.beam.generate_job.generate_dataset`."""
 
 from __future__ import annotations
 
 import click
 
-from pipeline.cli_support import beam_runner_options, friendly_errors, parse_shape
+from pipeline.cli.support import beam_runner_options, friendly_errors, parse_shape
 
 METHODS = ("prior", "conditional", "posterior")
 
@@ -113,7 +113,7 @@ def generate_command(
     \b
         vae generate --method conditional --per-label 100 --labels 0,3,7 --output out
     """
-    from pipeline import generate_pipeline as gp
+    from pipeline.beam import generate_job as gp
 
     summary = gp.generate_dataset(
         model_uri,

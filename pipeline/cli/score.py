@@ -1,4 +1,4 @@
-"""``vae score``: a thin shell over :func:`pipeline.score_pipeline.score_dataset`."""
+"""``vae score``: a thin shell over :func:`pipeline.beam.score_job.score_dataset`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from pipeline.cli_support import beam_runner_options, friendly_errors, parse_shape
+from pipeline.cli.support import beam_runner_options, friendly_errors, parse_shape
 from training.registry import DEFAULT_MODEL_URI
 
 
@@ -96,7 +96,7 @@ def score_command(
     Writes OUTPUT/scores (negative ELBO, its terms, p-value, threshold, is_anomaly per row) and
     OUTPUT/rejects (every row that could not be scored, with the reason) as Parquet datasets.
     """
-    from pipeline.score_pipeline import score_dataset
+    from pipeline.beam.score_job import score_dataset
     from training.data import DataError
 
     beam_args = list(beam_args)

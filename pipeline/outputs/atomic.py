@@ -81,6 +81,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from training.data.images import is_remote
+
 log = logging.getLogger(__name__)
 
 STAGING = ".staging"  # OUTPUT/.staging: runs' private folders and the locks, outside every dataset root
@@ -95,11 +97,6 @@ _LEGACY = re.compile(r"^\..+\.(tmp|old)-[0-9A-Za-z_]+$")
 
 class DatasetLockedError(RuntimeError):
     """Another run is writing the same dataset (or partition) right now."""
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    """True for URLs such as ``gs://bucket/x`` (any scheme), False for local paths."""
-    return "://" in str(path)
 
 
 # --------------------------------------------------------------------------------------------------

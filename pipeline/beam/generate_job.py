@@ -11,7 +11,7 @@ The job reads as a sentence: ``PlanShards >> Spread >> Decode >> ToArrow >> Writ
   shards or workers, and a million samples spread over as many workers as the runner has.
 - Workers load the model once each (``DoFn.setup``), decode, encode PNGs, and write Arrow tables as
   Parquet files straight into a temporary folder under ``OUTPUT/.staging`` (outside the dataset);
-  the driver switches it with the partition in one step (:func:`pipeline.atomic.atomic_dataset_dir`)
+  the driver switches it with the partition in one step (:func:`pipeline.outputs.atomic.atomic_dataset_dir`)
   when the whole job has succeeded and the row count matches the plan. A failed job leaves nothing
   behind; a second run writing the same method at the same time is refused.
 
@@ -42,8 +42,8 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline.atomic import STAGING, atomic_dataset_dir
-from pipeline.runner import DEFAULT_WORKERS, make_pipeline
+from pipeline.beam.runner import DEFAULT_WORKERS, make_pipeline
+from pipeline.outputs.atomic import STAGING, atomic_dataset_dir
 from scoring.sampling import SAMPLE_METHODS, stream_seed, synthesize
 
 if TYPE_CHECKING:
@@ -407,7 +407,7 @@ def _list_array(rows: np.ndarray) -> pa.ListArray:
 
 def to_arrow(batch: dict[str, Any], request: Request) -> tuple[int, pa.Table, np.ndarray]:
     """Columns of one shard as an Arrow table in the file schema, with its labels alongside."""
-    from pipeline.png import encode_pngs
+    from pipeline.outputs.png import encode_pngs
 
     images = batch["images"]
     n = len(images)
@@ -555,7 +555,7 @@ def generate_dataset(
     ``posterior``: encodes the images of ``input`` (default: the built-in digits), every one once, or
     ``n`` samples cycling over them, or ``per_label`` per label; ``labels`` filters them.
     ``test_pipeline``: a pipeline to build into and run instead of
-    :func:`pipeline.runner.make_pipeline`'s (same runner options as ``vae score``).
+    :func:`pipeline.beam.runner.make_pipeline`'s (same runner options as ``vae score``).
     """
     from training import data as data_lib
 

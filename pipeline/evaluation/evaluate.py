@@ -13,7 +13,7 @@ Every detector in a task sees the same fit and test images, and every random ste
 the run's seed (the split, the planted anomalies, the VAE, and the detectors that take a seed),
 so a table is reproducible. Per seed, a detector's AUROC and average precision are averaged over
 the tasks of a protocol; the summary gives the mean, standard deviation and worst of those over
-the seeds (:mod:`pipeline.evaluation_tables`).
+the seeds (:mod:`pipeline.evaluation.tables`).
 
 The VAE is the plain (unconditional) model of :mod:`training.model`, fitted fresh per task with
 :func:`training.train.fit` (settings: :func:`vae_config`), then the anomaly score is fitted on the
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import evaluation_tables as tables
+from pipeline.evaluation import tables
 from scoring import metrics
 from scoring.detectors import DETECTOR_NAMES, classical_detectors
 from training import data as data_lib

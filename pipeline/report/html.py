@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.png import to_uint8
+from pipeline.outputs.png import to_uint8
 from training import data as data_lib
 
 log = logging.getLogger(__name__)

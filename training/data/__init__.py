@@ -1,0 +1,44 @@
+"""The input contract every job reads images through: training, scoring, generation inputs and
+evaluation. ``plan_input`` cuts an input into shards of Arrow record batches, ``validate_batch``
+turns a batch into float32 images and a reason for every row it rejects, and ``load`` does both for
+a whole data set in one process."""
+
+from training.data.builtin import BUILTIN, FASHION_NAMES, load_digits, load_keras_dataset, load_mnist5k
+from training.data.images import IMAGE_SUFFIXES, DataError, ImageData, decode_image, parquet_files
+from training.data.load import as_image_array, encode_labels, load
+from training.data.splits import (
+    HOLDOUT_FRACTION,
+    MIN_TRAINING_ROWS,
+    Split,
+    TrainingSplit,
+    fingerprint,
+    grey_levels,
+    in_holdout,
+    split,
+    training_split,
+)
+
+__all__ = [
+    "BUILTIN",
+    "FASHION_NAMES",
+    "HOLDOUT_FRACTION",
+    "IMAGE_SUFFIXES",
+    "MIN_TRAINING_ROWS",
+    "DataError",
+    "ImageData",
+    "Split",
+    "TrainingSplit",
+    "as_image_array",
+    "decode_image",
+    "encode_labels",
+    "fingerprint",
+    "grey_levels",
+    "in_holdout",
+    "load",
+    "load_digits",
+    "load_keras_dataset",
+    "load_mnist5k",
+    "parquet_files",
+    "split",
+    "training_split",
+]

@@ -1,0 +1,325 @@
+"""Validation of input record batches into float32 images, and a reason for every row rejected."""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from training.data.images import DataError, decode_image
+
+RAW_TEXT_LIMIT = 2_000
+RAW_IMAGE_LIMIT = 16_384
+
+
+# --- validation: record batch -> images + rejects -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What validation needs to know about the model (small and picklable, unlike the model)."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int = 0
+    class_names: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, model) -> ModelSpec:
+        return cls(tuple(int(d) for d in model.image_shape), int(model.num_classes), tuple(model.class_names or ()))
+
+    @property
+    def shape_text(self) -> str:
+        return "x".join(str(d) for d in self.image_shape)
+
+
+@dataclass
+class ValidRows:
+    """The scorable rows of one batch: float32 images in [0, 1] and what travels with them."""
+
+    images: np.ndarray  # float32 (k, H, W, C)
+    labels: np.ndarray | None  # int64 (k,) class indices for a conditional model, else None
+    label_out: pa.Array  # int64, null where unknown: the ``label`` output column
+    example_ids: pa.Array
+    sources: pa.Array
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class RejectedRows:
+    example_ids: pa.Array
+    sources: pa.Array
+    reasons: pa.Array
+    raws: pa.Array
+
+    def __len__(self) -> int:
+        return len(self.example_ids)
+
+
+class _Verdicts:
+    """One reason per rejected row (the first problem found) and which raw value explains it."""
+
+    def __init__(self, n: int) -> None:
+        self.bad = np.zeros(n, dtype=bool)
+        self.reasons = np.empty(n, dtype=object)
+        self.raw_is_label = np.zeros(n, dtype=bool)
+
+    def reject(self, mask: np.ndarray, reason, about_label: bool = False) -> None:
+        """``reason``: one string, or an array of strings aligned with the batch."""
+        new = np.asarray(mask, dtype=bool) & ~self.bad
+        if not new.any():
+            return
+        self.reasons[new] = reason if isinstance(reason, str) else np.asarray(reason, dtype=object)[new]
+        self.raw_is_label[new] = about_label
+        self.bad |= new
+
+
+def _texts(mask: np.ndarray, text) -> np.ndarray:
+    """An object array with ``text(i)`` where ``mask`` is set (only those rows pay for a string)."""
+    out = np.empty(len(mask), dtype=object)
+    for i in np.flatnonzero(mask):
+        out[i] = text(i)
+    return out
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+def _check_pixels(pix: np.ndarray, integer_type: bool, decoded: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 values scaled to [0, 1], reason per row or None) for (k, P) raw pixel values;
+    ``decoded``: 8-bit values decoded from PNG/JPEG bytes, always scaled by 1/255."""
+    k = pix.shape[0]
+    reasons = np.empty(k, dtype=object)
+    if pix.shape[1] == 0:
+        return pix.astype(np.float32), reasons
+    if integer_type:
+        lo, hi = pix.min(axis=1), pix.max(axis=1)
+        bad = (lo < 0) | (hi > 255)
+        scale = ~bad & ((hi > 1) | decoded)  # as training (data.as_image_array): 0/1 integers kept, 0-255 scaled
+    else:
+        finite = np.isfinite(pix).all(axis=1)
+        reasons[~finite] = "not finite: NaN, infinite or null pixel values"
+        with np.errstate(invalid="ignore"):
+            lo, hi = pix.min(axis=1), pix.max(axis=1)
+            in_unit = finite & (lo >= 0.0) & (hi <= 1.0)
+            outside = finite & ~in_unit
+            scale = np.zeros(k, dtype=bool)
+            if outside.any():
+                rows = np.flatnonzero(outside)
+                sub = pix[rows]
+                whole = (sub == np.round(sub)).all(axis=1) & (lo[rows] >= 0) & (hi[rows] <= 255)
+                scale[rows[whole]] = True
+            bad = outside & ~scale
+    for i in np.flatnonzero(bad):
+        reasons[i] = (
+            f"out of range: values in [{_fmt(lo[i])}, {_fmt(hi[i])}]; pixels must be in [0, 1] "
+            "or whole numbers 0-255 (which are scaled)"
+        )
+    images = pix.astype(np.float32)
+    if scale.any():
+        images[scale] *= np.float32(1.0 / 255.0)
+    return images, reasons
+
+
+def _pixel_rows(batch: pa.RecordBatch, spec: ModelSpec, shape_hint, verdicts: _Verdicts):
+    """Reads the ``pixels`` column; returns (row indices still good, (k, P) raw values, integer type)."""
+    col = batch.column("pixels")
+    n = batch.num_rows
+    expected = spec.image_shape
+    size = math.prod(expected)
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
+        verdicts.reject(np.ones(n, bool), f"bad column: pixels is {col.type}, not a list of numbers")
+        return np.empty(0, np.int64), np.empty((0, size)), False
+    value_type = col.type.value_type
+    if not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
+        verdicts.reject(np.ones(n, bool), f"bad column: pixels holds {value_type}, not numbers")
+        return np.empty(0, np.int64), np.empty((0, size)), False
+    verdicts.reject(col.is_null().to_numpy(zero_copy_only=False), "null value: pixels is null")
+    lengths = pc.list_value_length(col).fill_null(-1).to_numpy(zero_copy_only=False)
+    names = batch.schema.names
+    if "height" in names and "width" in names:
+        h = pc.cast(batch.column("height"), pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+        w = pc.cast(batch.column("width"), pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+        c = (
+            pc.cast(batch.column("channels"), pa.int64()).fill_null(1).to_numpy(zero_copy_only=False)
+            if "channels" in names
+            else np.ones(n, np.int64)
+        )
+        verdicts.reject((h < 1) | (w < 1) | (c < 1), "null value: height or width is null or not positive")
+        wrong = (h != expected[0]) | (w != expected[1]) | (c != expected[2])
+        expects = f"the model expects {spec.shape_text}"
+        verdicts.reject(wrong, _texts(wrong, lambda i: f"wrong shape: {h[i]}x{w[i]}x{c[i]} image, {expects}"))
+        wrong_size = lengths != h * w * c
+        verdicts.reject(
+            wrong_size, _texts(wrong_size, lambda i: f"wrong size: {lengths[i]} pixels do not fit {h[i]}x{w[i]}x{c[i]}")
+        )
+    else:
+        row_shape = tuple(shape_hint) if shape_hint else expected
+        if row_shape != expected:
+            hint = "x".join(map(str, row_shape))
+            verdicts.reject(np.ones(n, bool), f"wrong shape: --shape {hint}, the model expects {spec.shape_text}")
+        wrong_size = lengths != size
+        expects = f"the model expects {size} ({spec.shape_text})"
+        verdicts.reject(wrong_size, _texts(wrong_size, lambda i: f"wrong size: {lengths[i]} pixels, {expects}"))
+    good = np.flatnonzero(~verdicts.bad)
+    flat = col.take(pa.array(good)).flatten() if len(good) < n else col.flatten()
+    integer_type = pa.types.is_integer(value_type) and flat.null_count == 0
+    values = flat.to_numpy(zero_copy_only=False)
+    if not integer_type and not np.issubdtype(values.dtype, np.floating):
+        values = values.astype(np.float64)
+    return good, values.reshape(len(good), size), integer_type
+
+
+def _image_rows(batch: pa.RecordBatch, spec: ModelSpec, verdicts: _Verdicts):
+    """Decodes the ``image`` column (PNG/JPEG bytes), one row at a time (PIL has no batch decode)."""
+    col = batch.column("image")
+    n = batch.num_rows
+    size = math.prod(spec.image_shape)
+    if not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+        verdicts.reject(np.ones(n, bool), f"bad column: image is {col.type}, not binary PNG/JPEG bytes")
+        return np.empty(0, np.int64), np.empty((0, size)), True
+    decoded: list[np.ndarray] = []
+    good: list[int] = []
+    reasons = np.empty(n, dtype=object)
+    for i, blob in enumerate(col.to_pylist()):
+        if blob is None:
+            reasons[i] = "null value: image is null"
+            continue
+        try:
+            array = decode_image(blob, "image")
+        except DataError as exc:
+            reasons[i] = "unreadable image: " + str(exc).removeprefix("image: ").removeprefix("unreadable image ")
+            continue
+        if array.shape != spec.image_shape:
+            shape = "x".join(map(str, array.shape))
+            reasons[i] = f"wrong shape: {shape} image, the model expects {spec.shape_text}"
+            continue
+        decoded.append(array.reshape(-1))
+        good.append(i)
+    failed = np.array([r is not None for r in reasons], dtype=bool)
+    verdicts.reject(failed, reasons)
+    values = np.stack(decoded) if decoded else np.empty((0, size), np.uint8)
+    return np.asarray(good, dtype=np.int64), values, True
+
+
+def _labels(col: pa.Array | None, spec: ModelSpec, verdicts: _Verdicts) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 label per row, valid mask). A conditional model rejects rows without a known label;
+    a plain model keeps what it can read as an integer and leaves the rest null."""
+    n = len(verdicts.bad)
+    conditional = spec.num_classes > 0
+    if col is None:
+        if conditional:
+            verdicts.reject(np.ones(n, bool), "missing label: the model is conditional and the input has no 'label'")
+        return np.zeros(n, np.int64), np.zeros(n, bool)
+    present = ~col.is_null().to_numpy(zero_copy_only=False)
+    values = np.zeros(n, np.int64)
+    known = present.copy()
+    if pa.types.is_integer(col.type):
+        values = col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    elif pa.types.is_floating(col.type):
+        raw = col.fill_null(0).to_numpy(zero_copy_only=False)
+        whole = np.isfinite(raw) & (raw == np.round(raw))
+        known &= whole
+        values = np.where(whole, raw, 0).astype(np.int64)
+    else:
+        index = {name: i for i, name in enumerate(spec.class_names)} if conditional else {}
+        for i, v in enumerate(col.to_pylist()):
+            if v is None:
+                continue
+            text = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+            if conditional and text in index:
+                values[i] = index[text]
+            elif text.strip().lstrip("-").isdigit():
+                values[i] = int(text)
+            else:
+                known[i] = False
+    if conditional:
+        verdicts.reject(~present, "missing label: label is null and the model is conditional", about_label=True)
+        out_of_range = known & ((values < 0) | (values >= spec.num_classes))
+        unknown = present & (~known | out_of_range)
+        if unknown.any():
+            classes = ", ".join(spec.class_names[:12]) + (", ..." if len(spec.class_names) > 12 else "")
+            texts = col.to_pylist()
+            reason = np.array(
+                [f"unknown label: {t!r} is not one of the model's classes ({classes})" for t in texts], dtype=object
+            )
+            verdicts.reject(unknown, reason, about_label=True)
+        known &= ~out_of_range
+    return values, known
+
+
+def _raw_text(batch: pa.RecordBatch, i: int, about_label: bool) -> str | None:
+    names = batch.schema.names
+    if about_label and "label" in names:
+        value = batch.column("label")[i].as_py()
+        return None if value is None else str(value)
+    if "pixels" in names:
+        value = batch.column("pixels")[i].as_py()
+        if value is None:
+            return None
+        text = str(value)
+        return text if len(text) <= RAW_TEXT_LIMIT else text[: RAW_TEXT_LIMIT - 1] + "…"
+    if "image" in names:
+        value = batch.column("image")[i].as_py()
+        if value is None:
+            return None
+        if isinstance(value, bytes) and len(value) <= RAW_IMAGE_LIMIT:
+            return "base64:" + base64.b64encode(value).decode()
+        return f"<{len(value)} bytes, not kept>"
+    return None
+
+
+def validate_batch(
+    batch: pa.RecordBatch, spec: ModelSpec, shape_hint: tuple[int, int, int] | None = None
+) -> tuple[ValidRows | None, RejectedRows | None]:
+    """Splits a record batch into the rows the model can score and the rows it cannot."""
+    n = batch.num_rows
+    verdicts = _Verdicts(n)
+    names = batch.schema.names
+    if "pixels" in names:
+        good, raw, integer_type = _pixel_rows(batch, spec, shape_hint, verdicts)
+    elif "image" in names:
+        good, raw, integer_type = _image_rows(batch, spec, verdicts)
+    else:
+        verdicts.reject(np.ones(n, bool), "missing column: the input has no 'image' or 'pixels' column")
+        good, raw, integer_type = np.empty(0, np.int64), np.empty((0, math.prod(spec.image_shape))), False
+    images, pixel_reasons = _check_pixels(raw, integer_type, decoded="pixels" not in names and "image" in names)
+    if len(good):
+        failed = np.zeros(n, dtype=bool)
+        failed[good] = [r is not None for r in pixel_reasons]
+        reasons = np.empty(n, dtype=object)
+        reasons[good] = pixel_reasons
+        verdicts.reject(failed, reasons)
+    labels, label_known = _labels(batch.column("label") if "label" in names else None, spec, verdicts)
+
+    ok = ~verdicts.bad
+    valid = None
+    if ok.any():
+        keep_in_good = ok[good]
+        rows = good[keep_in_good]
+        row_labels = labels[rows]
+        known = label_known[rows]
+        valid = ValidRows(
+            images=images[keep_in_good].reshape(len(rows), *spec.image_shape),
+            labels=row_labels if spec.num_classes else None,
+            label_out=pa.array(row_labels, pa.int64(), mask=~known),
+            example_ids=batch.column("example_id").take(pa.array(rows)),
+            sources=batch.column("source").take(pa.array(rows)),
+        )
+    rejected = None
+    if verdicts.bad.any():
+        rows = np.flatnonzero(verdicts.bad)
+        index = pa.array(rows)
+        rejected = RejectedRows(
+            example_ids=batch.column("example_id").take(index),
+            sources=batch.column("source").take(index),
+            reasons=pa.array(verdicts.reasons[rows].tolist(), pa.string()),
+            raws=pa.array([_raw_text(batch, int(i), bool(verdicts.raw_is_label[i])) for i in rows], pa.string()),
+        )
+    return valid, rejected
