@@ -35,4 +35,4 @@ lock:
 	$(VENV)/bin/uv pip compile setup.py --extra dev --extra airflow --python-version 3.11 --no-header -o requirements.lock
 
 clean:
-	rm -rf $(VENV) vae-work .pytest_cache
+	rm -rf $(VENV) .pytest_cache

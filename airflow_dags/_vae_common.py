@@ -3,7 +3,7 @@
 The DAGs do no work of their own: every task either builds a ``vae`` command line (run by bash in
 the project's own environment, so TensorFlow, Beam and MLflow are never imported by Airflow) or
 reads a small result. This module imports only the standard library and ``airflow.sdk``, so parsing
-the DAG files is quick.
+the DAG files is quick; a task that needs ``vae``'s default working folder asks the project for it.
 
 A setting is looked up, at run time and never at parse time, in this order: the run's param (``-c``
 conf or the trigger form), the Airflow Variable ``vae_<name>``, then the default below.
@@ -42,7 +42,17 @@ def default_vae_command() -> str:
 
 
 def default_work_dir() -> str:
-    return os.environ.get("VAE_WORK_DIR") or str(Path("~/vae-work").expanduser())
+    """``vae``'s own default working folder (``$VAE_WORK_DIR``, else ``~/vae-work``), from the project
+    itself so that the DAGs and the command share one MLflow store. Read when a task runs, never at
+    parse time; where Airflow runs outside the project's environment, set the Variable ``vae_work_dir``."""
+    try:
+        from training.registry import default_work_dir as vae_default
+    except ImportError as exc:
+        raise RuntimeError(
+            "the vae project is not importable here, so its default working folder is unknown: set the "
+            "Airflow Variable vae_work_dir"
+        ) from exc
+    return str(vae_default())
 
 
 #: Defaults: a string, or a callable evaluated on the worker when the setting is needed.
@@ -50,7 +60,7 @@ def default_work_dir() -> str:
 DEFAULTS: dict[str, str | Callable[[], str]] = {
     # every DAG
     "command": default_vae_command,  # path of the `vae` executable in the project's environment
-    "work_dir": default_work_dir,  # vae --work-dir: its local MLflow store (unless a tracking URI is set)
+    "work_dir": default_work_dir,  # vae --work-dir: its MLflow store (unless a tracking URI is set), vae's default
     "mlflow_tracking_uri": "",  # empty: inherit MLFLOW_TRACKING_URI, else SQLite in the work dir
     "model_name": "vae-digits",
     # vae_retrain

@@ -56,13 +56,11 @@ def spread(images: np.ndarray) -> float:
 def latent_usage(model_uri: str, work_dir, test) -> dict:
     """Mean KL per test image (nats) and the active latent units (variance of posterior means > 0.01):
     a conditional VAE whose KL collapses leaves the label to do the work, and its samples vary little."""
-    from pipeline.beam import generate_job as gp
     from scoring.elbo import neg_elbo_terms
     from scoring.sampling import posterior_means
     from training import registry
 
-    info, tracking_uri = gp.resolve_model(model_uri, work_dir)
-    model = registry.load_pinned(info.uri, tracking_uri).model
+    model = registry.pin(model_uri, work_dir).load()
     terms = neg_elbo_terms(model, test.images, test.labels, num_samples=4, seed=0)
     means = posterior_means(model, test.images, test.labels)
     return {
@@ -74,12 +72,14 @@ def latent_usage(model_uri: str, work_dir, test) -> dict:
 
 
 def conditional_samples(model_uri: str, output: Path, per_label: int, temperature: float, seed: int, work_dir):
-    from pipeline.beam import generate_job as gp
+    from pipeline.beam.generate_job import generate_dataset
+    from pipeline.beam.options import GenerateOptions
+    from pipeline.outputs.synthetic import images_of, read_synthetic
 
-    summary = gp.generate_dataset(
-        model_uri,
-        "conditional",
-        output,
+    options = GenerateOptions.of(
+        model=model_uri,
+        method="conditional",
+        output=output,
         per_label=per_label,
         temperature=temperature,
         seed=seed,
@@ -87,9 +87,10 @@ def conditional_samples(model_uri: str, output: Path, per_label: int, temperatur
         direct_num_workers=1,
         work_dir=work_dir,
     )
-    table = gp.read_synthetic(summary.output, "conditional")
+    summary = generate_dataset(options)
+    table = read_synthetic(summary.output, "conditional")
     labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
-    return summary, table, gp.images_of(table), labels
+    return summary, table, images_of(table), labels
 
 
 def train_conditional(name: str, train_data, epochs: int, seed: int, work_dir: str) -> str:
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         logging.getLogger(name).setLevel(logging.WARNING)
     from sklearn.model_selection import train_test_split
 
-    from pipeline.beam import generate_job as gp
+    from pipeline.report.figures import grid_figure
     from training import data as data_lib
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="vae-fidelity-"))
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     grid_path = Path(args.grid)
     grid_path.parent.mkdir(parents=True, exist_ok=True)
-    figure = gp.grid_figure(
+    figure = grid_figure(
         table, summary.class_names, per_label=10, title=f"conditional samples (T={args.temperature:g})"
     )
     figure.savefig(grid_path, dpi=100)

@@ -140,14 +140,15 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+    from pipeline.beam.options import ScoreOptions
     from pipeline.beam.score_job import score_dataset
     from training import registry
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="score-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     model_uri = args.model or quick_model(work)
-    pinned = registry.pin(model_uri)
-    model, name, version = registry.load_pinned(pinned.uri, pinned.tracking_uri).model, pinned.name, pinned.version
+    pinned = registry.pin(model_uri)  # the default store, or quick_model's (MLFLOW_TRACKING_URI)
+    model, name, version = pinned.load(), pinned.name, pinned.version
     log.info(
         "model %s version %s: %d posterior samples per row, batch %d",
         name,
@@ -165,15 +166,16 @@ def main(argv: list[str] | None = None) -> None:
         log.info("(a) raw score_images: %s rows in %.1f s = %s rows/s", f"{raw_n:,}", raw_seconds, f"{raw:,.0f}")
         del images
         with PeakMemory() as memory:
-            summary = score_dataset(
-                model_uri,
-                str(data),
-                work / f"out-{rows}",
+            options = ScoreOptions.of(
+                model=model_uri,
+                input=str(data),
+                output=work / f"out-{rows}",
                 batch_size=args.batch_size,
                 shard_rows=args.shard_rows,
                 direct_num_workers=args.workers,
                 direct_running_mode=args.mode,
             )
+            summary = score_dataset(options)
         beam = summary.rows_read / summary.pipeline_seconds
         results.append((rows, raw, beam, summary, memory))
         log.info(

@@ -12,6 +12,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 QUICK = {"epochs": 4, "kl_warmup": 1, "early_stopping": 0, "score_samples": 4}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_work_dir(tmp_path_factory):
+    """The default working folder (``VAE_WORK_DIR``, else ``~/vae-work``) is a temporary one, so no
+    test writes into the home directory or the checkout."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VAE_WORK_DIR", str(tmp_path_factory.mktemp("vae-work")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory):
     """Points MLflow (and the ``vae`` command) at a fresh SQLite store for the whole session."""

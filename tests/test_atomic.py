@@ -1,8 +1,14 @@
 """Dataset folders that never flicker: real files, real pyarrow / pandas / DuckDB readers, real
-processes killed in the middle of a commit, real concurrent writers."""
+processes killed in the middle of a commit, real concurrent writers.
+
+Layout under test (see :mod:`pipeline.outputs.atomic`): ``OUT/scores -> .versions/current/scores``,
+``OUT/.versions/current -> v-...``; a commit builds a new version and switches ``current`` with one
+rename."""
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import selectors
@@ -22,14 +28,40 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.outputs import atomic
-from pipeline.outputs.atomic import DatasetLockedError, atomic_dataset_dir, atomic_datasets, replace_dir
+from pipeline.outputs.atomic import (
+    DatasetLockedError,
+    atomic_dataset_dir,
+    atomic_datasets,
+    replace_dir,
+    snapshot,
+    snapshots,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES, ROWS = 3, 40  # a run writes FILES files of ROWS rows into each dataset
 
 
-def _leftovers(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+def _leftovers(out: Path) -> list[str]:
+    """What a finished run must not leave in OUT: anything hidden but ``.versions`` (the staging
+    folder included), a public link that leads nowhere, and in ``.versions`` anything but the
+    pointer, versions and replaced plain folders (those two kept for their grace period)."""
+    found = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".versions"]
+    found += [f"{p.name} (leads nowhere)" for p in out.iterdir() if p.is_symlink() and not p.exists()]
+    versions = out / ".versions"
+    if versions.exists():
+        for p in versions.iterdir():
+            kept = p.is_dir() and not p.is_symlink() and (atomic._VERSION.match(p.name) or p.name.startswith("old-"))
+            if not (kept or (p.name == "current" and p.is_symlink())):
+                found.append(f".versions/{p.name}")
+    return sorted(found)
+
+
+def _versions(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / ".versions").iterdir() if atomic._VERSION.match(p.name))
+
+
+def _current(out: Path) -> str:
+    return os.readlink(out / ".versions" / "current")
 
 
 def write_run(folder: Path, run: int, files: int = FILES) -> None:
@@ -47,6 +79,22 @@ def runs_in(path: Path, files: int = FILES) -> int:
     return runs[0]
 
 
+def commit_run(out: Path, run: int, partition: str | None = None) -> None:
+    targets = [out / "scores", out / "rejects"]
+    if partition:
+        targets = [t / partition for t in targets]
+    with atomic_datasets(*targets, staging=out / ".staging") as tmps:
+        for tmp in tmps:
+            write_run(tmp, run)
+
+
+def write_plain(out: Path, run: int, *datasets: str) -> None:
+    """Plain dataset folders, as earlier versions of the module (or a person) left them."""
+    for name in datasets:
+        (out / name).mkdir(parents=True)
+        write_run(out / name, run)
+
+
 def _exchange_works(tmp_path) -> bool:
     a, b = tmp_path / "probe-a", tmp_path / "probe-b"
     a.mkdir(), b.mkdir()
@@ -56,38 +104,51 @@ def _exchange_works(tmp_path) -> bool:
         a.rmdir(), b.rmdir()
 
 
-# --- the contract: all or nothing ----------------------------------------------------------------
+def _no_symlinks(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "symlink", refuse)
 
 
-def test_success_moves_the_folder_into_place(tmp_path):
-    target = tmp_path / "out" / "scores"
+# --- the contract: all or nothing, in one switch ---------------------------------------------------
+
+
+def test_a_commit_publishes_a_link_to_an_immutable_version(tmp_path):
+    out = tmp_path / "out"
+    target = out / "scores"
     with atomic_dataset_dir(target) as tmp:
-        assert tmp.is_relative_to(target.parent / ".staging") and tmp.is_dir() and not target.exists()
+        assert tmp.is_relative_to(out / ".staging") and tmp.is_dir() and not os.path.lexists(target)
         (tmp / "part-0.parquet").write_text("new")
+    assert os.readlink(target) == ".versions/current/scores" and _current(out) in _versions(out)
     assert (target / "part-0.parquet").read_text() == "new"
-    assert _leftovers(target.parent) == []
+    assert snapshot(target) == out / ".versions" / _current(out) / "scores"
+    assert snapshot(target) == Path(os.path.realpath(target))
+    assert _leftovers(out) == [] and not (out / ".staging").exists()
     assert target.stat().st_mode & 0o055, "the dataset folder should not be private"
 
 
-def test_success_replaces_an_older_dataset_entirely(tmp_path):
-    target = tmp_path / "scores"
-    target.mkdir()
-    (target / "old-only.parquet").write_text("old")
-    with atomic_dataset_dir(target) as tmp:
-        (tmp / "part-0.parquet").write_text("new")
-    assert sorted(p.name for p in target.iterdir()) == ["part-0.parquet"]
-    assert _leftovers(tmp_path) == []
+def test_a_new_commit_replaces_the_dataset_entirely_and_keeps_the_old_version_readable(tmp_path):
+    out = tmp_path / "out"
+    commit_run(out, 1)
+    before = snapshot(out / "scores")
+    commit_run(out, 2)
+    assert runs_in(out / "scores") == runs_in(out / "rejects") == 2
+    assert sorted(p.name for p in (out / "scores").iterdir()) == [f"part-0002-{i:05d}.parquet" for i in range(FILES)]
+    assert sorted(p.name for p in before.iterdir()) == [f"part-0001-{i:05d}.parquet" for i in range(FILES)]
+    assert runs_in(before) == 1  # the old version, as it was
+    assert len(_versions(out)) == 2 and _leftovers(out) == []
 
 
 def test_failure_keeps_the_old_dataset_and_removes_the_temporary_one(tmp_path):
-    target = tmp_path / "scores"
-    target.mkdir()
-    (target / "part-0.parquet").write_text("old")
-    with pytest.raises(RuntimeError, match="boom"), atomic_dataset_dir(target) as tmp:
-        (tmp / "part-0.parquet").write_text("half")
+    out = tmp_path / "out"
+    commit_run(out, 1)
+    versions = _versions(out)
+    with pytest.raises(RuntimeError, match="boom"), atomic_datasets(out / "scores", staging=out / ".staging") as (tmp,):
+        write_run(tmp, 2)
         raise RuntimeError("boom")
-    assert (target / "part-0.parquet").read_text() == "old"
-    assert _leftovers(tmp_path) == []
+    assert runs_in(out / "scores") == 1 and _versions(out) == versions
+    assert _leftovers(out) == []
 
 
 def test_failure_with_no_older_dataset_leaves_nothing(tmp_path):
@@ -112,51 +173,233 @@ def test_replace_dir_puts_the_old_folder_back_when_the_move_fails(tmp_path):
     assert (target / "keep").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["scores"]
 
 
+def test_one_rename_switches_all_the_datasets_of_a_commit(tmp_path, monkeypatch):
+    """The public links stay as they are (same inodes); only ``current`` is replaced, once per
+    commit, after the new version is complete. If that rename fails nothing has changed."""
+    out = tmp_path / "out"
+    commit_run(out, 1)
+    links = {name: os.lstat(out / name).st_ino for name in ("scores", "rejects")}
+    real, switches = atomic._switch, []
+
+    def switch(versions, version, previous):
+        assert [runs_in(versions / version / name) for name in ("scores", "rejects")] == [2, 2]
+        assert [runs_in(out / name) for name in ("scores", "rejects")] == [1, 1], "switched before the switch"
+        switches.append(version)
+        real(versions, version, previous)
+        assert [runs_in(out / name) for name in ("scores", "rejects")] == [2, 2]
+
+    monkeypatch.setattr(atomic, "_switch", switch)
+    commit_run(out, 2)
+    assert len(switches) == 1 and _current(out) == switches[0]
+    assert {name: os.lstat(out / name).st_ino for name in ("scores", "rejects")} == links
+
+    def failing(versions, version, previous):
+        raise OSError("the switch fails")
+
+    monkeypatch.setattr(atomic, "_switch", failing)
+    with pytest.raises(OSError, match="the switch fails"):
+        commit_run(out, 3)
+    assert [runs_in(out / name) for name in ("scores", "rejects")] == [2, 2]
+    assert _current(out) == switches[0] and len(_versions(out)) == 2 and _leftovers(out) == []
+
+
+def test_the_first_commit_makes_both_datasets_appear_together(tmp_path, monkeypatch):
+    """Before the first switch the links exist but lead nowhere (as if absent): scores never
+    appears without rejects."""
+    out = tmp_path / "out"
+    real, seen = atomic._switch, []
+
+    def switch(versions, version, previous):
+        seen.append([(out / name).exists() for name in ("scores", "rejects")])
+        real(versions, version, previous)
+
+    monkeypatch.setattr(atomic, "_switch", switch)
+    commit_run(out, 1)
+    assert seen == [[False, False]] and [runs_in(out / n) for n in ("scores", "rejects")] == [1, 1]
+
+
+def test_partitions_are_plain_folders_in_a_version_and_every_reader_sees_the_hive_layout(tmp_path):
+    """Only OUT/scores is a link; partitions are real folders inside the version, so pyarrow,
+    pandas, DuckDB (``*/*.parquet`` and ``**``), ``rglob`` and ``os.walk`` all find them, with the
+    partition column."""
+    out = tmp_path / "out"
+    commit_run(out, 1, "date=1")
+    commit_run(out, 2, "date=2")
+    scores = out / "scores"
+    assert scores.is_symlink() and not (scores / "date=1").is_symlink() and (scores / "date=1").is_dir()
+    expected = [(1, 1)] * FILES * ROWS + [(2, 2)] * FILES * ROWS
+    table = ds.dataset(scores, format="parquet", partitioning="hive").to_table(columns=["date", "run"])
+    assert sorted(zip(table.column("date").to_pylist(), table.column("run").to_pylist(), strict=True)) == expected
+    frame = pd.read_parquet(scores, columns=["date", "run"])
+    assert sorted(zip(frame["date"].astype(int), frame["run"], strict=True)) == expected
+    for glob in ("*/*.parquet", "**/*.parquet"):
+        query = f"SELECT date, run FROM read_parquet('{scores}/{glob}', hive_partitioning = true) ORDER BY ALL"
+        assert duckdb.sql(query).fetchall() == expected, glob
+    assert len(list(scores.rglob("*.parquet"))) == 2 * FILES
+    assert sum(len(files) for _, _, files in os.walk(scores)) == 2 * FILES
+    assert snapshot(scores / "date=1") == out / ".versions" / _current(out) / "scores" / "date=1"
+    assert runs_in(snapshot(out / "rejects" / "date=2")) == 2
+    assert _leftovers(out) == []
+
+
 def test_a_partition_is_staged_outside_its_dataset_root(tmp_path):
     """While a partition is written, nothing half-written sits under the dataset root, where a
-    glob such as DuckDB's out/scores/*/*.parquet would find it."""
-    dataset = tmp_path / "scores"
-    (dataset / "date=1").mkdir(parents=True)
-    (dataset / "date=1" / "old.parquet").write_bytes(b"old")
-    with atomic_dataset_dir(dataset / "date=1", staging=tmp_path / ".staging") as tmp:
-        assert tmp.is_relative_to(tmp_path / ".staging")
-        (tmp / "new.parquet").write_bytes(b"new")
-        assert sorted(p.name for p in dataset.iterdir()) == ["date=1"]
-        assert [p.name for p in (dataset / "date=1").iterdir()] == ["old.parquet"]
-    assert [p.name for p in (dataset / "date=1").iterdir()] == ["new.parquet"]
-    assert sorted(p.name for p in dataset.iterdir()) == ["date=1"]
-    assert not (tmp_path / ".staging").exists()
+    glob such as DuckDB's out/scores/*/*.parquet would find it; the other partitions are carried
+    over."""
+    out = tmp_path / "out"
+    commit_run(out, 1, "date=1")
+    commit_run(out, 2, "date=2")
+    with atomic_dataset_dir(out / "scores" / "date=1", staging=out / ".staging") as tmp:
+        assert tmp.is_relative_to(out / ".staging")
+        write_run(tmp, 3)
+        assert sorted(p.name for p in (out / "scores").iterdir()) == ["date=1", "date=2"]
+        assert runs_in(out / "scores" / "date=1") == 1
+    assert [runs_in(out / "scores" / d) for d in ("date=1", "date=2")] == [3, 2]
+    assert _leftovers(out) == []
 
 
-def test_the_datasets_of_one_commit_are_switched_together_or_not_at_all(tmp_path, monkeypatch):
+def test_partition_paths_need_the_output_folders_staging_and_versions_are_not_targets(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="looks like a partition: pass staging=OUT/.staging"):
+        atomic_dataset_dir(out / "scores" / "date=1").__enter__()
+    for inside in (out / ".versions" / "x", out / ".staging" / "x"):
+        with pytest.raises(ValueError, match="belongs to the atomic commit"):
+            atomic_dataset_dir(inside, staging=out / ".staging").__enter__()
+    assert not out.exists()
+
+
+def test_snapshots_resolve_through_one_reading_of_the_pointer(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    commit_run(out, 1)
+    real_current, reads = atomic._current, []
+
+    def current(versions):
+        reads.append(versions)
+        commit = len(reads) == 1
+        name = real_current(versions)
+        if commit:  # a commit lands right after the pointer was read
+            monkeypatch.setattr(atomic, "_current", real_current)
+            commit_run(out, 2)
+            monkeypatch.setattr(atomic, "_current", current)
+        return name
+
+    monkeypatch.setattr(atomic, "_current", current)
+    scores, rejects = snapshots(out / "scores", out / "rejects")
+    assert len(reads) == 1 and runs_in(scores) == runs_in(rejects) == 1
+    assert runs_in(out / "scores") == 2
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert snapshot(plain) == plain.resolve()  # not in the layout: resolved, no guarantee
+    with pytest.raises(FileNotFoundError):
+        snapshot(out / "scores" / "date=9")
+    with pytest.raises(FileNotFoundError):
+        snapshot(tmp_path / "nothing")
+
+
+# --- adopting plain folders of earlier versions ------------------------------------------------------
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
+def test_plain_folders_are_adopted_without_losing_data(tmp_path, monkeypatch, caplog, exchange):
+    """OUT/scores and OUT/rejects are plain folders with partitions (an earlier version of the tool).
+    A partition commit adopts them: the other partitions are kept, the folders become links. With
+    the exchange, a read that listed the plain folder and opens the names after the exchange still
+    finds the same files; without it, the path is missing for a moment (warned), nothing is lost."""
+    out = tmp_path / "out"
+    if exchange and not _exchange_works(tmp_path):
+        pytest.skip("this file system has no RENAME_EXCHANGE")
+    if not exchange:
+        monkeypatch.setattr(atomic, "_RENAMEAT2", None)
+        monkeypatch.setattr(atomic, "_warned", set())
+    write_plain(out, 1, "scores/date=1", "scores/date=2", "rejects/date=1")
+    real, straddles = atomic._swap_into_place, []
+
+    def swap(new, target, aside):
+        listed = {name: runs_in(target / name) for name in sorted(os.listdir(target))}
+        real(new, target, aside)
+        assert target.is_symlink()
+        straddles.append({name: runs_in(target / name) for name in listed} == listed)
+
+    monkeypatch.setattr(atomic, "_swap_into_place", swap)
+    with caplog.at_level(logging.WARNING, logger="pipeline.outputs.atomic"):
+        commit_run(out, 2, "date=2")
+    assert straddles == [True, True]
+    assert [runs_in(out / p) for p in ("scores/date=1", "scores/date=2", "rejects/date=1", "rejects/date=2")] == [
+        1,
+        2,
+        1,
+        2,
+    ]
+    assert all((out / name).is_symlink() for name in ("scores", "rejects"))
+    assert ("two renames" in caplog.text) is not exchange
+    assert _leftovers(out) == [] and not list((out / ".versions").glob("migrate-*"))
+    assert len(list((out / ".versions").glob("old-*"))) == 2  # the plain folders, kept for the grace period
+
+    monkeypatch.setattr(atomic, "VERSION_GRACE", 0.0)
+    commit_run(out, 3, "date=1")
+    assert not list((out / ".versions").glob("old-*")) and len(_versions(out)) == 2
+    assert [runs_in(out / p) for p in ("scores/date=1", "scores/date=2", "rejects/date=1")] == [3, 2, 3]
+
+
+def test_a_dataset_whose_link_was_removed_is_not_resurrected(tmp_path):
+    out = tmp_path / "out"
+    commit_run(out, 1)
+    with atomic_dataset_dir(out / "other", staging=out / ".staging") as tmp:
+        write_run(tmp, 5)
+    (out / "scores").unlink()  # someone deletes the dataset
+    commit_run(out, 2, "date=1")
+    assert [p.name for p in (out / "scores").iterdir()] == ["date=1"] and runs_in(out / "other") == 5
+    with atomic_dataset_dir(out / "other", staging=out / ".staging") as tmp:
+        write_run(tmp, 6)
+    (out / "rejects").unlink()
+    os.unlink(out / "other")
+    commit_run(out, 3, "date=2")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["rejects", "scores"]
+    assert [p.name for p in (out / "rejects").iterdir()] == ["date=2"]
+    assert _leftovers(out) == []
+
+
+# --- where links cannot be made: the exchange, one folder at a time -----------------------------------
+
+
+def test_without_symlinks_it_falls_back_to_exchanging_folders_with_a_warning(tmp_path, monkeypatch, caplog):
+    _no_symlinks(monkeypatch)
+    monkeypatch.setattr(atomic, "_warned", set())
+    out = tmp_path / "out"
+    for run in (1, 2):
+        with caplog.at_level(logging.WARNING, logger="pipeline.outputs.atomic"):
+            commit_run(out, run)
+    assert runs_in(out / "scores") == runs_in(out / "rejects") == 2
+    assert not (out / "scores").is_symlink() and not (out / ".versions").exists()
+    assert "symbolic links cannot be made" in caplog.text and _leftovers(out) == []
+
+
+def test_the_fallback_switches_the_datasets_of_a_commit_together_or_not_at_all(tmp_path, monkeypatch):
     """Both folders are complete before the first switch; if the second switch fails, the first
     one is undone, so scores and rejects never end up from different runs."""
+    _no_symlinks(monkeypatch)
     out = tmp_path / "out"
-    targets = (out / "scores", out / "rejects")
-    with atomic_datasets(*targets, staging=out / ".staging") as tmps:
-        for tmp in tmps:
-            write_run(tmp, 1)
-
+    commit_run(out, 1)
     real, switched = atomic._swap_into_place, []
 
     def swap(new, target, aside):
-        if not switched:
-            assert [runs_in(tmp) for tmp in tmps] == [2, 2], "a folder was switched before both were complete"
-        else:
+        if switched:
             raise OSError("the second switch fails")
+        assert runs_in(new) == 2, "a folder was switched before both were complete"
         switched.append(target)
         return real(new, target, aside)
 
     monkeypatch.setattr(atomic, "_swap_into_place", swap)
-    with pytest.raises(OSError, match="second switch"), atomic_datasets(*targets, staging=out / ".staging") as tmps:
-        for tmp in tmps:
-            write_run(tmp, 2)
-    assert switched == [targets[0]]
-    assert [runs_in(t) for t in targets] == [1, 1]
+    with pytest.raises(OSError, match="second switch"):
+        commit_run(out, 2)
+    assert switched == [out / "scores"]
+    assert [runs_in(out / name) for name in ("scores", "rejects")] == [1, 1]
     assert _leftovers(out) == []
 
 
-def test_without_renameat2_it_falls_back_to_two_renames_with_a_warning(tmp_path, monkeypatch, caplog):
+def test_without_symlinks_or_renameat2_it_uses_two_renames_with_a_warning(tmp_path, monkeypatch, caplog):
+    _no_symlinks(monkeypatch)
     monkeypatch.setattr(atomic, "_RENAMEAT2", None)
     monkeypatch.setattr(atomic, "_warned", set())
     target = tmp_path / "scores"
@@ -167,17 +410,17 @@ def test_without_renameat2_it_falls_back_to_two_renames_with_a_warning(tmp_path,
     assert "two renames" in caplog.text
 
 
-# --- (a) readers polling during commits ----------------------------------------------------------
+# --- readers polling during commits ------------------------------------------------------------------
 #
-# Two kinds of reader. A *pinned* reader opens the folder once and reads every file relative to that
-# open folder: it sees exactly one state of the public path, so it checks the switch itself, and
-# must never see a missing, partial or mixed dataset. pyarrow, pandas and DuckDB instead list the
-# folder and then stat and open each file by its full path again (strace shows getdents, then
-# stat("OUT/scores/NAME") per file, then open): a read that overlaps a switch resolves names listed
-# in the old folder inside the new one. With run-named files (as ``score_dataset`` writes them) such
-# a read fails with "file not found" or comes back short (the libraries skip names that vanish
-# while they list), always with rows of one run only: never mixed. No folder switch (exchange or
-# symlink) can do better for these readers without a manifest.
+# Three kinds of reader. A *snapshot* reader resolves the public paths once (``snapshots``) and reads
+# the version folders: it must never fail, never see a short or mixed dataset, and its scores and
+# rejects are always of the same run. A *pinned* reader opens the public folder once and reads every
+# file relative to that open folder: one version, never a failure. pyarrow, pandas and DuckDB
+# instead list the folder and then open each file by its full path again (through the pointer
+# again): a read that overlaps a switch resolves names listed in one version inside the next. With
+# run-named files (as ``score_dataset`` writes them) such a read fails with "file not found", or
+# comes back short (pyarrow skips listed names it cannot find), always with rows of one run only:
+# never mixed, never more rows than one dataset. These straddles are the only failures allowed.
 
 
 def read_pinned(folder: Path) -> list[int]:
@@ -209,8 +452,8 @@ def _column(table_or_frame, name="run") -> list:
 
 
 class Poller(threading.Thread):
-    """Reads a public path in a loop until stopped. ``check`` returns None for a complete read,
-    "short" for a read that overlapped a switch, or a failure."""
+    """Reads in a loop until stopped. ``check`` returns None for a complete read, "short" for a
+    read that overlapped a switch, or a failure. ``strict``: every error and short read is a failure."""
 
     def __init__(self, name, read, check, strict=False):
         super().__init__(name=name, daemon=True)
@@ -283,47 +526,44 @@ def _library_pollers(folder: Path, label: str = "") -> list[Poller]:
     ]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RENAME_EXCHANGE is Linux only")
-def test_readers_polling_during_commits_never_see_a_missing_partial_or_mixed_dataset(tmp_path):
-    """30 runs commit OUT/scores and OUT/rejects while readers poll both. Every state of each public
-    path is one run's complete dataset (pinned readers, strict: no error, no short read at all);
-    pyarrow, pandas and DuckDB never see rows of two runs and never fail other than by a straddle."""
-    if not _exchange_works(tmp_path):
-        pytest.skip("this file system has no RENAME_EXCHANGE")
+def _same_run(pair) -> str | None:
+    scores, rejects = pair
+    problem = _whole(scores) or _whole(rejects)
+    if problem is None and scores[0] != rejects[0]:
+        return f"scores of run {scores[0]} with rejects of run {rejects[0]}"
+    return problem
+
+
+def test_readers_polling_during_commits_never_see_a_missing_or_mixed_dataset(tmp_path):
+    """30 runs commit OUT/scores and OUT/rejects while readers poll. Snapshot readers always get
+    scores and rejects of one run, complete; pinned readers one complete dataset; pyarrow, pandas
+    and DuckDB never rows of two runs, and fail only by a straddle (see above)."""
     out = tmp_path / "out"
     scores, rejects = out / "scores", out / "rejects"
-    with atomic_datasets(scores, rejects, staging=out / ".staging") as tmps:
-        for tmp in tmps:
-            write_run(tmp, 0)
-    pollers = []
+    commit_run(out, 0)
+
+    def read_snapshots():
+        return [pq.read_table(path).column("run").to_pylist() for path in snapshots(scores, rejects)]
+
+    pollers = [Poller("snapshots", read_snapshots, _same_run, strict=True)]
     for path in (scores, rejects):
         pollers.append(Poller(f"pinned {path.name}", lambda p=path: read_pinned(p), _whole, strict=True))
         pollers += _library_pollers(path, path.name)
-
-    def commit(run):
-        with atomic_datasets(scores, rejects, staging=out / ".staging") as tmps:
-            for tmp in tmps:
-                write_run(tmp, run)
-
-    _commit_while_polling(pollers, commit)
+    _commit_while_polling(pollers, lambda run: commit_run(out, run))
     assert runs_in(scores) == runs_in(rejects) == 30
     assert _leftovers(out) == []
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RENAME_EXCHANGE is Linux only")
 def test_readers_polling_a_partitioned_dataset_never_see_a_missing_or_mixed_partition(tmp_path):
     """OUT/scores/date=1 is replaced 20 times beside a fixed date=2, as ``vae score --partition``
-    does, while pyarrow, pandas and DuckDB (``scores/*/*.parquet`` with hive partitioning) read the
-    whole dataset and a pinned reader reads the partition: both partitions always there, date=2
-    untouched, date=1 one run's (complete, for the pinned reader)."""
-    if not _exchange_works(tmp_path):
-        pytest.skip("this file system has no RENAME_EXCHANGE")
+    does, while pyarrow, pandas and DuckDB (``*/*.parquet`` and ``**`` with hive partitioning)
+    read the whole dataset, a pinned reader the partition, and a snapshot reader both datasets'
+    partitions: both partitions always there, date=2 untouched, date=1 one run's (complete and the
+    same in scores and rejects, for the snapshot reader)."""
     out = tmp_path / "out"
-    dataset, staging = out / "scores", out / ".staging"
-    for day, run in (("1", 0), ("2", 1000)):
-        with atomic_datasets(dataset / f"date={day}", out / "rejects" / f"date={day}", staging=staging) as tmps:
-            for tmp in tmps:
-                write_run(tmp, run)
+    dataset = out / "scores"
+    commit_run(out, 0, "date=1")
+    commit_run(out, 1000, "date=2")
 
     def check(pairs):
         by_day: dict[str, list[int]] = {}
@@ -343,29 +583,31 @@ def test_readers_polling_a_partitioned_dataset_never_see_a_missing_or_mixed_part
         frame = pd.read_parquet(dataset, columns=["date", "run"])
         return zip(frame["date"].astype(str), frame["run"], strict=True)
 
+    def read_snapshots():
+        paths = snapshots(dataset / "date=1", out / "rejects" / "date=1", dataset / "date=2")
+        runs = [pq.read_table(path).column("run").to_pylist() for path in paths]
+        return _same_run(runs[:2]) or (None if runs[2] == [1000] * FILES * ROWS else "date=2 changed")
+
     con = _duckdb()
-    glob = f"read_parquet('{dataset}/*/*.parquet', hive_partitioning = true)"
     pollers = [
+        Poller("snapshots", read_snapshots, lambda outcome: outcome, strict=True),
         Poller("pinned", lambda: read_pinned(dataset / "date=1"), _whole, strict=True),
         Poller("pyarrow", arrow_pairs, check),
         Poller("pandas", pandas_pairs, check),
-        Poller("duckdb", lambda: con.sql(f"SELECT date, run FROM {glob}").fetchall(), check),
     ]
-
-    def commit(run):
-        with atomic_datasets(dataset / "date=1", out / "rejects" / "date=1", staging=staging) as tmps:
-            for tmp in tmps:
-                write_run(tmp, run)
-
-    _commit_while_polling(pollers, commit, commits=20)
+    for glob in ("*/*.parquet", "**/*.parquet"):
+        query = f"SELECT date, run FROM read_parquet('{dataset}/{glob}', hive_partitioning = true)"
+        pollers.append(Poller(f"duckdb {glob}", lambda q=query: con.cursor().sql(q).fetchall(), check))
+    _commit_while_polling(pollers, lambda run: commit_run(out, run, "date=1"), commits=20)
     assert runs_in(dataset / "date=1") == runs_in(out / "rejects" / "date=1") == 20
     assert sorted(p.name for p in dataset.iterdir()) == ["date=1", "date=2"]
     assert _leftovers(out) == []
 
 
-# --- (b) a process killed in the middle of a commit; (c) concurrent writers -----------------------
+# --- a process killed in the middle of a commit; concurrent writers --------------------------------
 
 WRITER = """
+import logging
 import sys
 from pathlib import Path
 
@@ -374,31 +616,54 @@ import pyarrow.parquet as pq
 
 from pipeline.outputs import atomic
 
-out, run, pause, files = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-real_swap, switched = atomic._swap_into_place, []
+out, run, pause, files, partition = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+real = {name: getattr(atomic, name) for name in ("_version_name", "_switch", "_swap_into_place")}
+swaps = []
 
 
-def wait_here():
-    print("paused", flush=True)
-    sys.stdin.readline()  # the test kills us here, or lets us go on
+def pause_at(point):
+    if pause == point:
+        print("paused", flush=True)
+        sys.stdin.readline()  # the test kills us here, or lets us go on
 
 
-def swap(new, target, aside):
-    if pause == f"switch {len(switched) + 1}":
-        wait_here()
-    switched.append(target)
-    return real_swap(new, target, aside)
+def version_name():
+    pause_at("building")  # the new version is assembled under a temporary name
+    return real["_version_name"]()
 
 
-atomic._swap_into_place = swap
+def switch(*args):
+    pause_at("switch")  # the new version is complete, current not yet switched
+    real["_switch"](*args)
+    pause_at("switched")
+
+
+def swap(*args):
+    swaps.append(args)
+    if len(swaps) == 2:
+        pause_at("adopting")  # one plain folder exchanged for its link, the other not yet
+    return real["_swap_into_place"](*args)
+
+
+class SayWaiting(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith("waiting for the commit of another run"):
+            print("waiting", flush=True)
+
+
+logging.getLogger("pipeline.outputs.atomic").addHandler(SayWaiting(logging.INFO))
+logging.getLogger("pipeline.outputs.atomic").setLevel(logging.INFO)
+atomic._version_name, atomic._switch, atomic._swap_into_place = version_name, switch, swap
+targets = [out / "scores", out / "rejects"]
+if partition != "-":
+    targets = [target / partition for target in targets]
 try:
-    with atomic.atomic_datasets(out / "scores", out / "rejects", staging=out / ".staging") as tmps:
+    with atomic.atomic_datasets(*targets, staging=out / ".staging") as tmps:
         for tmp in tmps:
             for i in range(files):
                 table = pa.table({"run": pa.array([run] * 40, pa.int64()), "row": pa.array(range(i * 40, i * 40 + 40))})
                 pq.write_table(table, tmp / f"part-{run:04d}-{i:05d}.parquet")
-        if pause == "writing":
-            wait_here()
+        pause_at("writing")
 except atomic.DatasetLockedError as exc:
     print(f"locked: {exc}", flush=True)
     sys.exit(3)
@@ -406,10 +671,12 @@ print("committed", flush=True)
 """
 
 
-def start_writer(out: Path, run: int, pause: str = "none", files: int = FILES) -> subprocess.Popen:
+def start_writer(
+    out: Path, run: int, pause: str = "none", files: int = FILES, partition: str = "-"
+) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(out), str(run), pause, str(files)],
+        [sys.executable, "-c", WRITER, str(out), str(run), pause, str(files), partition],
         cwd=ROOT,
         env=env,
         stdin=subprocess.PIPE,
@@ -432,52 +699,54 @@ def wait_for_line(proc: subprocess.Popen, timeout: float = 60) -> str:
     return line.strip()
 
 
-def commit_run(out: Path, run: int) -> None:
-    with atomic_datasets(out / "scores", out / "rejects", staging=out / ".staging") as tmps:
-        for tmp in tmps:
-            write_run(tmp, run)
+def _close(proc: subprocess.Popen) -> None:
+    proc.stdin.close(), proc.stdout.close(), proc.stderr.close()
 
 
 @pytest.mark.parametrize(
-    ("pause", "after_kill", "after_recovery"),
+    ("pause", "after_kill"),
     [
-        ("writing", (1, 1), (1, 1)),  # not committed: thrown away
-        ("switch 1", (1, 1), (2, 2)),  # commit decided, nothing switched yet: finished by the next run
-        ("switch 2", (2, 1), (2, 2)),  # killed between the two switches: finished by the next run
+        ("writing", 1),  # not committed: thrown away
+        ("building", 1),  # a half-built version under a temporary name: thrown away
+        ("switch", 1),  # a complete version, never switched to: thrown away
+        ("switched", 2),  # committed; only the run's own folders and locks are left
+        ("adopting", 1),  # plain folders: one exchanged for its link, the other not: finished by the next run
     ],
 )
-def test_a_writer_killed_mid_commit_leaves_complete_datasets_and_the_next_run_cleans_up(
-    tmp_path, pause, after_kill, after_recovery
-):
+def test_a_writer_killed_mid_commit_leaves_complete_datasets_and_the_next_run_cleans_up(tmp_path, pause, after_kill):
     out = tmp_path / "out"
-    commit_run(out, 1)
+    if pause == "adopting":
+        write_plain(out, 1, "scores", "rejects")
+    else:
+        commit_run(out, 1)
     writer = start_writer(out, 2, pause, files=20)
     assert wait_for_line(writer) == "paused"
     writer.send_signal(signal.SIGKILL)
     writer.wait(30)
-    writer.stdin.close(), writer.stdout.close(), writer.stderr.close()
+    _close(writer)
 
     scores, rejects = out / "scores", out / "rejects"
-    files = {1: FILES, 2: 20}
-    assert [runs_in(p, files[r]) for p, r in zip((scores, rejects), after_kill, strict=True)] == list(after_kill)
+    files = {1: FILES, 2: 20}[after_kill]
     con = _duckdb()
-    for path, run in zip((scores, rejects), after_kill, strict=True):
+    for path in (scores, rejects):
+        assert runs_in(path, files) == after_kill
         assert con.sql(f"SELECT count(*), min(run), max(run) FROM '{path}/*.parquet'").fetchall() == [
-            (files[run] * ROWS, run, run)
+            (files * ROWS, after_kill, after_kill)
         ]
-        assert pd.read_parquet(path)["run"].tolist() == [run] * files[run] * ROWS
-    assert any((out / ".staging").iterdir()), "the killed writer should have left its run folder and locks"
+        assert pd.read_parquet(path)["run"].tolist() == [after_kill] * files * ROWS
+    if pause != "switched":
+        assert [runs_in(p, files) for p in snapshots(scores, rejects)] == [after_kill] * 2
+    assert _leftovers(out), "the killed writer should have left its run folder, locks or half-built version"
 
-    # The next run that writes into OUT (here another dataset) finishes or throws away the killed commit.
+    # The next run that writes into OUT (here another dataset) cleans up (and finishes an adoption).
     with atomic_dataset_dir(out / "other", staging=out / ".staging") as tmp:
         write_run(tmp, 7)
-    assert [runs_in(p, files[r]) for p, r in zip((scores, rejects), after_recovery, strict=True)] == list(
-        after_recovery
-    )
-    assert _leftovers(out) == []
+    assert [runs_in(p, files) for p in (scores, rejects)] == [after_kill] * 2
+    assert all(p.is_symlink() for p in (scores, rejects)) and _leftovers(out) == []
+    assert not list((out / ".versions").glob("tmp-*")) and not list((out / ".versions").glob("migrate-*"))
 
     commit_run(out, 3)
-    assert runs_in(scores) == runs_in(rejects) == 3
+    assert runs_in(scores) == runs_in(rejects) == 3 and runs_in(out / "other") == 7
     assert _leftovers(out) == []
 
 
@@ -501,7 +770,7 @@ def test_a_second_writer_is_refused_at_once_and_the_first_one_commits(tmp_path):
     first.stdin.flush()
     assert wait_for_line(first) == "committed"
     assert first.wait(30) == 0
-    first.stdin.close(), first.stdout.close(), first.stderr.close()
+    _close(first)
     assert runs_in(out / "scores") == runs_in(out / "rejects") == 2
 
     commit_run(out, 3)
@@ -521,6 +790,27 @@ def test_two_writers_started_together_end_with_one_consistent_dataset(tmp_path):
         assert ("committed" if writer.returncode == 0 else "is being written by another run") in stdout
     final = runs_in(out / "scores", 30)
     assert final == runs_in(out / "rejects", 30) and outcomes[final] == 0
+    assert [runs_in(p, 30) for p in snapshots(out / "scores", out / "rejects")] == [final, final]
+    assert _leftovers(out) == []
+
+
+def test_commits_of_different_partitions_wait_for_each_other_and_keep_each_others_partition(tmp_path):
+    """The first writer stops just before its switch, its version built (without date=2) and the
+    commit lock held; the second, for date=2, waits for that lock (it says so) instead of switching
+    in between, then builds on the first one's version: both partitions end up in the dataset."""
+    out = tmp_path / "out"
+    first = start_writer(out, 1, pause="switch", files=20, partition="date=1")
+    assert wait_for_line(first) == "paused"
+    second = start_writer(out, 2, files=20, partition="date=2")
+    assert wait_for_line(second) == "waiting"
+    first.stdin.write("\n")
+    first.stdin.flush()
+    assert wait_for_line(first) == "committed" and wait_for_line(second) == "committed"
+    assert first.wait(30) == second.wait(30) == 0
+    _close(first), _close(second)
+    for dataset in ("scores", "rejects"):
+        assert sorted(p.name for p in (out / dataset).iterdir()) == ["date=1", "date=2"]
+        assert [runs_in(out / dataset / f"date={run}", 20) for run in (1, 2)] == [1, 2]
     assert _leftovers(out) == []
 
 
@@ -567,12 +857,52 @@ def test_leftovers_of_killed_runs_are_removed_but_live_runs_are_left_alone(tmp_p
     assert _leftovers(out) == []
 
 
+def test_what_killed_commits_leave_in_versions_is_removed_by_the_next_commit(tmp_path):
+    out = tmp_path / "out"
+    commit_run(out, 1)
+    versions = out / ".versions"
+    current = _current(out)
+    debris = {
+        "tmp-run-20200101T000000Z-elsewhere-1-abcdef": "dir",  # a half-built version
+        "current.tmp-1a2b3c4d": "link",  # a new pointer never renamed into place
+        "old-run-20200101T000000Z-elsewhere-1-abcdef-scores": "link",  # an adoption that never happened
+        "v-29991231T235959.999999Z-abcdef": "dir",  # built after the current version, never switched to
+    }
+    for name, kind in debris.items():
+        if kind == "dir":
+            (versions / name / "scores").mkdir(parents=True)
+            write_run(versions / name / "scores", 9)
+        else:
+            os.symlink(current, versions / name)
+    os.symlink(".versions/current/gone", out / "gone")  # a link made for a first commit that died
+    assert _leftovers(out) == sorted(
+        ["gone (leads nowhere)", *(f".versions/{name}" for name in debris if not name.startswith("v-"))]
+    )
+    commit_run(out, 2)
+    assert sorted(p.name for p in versions.iterdir()) == sorted(["current", current, _current(out)])
+    assert not os.path.lexists(out / "gone") and _leftovers(out) == []
+
+
+def test_replaced_versions_are_kept_for_the_grace_period_then_deleted_by_a_later_commit(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    commit_run(out, 1)
+    first = snapshot(out / "scores")
+    commit_run(out, 2)
+    commit_run(out, 3)
+    assert runs_in(first) == 1 and len(_versions(out)) == 3  # within the grace period: all readable
+    monkeypatch.setattr(atomic, "VERSION_GRACE", 0.0)
+    commit_run(out, 4)  # deletes those replaced before it; the one it replaces is kept until the next
+    assert not first.exists() and len(_versions(out)) == 2
+    assert runs_in(out / ".versions" / _versions(out)[0] / "scores") == 3
+    assert _leftovers(out) == []
+
+
 # --- object stores, through Beam's file systems on a local path ----------------------------------
 
 
 def test_the_beam_filesystems_variant_keeps_the_same_contract(tmp_path):
     """``atomic_filesystem_dir`` is for gs://, s3:// ... outputs; Beam's local file system runs it here."""
-    from pipeline.outputs.atomic import atomic_filesystem_dir
+    from pipeline.outputs.atomic import atomic_filesystem_dir, committed_files
 
     target = tmp_path / "scores"
     target.mkdir()
@@ -583,20 +913,24 @@ def test_the_beam_filesystems_variant_keeps_the_same_contract(tmp_path):
         raise RuntimeError
     assert [p.name for p in target.iterdir()] == ["old.parquet"]
     assert _leftovers(tmp_path) == []
+    with pytest.raises(FileNotFoundError):
+        committed_files(str(target))
 
     with atomic_filesystem_dir(str(target)) as tmp:
         for i in range(2):
             (Path(tmp) / f"part-{i}.parquet").write_text(f"new {i}")
-    assert sorted(p.name for p in target.iterdir()) == ["part-0.parquet", "part-1.parquet"]
+    assert sorted(p.name for p in target.iterdir()) == ["_manifest.json", "part-0.parquet", "part-1.parquet"]
+    assert committed_files(str(target)) == [f"{target}/part-0.parquet", f"{target}/part-1.parquet"]
     assert _leftovers(tmp_path) == []
 
 
 def test_the_object_store_commit_puts_new_files_in_place_before_deleting_old_ones(tmp_path, monkeypatch):
     """A partition on an object store: staged under OUT/.staging (not under the dataset root), the
-    new files copied into place first, then the old ones deleted, for scores and rejects alike."""
+    new files copied into place first, then the manifest, then the old ones deleted, for scores and
+    rejects alike."""
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.outputs.atomic import atomic_filesystem_datasets
+    from pipeline.outputs.atomic import atomic_filesystem_datasets, committed_files
 
     out = tmp_path / "out"
     targets = [str(out / "scores" / "date=1"), str(out / "rejects" / "date=1")]
@@ -609,7 +943,7 @@ def test_the_object_store_commit_puts_new_files_in_place_before_deleting_old_one
 
     def delete(paths):
         if any(p.endswith(".parquet") for p in paths):
-            deletes.append({t: sorted(p.name for p in Path(t).iterdir()) for t in targets})
+            deletes.append({t: (sorted(p.name for p in Path(t).iterdir()), committed_files(t)) for t in targets})
         return real_delete(paths)
 
     monkeypatch.setattr(FileSystems, "delete", delete)
@@ -620,21 +954,25 @@ def test_the_object_store_commit_puts_new_files_in_place_before_deleting_old_one
         assert sorted(p.name for p in (out / "scores").iterdir()) == ["date=1"]
     old = [f"part-0001-{i:05d}.parquet" for i in range(FILES)]
     new = [f"part-0002-{i:05d}.parquet" for i in range(FILES)]
-    assert deletes[0] == {t: sorted(old + new) for t in targets}, "old files were deleted before all new ones were in"
+    assert deletes[0] == {t: (sorted([*old, *new, "_manifest.json"]), [f"{t}/{n}" for n in new]) for t in targets}, (
+        "old files were deleted before all new ones and the manifest were in"
+    )
     assert [runs_in(Path(t)) for t in targets] == [2, 2]
+    assert json.loads((Path(targets[0]) / "_manifest.json").read_text())["run"].startswith("run-")
     assert _leftovers(out) == [] and sorted(p.name for p in (out / "scores").iterdir()) == ["date=1"]
 
 
 def test_a_failed_object_store_commit_takes_the_new_files_out_again(tmp_path, monkeypatch):
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.outputs.atomic import atomic_filesystem_datasets
+    from pipeline.outputs.atomic import atomic_filesystem_datasets, committed_files
 
     out = tmp_path / "out"
     targets = [str(out / "scores"), str(out / "rejects")]
     with atomic_filesystem_datasets(*targets, staging=f"{out}/.staging") as tmps:
         for tmp in tmps:
             write_run(Path(tmp), 1)
+    manifests = [committed_files(t) for t in targets]
     calls, real_rename = [], FileSystems.rename
 
     def rename(sources, destinations):
@@ -652,6 +990,7 @@ def test_a_failed_object_store_commit_takes_the_new_files_out_again(tmp_path, mo
         for tmp in t:
             write_run(Path(tmp), 2)
     assert [runs_in(Path(t)) for t in targets] == [1, 1]
+    assert [committed_files(t) for t in targets] == manifests
     assert _leftovers(out) == []
 
 
@@ -678,9 +1017,10 @@ def test_object_store_prefixes_of_dead_runs_are_removed_by_age_or_by_this_machin
 
 
 def test_an_object_store_reader_never_finds_the_dataset_missing(tmp_path):
-    """The object store commit is not a switch: for a moment a reader may see the old files and
-    the new ones side by side (documented), but never fewer than a complete dataset."""
-    from pipeline.outputs.atomic import atomic_filesystem_dir
+    """The object store commit is not a switch: for a moment a lister may see the old files and the
+    new ones side by side (documented), but never fewer than a complete dataset; a reader of the
+    manifest always gets one run's complete list (a file of it may be deleted under it: retried)."""
+    from pipeline.outputs.atomic import atomic_filesystem_dir, committed_files
 
     target = tmp_path / "scores"
     with atomic_filesystem_dir(str(target)) as tmp:
@@ -693,8 +1033,12 @@ def test_an_object_store_reader_never_finds_the_dataset_missing(tmp_path):
     def library(runs):
         return None if _whole(runs) is None else "short"  # two runs side by side are allowed here
 
+    def manifest_runs():
+        return pq.read_table(committed_files(str(target))).column("run").to_pylist()
+
     pollers = [
         Poller("pinned", lambda: read_pinned(target), at_least_one_dataset),  # files deleted under it: retried
+        Poller("manifest", manifest_runs, _whole),  # never mixed or short; may straddle the deletes
         *[Poller(p.name, p.read, library) for p in _library_pollers(target)],
     ]
 

@@ -278,6 +278,21 @@ def test_settings_come_from_params_then_variables_then_defaults(common):
     assert common.setting("command", {}, no_variables).endswith("vae")
 
 
+def test_the_dags_default_work_dir_is_vaes_own(common, monkeypatch, tmp_path):
+    from pipeline.cli.main import main
+    from training import registry
+
+    monkeypatch.delenv("VAE_WORK_DIR", raising=False)  # the real default, only computed here, never created
+    assert common.setting("work_dir", {}, no_variables) == str(Path("~/vae-work").expanduser())
+    assert common.default_work_dir() == str(registry.default_work_dir()) == str(registry.work_dir(create=False))
+    shown = next(p for p in main.params if p.name == "work_dir").show_default  # what `vae --help` says
+    assert shown == "$VAE_WORK_DIR, else ~/vae-work"
+    monkeypatch.setenv("VAE_WORK_DIR", str(tmp_path / "shared"))
+    assert common.setting("output_root", {}, no_variables) == str(tmp_path / "shared" / "daily")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert registry.tracking_uri() == f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+
+
 def test_default_vae_command_is_the_one_beside_the_interpreter(common):
     assert common.default_vae_command() == str(BIN / "vae")
 
@@ -445,5 +460,5 @@ def test_retrain_score_and_augment_end_to_end(airflow_db, airflow_home, common):
     assert augment.returncode == 0, log_of(augment)
     assert task_states(airflow_db, "vae_augment", DAY) == {"choose_model": "success", "generate": "success"}
     synthetic = airflow_home / "vae-work" / "synthetic" / MODEL / f"version={champion.version}" / "synthetic"
-    files = sorted((synthetic / "method=prior").rglob("*.parquet"))
+    files = sorted((synthetic / "prior").rglob("*.parquet"))
     assert sum(pq.read_metadata(f).num_rows for f in files) == 32

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 
 import numpy as np
 import pyarrow as pa
@@ -106,14 +105,14 @@ def test_offline_mnist_says_so(monkeypatch):
 def test_mixed_shapes_in_a_png_folder(tmp_path):
     (tmp_path / "a.png").write_bytes(png_bytes(np.zeros((4, 4))))
     (tmp_path / "b.png").write_bytes(png_bytes(np.zeros((5, 5))))
-    with pytest.raises(DataError, match=r"mixed image shapes: example b\.png"):
+    with pytest.raises(DataError, match=r"b\.png example_id b\.png: wrong shape: 5x5x1 image, the data set \(first"):
         data.load(str(tmp_path))
 
 
 def test_mixed_shapes_in_parquet(tmp_path):
     table = pa.table({"pixels": [[0.0] * 16, [0.0] * 9], "height": [4, 3], "width": [4, 3]})
     pq.write_table(table, tmp_path / "m.parquet")
-    with pytest.raises(DataError, match=r"m\.parquet: mixed image shapes.*row 1"):
+    with pytest.raises(DataError, match=r"example_id m\.parquet:1: wrong shape: 3x3x1 image"):
         data.load(str(tmp_path / "m.parquet"))
 
 
@@ -122,7 +121,7 @@ def test_nan_or_infinite_values_name_the_row(tmp_path, bad):
     x = np.zeros((5, 4, 4))
     x[3, 1, 1] = bad
     np.savez(tmp_path / "bad.npz", x=x)
-    with pytest.raises(DataError, match=r"bad\.npz: row 3 has NaN or infinite"):
+    with pytest.raises(DataError, match=r"example_id bad\.npz:3: not finite: NaN, infinite"):
         data.load(str(tmp_path / "bad.npz"))
 
 
@@ -131,16 +130,28 @@ def test_values_outside_unit_range_name_the_row(tmp_path, bad):
     x = np.full((4, 4, 4), 0.5)
     x[2, 0, 0] = bad
     np.savez(tmp_path / "r.npz", x=x)
-    with pytest.raises(DataError, match=r"r\.npz: row 2 has values in .*must be in \[0, 1\]"):
+    with pytest.raises(DataError, match=r"example_id r\.npz:2: out of range: values in .*must then lie in \[0, 1\]"):
         data.load(str(tmp_path / "r.npz"))
 
 
-def test_integer_pixels_0_255_are_scaled_and_the_user_is_told(tmp_path, caplog):
-    np.savez(tmp_path / "u8.npz", x=np.full((3, 4, 4), 255, dtype=np.uint8))
-    with caplog.at_level(logging.WARNING):
-        loaded = data.load(str(tmp_path / "u8.npz"))
-    assert loaded.images.max() == 1.0
-    assert "0-255 integers; scaling them" in caplog.text
+def test_integer_pixels_are_0_255_values_whatever_their_range(tmp_path, caplog):
+    """The scaling rule looks at the column type, never a row's values: a near-black 0-255 image
+    (brightest pixel 1) is divided by 255 like any other integer image."""
+    x = np.zeros((3, 4, 4), dtype=np.uint8)
+    x[0] = 255
+    x[1, 0, 0] = 1  # near-black
+    np.savez(tmp_path / "u8.npz", x=x)
+    loaded = data.load(str(tmp_path / "u8.npz"))
+    assert loaded.images[0].max() == 1.0 and loaded.images[1].max() == np.float32(1 / 255)
+    np.savez(tmp_path / "mask.npz", x=(x > 0).astype(np.uint8))
+    assert data.load(str(tmp_path / "mask.npz"), pixel_scale=1).images[1].max() == 1.0
+
+
+def test_float_pixels_over_1_are_rejected_with_the_fix_named(tmp_path):
+    np.savez(tmp_path / "f.npz", x=np.full((3, 4, 4), 200.0))
+    with pytest.raises(DataError, match=r"look like 0-255 values: store them as integers, or train with --pixel-scale"):
+        data.load(str(tmp_path / "f.npz"))
+    np.testing.assert_allclose(data.load(str(tmp_path / "f.npz"), pixel_scale=255).images, 200 / 255, rtol=1e-6)
 
 
 def test_empty_data_sets(tmp_path):
@@ -167,7 +178,7 @@ def test_empty_data_sets(tmp_path):
 def test_unreadable_image_names_the_file(tmp_path):
     (tmp_path / "ok.png").write_bytes(png_bytes(np.zeros((4, 4))))
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(DataError, match=r"broken\.png: unreadable image"):
+    with pytest.raises(DataError, match=r"example_id broken\.png: unreadable image"):
         data.load(str(tmp_path))
 
 
@@ -176,7 +187,7 @@ def test_unreadable_image_bytes_in_parquet_name_the_row(tmp_path):
         pa.table({"image": [png_bytes(np.zeros((4, 4))), b"garbage"], "example_id": ["x1", "x2"]}),
         tmp_path / "g.parquet",
     )
-    with pytest.raises(DataError, match=r"g\.parquet row 1 \(example_id x2\): unreadable image"):
+    with pytest.raises(DataError, match=r"g\.parquet example_id x2: unreadable image"):
         data.load(str(tmp_path / "g.parquet"))
 
 

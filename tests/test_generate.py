@@ -3,33 +3,47 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.beam import generate_job as gp
+from pipeline.beam.generate_plan import (
+    SAMPLES_PER_BLOCK,
+    GenerateError,
+    Plan,
+    make_shards,
+    parse_labels,
+    plan_samples,
+)
+from pipeline.beam.options import GenerateOptions
+from pipeline.outputs import synthetic
 from pipeline.outputs.png import decode_png, encode_png, to_uint8
+from pipeline.outputs.synthetic import COLUMNS, NO_LABEL, images_of, label_dir, read_synthetic
+from training.data.validate import ModelSpec
+from training.registry import ModelRef
 
 IN_PROCESS = {"direct_running_mode": "in_memory", "direct_num_workers": 1}
 CLI_IN_PROCESS = ["--direct-running-mode", "in_memory", "--direct-num-workers", "1"]
+RUN_FILE = r"part-[0-9a-f]{8}-\d{5}-of-\d{5}\.parquet"  # part-RUN-SSSSS-of-NNNNN.parquet
 
 
 def uri(trained) -> str:
     return f"models:/{trained.model_name}@champion"
 
 
-def info(num_classes: int = 10) -> gp.ModelInfo:
-    return gp.ModelInfo(
-        name="m",
-        version="1",
-        uri="models:/m/1",
-        latent_dim=4,
-        num_classes=num_classes,
-        class_names=[str(i) for i in range(num_classes)],
-        image_shape=(8, 8, 1),
-        likelihood="bernoulli",
-    )
+def model(num_classes: int = 10) -> tuple[ModelRef, ModelSpec]:
+    """A registered model's reference and what it takes, for planning without a model."""
+    names = tuple(str(i) for i in range(num_classes))
+    return ModelRef("m", "1", "models:/m/1", None), ModelSpec((8, 8, 1), num_classes, names)
+
+
+def generate(model_uri: str, method: str, output, *, test_pipeline=None, **options) -> gp.GenerateSummary:
+    """:func:`generate_dataset` with the options object built as ``vae generate`` builds it."""
+    settings = GenerateOptions.of(model=model_uri, method=method, output=output, **options)
+    return gp.generate_dataset(settings, test_pipeline=test_pipeline)
 
 
 def without_created_at(table):
@@ -37,9 +51,10 @@ def without_created_at(table):
 
 
 def leftovers(root: Path) -> list[Path]:
-    """Temporary or swapped-out folders left behind: anything hidden, or in the (empty) staging folder."""
+    """Temporary or swapped-out folders left behind: anything hidden (but the committed versions that
+    :mod:`pipeline.outputs.atomic` keeps in ``.versions``), or in the (empty) staging folder."""
     staging = root / ".staging"
-    hidden = [p for p in root.rglob(".*") if p != staging]
+    hidden = [p for p in root.rglob(".*") if p != staging and ".versions" not in p.relative_to(root).parts]
     return hidden + (list(staging.iterdir()) if staging.exists() else [])
 
 
@@ -58,23 +73,26 @@ def test_png_round_trip_is_the_8_bit_quantisation():
 
 
 def test_stream_seeds_are_deterministic_and_distinct():
-    from scoring.sampling import stream_seed
+    from pipeline.beam.defaults import METHODS
+    from scoring.sampling import SAMPLE_METHODS, stream_seed
+
+    assert METHODS == SAMPLE_METHODS  # the CLI's choices, without importing the sampler at start-up
 
     assert stream_seed(0, 1) == stream_seed(0, 1)
     assert len({stream_seed(s, b) for s in range(3) for b in range(50)}) == 150
 
 
 def test_plans_give_exact_counts_per_label():
-    per_label = gp.plan_samples(info(), "conditional", per_label=3, labels="0,3,7")
+    per_label = plan_samples(*model(), "conditional", per_label=3, labels="0,3,7")
     assert np.bincount(per_label.labels).tolist() == [3, 0, 0, 3, 0, 0, 0, 3]
-    assert np.bincount(gp.plan_samples(info(), "conditional").labels).tolist() == [100] * 10
-    spread = gp.plan_samples(info(), "prior", n=23)  # 23 over 10 labels: 3 get one more
+    assert np.bincount(plan_samples(*model(), "conditional").labels).tolist() == [100] * 10
+    spread = plan_samples(*model(), "prior", n=23)  # 23 over 10 labels: 3 get one more
     assert np.bincount(spread.labels).tolist() == [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
     assert np.all(np.diff(spread.labels) >= 0)  # grouped by label: few files per partition
-    plain = gp.plan_samples(info(0), "prior")
-    assert len(plain) == 1000 and set(plain.labels.tolist()) == {gp.NO_LABEL}
-    assert gp.parse_labels(["7", 3, "7"], [str(i) for i in range(10)]) == [7, 3]
-    assert gp.parse_labels("cat", ["dog", "cat"]) == [1]
+    plain = plan_samples(*model(0), "prior")
+    assert len(plain) == 1000 and set(plain.labels.tolist()) == {NO_LABEL}
+    assert parse_labels(["7", 3, "7"], [str(i) for i in range(10)]) == [7, 3]
+    assert parse_labels("cat", ["dog", "cat"]) == [1]
 
 
 @pytest.mark.parametrize(
@@ -88,10 +106,10 @@ def test_plans_give_exact_counts_per_label():
     ],
 )
 def test_impossible_requests_are_refused_with_what_to_do(kwargs, message):
-    with pytest.raises(gp.GenerateError, match=re.escape(message)):
-        gp.plan_samples(info(0), **kwargs)
-    with pytest.raises(gp.GenerateError, match="unknown label '12'"):
-        gp.plan_samples(info(), "conditional", labels="3,12")
+    with pytest.raises(GenerateError, match=re.escape(message)):
+        plan_samples(*model(0), **kwargs)
+    with pytest.raises(GenerateError, match="unknown label '12'"):
+        plan_samples(*model(), "conditional", labels="3,12")
 
 
 def test_posterior_plan_keeps_sources_and_filters_labels():
@@ -100,25 +118,127 @@ def test_posterior_plan_keeps_sources_and_filters_labels():
     images = np.random.default_rng(0).random((12, 8, 8, 1)).astype(np.float32)
     labels = np.array([0, 1, 2] * 4)
     data = ImageData(images, labels, np.array([f"x{i}" for i in range(12)]), ["0", "1", "2"], "test")
-    plan = gp.plan_samples(info(3), "posterior", labels="2,0", data=data)
+    plan = plan_samples(*model(3), "posterior", labels="2,0", data=data)
     assert plan.source_ids.tolist() == ["x0", "x3", "x6", "x9", "x2", "x5", "x8", "x11"]
     assert plan.labels.tolist() == [0] * 4 + [2] * 4
     np.testing.assert_array_equal(plan.images[0], images[0])
-    cycled = gp.plan_samples(info(3), "posterior", per_label=6, labels="1", data=data)
+    cycled = plan_samples(*model(3), "posterior", per_label=6, labels="1", data=data)
     assert cycled.source_ids.tolist() == ["x1", "x4", "x7", "x10", "x1", "x4"]
-    with pytest.raises(gp.GenerateError, match="takes 8x8x1"):
-        gp.plan_samples(info(3), "posterior", data=ImageData(images[:, :4], labels, data.example_ids, None, "s"))
+    with pytest.raises(GenerateError, match="takes 8x8x1"):
+        plan_samples(*model(3), "posterior", data=ImageData(images[:, :4], labels, data.example_ids, None, "s"))
 
 
 def test_shards_are_whole_blocks_covering_the_plan():
-    plan = gp.Plan(np.zeros(1000, np.int64))
-    shards = gp.make_shards(plan, 3)
+    plan = Plan(np.zeros(1000, np.int64))
+    shards = make_shards(plan, 3)
     assert [s.start for s in shards] == [0, 512, 768]
-    assert sum(len(s) for s in shards) == 1000 and all(s.start % gp.SAMPLES_PER_BLOCK == 0 for s in shards)
-    assert len(gp.make_shards(plan, 50)) == 4  # never more shards than blocks
-    assert len(gp.make_shards(plan)) == 1
-    assert gp.partition_name(gp.NO_LABEL) == "label=__HIVE_DEFAULT_PARTITION__"
-    assert gp.partition_name(3) == "label=3"
+    assert sum(len(s) for s in shards) == 1000 and all(s.start % SAMPLES_PER_BLOCK == 0 for s in shards)
+    assert len(make_shards(plan, 50)) == 4  # never more shards than blocks
+    assert len(make_shards(plan)) == 1
+    assert label_dir(NO_LABEL) == label_dir(None) == "label-none"
+    assert label_dir(3) == "label-3"
+
+
+def test_synthetic_files_carry_method_and_label_for_every_reader(tmp_path):
+    """pyarrow (with and without hive discovery), pandas and DuckDB (with and without hive) each see
+    one ``method`` and one ``label`` column with the written values, nulls included; so does a file alone."""
+    import duckdb
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "synthetic"
+    rng = np.random.default_rng(0)
+    made = datetime(2026, 1, 2, tzinfo=UTC)
+    expected = []
+    for method, labels in (("conditional", [0, 0, 3, 7]), ("prior", [NO_LABEL] * 3), ("posterior", [1, 2])):
+        labels = np.asarray(labels, np.int64)
+        table = synthetic.synthetic_table(
+            index=np.arange(len(labels)),
+            labels=labels,
+            images=rng.random((len(labels), 4, 4, 1)).astype(np.float32),
+            latents=rng.normal(size=(len(labels), 2)).astype(np.float32),
+            source_ids=None,
+            method=method,
+            seed=0,
+            model=model()[0],
+            created_at=made,
+        )
+        synthetic.write_partitions(table, synthetic.method_dir(root, method), run="abcd1234", shard=0, shards=1)
+        expected += [(method, None if label == NO_LABEL else int(label)) for label in labels]
+    expected = sorted(expected, key=str)
+    files = sorted(str(f.relative_to(root)) for f in root.rglob("*.parquet"))
+    assert files[0] == "conditional/label-0/part-abcd1234-00000-of-00001.parquet"
+    assert "prior/label-none/part-abcd1234-00000-of-00001.parquet" in files
+
+    def pairs(methods, labels) -> list:
+        return sorted(zip(methods, [None if pd.isna(v) else int(v) for v in labels], strict=True), key=str)
+
+    for table in (
+        ds.dataset(root, format="parquet", partitioning="hive").to_table(),
+        ds.dataset(root, format="parquet").to_table(),
+        pq.read_table(root),
+        read_synthetic(root),
+    ):
+        assert table.column_names.count("label") == table.column_names.count("method") == 1
+        assert table.schema.field("label").type == pa.int64() and table.schema.field("method").type == pa.string()
+        assert pairs(table.column("method").to_pylist(), table.column("label").to_pylist()) == expected
+    frame = pd.read_parquet(root)
+    assert list(frame.columns).count("label") == 1 and pairs(frame["method"], frame["label"]) == expected
+    for hive in ("true", "false"):
+        query = f"SELECT method, label FROM read_parquet('{root}/**/*.parquet', hive_partitioning = {hive})"
+        relation = duckdb.sql(query)
+        assert relation.columns == ["method", "label"] and relation.types[1] == "BIGINT"
+        assert pairs(*zip(*relation.fetchall(), strict=True)) == expected
+    alone = pq.read_table(root / "prior" / "label-none" / "part-abcd1234-00000-of-00001.parquet")
+    assert alone.column("method").to_pylist() == ["prior"] * 3 and alone.column("label").null_count == 3
+    files, counts = synthetic.inventory(root / "conditional")
+    assert counts == {0: 2, 3: 1, 7: 1} and len(files) == 3
+
+
+def test_generate_options_follow_the_cli_and_beam_style_flags():
+    import click
+
+    from pipeline.beam.options import RUNNER_OPTIONS
+    from pipeline.cli.generate import generate_command
+
+    parsed = GenerateOptions.from_argv(["--method", "prior", "--output", "out"])
+    context = click.Context(generate_command)
+    clicked = {p.name: p.get_default(context) for p in generate_command.params if p.name not in ("beam_args", "help")}
+    options = GenerateOptions.option_names() | set(RUNNER_OPTIONS)
+    assert set(clicked) - options == {"grid", "log_grid"}  # drawing the grid is the command's, not the job's
+    assert options - set(clicked) == {"work_dir"}  # vae --work-dir
+    for name in set(clicked) & GenerateOptions.option_names() - {"method", "output"}:
+        assert clicked[name] == getattr(parsed, name), name
+    argv = GenerateOptions.from_argv(
+        ["--method", "conditional", "--output", "o", "--per-label", "5", "--class_labels", "0,3", "--sample_pixels"]
+    )
+    values = GenerateOptions.of(method="conditional", output="o", per_label=5, class_labels="0,3", sample_pixels=True)
+    assert all(getattr(argv, name) == getattr(values, name) for name in GenerateOptions.option_names())
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"n": 5, "per_label": 5}, "not both"),
+        ({"seed": -1}, "--seed must be a non-negative integer"),
+        ({"temperature": -0.5}, "--temperature must be non-negative"),
+        ({"shards": 0}, "--shards must be at least 1"),
+        ({"input": "digits"}, "--input is only used by --method posterior"),
+        ({"runner": "DataflowRunner"}, "DirectRunner only"),
+        ({"method": "sideways"}, "--method must be one of"),
+    ],
+)
+def test_generate_options_the_job_cannot_take_are_refused(values, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        GenerateOptions.of(**{"method": "prior", "output": "out", **values})
+
+
+def test_a_dataset_in_the_older_hive_layout_is_refused_before_any_work(tmp_path):
+    (tmp_path / "synthetic" / "method=prior" / "label=__HIVE_DEFAULT_PARTITION__").mkdir(parents=True)
+    with pytest.raises(GenerateError, match="method=prior, written in the older layout"):
+        generate("models:/never-looked-up@champion", "prior", tmp_path, n=5)
 
 
 # --- the Beam pipeline with registered models ------------------------------------------------------
@@ -130,20 +250,25 @@ def test_conditional_dataset_layout_schema_pngs_and_counts(trained_conditional, 
     import pyarrow.parquet as pq
 
     model = trained_conditional.model
-    summary = gp.generate_dataset(
-        uri(trained_conditional), "conditional", tmp_path, per_label=7, labels="0,3,7", seed=3, shards=2, **IN_PROCESS
+    summary = generate(
+        uri(trained_conditional),
+        "conditional",
+        tmp_path,
+        per_label=7,
+        class_labels="0,3,7",
+        seed=3,
+        shards=2,
+        **IN_PROCESS,
     )
     assert summary.counts == {0: 7, 3: 7, 7: 7} and summary.rows == 21
     assert summary.model_version == str(trained_conditional.version)
     root = tmp_path / "synthetic"
     files = sorted(str(p.relative_to(tmp_path)) for p in root.rglob("*.parquet"))
-    assert files and all(
-        re.fullmatch(r"synthetic/method=conditional/label=[037]/part-\d{5}\.parquet", f) for f in files
-    )
+    assert files and all(re.fullmatch(rf"synthetic/conditional/label-[037]/{RUN_FILE}", f) for f in files)
     assert not leftovers(tmp_path)  # no temporary folders left
 
-    table = gp.read_synthetic(root)
-    assert table.column_names == list(gp.COLUMNS)
+    table = read_synthetic(root)
+    assert table.column_names == list(COLUMNS)
     expected_types = {
         "sample_id": pa.string(),
         "method": pa.string(),
@@ -178,7 +303,7 @@ def test_conditional_dataset_layout_schema_pngs_and_counts(trained_conditional, 
     mean = np.asarray(likelihoods.mean_image(again, model.likelihood)).reshape(-1)
     np.testing.assert_allclose(mean, first["pixels"], atol=1e-5)
 
-    # plain pyarrow hive discovery and DuckDB see the partition columns too
+    # every file holds method and label: pyarrow and DuckDB read them with or without hive discovery
     assert sorted(pq.read_table(root).column("label").to_pylist()) == [0] * 7 + [3] * 7 + [7] * 7
     counts = duckdb.sql(
         f"SELECT method, label, count(*) FROM read_parquet('{root}/**/*.parquet', hive_partitioning = true) "
@@ -191,13 +316,11 @@ def test_same_seed_same_images_whatever_the_shards_and_other_seeds_differ(traine
     import duckdb
 
     runs = {
-        name: gp.generate_dataset(
-            uri(trained_plain), "prior", tmp_path / name, n=600, seed=seed, shards=shards, **IN_PROCESS
-        )
+        name: generate(uri(trained_plain), "prior", tmp_path / name, n=600, seed=seed, shards=shards, **IN_PROCESS)
         for name, seed, shards in (("a", 5, 1), ("b", 5, 3), ("c", 6, 1))
     }
     assert runs["a"].shards == 1 and runs["b"].shards == 3 and runs["a"].counts == {None: 600}
-    a, b, c = (without_created_at(gp.read_synthetic(tmp_path / name / "synthetic")) for name in "abc")
+    a, b, c = (without_created_at(read_synthetic(tmp_path / name / "synthetic")) for name in "abc")
     assert a.equals(b)
     assert not np.allclose(a.column("latent").to_pylist(), c.column("latent").to_pylist())
     assert a.column("label").null_count == 600  # prior samples of a plain model have no label
@@ -210,10 +333,10 @@ def test_same_seed_same_images_whatever_the_shards_and_other_seeds_differ(traine
 
 def test_each_method_replaces_only_its_own_partition_and_failures_leave_it(trained_conditional, tmp_path, monkeypatch):
     model_uri = uri(trained_conditional)
-    gp.generate_dataset(model_uri, "prior", tmp_path, n=30, **IN_PROCESS)
-    gp.generate_dataset(model_uri, "conditional", tmp_path, per_label=2, **IN_PROCESS)
-    gp.generate_dataset(model_uri, "prior", tmp_path, n=20, labels="1", seed=9, **IN_PROCESS)
-    table = gp.read_synthetic(tmp_path / "synthetic")
+    generate(model_uri, "prior", tmp_path, n=30, **IN_PROCESS)
+    generate(model_uri, "conditional", tmp_path, per_label=2, **IN_PROCESS)
+    generate(model_uri, "prior", tmp_path, n=20, class_labels="1", seed=9, **IN_PROCESS)
+    table = read_synthetic(tmp_path / "synthetic")
     methods = table.group_by("method").aggregate([("sample_id", "count")]).to_pydict()
     assert dict(zip(methods["method"], methods["sample_id_count"], strict=True)) == {"prior": 20, "conditional": 20}
     before = without_created_at(table)
@@ -221,10 +344,10 @@ def test_each_method_replaces_only_its_own_partition_and_failures_leave_it(train
     def disk_full(*args, **kwargs):  # a full disk cannot be arranged here
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(gp, "write_partitions", disk_full)
+    monkeypatch.setattr(synthetic, "write_partitions", disk_full)
     with pytest.raises(Exception, match="No space left"):
-        gp.generate_dataset(model_uri, "prior", tmp_path, n=50, **IN_PROCESS)
-    assert without_created_at(gp.read_synthetic(tmp_path / "synthetic")).equals(before)
+        generate(model_uri, "prior", tmp_path, n=50, **IN_PROCESS)
+    assert without_created_at(read_synthetic(tmp_path / "synthetic")).equals(before)
     assert not leftovers(tmp_path)
 
 
@@ -249,7 +372,7 @@ def test_posterior_keeps_source_ids_and_labels(trained_conditional, tmp_path):
         ),
         source,
     )
-    summary = gp.generate_dataset(
+    summary = generate(
         uri(trained_conditional),
         "posterior",
         tmp_path / "out",
@@ -259,7 +382,7 @@ def test_posterior_keeps_source_ids_and_labels(trained_conditional, tmp_path):
         test_pipeline=TestPipeline(runner="FnApiRunner"),
     )
     assert summary.counts == dict(sorted(zip(*np.unique(test.labels, return_counts=True), strict=True)))
-    table = gp.read_synthetic(tmp_path / "out" / "synthetic").to_pylist()
+    table = read_synthetic(tmp_path / "out" / "synthetic").to_pylist()
     by_id = {row["source_example_id"]: row for row in table}
     assert sorted(by_id) == sorted(f"img-{i}" for i in range(30))
     for i in range(30):
@@ -270,11 +393,18 @@ def test_posterior_keeps_source_ids_and_labels(trained_conditional, tmp_path):
     np.testing.assert_allclose(stored, means, atol=1e-5)
 
 
+def test_run_takes_beam_style_flags(trained_plain, tmp_path):
+    flags = ["--model", uri(trained_plain), "--method", "prior", "--n", "20", "--output", str(tmp_path)]
+    summary = gp.run([*flags, "--direct_running_mode", "in_memory", "--direct_num_workers", "1"])
+    assert (summary.rows, summary.counts) == (20, {None: 20})
+    assert read_synthetic(tmp_path / "synthetic").num_rows == 20
+
+
 def test_sample_pixels_draws_from_the_likelihood_instead_of_its_mean(trained_plain, tmp_path):
-    gp.generate_dataset(uri(trained_plain), "prior", tmp_path / "mean", n=40, **IN_PROCESS)
-    gp.generate_dataset(uri(trained_plain), "prior", tmp_path / "drawn", n=40, sample_pixels=True, **IN_PROCESS)
-    mean = gp.read_synthetic(tmp_path / "mean" / "synthetic").sort_by("sample_id")
-    drawn = gp.read_synthetic(tmp_path / "drawn" / "synthetic").sort_by("sample_id")
+    generate(uri(trained_plain), "prior", tmp_path / "mean", n=40, **IN_PROCESS)
+    generate(uri(trained_plain), "prior", tmp_path / "drawn", n=40, sample_pixels=True, **IN_PROCESS)
+    mean = read_synthetic(tmp_path / "mean" / "synthetic").sort_by("sample_id")
+    drawn = read_synthetic(tmp_path / "drawn" / "synthetic").sort_by("sample_id")
     assert mean.column("latent").to_pylist() == drawn.column("latent").to_pylist()  # same z, other pixels
     mean_px = np.asarray(mean.column("pixels").to_pylist())
     drawn_px = np.asarray(drawn.column("pixels").to_pylist())
@@ -288,7 +418,9 @@ def test_showcase_writes_the_grid_and_logs_it_to_the_models_run(trained_plain, t
     from mlflow import MlflowClient
     from PIL import Image
 
-    summary = gp.generate_showcase(uri(trained_plain), tmp_path, **IN_PROCESS)
+    from pipeline.cli.run import generate_showcase
+
+    summary = generate_showcase(uri(trained_plain), tmp_path, **IN_PROCESS)
     assert (summary.method, summary.rows) == ("prior", 1000)
     assert summary.grid == tmp_path / "synthetic-prior.png"
     with Image.open(summary.grid) as image:
@@ -311,7 +443,7 @@ def test_cli_writes_the_dataset_grid_and_summary(trained_conditional, tmp_path):
     assert "per label:    2: 4, 5: 4" in result.output
     assert str(tmp_path / "synthetic") in result.output
     assert (tmp_path / "synthetic-conditional.png").is_file()
-    assert gp.read_synthetic(tmp_path / "synthetic").num_rows == 8
+    assert read_synthetic(tmp_path / "synthetic").num_rows == 8
 
 
 def test_cli_conditional_sampling_of_a_plain_model_is_a_clear_error(trained_plain, tmp_path):
@@ -357,6 +489,8 @@ def test_grid_of_unlabelled_samples_is_square():
             "pixels": [i.reshape(-1).tolist() for i in images],
         }
     )
-    np.testing.assert_allclose(gp.images_of(table), images, atol=1e-7)
-    figure = gp.grid_figure(table, per_label=5)
+    np.testing.assert_allclose(images_of(table), images, atol=1e-7)
+    from pipeline.report.figures import grid_figure
+
+    figure = grid_figure(table, per_label=5)
     assert len(figure.axes) == 25

@@ -8,6 +8,7 @@ default multi-processing mode.
 from __future__ import annotations
 
 import io
+import re
 from datetime import UTC, datetime
 
 import duckdb
@@ -17,7 +18,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.beam.score_job import REJECTS_SCHEMA, SCORES_SCHEMA, score_dataset, top_anomalies
+from pipeline.beam.options import ScoreOptions
+from pipeline.beam.score_job import ScoreSummary, score_dataset
+from pipeline.outputs.score_tables import REJECTS_SCHEMA, SCORES_SCHEMA, top_anomalies
 from training.data import load_digits, training_split
 from training.data.reader import plan_input
 from training.data.validate import ModelSpec, validate_batch
@@ -51,11 +54,16 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def score(model: str, input: str, output, *, scored_at: datetime | None = None, **options) -> ScoreSummary:
+    """:func:`score_dataset` with the options object built as ``vae score`` builds it."""
+    return score_dataset(ScoreOptions.of(model=model, input=input, output=output, **options), scored_at=scored_at)
+
+
 def datasets_and_no_leftovers(out) -> list[str]:
     """The datasets under ``out``, after checking no temporary or swapped-out folder was left."""
     staging = out / ".staging"
     assert not staging.exists() or not any(staging.iterdir()), list(staging.iterdir())
-    return sorted(p.name for p in out.iterdir() if p.name != ".staging")
+    return sorted(p.name for p in out.iterdir() if p.name not in (".staging", ".versions"))  # atomic's own
 
 
 def without_scored_at(table: pa.Table) -> pa.Table:
@@ -69,7 +77,8 @@ def test_pixel_rows_are_validated_one_by_one_with_a_reason():
     good = digits_pixels(2)
     rows = {
         "ok-0": good[0],
-        "ok-255": (np.asarray(good[1]) * 255).round().tolist(),  # whole numbers 0-255: scaled
+        "ok-1": good[1],
+        "float-255": (np.asarray(good[1]) * 255).round().tolist(),  # float 0-255: rejected, the fix named
         "nan": [float("nan")] + good[0][1:],
         "range": [-0.5] + good[0][1:-1] + [2.5],
         "short": good[0][:63],
@@ -84,12 +93,13 @@ def test_pixel_rows_are_validated_one_by_one_with_a_reason():
         }
     )
     valid, rejected = validate_batch(batch, PLAIN)
-    assert valid.example_ids.to_pylist() == ["ok-0", "ok-255"]
-    np.testing.assert_allclose(valid.images[1].ravel(), np.round(np.asarray(good[1]) * 255) / 255, rtol=1e-6)
+    assert valid.example_ids.to_pylist() == ["ok-0", "ok-1"]
+    np.testing.assert_array_equal(valid.images[1].ravel(), np.asarray(good[1], np.float32))
     assert valid.images.dtype == np.float32 and valid.images.shape == (2, 8, 8, 1)
     assert valid.labels is None and valid.label_out.null_count == 2
     reasons = dict(zip(rejected.example_ids.to_pylist(), rejected.reasons.to_pylist(), strict=True))
     assert reasons["nan"].startswith("not finite")
+    assert "look like 0-255 values: store them as integers, or train with --pixel-scale 255" in reasons["float-255"]
     assert reasons["range"].startswith("out of range: values in [-0.5, 2.5]")
     assert reasons["short"] == "wrong size: 63 pixels, the model expects 64 (8x8x1)"
     assert reasons["null"] == "null value: pixels is null"
@@ -116,12 +126,14 @@ def test_integer_pixels_are_0_255_and_shapes_come_from_height_width_columns():
     np.testing.assert_allclose(valid.images[0].ravel(), images[0].ravel() / 255, rtol=1e-6)
     assert rejected.reasons.to_pylist() == [
         "wrong shape: 4x16x1 image, the model expects 8x8x1",
-        "out of range: values in [300, 300]; pixels must be in [0, 1] or whole numbers 0-255 (which are scaled)",
+        "out of range: values in [300, 300]; integer pixels are divided by 255 and must then lie in [0, 1]",
     ]
 
 
-def test_integer_pixels_follow_the_training_rule_binary_kept_0_255_scaled():
-    binary = (load_digits().images[:2] > 8).astype(np.uint8)  # 0/1 integers: already in [0, 1]
+def test_integer_pixels_follow_one_rule_whatever_their_values():
+    """Integer pixels are 0-255 values by their type: a 0/1 row is divided by 255 like any other
+    (a near-black image), unless the model was trained with another pixel scale, which it records."""
+    binary = (load_digits().images[:2] > 0.5).astype(np.uint8)
     batch = pa.RecordBatch.from_pydict(
         {
             "example_id": ["bin", "u8"],
@@ -132,11 +144,14 @@ def test_integer_pixels_follow_the_training_rule_binary_kept_0_255_scaled():
         }
     )
     valid, _ = validate_batch(batch, PLAIN)
-    np.testing.assert_array_equal(valid.images[0].ravel(), binary[0].ravel())  # not divided by 255
+    np.testing.assert_array_equal(valid.images[0].ravel(), binary[0].ravel() / np.float32(255))
     np.testing.assert_array_equal(valid.images[1].ravel(), binary[1].ravel())
-    from training.data import as_image_array
-
-    np.testing.assert_array_equal(as_image_array(binary, "t")[0].ravel(), valid.images[0].ravel())
+    masks = ModelSpec(PLAIN.image_shape, pixel_scale=1.0)  # a model trained with --pixel-scale 1
+    valid, rejected = validate_batch(batch, masks)
+    np.testing.assert_array_equal(valid.images[0].ravel(), binary[0].ravel())
+    assert rejected.reasons.to_pylist() == [
+        "out of range: values in [0, 255]; integer pixels are divided by 1 and must then lie in [0, 1]"
+    ]
 
 
 def test_image_bytes_are_decoded_scaled_or_rejected():
@@ -229,6 +244,94 @@ def test_help_documents_every_option():
         assert option in result.output, option
 
 
+def test_the_cli_and_beam_style_flags_build_the_same_options_with_one_set_of_defaults():
+    import click
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    from pipeline.beam.defaults import DEFAULT_INPUT
+    from pipeline.beam.options import RUNNER_OPTIONS
+    from pipeline.cli.score import score_command
+
+    parsed = ScoreOptions.from_argv(["--output", "out"])
+    runner = {
+        "runner": parsed.view_as(StandardOptions).runner,
+        "direct_num_workers": parsed.view_as(DirectOptions).direct_num_workers,
+        "direct_running_mode": parsed.view_as(DirectOptions).direct_running_mode,
+    }
+    context = click.Context(score_command)
+    clicked = {p.name: p.get_default(context) for p in score_command.params if p.name not in ("beam_args", "help")}
+    assert set(clicked) == (ScoreOptions.option_names() | set(RUNNER_OPTIONS)) - {"work_dir"}  # work_dir: vae's
+    for name, default in clicked.items():
+        if name == "input":  # the job reads the built-in digits when no input is given
+            assert default == DEFAULT_INPUT and parsed.input is None
+        elif name != "output":
+            assert default == (runner[name] if name in RUNNER_OPTIONS else getattr(parsed, name)), name
+
+    flags = ["--model", "m.keras", "--output", "out", "--iwae-k", "3", "--batch_size", "64", "--shape", "8x8"]
+    argv = ScoreOptions.from_argv([*flags, "--partition", "date=2026-01-01", "--direct_running_mode", "in_memory"])
+    values = ScoreOptions.of(
+        model="m.keras",
+        output="out",
+        iwae_k=3,
+        batch_size=64,
+        shape=(8, 8, 1),
+        partition="date=2026-01-01",
+        direct_running_mode="in_memory",
+    )
+    for name in ScoreOptions.option_names():
+        assert getattr(argv, name) == getattr(values, name), name
+    assert argv.view_as(DirectOptions).direct_running_mode == values.view_as(DirectOptions).direct_running_mode
+
+
+def test_work_dir_names_the_store_the_model_is_looked_up_in(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeline.cli.main import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    work = tmp_path / "work"
+    args = ["--work-dir", str(work), "score", "--model", "models:/absent@champion", "--output", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert f"no model version has the alias 'champion' in sqlite:///{work / 'mlflow.db'}" in result.output
+
+
+def test_runner_options_and_extra_beam_flags_reach_the_pipeline():
+    from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, WorkerOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from pipeline.beam.runner import make_pipeline
+
+    options = ScoreOptions.of(
+        ["--job_name=nightly", "--direct_num_workers=3"], output="out", direct_running_mode="in_memory"
+    )
+    pipeline = make_pipeline(options)
+    assert isinstance(pipeline.runner, FnApiRunner)
+    direct = pipeline.options.view_as(DirectOptions)
+    assert (direct.direct_running_mode, direct.direct_num_workers) == ("in_memory", 3)
+    assert pipeline.options.view_as(GoogleCloudOptions).job_name == "nightly"
+    assert pipeline.options.view_as(WorkerOptions).default_sdk_harness_log_level == "WARNING"
+    assert pipeline.options.get_all_options()["batch_size"] == options.batch_size  # the job's own flags travel too
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"iwae_k": 0}, "--iwae-k must be at least 1"),
+        ({"fpr": 1.0}, "--fpr must be in (0, 1)"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"shard_rows": 0}, "--shard-rows must be at least 1"),
+        ({"partition": "../escape"}, "expected KEY=VALUE"),
+        ({"output": None}, "--output is required"),
+    ],
+)
+def test_options_the_job_cannot_take_are_refused_naming_the_flag(values, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ScoreOptions.of(**{"output": "out", **values})
+    with pytest.raises(TypeError, match="no option iwae"):
+        ScoreOptions.of(output="out", iwae=3)
+
+
 # --- real pipelines with trained models ---------------------------------------------------------
 
 
@@ -243,9 +346,10 @@ def test_pipeline_scores_equal_score_images(trained_plain, plain_uri, tmp_path):
     from scoring.elbo import score_images
 
     model, test = trained_plain.model, trained_plain.split.holdout
-    summary = score_dataset(
-        plain_uri, test, tmp_path, iwae_k=3, fpr=0.2, batch_size=64, shard_rows=100, scored_at=WHEN, **FAST
+    options = ScoreOptions.of(
+        model=plain_uri, output=tmp_path, iwae_k=3, fpr=0.2, batch_size=64, shard_rows=100, **FAST
     )
+    summary = score_dataset(options, input_data=test, scored_at=WHEN)
     assert (summary.rows_read, summary.rows_scored, summary.rows_rejected) == (len(test), len(test), 0)
 
     table = read(tmp_path / "scores")
@@ -302,13 +406,15 @@ def mixed_parquet(tmp_path):
 
 @pytest.mark.slow
 def test_rows_in_equal_rows_scored_plus_rejected(plain_uri, mixed_parquet, tmp_path):
-    summary = score_dataset(plain_uri, str(mixed_parquet), tmp_path / "out", shard_rows=4, **FAST)
-    assert (summary.rows_read, summary.rows_scored, summary.rows_rejected) == (11, 5, 6)
+    summary = score(plain_uri, str(mixed_parquet), tmp_path / "out", shard_rows=4, **FAST)
+    assert (summary.rows_read, summary.rows_scored, summary.rows_rejected) == (11, 4, 7)
     scores, rejects = read(tmp_path / "out/scores"), read(tmp_path / "out/rejects")
-    assert scores.column("example_id").to_pylist() == ["g0", "g1", "g255", "g5", "mixed.parquet:7"]
+    assert scores.column("example_id").to_pylist() == ["g0", "g1", "g5", "mixed.parquet:7"]
     assert set(scores.column("source").to_pylist()) == {str(mixed_parquet / "mixed.parquet")}
     reasons = dict(zip(rejects.column("example_id").to_pylist(), rejects.column("reason").to_pylist(), strict=True))
+    assert "store them as integers, or train with --pixel-scale 255" in reasons["g255"]  # float 0-255
     assert {k: v.split(":")[0] for k, v in reasons.items()} == {
+        "g255": "out of range",
         "nan": "not finite",
         "range": "out of range",
         "short": "wrong size",
@@ -318,7 +424,7 @@ def test_rows_in_equal_rows_scored_plus_rejected(plain_uri, mixed_parquet, tmp_p
     }
     assert summary.reject_reasons == {
         "not finite": 1,
-        "out of range": 1,
+        "out of range": 2,
         "wrong size": 1,
         "null value": 1,
         "missing column": 2,
@@ -336,9 +442,9 @@ def test_rows_in_equal_rows_scored_plus_rejected(plain_uri, mixed_parquet, tmp_p
 @pytest.mark.slow
 def test_a_rerun_gives_identical_output(plain_uri, mixed_parquet, tmp_path):
     out = tmp_path / "out"
-    first = score_dataset(plain_uri, str(mixed_parquet), out, shard_rows=4, batch_size=3, **FAST)
+    first = score(plain_uri, str(mixed_parquet), out, shard_rows=4, batch_size=3, **FAST)
     scores, rejects = read(out / "scores"), read(out / "rejects")
-    second = score_dataset(plain_uri, str(mixed_parquet), out, shard_rows=4, batch_size=3, **FAST)
+    second = score(plain_uri, str(mixed_parquet), out, shard_rows=4, batch_size=3, **FAST)
     assert (first.rows_scored, first.rows_rejected) == (second.rows_scored, second.rows_rejected)
     assert without_scored_at(read(out / "scores")).equals(without_scored_at(scores))
     assert without_scored_at(read(out / "rejects")).equals(without_scored_at(rejects))
@@ -348,7 +454,7 @@ def test_a_rerun_gives_identical_output(plain_uri, mixed_parquet, tmp_path):
 @pytest.mark.slow
 def test_a_failure_mid_write_leaves_the_older_output_intact(plain_uri, tmp_path):
     out = tmp_path / "out"
-    score_dataset(plain_uri, "digits:test", out, **FAST)
+    score(plain_uri, "digits:test", out, **FAST)
     before = read(out / "scores")
 
     # Two row groups; the second's page header is garbage, so reading it fails after the
@@ -363,7 +469,7 @@ def test_a_failure_mid_write_leaves_the_older_output_intact(plain_uri, tmp_path)
     broken.write_bytes(bytes(data))
 
     with pytest.raises(Exception, match="row groups"):
-        score_dataset(plain_uri, str(broken), out, shard_rows=10, batch_size=5, **FAST)
+        score(plain_uri, str(broken), out, shard_rows=10, batch_size=5, **FAST)
     assert read(out / "scores").equals(before)
     assert datasets_and_no_leftovers(out) == ["rejects", "scores"]
 
@@ -380,8 +486,8 @@ def test_a_failure_mid_write_leaves_the_older_output_intact(plain_uri, tmp_path)
 @pytest.mark.slow
 def test_multi_processing_mode_matches_in_process(plain_uri, tmp_path):
     """The default local mode: two worker processes, each loading the model in DoFn.setup."""
-    in_process = score_dataset(plain_uri, "digits:test", tmp_path / "a", shard_rows=100, scored_at=WHEN, **FAST)
-    multi = score_dataset(plain_uri, "digits:test", tmp_path / "b", shard_rows=100, scored_at=WHEN)
+    in_process = score(plain_uri, "digits:test", tmp_path / "a", shard_rows=100, scored_at=WHEN, **FAST)
+    multi = score(plain_uri, "digits:test", tmp_path / "b", shard_rows=100, scored_at=WHEN)
     assert multi.rows_scored == in_process.rows_scored == HOLDOUT_ROWS
     assert len(list((tmp_path / "b/scores").glob("*.parquet"))) >= 1
     a, b = read(tmp_path / "a/scores"), read(tmp_path / "b/scores")
@@ -401,7 +507,7 @@ def test_conditional_model_scores_with_labels(trained_conditional, tmp_path):
     y[[3, 7]] = [10, 42]  # not classes of the model
     np.savez(tmp_path / "digits.npz", x=x, y=y)
     uri = f"models:/{trained_conditional.model_name}/{trained_conditional.version}"
-    summary = score_dataset(uri, str(tmp_path / "digits.npz"), tmp_path / "out", **FAST)
+    summary = score(uri, str(tmp_path / "digits.npz"), tmp_path / "out", **FAST)
     assert (summary.rows_scored, summary.rows_rejected) == (38, 2)
     keep = np.setdiff1d(np.arange(40), [3, 7])
     scores = ds.dataset(tmp_path / "out/scores").to_table()
@@ -474,11 +580,11 @@ def test_run_takes_beam_style_arguments_and_an_injected_pipeline(plain_uri, tmp_
 @pytest.mark.slow
 def test_a_partition_is_written_and_replaced_alone(plain_uri, tmp_path):
     out = tmp_path / "daily"
-    first = score_dataset(plain_uri, "digits:test", out, partition="date=2026-11-19", **FAST)
-    score_dataset(plain_uri, "digits:validation", out, partition="date=2026-11-20", **FAST)
+    first = score(plain_uri, "digits:test", out, partition="date=2026-11-19", **FAST)
+    score(plain_uri, "digits:validation", out, partition="date=2026-11-20", **FAST)
     assert first.scores_path == out / "scores" / "date=2026-11-19"
     assert (out / "rejects" / "date=2026-11-20").is_dir()
-    rerun = score_dataset(plain_uri, "digits:validation", out, partition="date=2026-11-19", **FAST)
+    rerun = score(plain_uri, "digits:validation", out, partition="date=2026-11-19", **FAST)
     validation_rows = rerun.rows_scored
     assert validation_rows == len(training_split(load_digits(), seed=0).validation)
     per_day = duckdb.sql(
@@ -489,49 +595,46 @@ def test_a_partition_is_written_and_replaced_alone(plain_uri, tmp_path):
     assert sorted(p.name for p in (out / "scores").iterdir()) == ["date=2026-11-19", "date=2026-11-20"]
     assert datasets_and_no_leftovers(out) == ["rejects", "scores"]
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        score_dataset(plain_uri, "digits:test", out, partition="../escape", **FAST)
+        score(plain_uri, "digits:test", out, partition="../escape", **FAST)
 
 
 @pytest.mark.slow
 def test_scores_and_rejects_become_visible_together(plain_uri, mixed_parquet, tmp_path, monkeypatch):
-    """Both datasets are complete before either is switched, they are switched one right after the
-    other, and if the second switch fails the first is undone: the two never stay from different runs."""
+    """Both datasets are complete in the new version before anything is switched, and one rename of
+    the versions pointer switches both; if that fails, both stay the old run's."""
     from pipeline.outputs import atomic
 
     out = tmp_path / "out"
     later = datetime(2025, 6, 7, 8, 9, 10, tzinfo=UTC)
-    first = score_dataset(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=WHEN, **FAST)
+    first = score(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=WHEN, **FAST)
 
     def stamps(folder) -> set:
         return set(read(folder).column("scored_at").to_pylist())
 
-    real, seen = atomic._swap_into_place, []
+    real, seen = atomic._switch, []
 
-    def swap(new, target, aside):
-        seen.append((target.name, read(new).num_rows, stamps(new), stamps(out / "scores"), stamps(out / "rejects")))
-        return real(new, target, aside)
+    def switch(versions, version, previous):
+        new = [versions / version / name for name in ("scores", "rejects")]
+        public = [out / "scores", out / "rejects"]
+        seen.append(([read(p).num_rows for p in new], [stamps(p) for p in new], [stamps(p) for p in public]))
+        return real(versions, version, previous)
 
-    monkeypatch.setattr(atomic, "_swap_into_place", swap)
-    second = score_dataset(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=later, **FAST)
-    assert [(name, rows) for name, rows, *_ in seen] == [
-        ("scores", first.rows_scored),
-        ("rejects", first.rows_rejected),
-    ]
-    assert seen[0][2:] == ({later}, {WHEN}, {WHEN})  # complete new scores; both public datasets still the old run
-    assert seen[1][2:] == ({later}, {later}, {WHEN})  # the very next step switches the rejects
+    monkeypatch.setattr(atomic, "_switch", switch)
+    second = score(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=later, **FAST)
+    # one switch, with both new datasets complete and both public ones still the old run
+    assert seen == [([first.rows_scored, first.rows_rejected], [{later}, {later}], [{WHEN}, {WHEN}])]
     assert stamps(out / "scores") == stamps(out / "rejects") == {later}
+    assert [stamps(p) for p in atomic.snapshots(out / "scores", out / "rejects")] == [{later}, {later}]
     assert second.scores_path == out / "scores" and datasets_and_no_leftovers(out) == ["rejects", "scores"]
     names = sorted(p.name for p in (out / "scores").iterdir())
     assert names and all(n.startswith("part-") and n.endswith(".parquet") for n in names)  # part-RUN-SSSSS-of-NNNNN
 
-    def failing(new, target, aside):
-        if target.name == "rejects":
-            raise OSError("switching rejects failed")
-        return real(new, target, aside)
+    def failing(versions, version, previous):
+        raise OSError("switching failed")
 
-    monkeypatch.setattr(atomic, "_swap_into_place", failing)
-    with pytest.raises(OSError, match="switching rejects failed"):
-        score_dataset(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=WHEN, **FAST)
+    monkeypatch.setattr(atomic, "_switch", failing)
+    with pytest.raises(OSError, match="switching failed"):
+        score(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=WHEN, **FAST)
     assert stamps(out / "scores") == stamps(out / "rejects") == {later}
     assert datasets_and_no_leftovers(out) == ["rejects", "scores"]
 
@@ -551,8 +654,8 @@ def test_a_second_run_writing_the_same_output_is_refused(plain_uri, tmp_path):
         with pytest.raises(
             DatasetLockedError, match=r"date=2026-11-19 is being written by another run: its lock .*pid"
         ):
-            score_dataset(plain_uri, "digits:test", out, partition="date=2026-11-19", **FAST)
-        other = score_dataset(plain_uri, "digits:test", out, partition="date=2026-11-20", **FAST)
+            score(plain_uri, "digits:test", out, partition="date=2026-11-19", **FAST)
+        other = score(plain_uri, "digits:test", out, partition="date=2026-11-20", **FAST)
         raise KeyError("the holder gives up")
     assert other.rows_scored == HOLDOUT_ROWS
     assert sorted(p.name for p in (out / "scores").iterdir()) == ["date=2026-11-20"]

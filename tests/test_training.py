@@ -31,11 +31,12 @@ def test_training_registers_a_version_with_the_champion_alias(trained_plain):
 
 
 def test_champion_from_the_registry_scores_like_the_in_memory_model(trained_conditional):
-    loaded = registry.load_model("models:/vae-test-cond@champion")
-    assert loaded.version == trained_conditional.version and loaded.model.is_conditional
+    champion = registry.pin("models:/vae-test-cond@champion")
+    loaded = champion.load()
+    assert champion.version == trained_conditional.version and loaded.is_conditional
     holdout = trained_conditional.split.holdout
     ours = score_images(trained_conditional.model, holdout.images, holdout.labels, num_samples=4, seed=0, iwae_k=8)
-    theirs = score_images(loaded.model, holdout.images, holdout.labels, num_samples=4, seed=0, iwae_k=8)
+    theirs = score_images(loaded, holdout.images, holdout.labels, num_samples=4, seed=0, iwae_k=8)
     for key in ours:
         np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6)
 
@@ -197,7 +198,8 @@ def test_vae_train_reports_bad_data_plainly(mlflow_store, tmp_path):
     np.savez(tmp_path / "bad.npz", x=np.full((20, 4, 4), 3.5))
     result = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "bad.npz"), "--epochs", "1"])
     assert result.exit_code == 1
-    assert "Error: " in result.output and "bad.npz: row 0 has values in [3.5, 3.5]" in result.output
+    assert "Error: " in result.output and "bad.npz: no usable image in 20 rows (20 x out of range)" in result.output
+    assert "example_id bad.npz:0: out of range: values in [3.5, 3.5]" in result.output
     assert "Traceback" not in result.output
 
 

@@ -9,7 +9,7 @@ PROMOTE_CHOICES = ("if-better", "always", "never")
 
 @dataclass
 class TrainConfig:
-    data: str = "digits"
+    data: str | tuple[str, ...] = "digits"  # one input or several (read as one data set)
     model_name: str = "vae-digits"
     conditional: bool = False
     latent_dim: int = 16  # README "How the defaults were chosen"
@@ -29,6 +29,9 @@ class TrainConfig:
     score_samples: int = 16
     promote: str = "if-better"
     shape: tuple[int, int, int] | None = None
+    pixel_scale: float | None = None  # numeric pixels are divided by it (None: training.data.validate's rule)
+    max_reject_rate: float = 0.01  # stop when a larger share of the input rows cannot be used
+    memory_budget_mb: int | None = None  # images beyond it are read to a memory map on disk (None: half the RAM)
     mixed_precision: bool = False
     xla: bool = False
     work_dir: str | None = None

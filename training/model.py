@@ -149,6 +149,7 @@ class VariationalAutoencoder(keras.Model):
         anomaly: dict[str, Any] | None = None,
         pixel_levels: int = 0,
         reference_rows: int = 0,
+        pixel_scale: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -166,6 +167,9 @@ class VariationalAutoencoder(keras.Model):
         self.architecture = check_architecture(architecture)
         self.pixel_levels = int(pixel_levels)  # grey levels of the training data (0: continuous)
         self.anomaly = anomaly  # the anomaly score's fitted statistics (scoring.anomaly)
+        # how numeric pixels of the training data were scaled (None: the default rule,
+        # training.data.validate); every job that feeds this model scales the same way
+        self.pixel_scale = None if pixel_scale is None else float(pixel_scale)
         self.encoder = build_encoder(
             self.image_shape, self.latent_dim, self.num_classes, self.filters, hidden_units, self.architecture
         )
@@ -283,6 +287,7 @@ class VariationalAutoencoder(keras.Model):
             "anomaly": self.anomaly,
             "pixel_levels": self.pixel_levels,
             "reference_rows": self.reference_rows,
+            "pixel_scale": self.pixel_scale,
         }
 
 

@@ -1,4 +1,8 @@
-"""MLflow tracking and the model registry: where runs go, how models are found and promoted."""
+"""MLflow tracking and the model registry: where runs go, how models are found, pinned and promoted.
+
+Every function takes the working folder ``work`` (``vae --work-dir``); None is the default one,
+:func:`default_work_dir`. ``MLFLOW_TRACKING_URI``, when set, names the store instead.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,29 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 CHAMPION = "champion"
 DEFAULT_MODEL_URI = "models:/vae-digits@champion"
 EXPERIMENT = "vae"
-DEFAULT_WORK_DIR = "vae-work"
+WORK_DIR_ENV = "VAE_WORK_DIR"
+DEFAULT_WORK_DIR = "~/vae-work"  # the one default of the CLI and the Airflow DAGs
 
 
-def work_dir(path: str | os.PathLike | None = None) -> Path:
-    """The project's working folder (``VAE_WORK_DIR`` or ``./vae-work``), created on first use."""
-    folder = Path(path or os.environ.get("VAE_WORK_DIR", DEFAULT_WORK_DIR)).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+def default_work_dir() -> Path:
+    """``$VAE_WORK_DIR`` when set, else ``~/vae-work``: where the CLI and the DAGs keep the MLflow
+    store and their outputs unless told otherwise (a relative path is taken from the current folder)."""
+    return Path(os.environ.get(WORK_DIR_ENV) or DEFAULT_WORK_DIR).expanduser().resolve()
+
+
+def work_dir(path: str | os.PathLike | None = None, create: bool = True) -> Path:
+    """The working folder ``path`` (absolute), or :func:`default_work_dir`; created unless ``create`` is False."""
+    folder = Path(path).expanduser().resolve() if path else default_work_dir()
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -26,8 +42,16 @@ def tracking_uri(work: str | os.PathLike | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work_dir(work) / 'mlflow.db'}"
 
 
+def client(work: str | os.PathLike | None = None) -> MlflowClient:
+    """An MLflow client on the working folder's store (tracking and registry)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(work))
+
+
 def configure(work: str | os.PathLike | None = None, experiment: str = EXPERIMENT) -> str:
-    """Points MLflow at the tracking store and selects the experiment; returns the URI."""
+    """Points MLflow (process-wide, for ``mlflow.start_run`` and friends) at the working folder's
+    store and selects the experiment; returns the URI."""
     import mlflow
 
     uri = tracking_uri(work)
@@ -41,18 +65,10 @@ def configure(work: str | os.PathLike | None = None, experiment: str = EXPERIMEN
     return uri
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    model: object  # training.model.VariationalAutoencoder
-    name: str
-    version: str
-    uri: str
-
-
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
-def resolve(uri: str) -> tuple[str, str]:
+def resolve(uri: str, work: str | os.PathLike | None = None) -> tuple[str, str]:
     """(registered name, version) for ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``;
     (file stem, "local") for a ``.keras`` file."""
     match = _MODELS_URI.match(uri)
@@ -60,104 +76,105 @@ def resolve(uri: str) -> tuple[str, str]:
         if uri.endswith(".keras"):
             return Path(uri).stem, "local"
         raise ValueError(f"{uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or a .keras file")
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     name = match["name"]
     if match["version"]:
         return name, match["version"]
     try:
-        return name, str(MlflowClient().get_model_version_by_alias(name, match["alias"]).version)
+        return name, str(client(work).get_model_version_by_alias(name, match["alias"]).version)
     except MlflowException as exc:
         raise LookupError(
-            f"{uri}: no model version has the alias {match['alias']!r} in {tracking_uri()}; "
+            f"{uri}: no model version has the alias {match['alias']!r} in {tracking_uri(work)}; "
             f"train one with `vae train --model-name {name}`"
         ) from exc
 
 
-def load_model(uri: str) -> LoadedModel:
-    """Loads a registered (or local ``.keras``) VAE with ``safe_mode=True``."""
-    import keras
-
-    import training.model  # noqa: F401  registers the custom classes for deserialisation
-
-    name, version = resolve(uri)
-    if version == "local":
-        model = keras.saving.load_model(uri, safe_mode=True)
-    else:
-        import mlflow.keras
-
-        model = mlflow.keras.load_model(f"models:/{name}/{version}", load_model_kwargs={"safe_mode": True})
-    return LoadedModel(model=model, name=name, version=str(version), uri=uri)
-
-
 @dataclass(frozen=True)
-class PinnedModel:
-    uri: str  # what every worker loads: models:/NAME/VERSION, or a .keras path
+class ModelRef:
+    """One model version, pinned (:func:`pin`): what every worker of a job loads, and what each
+    output row names. Small and picklable, unlike the model."""
+
     name: str
-    version: str
+    version: str  # "local" for a .keras file
+    uri: str  # models:/NAME/VERSION, or an absolute .keras path
     tracking_uri: str | None  # None for a .keras file
 
+    def load(self) -> Any:
+        """The model (``training.model.VariationalAutoencoder``, ``safe_mode=True``), loaded once per
+        process: a Beam worker, or the driver of an in-process run, which shares the copy it planned with."""
+        key = (self.tracking_uri, self.uri)
+        with _LOADED_LOCK:
+            if key not in _LOADED:
+                _LOADED[key] = self._load()
+            return _LOADED[key]
 
-def pin(model_uri: str, work: str | os.PathLike | None = None) -> PinnedModel:
+    def _load(self) -> Any:
+        import keras
+
+        import training.model  # noqa: F401  registers the custom classes for deserialisation
+
+        if self.tracking_uri is None:
+            return keras.saving.load_model(self.uri, safe_mode=True)
+        import mlflow
+        import mlflow.keras
+
+        mlflow.set_tracking_uri(self.tracking_uri)  # mlflow.keras.load_model reads the process-wide store
+        return mlflow.keras.load_model(self.uri, load_model_kwargs={"safe_mode": True})
+
+
+_LOADED: dict[tuple[str | None, str], Any] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def pin(model_uri: str, work: str | os.PathLike | None = None) -> ModelRef:
     """Resolves an alias to the version it names *now*, once per job, so that a promotion during a
     run cannot mix two versions in one output."""
     if model_uri.endswith(".keras"):
         path = model_uri if "://" in model_uri else str(Path(model_uri).resolve())
-        return PinnedModel(path, Path(model_uri).stem, "local", None)
-    import mlflow
-
-    uri = tracking_uri(work)
-    mlflow.set_tracking_uri(uri)
-    name, version = resolve(model_uri)
-    return PinnedModel(f"models:/{name}/{version}", name, version, uri)
+        return ModelRef(Path(model_uri).stem, "local", path, None)
+    name, version = resolve(model_uri, work)
+    return ModelRef(name, version, f"models:/{name}/{version}", tracking_uri(work))
 
 
-_LOADED: dict[tuple[str | None, str], LoadedModel] = {}
-_LOADED_LOCK = threading.Lock()
-
-
-def load_pinned(uri: str, tracking: str | None = None) -> LoadedModel:
-    """A pinned model (``PinnedModel.uri``), loaded once per process: a Beam worker, or the driver of
-    an in-process run, which then shares the copy it loaded to plan the job."""
-    key = (tracking, uri)
-    with _LOADED_LOCK:
-        if key not in _LOADED:
-            if tracking:
-                import mlflow
-
-                mlflow.set_tracking_uri(tracking)
-            _LOADED[key] = load_model(uri)
-        return _LOADED[key]
-
-
-def champion_version(name: str) -> str | None:
-    from mlflow import MlflowClient
+def champion_version(name: str, work: str | os.PathLike | None = None) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+        return str(client(work).get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         return None
 
 
-def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:
-    from mlflow import MlflowClient
-
-    MlflowClient().set_registered_model_alias(name, alias, version)
+def set_alias(name: str, version: str, alias: str = CHAMPION, work: str | os.PathLike | None = None) -> None:
+    client(work).set_registered_model_alias(name, alias, version)
 
 
-def version_tags(name: str, version: str) -> dict[str, str]:
+def run_id(name: str, version: str, work: str | os.PathLike | None = None) -> str | None:
+    """The MLflow run that produced a registered model version (None for a local ``.keras`` model)."""
+    if version == "local":
+        return None
+    return client(work).get_model_version(name, str(version)).run_id
+
+
+def version_tags(name: str, version: str, work: str | os.PathLike | None = None) -> dict[str, str]:
     """The tags of one registered model version (e.g. its ``holdout_fingerprint``)."""
-    from mlflow import MlflowClient
-
-    return dict(MlflowClient().get_model_version(name, version).tags)
+    return dict(client(work).get_model_version(name, version).tags)
 
 
-def set_version_tags(name: str, version: str, tags: dict[str, object]) -> None:
+def set_version_tags(name: str, version: str, tags: dict[str, object], work: str | os.PathLike | None = None) -> None:
     """Sets tags on one registered model version; values are stored as strings."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
+    mlflow_client = client(work)
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
+        mlflow_client.set_model_version_tag(name, version, key, str(value))
+
+
+def log_artifact(
+    name: str, version: str, path: str | os.PathLike, artifact_path: str, work: str | os.PathLike | None = None
+) -> str | None:
+    """Logs a file to the MLflow run that produced a registered model version, under ``artifact_path``;
+    returns the run id (None for a local ``.keras`` model, which has no run)."""
+    run = run_id(name, version, work)
+    if run:
+        client(work).log_artifact(run, str(path), artifact_path)
+    return run

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -72,6 +76,7 @@ def build_model(cfg: TrainConfig, data: data_lib.ImageData):
         class_names=data.class_names if cfg.conditional else None,
         architecture=cfg.architecture,
         pixel_levels=levels,
+        pixel_scale=cfg.pixel_scale,
         reference_rows=reference_rows(len(data)),
         filters=cfg.filters,
         hidden_units=cfg.hidden_units,
@@ -116,18 +121,29 @@ def fit(cfg: TrainConfig, model, split: data_lib.Split | data_lib.TrainingSplit,
                 start_from_epoch=cfg.kl_warmup,
             )
         )
-    x, y = xy(split.train)
     started = time.perf_counter()
-    history = model.fit(
-        x,
-        y,
-        validation_data=xy(split.validation),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        callbacks=callbacks,
-        verbose=0,
-        shuffle=True,
-    )
+    if isinstance(split.train.images, np.memmap):  # on disk: stream batches from the memory map
+        from training.streaming import MemmapBatches
+
+        history = model.fit(
+            MemmapBatches(split.train, cfg.batch_size, cfg.conditional, shuffle=True, seed=cfg.seed),
+            validation_data=MemmapBatches(split.validation, cfg.batch_size, cfg.conditional),
+            epochs=cfg.epochs,
+            callbacks=callbacks,
+            verbose=0,
+        )
+    else:
+        x, y = xy(split.train)
+        history = model.fit(
+            x,
+            y,
+            validation_data=xy(split.validation),
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=True,
+        )
     elapsed = time.perf_counter() - started
     guard.raise_if_failed()
     model.kl_weight.assign(1.0)
@@ -145,14 +161,44 @@ def neg_elbo_scores(model, part: data_lib.ImageData) -> np.ndarray:
     return part_scores(model, part)["neg_elbo"]
 
 
-def load_training_data(cfg: TrainConfig) -> data_lib.TrainingSplit:
-    data = data_lib.load(cfg.data, cfg.shape)
-    if cfg.conditional and data.labels is None:
-        raise data_lib.DataError(
-            f"{data.source}: --conditional needs labels, and this data set has none "
-            "(add a 'label' column, a 'y' array, or sub-folders named by label)"
+def memory_budget(cfg: TrainConfig) -> int:
+    """Bytes of images to hold in memory: ``--memory-budget-mb``, else half the machine's RAM."""
+    if cfg.memory_budget_mb is not None:
+        return int(cfg.memory_budget_mb) * 2**20
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def read_training_data(cfg: TrainConfig, spill_dir: Path | None = None) -> data_lib.ReadResult:
+    """Every input of ``cfg.data`` through the one reader and validator; rows that cannot be used
+    are quarantined, and more than ``cfg.max_reject_rate`` of them stops the run. Images beyond
+    the memory budget go to memory-mapped files in ``spill_dir`` and are streamed from there."""
+    if not 0.0 <= cfg.max_reject_rate <= 1.0:
+        raise ValueError(f"--max-reject-rate must be in [0, 1], got {cfg.max_reject_rate}")
+    result = data_lib.read_images(
+        cfg.data,
+        shape=cfg.shape,
+        pixel_scale=cfg.pixel_scale,
+        require_labels=cfg.conditional,
+        split_seed=cfg.seed,
+        spill_dir=spill_dir,
+        memory_budget=memory_budget(cfg),
+    )
+    if result.rejects.num_rows:
+        message = f"{result.data.source}: {result.describe_rejects()}"
+        if result.reject_rate > cfg.max_reject_rate:
+            raise data_lib.DataError(f"{message}; above --max-reject-rate {cfg.max_reject_rate:g}, nothing was trained")
+        log.warning("%s (quarantined; logged with the run as rejects.parquet)", message)
+    if cfg.pixel_scale is None and float(result.data.images.max()) <= 1.0 / 255.0 + 1e-7:
+        log.warning(
+            "%s: every pixel is at most 1/255 after scaling (integer pixels are read as 0-255 values); "
+            "if these are 0/1 masks, train with --pixel-scale 1",
+            result.data.source,
         )
-    return data_lib.training_split(data, seed=cfg.seed)
+    return result
+
+
+def load_training_data(cfg: TrainConfig) -> data_lib.TrainingSplit:
+    return data_lib.training_split(read_training_data(cfg).data, seed=cfg.seed)
 
 
 def calibrate(model, split: data_lib.TrainingSplit, target_fpr: float, method: str = DEFAULT_METHOD) -> Calibration:
@@ -194,12 +240,12 @@ def decide_promotion(
         return False, "--promote never"
     if champion is None:
         return True, "no champion yet"
-    current = registry.load_model(f"models:/{cfg.model_name}/{champion}").model
+    current = registry.pin(f"models:/{cfg.model_name}/{champion}", cfg.work_dir).load()
     keep = f"kept champion v{champion} (--promote always replaces it)"
     if tuple(current.image_shape) != holdout.image_shape:
         return False, f"champion v{champion} takes {current.image_shape} images, not comparable; {keep}"
     fingerprint = holdout_fingerprint or data_lib.fingerprint(holdout)
-    stored = registry.version_tags(cfg.model_name, champion).get("holdout_fingerprint")
+    stored = registry.version_tags(cfg.model_name, champion, cfg.work_dir).get("holdout_fingerprint")
     if stored is None:  # saved before holdouts (and before the continuous-Bernoulli fix)
         return True, (
             f"champion v{champion} predates the fixed holdout: it may have trained on the rows of "
@@ -236,14 +282,23 @@ def train(cfg: TrainConfig) -> TrainResult:
     measures the model and decides ``--promote if-better``."""
     if cfg.promote not in PROMOTE_CHOICES:
         raise ValueError(f"--promote must be one of {', '.join(PROMOTE_CHOICES)}")
+    set_seeds(cfg.seed)
+    spill = Path(tempfile.mkdtemp(prefix="spill-", dir=registry.work_dir(cfg.work_dir)))
+    try:
+        return _train(cfg, spill)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
     import mlflow
 
     from training import plots
 
-    set_seeds(cfg.seed)
-    split = load_training_data(cfg)
+    read = read_training_data(cfg, spill)
+    split = data_lib.training_split(read.data, seed=cfg.seed)
     registry.configure(cfg.work_dir)
-    champion = registry.champion_version(cfg.model_name)
+    champion = registry.champion_version(cfg.model_name, cfg.work_dir)
     model = build_model(cfg, split.train)
     holdout_fingerprint = data_lib.fingerprint(split.holdout)
     rows = {f"{part}_rows": len(getattr(split, part)) for part in ("train", "validation", "calibration", "holdout")}
@@ -256,7 +311,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
 
     with mlflow.start_run() as run:
-        params = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "pixel_levels")}
+        params = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "pixel_levels", "data")}
+        params["data"] = " + ".join([cfg.data] if isinstance(cfg.data, str) else cfg.data)
         mlflow.log_params(
             params
             | rows
@@ -276,6 +332,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
         log.info("likelihood: %s (%s)", _likelihood_name(model.likelihood, model.pixel_levels), model.likelihood_reason)
         mlflow.log_params({"chosen_likelihood": model.likelihood, "pixel_levels": model.pixel_levels})
+        mlflow.log_metrics(
+            {"rows_read": read.rows_read, "rows_rejected": read.rejects.num_rows, "reject_rate": read.reject_rate}
+        )
+        if read.rejects.num_rows:
+            _log_rejects(read)
         mlflow.set_tag("likelihood_reason", model.likelihood_reason)
         history, seconds_per_epoch = fit(cfg, model, split, sink=lambda logs, step: mlflow.log_metrics(logs, step=step))
 
@@ -325,6 +386,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "holdout_rows": len(holdout),
                 "holdout_neg_elbo": repr(summary["holdout_neg_elbo"]),
             },
+            work=cfg.work_dir,
         )
         promoted, reason = decide_promotion(
             cfg,
@@ -335,7 +397,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             likelihood=(model.likelihood, model.pixel_levels),
         )
         if promoted:
-            registry.set_alias(cfg.model_name, version)
+            registry.set_alias(cfg.model_name, version, work=cfg.work_dir)
         mlflow.set_tags({"promoted": str(promoted), "promotion_reason": reason, "model_version": version})
         return TrainResult(
             run_id=run.info.run_id,
@@ -373,6 +435,21 @@ def _log_and_register(model, cfg: TrainConfig, split: data_lib.TrainingSplit) ->
         pip_requirements=[f"keras=={keras.__version__}", f"numpy=={np.__version__}"],
     )
     return str(info.registered_model_version)
+
+
+def _log_rejects(read: data_lib.ReadResult) -> None:
+    """The rejected input rows as ``rejects.parquet`` of the run, and a count per reason."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "rejects.parquet"
+        pq.write_table(read.rejects, path)
+        mlflow.log_artifact(str(path))
+    mlflow.log_dict(dict(read.reasons()), "reject_reasons.json")
 
 
 def _backend() -> str:

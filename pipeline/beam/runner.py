@@ -1,47 +1,40 @@
-"""The Beam runner both pipelines use, set up explicitly (cheap to import: Beam loads on first use)."""
+"""The Beam pipeline both jobs run in, its runner set up explicitly (cheap to import: Beam loads on first use)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_WORKERS, RUNNING_MODES
 
 if TYPE_CHECKING:
     import apache_beam as beam
-
-DEFAULT_WORKERS = 2
-RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
-
-
-def make_pipeline(
-    runner: str = "DirectRunner",
-    *,
-    direct_num_workers: int = DEFAULT_WORKERS,
-    direct_running_mode: str = "multi_processing",
-    beam_args: Sequence[str] = (),
-) -> beam.Pipeline:
-    """A pipeline with the runner set explicitly.
-
-    ``DirectRunner`` here is Beam's FnApiRunner, the engine the DirectRunner itself picks for batch
-    jobs; naming it directly keeps ``direct_running_mode`` in force and never tries to download the
-    Prism runner binary (this project runs offline). Any other runner name goes to Beam as is, with
-    ``beam_args`` (``--project``, ``--region``, ``--temp_location``, ``--setup_file`` ...).
-    """
-    if direct_running_mode not in RUNNING_MODES:
-        raise ValueError(f"direct_running_mode must be one of {', '.join(RUNNING_MODES)}, got {direct_running_mode!r}")
-    quiet = {}  # workers log our progress lines, not the harness's chatter, unless asked otherwise
-    if not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
-        quiet = {"default_sdk_harness_log_level": "WARNING", "sdk_harness_log_level_overrides": {"pipeline": "INFO"}}
-    import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    options = PipelineOptions(
-        list(beam_args),
-        runner=runner,
-        direct_num_workers=direct_num_workers,
-        direct_running_mode=direct_running_mode,
-        save_main_session=False,
-        **quiet,
-    )
+__all__ = ["DEFAULT_WORKERS", "RUNNING_MODES", "make_pipeline"]
+
+
+def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A pipeline for a job's options (:mod:`pipeline.beam.options`), its runner set explicitly.
+
+    ``DirectRunner`` here is Beam's FnApiRunner, the engine the DirectRunner itself picks for batch
+    jobs; naming it directly keeps ``--direct_running_mode`` in force and never tries to download the
+    Prism runner binary (this project runs offline). Any other runner goes to Beam as is, with the
+    options' other flags (``--project``, ``--region``, ``--temp_location``, ``--setup_file`` ...).
+    Workers log our progress lines, not the harness's chatter, unless ``--default_sdk_harness_log_level``
+    says otherwise; the main session is never pickled.
+    """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import DirectOptions, SetupOptions, StandardOptions, WorkerOptions
+
+    runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
+    mode = options.view_as(DirectOptions).direct_running_mode
+    if mode not in RUNNING_MODES:
+        raise ValueError(f"direct_running_mode must be one of {', '.join(RUNNING_MODES)}, got {mode!r}")
+    worker = options.view_as(WorkerOptions)
+    if worker.default_sdk_harness_log_level is None:
+        worker.default_sdk_harness_log_level = "WARNING"
+        worker.sdk_harness_log_level_overrides = {"pipeline": "INFO", **(worker.sdk_harness_log_level_overrides or {})}
+    options.view_as(SetupOptions).save_main_session = False
     if runner in ("DirectRunner", "FnApiRunner"):
         from apache_beam.portability.api import beam_provision_api_pb2
         from apache_beam.runners.portability.fn_api_runner import fn_runner

@@ -158,7 +158,7 @@ def evaluate_command(
         protocols,
         seeds=seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS),
         epochs=epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS),
-        train_config=TrainConfig(work_dir=work),
+        train_config=TrainConfig(work_dir=str(work)),
         iwae_k=iwae_k if iwae_k is not None else (0 if quick else IWAE_K),
         detectors=detectors or DETECTORS,
         max_classes=QUICK_CLASSES if quick else None,

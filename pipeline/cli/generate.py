@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import click
 
+from pipeline.beam.defaults import (
+    DEFAULT_INPUT,
+    DEFAULT_MODEL_URI,
+    DEFAULT_PER_LABEL,
+    DEFAULT_PRIOR_SAMPLES,
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    METHODS,
+    SAMPLES_PER_SHARD,
+)
 from pipeline.cli.support import beam_runner_options, friendly_errors, parse_shape
-
-METHODS = ("prior", "conditional", "posterior")
 
 
 @click.command("generate")
 @click.option(
     "--model",
-    "model_uri",
-    default="models:/vae-digits@champion",
+    default=DEFAULT_MODEL_URI,
     show_default=True,
     help="Registered model (models:/NAME@ALIAS or models:/NAME/VERSION) or a .keras file.",
 )
@@ -29,17 +36,19 @@ METHODS = ("prior", "conditional", "posterior")
     "n",
     type=click.IntRange(1),
     default=None,
-    help="Samples in all [prior: 1000; posterior: one per input image]. For a conditional model they are "
+    help=f"Samples in all [prior: {DEFAULT_PRIOR_SAMPLES}; posterior: one per input image]. For a conditional model "
+    "they are "
     "spread evenly over the labels; for posterior they cycle over the input images.",
 )
 @click.option(
     "--per-label",
     type=click.IntRange(1),
     default=None,
-    help="Samples per label [conditional: 100]. Not with --n.",
+    help=f"Samples per label [conditional: {DEFAULT_PER_LABEL}]. Not with --n.",
 )
 @click.option(
     "--labels",
+    "class_labels",
     default=None,
     metavar="LIST",
     help="Only these labels, as indices or class names separated by commas, e.g. 0,3,7 [all]. "
@@ -48,15 +57,15 @@ METHODS = ("prior", "conditional", "posterior")
 @click.option(
     "--temperature",
     type=click.FloatRange(0),
-    default=1.0,
+    default=DEFAULT_TEMPERATURE,
     show_default=True,
     help="Scales the latent standard deviation: of the prior, or of q(z|x) for posterior (0: the mean).",
 )
 @click.option(
     "--input",
-    "input_spec",
     default=None,
-    help="posterior only: images to encode: digits (built in), or a Parquet file or folder, .npz, PNG folder [digits].",
+    help="posterior only: images to encode: digits (built in), or a Parquet file or folder, .npz, PNG folder "
+    f"[{DEFAULT_INPUT}].",
 )
 @click.option("--shape", callback=parse_shape, default=None, help="Image shape HxWxC for a Parquet 'pixels' --input.")
 @click.option(
@@ -68,14 +77,14 @@ METHODS = ("prior", "conditional", "posterior")
     "--output",
     type=click.Path(file_okay=False),
     required=True,
-    help="Folder for the Parquet dataset OUTPUT/synthetic/method=METHOD/label=L/*.parquet (this method's "
-    "partition is replaced only when the run succeeds; other methods are kept) and the grid "
+    help="Folder for the Parquet dataset OUTPUT/synthetic/METHOD/label-L/*.parquet (this method's "
+    "folder is replaced only when the run succeeds; other methods are kept) and the grid "
     "OUTPUT/synthetic-METHOD.png.",
 )
 @click.option(
     "--seed",
     type=click.IntRange(0),
-    default=0,
+    default=DEFAULT_SEED,
     show_default=True,
     help="Seed: the same seed gives the same images, whatever the shards or workers.",
 )
@@ -83,7 +92,7 @@ METHODS = ("prior", "conditional", "posterior")
     "--shards",
     type=click.IntRange(1),
     default=None,
-    help="Units of work handed to Beam workers [one per 4096 samples]. Does not change the images.",
+    help=f"Units of work handed to Beam workers [one per {SAMPLES_PER_SHARD} samples]. Does not change the images.",
 )
 @click.option("--grid/--no-grid", default=True, show_default=True, help="Save a PNG grid of the samples.")
 @click.option(
@@ -93,44 +102,34 @@ METHODS = ("prior", "conditional", "posterior")
 @beam_runner_options
 @click.pass_context
 @friendly_errors
-def generate_command(
-    ctx: click.Context,
-    model_uri: str,
-    method: str,
-    input_spec: str | None,
-    output: str,
-    grid: bool,
-    log_grid: bool,
-    beam_args: tuple[str, ...],
-    **options,
-) -> None:
+def generate_command(ctx: click.Context, grid: bool, log_grid: bool, beam_args: tuple[str, ...], **params) -> None:
     """Write synthetic images from a registered VAE to Parquet with an Apache Beam pipeline.
 
     Columns: sample_id, method, label, image_png, height, width, channels, pixels, latent, seed,
-    source_example_id (posterior), model_name, model_version, created_at; partitioned by method and
+    source_example_id (posterior), model_name, model_version, created_at; one folder per method and
     label. Example:
 
     \b
         vae generate --method conditional --per-label 100 --labels 0,3,7 --output out
     """
-    from pipeline.beam import generate_job as gp
+    from dataclasses import replace
 
-    summary = gp.generate_dataset(
-        model_uri,
-        method,
-        output,
-        input=input_spec,
-        beam_args=beam_args,
-        work_dir=ctx.obj.get("work_dir") if ctx.obj else None,
-        **options,
-    )
+    from pipeline.beam.generate_job import generate_dataset
+    from pipeline.beam.options import GenerateOptions
+
+    work_dir = ctx.obj["work_dir"]
+    # the click parameters are named like the options: this is the one place they meet
+    summary = generate_dataset(GenerateOptions.of(beam_args, work_dir=work_dir, **params))
     if grid:
-        from dataclasses import replace
+        from pipeline.report.figures import save_grid
+        from training import registry
 
-        summary = replace(summary, grid=gp.save_grid(summary))
+        title = f"{summary.method} samples, {summary.model_name} v{summary.model_version}"
+        grid_path = save_grid(summary.output, summary.method, class_names=summary.class_names, title=title)
+        summary = replace(summary, grid=grid_path)
         if log_grid:
-            run_id = gp.log_grid(summary.model_name, summary.model_version, summary.grid)
+            run_id = registry.log_artifact(summary.model_name, summary.model_version, grid_path, "synthetic", work_dir)
             if run_id:
-                click.echo(f"logged the grid to MLflow run {run_id} (artifact synthetic/{summary.grid.name})")
+                click.echo(f"logged the grid to MLflow run {run_id} (artifact synthetic/{grid_path.name})")
     for line in summary.lines():
         click.echo(line)

@@ -46,8 +46,14 @@ def report_command(
     threshold, and the top anomalies with their images, scores and p-values.
     """
     from pipeline.report.html import render_report
-    from training import registry
 
-    registry.configure(ctx.obj["work_dir"])
-    path = render_report(scores, model_uri, output, top=top, input_spec=input_spec, log_to_mlflow=not no_mlflow)
+    path = render_report(
+        scores,
+        model_uri,
+        output,
+        top=top,
+        input_spec=input_spec,
+        log_to_mlflow=not no_mlflow,
+        work_dir=ctx.obj["work_dir"],
+    )
     click.echo(f"report: {path}")

@@ -6,8 +6,14 @@ import logging
 
 import click
 
+from pipeline.beam.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_INPUT,
+    DEFAULT_MODEL_URI,
+    DEFAULT_SHARD_ROWS,
+    DEFAULT_SPLIT_SEED,
+)
 from pipeline.cli.support import beam_runner_options, friendly_errors, parse_shape
-from training.registry import DEFAULT_MODEL_URI
 
 
 @click.command(
@@ -18,15 +24,13 @@ from training.registry import DEFAULT_MODEL_URI
 )
 @click.option(
     "--model",
-    "model_uri",
     default=DEFAULT_MODEL_URI,
     show_default=True,
     help="models:/NAME@ALIAS, models:/NAME/VERSION, or a .keras file. An alias is resolved once, at the start.",
 )
 @click.option(
     "--input",
-    "input_spec",
-    default="digits",
+    default=DEFAULT_INPUT,
     show_default=True,
     help="A .parquet file or folder, an .npz file, a folder of PNG/JPEG files, digits or mnist5k (built in), or "
     "NAME:train|validation|calibration|holdout (that part of the split vae train makes with --split-seed; "
@@ -60,7 +64,7 @@ from training.registry import DEFAULT_MODEL_URI
 @click.option(
     "--batch-size",
     type=click.IntRange(1),
-    default=1024,
+    default=DEFAULT_BATCH_SIZE,
     show_default=True,
     help="Rows per Arrow record batch and per model call.",
 )
@@ -73,14 +77,14 @@ from training.registry import DEFAULT_MODEL_URI
 @click.option(
     "--split-seed",
     type=int,
-    default=0,
+    default=DEFAULT_SPLIT_SEED,
     show_default=True,
     help="Seed of the split for NAME:train|validation|calibration (the --seed the model was trained with).",
 )
 @click.option(
     "--shard-rows",
     type=click.IntRange(1),
-    default=50_000,
+    default=DEFAULT_SHARD_ROWS,
     show_default=True,
     help="Rows per unit of work spread over the workers (Parquet: whole row groups).",
 )
@@ -88,35 +92,30 @@ from training.registry import DEFAULT_MODEL_URI
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BEAM_ARGS...]")
 @click.pass_context
 @friendly_errors
-def score_command(
-    ctx: click.Context, model_uri: str, input_spec: str, output: str, beam_args: tuple[str, ...], **options
-) -> None:
+def score_command(ctx: click.Context, beam_args: tuple[str, ...], **params) -> None:
     """Score a data set for anomalies with a registered VAE, in an Apache Beam pipeline.
 
     Writes OUTPUT/scores (negative ELBO, its terms, p-value, threshold, is_anomaly per row) and
     OUTPUT/rejects (every row that could not be scored, with the reason) as Parquet datasets.
     """
+    from pipeline.beam.options import ScoreOptions
     from pipeline.beam.score_job import score_dataset
     from training.data import DataError
 
-    beam_args = list(beam_args)
     if beam_args:
         click.echo(f"Beam pipeline options passed through: {' '.join(beam_args)}")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # the click parameters are named like the options: this is the one place they meet
+    options = ScoreOptions.of(beam_args, work_dir=ctx.obj["work_dir"], **params)
     try:
-        summary = score_dataset(
-            model_uri,
-            input_spec,
-            output,
-            beam_args=beam_args,
-            work_dir=ctx.obj["work_dir"],
-            **options,
-        )
+        summary = score_dataset(options)
     except (RuntimeError, DataError) as exc:
         if isinstance(exc, DataError) and "[while running" not in str(exc):
             raise  # bad input found before the pipeline started: friendly_errors prints it
         # a step failed in a worker (Beam wraps its traceback)
-        raise click.ClickException(f"the scoring pipeline failed; {output} was left as it was: {_cause(exc)}") from exc
+        raise click.ClickException(
+            f"the scoring pipeline failed; {options.output} was left as it was: {_cause(exc)}"
+        ) from exc
     click.echo("")
     for line in summary.lines():
         click.echo(line)

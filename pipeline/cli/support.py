@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from pipeline.beam.runner import DEFAULT_WORKERS, RUNNING_MODES
+from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_RUNNING_MODE, DEFAULT_WORKERS, RUNNING_MODES
+from pipeline.beam.defaults import parse_shape as shape_of
 
 QUIET_LOGGERS = ("absl", "tensorflow", "mlflow.store.db.utils", "alembic", "h5py", "matplotlib", "apache_beam")
 
@@ -42,14 +43,9 @@ def parse_shape(_ctx: click.Context, _param: click.Parameter, value: str | None)
     if value is None:
         return None
     try:
-        parts = [int(p) for p in value.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 2:
-        parts.append(1)
-    if len(parts) != 3 or min(parts) < 1:
-        raise click.BadParameter(f"{value!r}: give the image shape as HxW or HxWxC, e.g. 28x28x1")
-    return tuple(parts)  # type: ignore[return-value]
+        return shape_of(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -57,7 +53,7 @@ def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
             "--runner",
-            default="DirectRunner",
+            default=DEFAULT_RUNNER,
             show_default=True,
             help="Beam runner: DirectRunner runs locally and offline; DataflowRunner, FlinkRunner, SparkRunner "
             "take their own pipeline options (see the README).",
@@ -72,7 +68,7 @@ def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--direct-running-mode",
             type=click.Choice(RUNNING_MODES),
-            default="multi_processing",
+            default=DEFAULT_RUNNING_MODE,
             show_default=True,
             help="DirectRunner: worker processes, threads, or one in-process worker (fastest start for small jobs).",
         ),

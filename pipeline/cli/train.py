@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -122,6 +123,29 @@ def train_options(func):
             default=None,
             help="Image shape HxWxC for a Parquet 'pixels' column without height/width columns.",
         ),
+        click.option(
+            "--pixel-scale",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Divide numeric pixels by this (e.g. 16 for 0-16 grey levels, 1 for 0/1 integer masks, 255 for "
+            "0-255 floats). Default: integers by 255, floats as they are. The model records it and every job "
+            "that feeds it scales the same way.",
+        ),
+        click.option(
+            "--max-reject-rate",
+            type=click.FloatRange(0, 1),
+            default=d.max_reject_rate,
+            show_default=True,
+            help="Rows that cannot be used are quarantined (rejects.parquet in the MLflow run); stop when a "
+            "larger share of the input is rejected.",
+        ),
+        click.option(
+            "--memory-budget-mb",
+            type=click.IntRange(0),
+            default=None,
+            help="Images beyond this many MiB are read into a memory-mapped file in the work folder and "
+            "streamed from disk batch by batch (default: half the machine's memory).",
+        ),
         click.option("--mixed-precision", is_flag=True, help="mixed_float16 compute (for GPUs)."),
         click.option("--xla", is_flag=True, help="Compile the train step with XLA."),
     ]
@@ -133,9 +157,12 @@ def train_options(func):
 @click.command("train")
 @click.option(
     "--data",
-    default="digits",
+    multiple=True,
+    default=("digits",),
     show_default=True,
-    help="digits (built in), mnist, fashion_mnist, or a path: Parquet file or folder, .npz, PNG folder.",
+    help="digits or mnist5k (built in), mnist, fashion_mnist, or a path: Parquet file or folder (hive KEY=VALUE "
+    "folders are read as columns), .npz, PNG folder. Repeat it to train on several inputs as one data set, e.g. "
+    "--data real/ --data OUT/synthetic (vae generate's output) for augmentation.",
 )
 @click.option("--model-name", default="vae-digits", show_default=True, help="Registered model name in MLflow.")
 @click.option("--conditional", is_flag=True, help="Train a label-conditioned VAE (the data needs labels).")
@@ -155,7 +182,7 @@ def train_command(ctx: click.Context, result_json: str | None, **options) -> Non
     Uses a SQLite MLflow store in the working folder unless MLFLOW_TRACKING_URI is set.
     """
     result = run_training(ctx, **options)
-    print_result(result)
+    print_result(result, ctx.obj["work_dir"])
     if result_json:
         write_result_json(result, Path(result_json))
 
@@ -179,14 +206,15 @@ def run_training(ctx: click.Context, **options):
     from training.config import TrainConfig
     from training.train import train
 
-    return train(TrainConfig(work_dir=ctx.obj["work_dir"], **options))
+    return train(TrainConfig(work_dir=str(ctx.obj["work_dir"]), **options))
 
 
-def print_result(result) -> None:
+def print_result(result, work_dir: str | os.PathLike | None = None) -> None:
     from training import registry
 
+    where = registry.tracking_uri(work_dir)
     click.echo(f"run id:              {result.run_id}")
-    click.echo(f"registered:          {result.model_name} version {result.version}  ({registry.tracking_uri()})")
+    click.echo(f"registered:          {result.model_name} version {result.version}  ({where})")
     model = result.model
     levels = f", binned to {model.pixel_levels} grey levels" if model.pixel_levels else ""
     click.echo(f"likelihood:          {model.likelihood}{levels}  ({model.likelihood_reason})")

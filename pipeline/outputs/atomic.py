@@ -1,61 +1,109 @@
-"""Dataset folders that never flicker: a run's outputs appear whole, in one commit, or not at all.
+"""Dataset folders that never flicker: a run's outputs appear whole, together, in one step, or not at all.
 
     with atomic_datasets(out / "scores", out / "rejects", staging=out / ".staging") as (scores, rejects):
         write_parquet_files_into(scores, rejects)
-    # out/scores and out/rejects now hold exactly what was written; on an exception they are untouched
+    # out/scores and out/rejects now hold exactly what was written, switched by one rename together;
+    # on an exception they are untouched
+
+    scores, rejects = snapshots(out / "scores", out / "rejects")  # a reader's fixed, consistent view
 
 What "atomic" means here
 ------------------------
 A run writes into private folders under ``OUT/.staging/run-ID/``, outside every dataset root (a
 glob such as DuckDB's ``OUT/scores/*/*.parquet`` also matches hidden folders, and ``**`` any depth,
-so nothing half-written or swapped-out may ever sit under ``OUT/scores``). Only when the body of the
-``with`` succeeded are the folders *committed*: switched with the public paths (``OUT/scores``,
-``OUT/rejects``, or the partitions ``OUT/scores/date=D`` and ``OUT/rejects/date=D``).
+so nothing half-written or old may ever sit under ``OUT/scores``). ``OUT`` is the folder that holds
+the staging folder. Only when the body of the ``with`` succeeded are the folders *committed*.
 
-**Local disk.** Each public folder is switched with one ``renameat2(RENAME_EXCHANGE)`` system call
-(Linux 3.15+; ext4, xfs, btrfs, tmpfs and most local file systems): the path names the old complete
-folder until the call and the new complete folder after it; there is no moment in which it is
-missing, empty or half-written. The datasets of one commit (``scores`` and ``rejects``) are switched
-by consecutive calls, microseconds apart, but not by one: a reader who looks at both at that very
-instant may pair new scores with old rejects. Before the first switch the commit writes a journal
-(``run-ID/commit.json``); a process killed between the switches is finished (rolled forward) by the
-next run that writes there, and a switch that fails is undone, so the datasets of a commit end up
-from the same run. Where the exchange is not available (another OS, a file system without it) the
-old path is used, two renames with a moment in which the folder does not exist, and a warning is
-logged.
+**Local disk: immutable versions behind one pointer.** The datasets of ``OUT`` live in version
+folders that are never changed once built; each public dataset path is a symbolic link through one
+pointer per ``OUT``::
 
-What a reader sees. Every state of a public path is one run's complete dataset: a reader that
-opens the folder once and reads the files relative to it never sees it missing, partial or mixed.
-The folder that was replaced is kept intact for :data:`OLD_VERSION_GRACE` seconds before it is
-deleted, so a reader that began listing it just before the switch still lists it whole (deleting it
-at once would let that listing come back empty). pyarrow, pandas and DuckDB, however, list the folder
-and then stat and open every file again by its full path, so a read that overlaps a switch (a window
-as long as the read) looks up names from the old folder in the new one. With file names that differ
-from run to run (as ``score_dataset`` writes them: ``part-RUN-SSSSS-of-NNNNN.parquet``) such a read
-fails with "file not found" or, rarely, comes back short (these libraries skip names that vanish
-while they list), but never holds rows of two runs; retry it, or check the row count. With names
-that repeat from run to run it could silently combine files of two runs. No switch of folders
-(exchange or symbolic link) can do better for such readers; only a manifest or table format can. A
-file already open keeps its old contents until it is closed.
+    OUT/scores             -> .versions/current/scores
+    OUT/rejects            -> .versions/current/rejects
+    OUT/.versions/current  -> v-20260101T120000.123456Z-1a2b3c
+    OUT/.versions/v-20260101T120000.123456Z-1a2b3c/scores/...   (partitions: plain folders inside)
+    OUT/.versions/v-20260101T120000.123456Z-1a2b3c/rejects/...
+
+A commit assembles a complete new version (the run's folders moved in; every other file of every
+dataset of ``OUT`` carried over as a hard link, no data copied), then replaces ``current`` with a
+new link by one ``rename()``. That one system call switches every dataset of the commit (``scores``
+and ``rejects``, or the partitions ``scores/date=D`` and ``rejects/date=D``) at once: before it,
+each public path leads to the previous version, after it to the new one. There is no moment in
+which a dataset or partition is missing, empty or half-written, or in which ``scores`` and
+``rejects`` come from different runs. Only the dataset roots are links; partitions are real
+folders inside a version, so whoever opens ``OUT/scores`` finds a plain hive layout (pyarrow,
+pandas, DuckDB with ``*/*.parquet`` or ``**``, Python's ``rglob`` and ``os.walk``: all tested; a
+link per partition would hide it from ``rglob``, ``os.walk`` and DuckDB's ``**``). Commits to one
+``OUT`` are serialised by a short lock (``.versions/commit.lock``), held only while a version is
+assembled and switched, so runs writing different partitions still run side by side, and each
+commit carries over what the others committed. The cost is one hard link per file of the datasets
+of ``OUT`` per commit (tens of microseconds each). Files are shared between versions: never modify
+a dataset file in place.
+
+What a reader sees.
+
+* A reader that resolves the pointer once reads one complete, unchanging version: use
+  :func:`snapshot` (one path) or :func:`snapshots` (several paths, e.g. scores and rejects, from
+  the same commit), which give the version folder, e.g. ``OUT/.versions/v-.../scores/date=D``.
+  A version stays intact for :data:`VERSION_GRACE` seconds after it has been replaced; after that,
+  a later commit to ``OUT`` deletes it (commits never wait for readers; nothing runs in the
+  background, so the version before the latest stays until the next commit).
+* A reader of the public path that opens the folder once and reads its files relative to it (a
+  directory file descriptor, ``os.scandir`` then ``openat``) sees one version, complete.
+* pyarrow, pandas and DuckDB, given the public path, list the folder and then open every file again
+  by its full path, which goes through the pointer again. A read that overlaps a commit (a window as
+  long as the read) may list one version and look the names up in the next. With file names that
+  differ from run to run (as ``score_dataset`` writes them: ``part-RUN-SSSSS-of-NNNNN.parquet``)
+  such a read fails with "file not found", or, since pyarrow skips listed names that are gone, comes
+  back with fewer rows (or none) of the one run it listed; it never combines rows of two runs.
+  Retry it, check the row count, or read a snapshot. With names that repeat from run to run (as
+  ``vae generate`` writes them) a straddling read may combine files of two versions: read a
+  snapshot. No switch of a folder (exchange or link) can do better for such readers; only a reader
+  that resolves once can. A file already open keeps its contents until it is closed.
+
+**Adopting a plain folder.** A dataset root that is still a plain folder (from an earlier version
+of this module, or made by hand) is adopted by the first commit that writes it: a version holding
+hard links of its files (same names, same bytes) is made current, and the folder is exchanged for
+the link with ``renameat2(RENAME_EXCHANGE)``. Readers find the same files before and after, even a
+read that lists across the exchange; then the commit proceeds as above. Where the exchange is not
+available the folder is renamed away and the link renamed in: for that one moment, once per
+dataset, the path does not exist. A commit killed between these steps is finished from its journal
+(``.versions/migrate-RUN.json``) by the next commit. The replaced folder is kept for the grace
+period as ``.versions/old-...``.
+
+**Fallback.** Where symbolic links cannot be made (a file system that refuses them), or a final
+path does not lie inside ``OUT``, each public folder is switched by its own
+``renameat2(RENAME_EXCHANGE)`` (Linux 3.15+): never missing, but ``scores`` and ``rejects`` are
+switched by two calls microseconds apart, not one (a journal in ``run-ID/commit.json`` rolls a
+killed commit forward), and the replaced folder is kept :data:`OLD_VERSION_GRACE` seconds before it
+is deleted. Where even the exchange is missing, two renames, with a moment in which the folder does
+not exist. A warning is logged in both cases.
 
 **Locks.** A run holds ``fcntl.flock`` locks on files in the staging folder from the moment it
 starts until it has committed (or failed): exclusive on each target (``scores.lock``,
 ``scores+date=D.lock``), shared on the dataset a partition belongs to (``scores.lock``), so any
 number of runs may write different partitions at once, but a second run writing the same dataset or
 partition, or replacing a dataset while a partition of it is written, is refused at once with a
-:class:`DatasetLockedError` naming the lock file and the holder's pid, host and start time. The
-kernel releases the locks of a process that dies, so there is never a stale lock.
+:class:`DatasetLockedError` naming the lock file and the holder's pid, host and start time. Two runs
+started together for the same dataset: one writes, the other is refused, and the dataset ends up
+as the one run's. The kernel releases the locks of a process that dies, so there is never a stale
+lock. Every writer of ``OUT`` must use the same staging folder, ``OUT/.staging``.
 
 **Leftovers.** Each run also holds a lock on its own ``run-ID.lock``. When a run starts it removes
-the run folders of runs whose lock is no longer held (killed runs), finishing an interrupted commit
-from its journal first, and lock files nobody holds. A successful or failed run leaves no trace, not
-even an empty ``.staging`` folder.
+the run folders of runs whose lock is no longer held (killed runs) and lock files nobody holds;
+each commit removes what killed commits left in ``.versions`` (half-built versions, links made for
+a switch that never came) and versions past their grace. A killed run leaves the previous data
+readable: before the switch nothing public has changed, after it the commit is complete. A
+successful or failed run leaves nothing in ``.staging``, not even the folder; ``.versions`` holds
+the current version and those still in their grace period.
 
 Nothing is fsync'ed: the guarantees hold against crashed processes and concurrent readers, not
 against a power cut.
 
 **Object stores** (``gs://``, ``s3://``, through Apache Beam's file systems): see
-:func:`atomic_filesystem_datasets`; they cannot rename a folder, so the best they allow is weaker.
+:func:`atomic_filesystem_datasets`. They cannot rename a folder or switch a pointer, so the best they
+allow is weaker: new files are copied in next to the old ones before any old one is deleted, and a
+``_manifest.json`` names the files of the last commit (:func:`committed_files`).
 """
 
 from __future__ import annotations
@@ -86,13 +134,19 @@ from training.data.images import is_remote
 log = logging.getLogger(__name__)
 
 STAGING = ".staging"  # OUTPUT/.staging: runs' private folders and the locks, outside every dataset root
+VERSIONS = ".versions"  # OUTPUT/.versions: the immutable versions and the pointer to the current one
+CURRENT = "current"  # OUTPUT/.versions/current -> v-...: the pointer a commit switches
+MANIFEST = "_manifest.json"  # object stores: the files of the last commit of a dataset folder
 JOURNAL = "commit.json"
+VERSION_GRACE = 600.0  # seconds a replaced version stays intact for readers that resolved it (snapshot)
+COMMIT_WAIT = 600.0  # seconds a commit waits for another run's commit to the same OUTPUT before giving up
 REMOTE_STALE_AFTER = 2 * 24 * 3600  # seconds after which another host's run prefix on an object store is debris
-OLD_VERSION_GRACE = 0.5  # seconds a replaced folder is kept, intact, for readers that were listing it
+OLD_VERSION_GRACE = 0.5  # fallback only: seconds a replaced folder is kept for readers that were listing it
 LEGACY_STALE_AFTER = 3600  # the ``.NAME.tmp-*`` / ``.NAME.old-*`` folders of earlier versions of this module
 
 _RUN = re.compile(r"^(run-(\d{8}T\d{6}Z)-(.+)-(\d+)-([0-9a-f]{6}))(\.lock)?$")
 _LEGACY = re.compile(r"^\..+\.(tmp|old)-[0-9A-Za-z_]+$")
+_VERSION = re.compile(r"^v-\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{6}$")
 
 
 class DatasetLockedError(RuntimeError):
@@ -485,31 +539,45 @@ def _undo(entry: dict) -> None:
 @contextmanager
 def atomic_datasets(*final_paths: str | os.PathLike, staging: str | os.PathLike | None = None) -> Iterator[list[Path]]:
     """Yields one empty folder per ``final_paths`` entry, in ``staging``/run-ID/; when the body
-    succeeds, all of them replace their final paths in one commit (see the module docstring), on an
-    exception they are deleted and the final paths are untouched.
+    succeeds, all of them replace their final paths in one commit, switched by one rename (see the
+    module docstring); on an exception they are deleted and the final paths are untouched.
 
-    ``staging`` defaults to ``.staging`` beside the first final path. For partitions
-    (``out/scores/date=D``) pass a folder outside the dataset root (``out/.staging``). Every writer
-    of a dataset must use the same staging folder: that is where the locks are. Raises
-    :class:`DatasetLockedError` at once if another run is writing one of the final paths."""
-    finals = [Path(p).absolute() for p in final_paths]
+    ``staging`` defaults to ``.staging`` beside the first final path; its parent is the output
+    folder ``OUT`` whose ``.versions`` hold the data. For partitions (``OUT/scores/date=D``) pass
+    ``OUT/.staging``. Every writer of ``OUT`` must use the same staging folder: that is where the
+    locks are. Raises :class:`DatasetLockedError` at once if another run is writing one of the
+    final paths."""
+    finals = [Path(os.path.abspath(p)) for p in final_paths]
     if not finals:
         raise ValueError("atomic_datasets needs at least one final path")
-    stage = Path(staging).absolute() if staging is not None else finals[0].parent / STAGING
+    if staging is None and any("=" in final.name for final in finals):
+        raise ValueError(
+            f"{finals[0]} looks like a partition: pass staging=OUT/.staging (the output folder's), so that "
+            "the staging folder and the versions are not kept inside the dataset"
+        )
+    stage = Path(os.path.abspath(staging)) if staging is not None else finals[0].parent / STAGING
+    root = stage.parent
     _check_layout([str(f) for f in finals], str(stage))
-    for final in finals:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    root = str(stage.parent)
+    _check_reserved(finals, stage, root / VERSIONS)
     run = _Run.start(stage)
     try:
-        run.lock_targets([str(f) for f in finals], root)
-        _best_effort(stage, _clean_leftovers, run, root)
+        run.lock_targets([str(f) for f in finals], str(root))
+        _best_effort(stage, _clean_leftovers, run, str(root))
         run.dir.mkdir()
+        places = [_place(final, root) for final in finals]
+        versioned = _can_version(run.dir, places)
+        if not versioned:
+            for final in finals:
+                _refuse_versioned_parent(final)
+                final.parent.mkdir(parents=True, exist_ok=True)
         tmps = [run.dir / f"{i}-{final.name}" for i, final in enumerate(finals)]
         for tmp in tmps:
             tmp.mkdir()
         yield tmps
-        _commit(run, finals, tmps)
+        if versioned:
+            _commit_version(run, root, places, tmps)  # type: ignore[arg-type]
+        else:
+            _commit(run, finals, tmps)
     finally:
         run.close()
 
@@ -526,6 +594,40 @@ def atomic_dataset_dir(final_path: str | os.PathLike, staging: str | os.PathLike
         yield tmp
 
 
+def snapshot(path: str | os.PathLike) -> Path:
+    """The immutable version folder a public dataset path leads to right now, e.g.
+    ``OUT/scores/date=D`` -> ``OUT/.versions/v-.../scores/date=D``: read it instead of the public
+    path for a read that no commit can disturb (its files stay as they are for at least
+    :data:`VERSION_GRACE` seconds after a commit replaces them). A path that is not in the versioned
+    layout (a plain folder) is returned resolved, with no such guarantee. Raises
+    :class:`FileNotFoundError` if the path does not exist."""
+    return snapshots(path)[0]
+
+
+def snapshots(*paths: str | os.PathLike) -> list[Path]:
+    """:func:`snapshot` for several paths, all resolved through one reading of each pointer: the
+    snapshots of ``OUT/scores`` and ``OUT/rejects`` always come from the same commit."""
+    pointers: dict[Path, str] = {}
+    resolved = []
+    for path in paths:
+        path = Path(os.path.abspath(path))
+        link = next((p for p in (path, *path.parents) if _is_ours(p)), None)
+        if link is None:
+            found = Path(os.path.realpath(path))
+        else:
+            root = link.parent
+            if root not in pointers:
+                version = _current(root / VERSIONS)
+                if version is None:
+                    raise FileNotFoundError(errno.ENOENT, "no version has been committed", str(path))
+                pointers[root] = version
+            found = root / VERSIONS / pointers[root] / link.name / path.relative_to(link)
+        if not os.path.exists(found):
+            raise FileNotFoundError(errno.ENOENT, "no such dataset", str(path))
+        resolved.append(found)
+    return resolved
+
+
 def _check_layout(finals: list[str], stage: str) -> None:
     if len(set(finals)) != len(finals):
         raise ValueError(f"the same final path twice: {finals}")
@@ -535,7 +637,59 @@ def _check_layout(finals: list[str], stage: str) -> None:
                 raise ValueError(f"{other} lies inside {final}, which is replaced as a whole")
 
 
+def _check_reserved(finals: list[Path], *reserved: Path) -> None:
+    for final in finals:
+        for folder in reserved:
+            if final == folder or final.is_relative_to(folder):
+                raise ValueError(f"{final} lies inside {folder}, which belongs to the atomic commit")
+
+
+def _place(final: Path, root: Path) -> tuple[str, str] | None:
+    """(dataset root's name in OUT, path of the final inside it, "" for the whole dataset), or None
+    for a final outside OUT."""
+    try:
+        parts = final.relative_to(root).parts
+    except ValueError:
+        return None
+    return parts[0], "/".join(parts[1:])
+
+
+def _can_version(probe_dir: Path, places: list) -> bool:
+    """Whether the versioned layout can be used; else the exchange of folders, with a warning."""
+    if any(place is None for place in places):
+        _fall_back("a final path lies outside the folder that holds the staging folder")
+        return False
+    probe = probe_dir / "symlink-probe"
+    try:
+        os.symlink(VERSIONS, probe)
+    except (OSError, NotImplementedError) as exc:
+        _fall_back(f"symbolic links cannot be made in {probe_dir.parent} ({exc})")
+        return False
+    probe.unlink()
+    return True
+
+
+def _fall_back(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        log.warning(
+            "%s: each dataset folder is switched on its own (RENAME_EXCHANGE), not all of a commit's "
+            "datasets by one rename of a versions pointer",
+            reason,
+        )
+
+
+def _refuse_versioned_parent(final: Path) -> None:
+    """The fallback must not switch folders inside an (immutable) version."""
+    if VERSIONS in Path(os.path.realpath(final.parent)).parts:
+        raise ValueError(
+            f"{final} lies in a dataset kept in {VERSIONS}/ (the versioned layout), which this run cannot use; "
+            "pass staging=OUT/.staging of the output folder OUT"
+        )
+
+
 def _commit(run: _Run, finals: list[Path], tmps: list[Path]) -> None:
+    """The fallback: each folder switched into place on its own, with a journal."""
     entries = [
         {"target": str(final), "new": str(tmp), "aside": str(run.dir / f"{i}-old"), "ident": _identity(tmp)}
         for i, (final, tmp) in enumerate(zip(finals, tmps, strict=True))
@@ -564,6 +718,251 @@ def _commit(run: _Run, finals: list[Path], tmps: list[Path]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# The versioned layout: OUT/NAME -> .versions/current/NAME, .versions/current -> v-...
+
+
+def _link_text(name: str) -> str:
+    return f"{VERSIONS}/{CURRENT}/{name}"
+
+
+def _is_ours(path: Path) -> bool:
+    """Whether ``path`` is a public dataset link of the versioned layout."""
+    try:
+        return os.readlink(path) == _link_text(path.name)
+    except OSError:  # not a link, or not there
+        return False
+
+
+def _current(versions: Path) -> str | None:
+    """The name of the current version, or None if there is none (or its folder is gone)."""
+    try:
+        name = os.readlink(versions / CURRENT)
+    except OSError:
+        return None
+    return name if _VERSION.match(name) and (versions / name).is_dir() else None
+
+
+def _managed(root: Path, versions: Path, current: str | None) -> set[str]:
+    """The datasets of the current version that are published (their public link is in place)."""
+    if current is None:
+        return set()
+    return {name for name in os.listdir(versions / current) if _is_ours(root / name)}
+
+
+def _version_name() -> str:
+    return f"v-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:6]}"
+
+
+def _link_tree(src: Path, dst: Path, skip: frozenset[str] = frozenset(), rel: str = "") -> None:
+    """Rebuilds folder ``src`` at ``dst``: the same folders, each file a hard link (a copy where a
+    link cannot be made), symbolic links as they are; the paths in ``skip`` (relative to the top,
+    with what is under them) are left out."""
+    os.mkdir(dst)
+    with os.scandir(src) as entries:
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            if path in skip:
+                continue
+            target = dst / entry.name
+            if entry.is_dir(follow_symlinks=False):
+                _link_tree(Path(entry.path), target, skip, path)
+            elif entry.is_symlink():
+                os.symlink(os.readlink(entry.path), target)
+            else:
+                try:
+                    os.link(entry.path, target, follow_symlinks=False)
+                except OSError:  # another file system, too many links, or links not supported
+                    shutil.copy2(entry.path, target)
+    shutil.copymode(src, dst)
+
+
+def _lock_commits(versions: Path, run: _Run) -> _Lock:
+    """The lock that serialises the commits to one OUT: waits (briefly: a commit only assembles
+    links and renames) for another run's commit."""
+    path = versions / "commit.lock"
+    deadline, delay, said = time.monotonic() + COMMIT_WAIT, 0.001, False
+    while True:
+        lock = _try_lock(path, exclusive=True, holder=_holder(run.id, run.started))
+        if lock is not None:
+            return lock
+        if time.monotonic() > deadline:
+            raise DatasetLockedError(
+                f"cannot commit to {versions.parent}: its commit lock {path} has been held for "
+                f"{COMMIT_WAIT:.0f} s by {_describe_holder(path)}"
+            )
+        if not said:
+            log.info("waiting for the commit of another run to %s (%s)", versions.parent, _describe_holder(path))
+            said = True
+        time.sleep(delay)
+        delay = min(2 * delay, 0.05)
+
+
+def _commit_version(run: _Run, root: Path, places: list[tuple[str, str]], tmps: list[Path]) -> None:
+    """Builds the next version of OUT with the run's folders in it and switches to it (one rename)."""
+    versions = root / VERSIONS
+    versions.mkdir(exist_ok=True)
+    lock = _lock_commits(versions, run)
+    try:
+        _best_effort(versions, _tidy, root)
+        current = _current(versions)
+        names = sorted({name for name, _ in places})
+        plain = [name for name in names if os.path.lexists(root / name) and not _is_ours(root / name)]
+        hidden = [n for n in names if current and not os.path.lexists(root / n) and (versions / current / n).exists()]
+        if plain or hidden:  # first bring OUT into the layout, without changing what readers see
+            current = _adopt(run, root, current, plain)
+        version = _build(run, root, current, places, tmps)
+        created: list[Path] = []
+        try:
+            for name in names:
+                if not os.path.lexists(root / name):
+                    os.symlink(_link_text(name), root / name)  # leads nowhere until the switch
+                    created.append(root / name)
+            _switch(versions, version, current)
+        except BaseException:
+            if _current(versions) != version:
+                for link in created:
+                    with contextlib.suppress(OSError):
+                        link.unlink()
+                _remove(versions / version)
+            raise
+    finally:
+        _release(lock)
+
+
+def _build(run: _Run, root: Path, current: str | None, places: list[tuple[str, str]], tmps: list[Path]) -> str:
+    """A new version: the current one, with the run's folders in place of the ones they replace."""
+    versions = root / VERSIONS
+    whole = {name for name, inside in places if not inside}
+    parts: dict[str, set[str]] = {}
+    for name, inside in places:
+        if inside:
+            parts.setdefault(name, set()).add(inside)
+    build = versions / f"tmp-{run.id}"
+    build.mkdir()
+    try:
+        for name in sorted(_managed(root, versions, current) - whole):
+            _link_tree(versions / current / name, build / name, frozenset(parts.get(name, ())))  # type: ignore[operator]
+        for (name, inside), tmp in zip(places, tmps, strict=True):
+            target = build / name / inside if inside else build / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, target)
+        version = _version_name()
+        os.rename(build, versions / version)
+    except BaseException:
+        _remove(build)
+        raise
+    return version
+
+
+def _switch(versions: Path, version: str, previous: str | None) -> None:
+    """Points ``current`` at ``version``: one rename of a new link over the old one."""
+    if previous is not None:
+        with contextlib.suppress(OSError):
+            os.utime(versions / previous)  # its grace period counts from now
+    link = versions / f"{CURRENT}.tmp-{uuid.uuid4().hex[:8]}"
+    os.symlink(version, link)
+    try:
+        os.replace(link, versions / CURRENT)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            link.unlink()
+        raise
+
+
+def _adopt(run: _Run, root: Path, current: str | None, plain: list[str]) -> str:
+    """Makes current a version with the published datasets and the files of the ``plain`` dataset
+    folders (hard links: same names, same bytes), then exchanges each plain folder for its link.
+    Readers see the same files throughout. Also drops datasets whose link was removed."""
+    versions = root / VERSIONS
+    for name in plain:
+        if not (root / name).is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a dataset must be a folder", str(root / name))
+    build = versions / f"tmp-{run.id}"
+    build.mkdir()
+    try:
+        for name in sorted(_managed(root, versions, current)):
+            _link_tree(versions / current / name, build / name)  # type: ignore[operator]
+        for name in plain:
+            _link_tree(root / name, build / name)
+        version = _version_name()
+        os.rename(build, versions / version)
+    except BaseException:
+        _remove(build)
+        raise
+    entries = []
+    try:
+        for name in plain:
+            link = versions / f"old-{run.id}-{name}"  # after the exchange: the plain folder
+            os.symlink(_link_text(name), link)
+            aside = versions / f"old-{run.id}-{name}-aside"  # where it goes without the exchange
+            entries.append(
+                {"target": str(root / name), "new": str(link), "aside": str(aside), "ident": _identity(link)}
+            )
+        _switch(versions, version, current)
+    except BaseException:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                os.unlink(entry["new"])
+        raise
+    if entries:
+        journal = versions / f"migrate-{run.id}.json"
+        draft = versions / f"migrate-{run.id}.json.tmp"
+        draft.write_text(json.dumps({"run": run.id, "entries": entries}))
+        os.replace(draft, journal)  # a run killed from here on is finished by the next commit
+        for entry in entries:
+            log.info("moving %s into the versioned layout (%s)", entry["target"], versions)
+            _swap_into_place(Path(entry["new"]), Path(entry["target"]), Path(entry["aside"]))
+        journal.unlink()
+        _age_from_now(entries)
+    return version
+
+
+def _age_from_now(entries: list[dict]) -> None:
+    """The replaced plain folders' grace period counts from now."""
+    for entry in entries:
+        for path in (entry["new"], entry["aside"]):
+            with contextlib.suppress(OSError):
+                os.utime(path, follow_symlinks=False)
+
+
+def _tidy(root: Path) -> None:
+    """Under the commit lock (so nobody else is building): finishes killed adoptions, removes what
+    killed commits left, the public links that lead nowhere, and versions past their grace."""
+    versions = root / VERSIONS
+    for journal in sorted(versions.glob("migrate-*.json")):
+        try:
+            entries = json.loads(journal.read_text())["entries"]
+        except (OSError, ValueError, KeyError):
+            log.warning("ignoring the unreadable journal %s", journal)
+        else:
+            for entry in entries:
+                _roll_forward(entry)
+            _age_from_now(entries)
+            log.warning("finished moving %s into the versioned layout (interrupted when its process died)", root)
+        journal.unlink()
+    current = _current(versions)
+    now = time.time()
+    for entry in os.scandir(versions):
+        name, path = entry.name, Path(entry.path)
+        if name.startswith(("tmp-", f"{CURRENT}.tmp-")) or name.endswith(".json.tmp"):
+            _remove(path)  # half-built by a killed commit
+        elif name.startswith("old-") and entry.is_symlink():
+            path.unlink()  # a link made for an adoption that never happened
+        elif _VERSION.match(name) and current is not None and name > current:
+            _remove(path)  # built after the current one (names sort by time) but never switched to
+        elif (
+            (name.startswith("old-") or _VERSION.match(name))
+            and name != current
+            and now - entry.stat(follow_symlinks=False).st_mtime > VERSION_GRACE
+        ):
+            _remove(path)  # replaced longer ago than the grace period
+    for entry in os.scandir(root):
+        path = Path(entry.path)
+        if entry.is_symlink() and _is_ours(path) and not path.exists():
+            path.unlink()  # made for a commit that died before its switch
+
+
+# --------------------------------------------------------------------------------------------------
 # Any file system Apache Beam knows (gs://, s3://, hdfs://, local)
 
 
@@ -572,18 +971,34 @@ def atomic_filesystem_datasets(*final_paths: str, staging: str | None = None) ->
     """The same contract, as far as an object store allows, on any file system Apache Beam knows.
 
     Files are written under ``staging``/run-ID/ (default ``.staging`` beside the first final path;
-    for partitions pass ``OUT/.staging``, outside the dataset root). On success every new file is
-    renamed into place (on GCS and S3 a copy), for all the datasets, and only then are the old
-    files that were not overwritten deleted; on an exception the temporary files are deleted and the
-    old datasets are untouched.
+    pass ``OUT/.staging``, outside every dataset root, as ``vae score`` does: then no listing of a
+    dataset or partition ever sees a temporary file). On success the commit, for all the datasets
+    together, (1) renames every new file into place (on GCS and S3: a copy, then a delete of the
+    temporary one), next to the old files; (2) writes each dataset folder's ``_manifest.json``,
+    naming the run and its files, in one object write; (3) deletes the old files that were not
+    overwritten. On an exception the temporary files are deleted and the old datasets are untouched.
 
-    What readers see: an object store cannot switch a folder in one step, so during the commit a
-    reader may list the old files plus some or all of the new ones (with run-specific file names:
-    rows of two runs side by side), then, once the old files are deleted, only the new ones. The
-    dataset is never missing or empty. That is the best an object store allows without a manifest
-    or table format (Delta Lake, Iceberg). A failure while renaming deletes the new files already in
-    place; a process killed during the commit leaves the old files plus some new ones until the next
-    successful commit of that dataset, which deletes every file that is not its own.
+    What a reader sees. An object store cannot switch a folder in one step, so:
+
+    * A reader that lists the folder sees the old dataset, complete, until (1) begins; during (1)
+      and (2) the old files plus some or all of the new ones; during (3) all the new ones plus the
+      old ones not yet deleted; then the new dataset alone. The folder is never missing and never
+      holds less than one complete dataset (unless the new one is empty). With file names that
+      differ from run to run (``part-RUN-...``, as ``score_dataset`` writes them) the mix is never
+      silent: the names, and each row's run stamp, tell the two runs apart. GCS and S3 list
+      consistently after a write, so nothing that was listed is missing except what (3) deletes.
+    * A reader that reads ``_manifest.json`` first (:func:`committed_files`) gets exactly one
+      run's complete list: the old run's until (2), the new run's after it. A file of the old list
+      can disappear under such a reader during (3): retry on "not found".
+    * ``scores`` and ``rejects`` of one run are not switched together: their manifests are written
+      one after the other, and between (1) and (3) both runs are listed in each.
+    * Underscore files are ignored by pyarrow, pandas and Spark, and not matched by ``*.parquet``;
+      a glob that matches every file (DuckDB ``read_parquet('OUT/scores/**')``) would try to read
+      the manifest: end such globs with ``*.parquet``.
+
+    A failure while renaming deletes the new files already in place; a process killed during the
+    commit leaves the old files (and the old manifest) plus some new ones until the next successful
+    commit of that dataset, which deletes every file that is not its own.
 
     Locking: the locks are ``flock`` files on this machine (in ``staging`` itself when it is a
     local path, else in the system's temporary folder), so a second run on the same machine is
@@ -611,7 +1026,7 @@ def atomic_filesystem_datasets(*final_paths: str, staging: str | None = None) ->
             for tmp in tmps:
                 _mkdirs(tmp)
             yield tmps
-            _publish(finals, tmps)
+            _publish(finals, tmps, run.id, prefix)
         finally:
             _delete_quietly(prefix)
     finally:
@@ -625,6 +1040,23 @@ def atomic_filesystem_dir(final_path: str, staging: str | None = None) -> Iterat
         yield tmp
 
 
+def committed_files(folder: str | os.PathLike) -> list[str]:
+    """The data files of the last commit of a dataset folder written by
+    :func:`atomic_filesystem_datasets`, from its ``_manifest.json`` (sorted full paths): one run's
+    complete dataset, never a mix (see there). Raises :class:`FileNotFoundError` without a manifest."""
+    from apache_beam.io.filesystems import FileSystems
+
+    folder = str(folder).rstrip("/")
+    try:
+        with FileSystems.open(f"{folder}/{MANIFEST}") as file:
+            manifest = json.loads(file.read())
+    except Exception as exc:
+        if isinstance(exc, FileNotFoundError) or not _exists(f"{folder}/{MANIFEST}"):
+            raise FileNotFoundError(errno.ENOENT, "no commit manifest", f"{folder}/{MANIFEST}") from exc
+        raise
+    return [f"{folder}/{name}" for name in manifest["files"]]
+
+
 def _host_lock_dir(stage: str) -> Path:
     user = os.getuid() if hasattr(os, "getuid") else "user"
     return Path(tempfile.gettempdir()) / f"vae-output-locks-{user}" / hashlib.sha1(stage.encode()).hexdigest()[:16]
@@ -636,8 +1068,9 @@ def _match(pattern: str) -> list[str]:
     return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
 
 
-def _publish(finals: list[str], tmps: list[str]) -> None:
-    """New files into place for every dataset first, then the old ones that were not overwritten out."""
+def _publish(finals: list[str], tmps: list[str], run_id: str, prefix: str) -> None:
+    """New files into place for every dataset first, then the manifests, then the old files that
+    were not overwritten out."""
     from apache_beam.io.filesystems import FileSystems
 
     plans = []
@@ -646,6 +1079,13 @@ def _publish(finals: list[str], tmps: list[str]) -> None:
         targets = [f"{final}/{path[len(tmp) + 1 :]}" for path in new]
         old = set(_match(f"{final}/**"))
         plans.append((final, new, targets, old))
+    manifests = []
+    for i, (final, _, targets, _) in enumerate(plans):  # written beside the temporary datasets, renamed in later
+        draft = f"{prefix}/{i}-{MANIFEST}"
+        files = sorted(t[len(final) + 1 :] for t in targets)
+        with FileSystems.create(draft) as file:
+            file.write(json.dumps({"run": run_id, "committed": _now(), "files": files}, indent=1).encode())
+        manifests.append((draft, f"{final}/{MANIFEST}"))
     try:
         for final, new, targets, _ in plans:
             _mkdirs(final)
@@ -659,9 +1099,16 @@ def _publish(finals: list[str], tmps: list[str]) -> None:
             with contextlib.suppress(Exception):
                 FileSystems.delete(written)
         raise
-    stale = sorted(path for _, _, targets, old in plans for path in old - set(targets))
+    for draft, manifest in manifests:
+        FileSystems.rename([draft], [manifest])
+    keep = {manifest for _, manifest in manifests}
+    stale = sorted(path for _, _, targets, old in plans for path in old - set(targets) - keep)
     if stale:
         FileSystems.delete(stale)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _exists(path: str) -> bool:

@@ -12,13 +12,18 @@ import html
 import io
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.outputs.png import to_uint8
 from training import data as data_lib
+
+if TYPE_CHECKING:
+    from training.registry import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +118,13 @@ def lookup_images(example_ids: np.ndarray, input_spec: str | None = None) -> dic
     return found
 
 
-def learning_history(run_id: str | None) -> dict[str, list[float]]:
+def learning_history(run_id: str | None, work_dir: str | os.PathLike | None = None) -> dict[str, list[float]]:
     """Per-epoch metrics of a training run, from MLflow's metric history (empty if there is none)."""
     if not run_id:
         return {}
-    from mlflow import MlflowClient
+    from training import registry
 
-    client = MlflowClient()
+    client = registry.client(work_dir)
     history = {}
     for key in CURVE_KEYS:
         for name in (key, f"val_{key}"):
@@ -127,14 +132,6 @@ def learning_history(run_id: str | None) -> dict[str, list[float]]:
             if points:
                 history[name] = [float(m.value) for m in points]
     return history
-
-
-def model_run_id(name: str, version: str) -> str | None:
-    if version == "local":
-        return None
-    from mlflow import MlflowClient
-
-    return MlflowClient().get_model_version(name, version).run_id
 
 
 def _stat(label: str, value: object) -> str:
@@ -151,11 +148,20 @@ def _number(value: object, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
 
 
-def build_sections(frame, loaded, run_id: str | None, images: dict, top: int, seed: int = 0) -> list[Section]:
-    """The report's sections, in page order."""
+def build_sections(
+    frame,
+    ref: ModelRef,
+    model,
+    run_id: str | None,
+    history: dict[str, list[float]],
+    images: dict,
+    top: int,
+    seed: int = 0,
+) -> list[Section]:
+    """The report's sections, in page order: ``model`` is the loaded ``ref``, ``history`` its training
+    run's per-epoch metrics."""
     from training import plots
 
-    model = loaded.model
     sections = []
     threshold = None
     if getattr(model, "calibration", None):
@@ -166,7 +172,7 @@ def build_sections(frame, loaded, run_id: str | None, images: dict, top: int, se
     ranked_by = ranking_column(frame)
     scores = frame[ranked_by].to_numpy(dtype=np.float64)
     overview = [
-        _stat("model", f"{loaded.name} version {loaded.version}"),
+        _stat("model", f"{ref.name} version {ref.version}"),
         _stat("kind", ("conditional" if model.num_classes else "plain") + f" VAE, {model.likelihood} likelihood"),
         _stat("latent size", model.latent_dim),
         _stat("training run", run_id or "not in MLflow"),
@@ -179,7 +185,6 @@ def build_sections(frame, loaded, run_id: str | None, images: dict, top: int, se
         overview.append(_stat("source", ", ".join(sorted({str(s) for s in frame["source"].dropna().unique()}))))
     sections.append(Section("overview", "Overview", f"<table class='stats'>{''.join(overview)}</table>"))
 
-    history = learning_history(run_id)
     if history:
         body = img_tag(figure_png(plots.learning_curves(history)), "learning curves")
     else:
@@ -279,6 +284,7 @@ def render_report(
     input_spec: str | None = None,
     log_to_mlflow: bool = True,
     seed: int = 0,
+    work_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Writes the HTML report for a scores dataset and the model that made it; returns its path.
 
@@ -286,7 +292,7 @@ def render_report(
     the model named in the scores). ``input_spec``: the scored input, to show the images (the
     built-in digits are found by their ``digits:<index>`` ids without it). With
     ``log_to_mlflow`` the page is also logged as an artifact of the model's training run
-    (``report/<file name>``). MLflow must already point at the store (``registry.configure``).
+    (``report/<file name>``). ``work_dir``: the working folder whose MLflow store holds the model.
     """
     from training import registry
 
@@ -294,19 +300,18 @@ def render_report(
         raise ValueError(f"--top must be at least 1, got {top}")
     frame = read_scores(scores)
     uri = model_uri or model_uri_from_scores(frame)
-    loaded = registry.load_model(uri)
-    frame = read_scores(scores, loaded.name, loaded.version)
-    run_id = model_run_id(loaded.name, loaded.version)
+    ref = registry.pin(uri, work_dir)
+    model = ref.load()
+    frame = read_scores(scores, ref.name, ref.version)
+    run_id = registry.run_id(ref.name, ref.version, work_dir)
     top_ids = frame.sort_values(ranking_column(frame), ascending=False).head(top)["example_id"].astype(str).to_numpy()
     images = lookup_images(frame["example_id"].astype(str).to_numpy(), input_spec)
     if images and not any(i in images for i in top_ids):
         log.warning("none of the top anomalies' images were found in the input")
-    sections = build_sections(frame, loaded, run_id, images, top, seed)
+    sections = build_sections(frame, ref, model, run_id, learning_history(run_id, work_dir), images, top, seed)
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(f"VAE anomaly report: {loaded.name} v{loaded.version}", sections), encoding="utf-8")
+    path.write_text(render_html(f"VAE anomaly report: {ref.name} v{ref.version}", sections), encoding="utf-8")
     if log_to_mlflow and run_id:
-        from mlflow import MlflowClient
-
-        MlflowClient().log_artifact(run_id, str(path), "report")
+        registry.client(work_dir).log_artifact(run_id, str(path), "report")
     return path.resolve()

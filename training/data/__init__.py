@@ -3,9 +3,9 @@ evaluation. ``plan_input`` cuts an input into shards of Arrow record batches, ``
 turns a batch into float32 images and a reason for every row it rejects, and ``load`` does both for
 a whole data set in one process."""
 
-from training.data.builtin import BUILTIN, FASHION_NAMES, load_digits, load_keras_dataset, load_mnist5k
+from training.data.builtin import BUILTIN, FASHION_NAMES, load_builtin, load_digits, load_keras_dataset, load_mnist5k
 from training.data.images import IMAGE_SUFFIXES, DataError, ImageData, decode_image, parquet_files
-from training.data.load import as_image_array, encode_labels, load
+from training.data.load import REJECTS_SCHEMA, ReadResult, load, read_images
 from training.data.splits import (
     HOLDOUT_FRACTION,
     MIN_TRAINING_ROWS,
@@ -28,16 +28,18 @@ __all__ = [
     "ImageData",
     "Split",
     "TrainingSplit",
-    "as_image_array",
     "decode_image",
-    "encode_labels",
+    "REJECTS_SCHEMA",
+    "ReadResult",
     "fingerprint",
     "grey_levels",
     "in_holdout",
     "load",
+    "load_builtin",
     "load_digits",
     "load_keras_dataset",
     "load_mnist5k",
+    "read_images",
     "parquet_files",
     "split",
     "training_split",

@@ -47,3 +47,13 @@ def load_keras_dataset(name: str) -> ImageData:
     labels = np.concatenate([y_train, y_test]).astype(np.int64)
     names = FASHION_NAMES if name == "fashion_mnist" else [str(i) for i in range(10)]
     return ImageData(images, labels, np.array([f"{name}:{i}" for i in range(len(images))]), names, name)
+
+
+def load_builtin(name: str) -> ImageData:
+    """One of :data:`BUILTIN` by name."""
+    loaders = {"digits": load_digits, "mnist5k": load_mnist5k}
+    if name in loaders:
+        return loaders[name]()
+    if name in ("mnist", "fashion_mnist"):
+        return load_keras_dataset(name)
+    raise DataError(f"{name}: not a built-in data set ({', '.join(BUILTIN)})")

@@ -12,6 +12,26 @@ import numpy as np
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+SPILL_CHUNK_ROWS = 8192
+
+
+def take_rows(images: np.ndarray, index: np.ndarray) -> np.ndarray:
+    if not isinstance(images, np.memmap) or images.filename is None:
+        return images[index]
+    import uuid
+
+    path = Path(images.filename).with_name(f"part-{uuid.uuid4().hex[:8]}.npy")
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=images.dtype, shape=(len(index), *images.shape[1:]))
+    for start in range(0, len(index), SPILL_CHUNK_ROWS):
+        rows = index[start : start + SPILL_CHUNK_ROWS]
+        order = np.argsort(rows, kind="stable")  # read the source in file order
+        chunk = np.empty((len(rows), *images.shape[1:]), images.dtype)
+        chunk[order] = images[rows[order]]
+        out[start : start + len(rows)] = chunk
+    out.flush()
+    return out
+
+
 def is_remote(path: str | os.PathLike) -> bool:
     """True for URLs such as ``gs://bucket/x`` (any scheme), False for local paths."""
     return "://" in str(path)
@@ -37,9 +57,10 @@ class ImageData:
         return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
 
     def subset(self, index: np.ndarray) -> ImageData:
+        """The rows ``index``; images held in a memory-mapped file stay on disk (a new file beside it)."""
         return replace(
             self,
-            images=self.images[index],
+            images=take_rows(self.images, np.asarray(index)),
             labels=None if self.labels is None else self.labels[index],
             example_ids=self.example_ids[index],
         )
@@ -55,7 +76,7 @@ def parquet_files(folder: Path) -> list[Path]:
 
 
 def decode_image(data: bytes | None, where: str) -> np.ndarray:
-    """PNG/JPEG bytes to an (H, W, C) array of raw values (0-255)."""
+    """PNG/JPEG bytes to an (H, W, C) array of raw values: uint8 (0-255), or uint16 for 16-bit grey PNGs."""
     from PIL import Image, UnidentifiedImageError
 
     if data is None:
@@ -63,9 +84,12 @@ def decode_image(data: bytes | None, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            if img.mode not in ("L", "RGB"):
-                img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK") else "L")
-            array = np.asarray(img)
+            if img.mode.startswith("I;16"):  # 16-bit grey: keep every level (uint16)
+                array = np.asarray(img).astype(np.uint16)
+            else:
+                if img.mode not in ("L", "RGB"):
+                    img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK") else "L")
+                array = np.asarray(img)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{where}: unreadable image ({exc})") from exc
     return array[..., None] if array.ndim == 2 else array

@@ -1,198 +1,324 @@
-"""Whole-data-set loading (to be replaced by the reader + validator)."""
+"""A whole data set in one process, through the same reader and validator as the Beam jobs.
+
+Training and evaluation read their images here: every input is cut into shards
+(:func:`training.data.reader.plan_input`), read as Arrow record batches and validated batch by
+batch (:func:`training.data.validate.validate_batch`) into one preallocated float32 array, so an
+image means the same thing here as in ``vae score``. Rows that cannot be used are quarantined in a
+rejects table (``example_id``, ``source``, ``reason``, ``raw``), not dropped silently.
+"""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
-from training.data.builtin import BUILTIN, load_digits, load_keras_dataset, load_mnist5k
-from training.data.images import IMAGE_SUFFIXES, DataError, ImageData, decode_image, parquet_files
+from training.data.builtin import BUILTIN
+from training.data.images import DataError, ImageData, decode_image, take_rows
+from training.data.reader import plan_input
+from training.data.validate import ModelSpec, validate_batch
 
 log = logging.getLogger(__name__)
 
-
-def load(spec: str, shape: tuple[int, int, int] | None = None) -> ImageData:
-    """Loads a built-in data set by name, or a Parquet file or folder, an NPZ file, or a PNG folder."""
-    if spec == "digits":
-        return load_digits()
-    if spec == "mnist5k":
-        return load_mnist5k()
-    if spec in ("mnist", "fashion_mnist"):
-        return load_keras_dataset(spec)
-    path = Path(spec)
-    if not path.exists():
-        raise DataError(f"{spec}: no such file or folder, and not a built-in data set ({', '.join(BUILTIN)})")
-    if path.suffix == ".npz":
-        return load_npz(path)
-    if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
-        return load_parquet(path, shape)
-    if path.is_dir():
-        return load_image_folder(path)
-    raise DataError(f"{spec}: unsupported input; give a .parquet file or folder, an .npz file or a folder of PNGs")
+READ_BATCH_ROWS = 4096
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("example_id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("raw", pa.string()),
+    ]
+)
+Input = str | ImageData
 
 
-def load_npz(path: Path) -> ImageData:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
-    if "x" not in archive:
-        raise DataError(f"{path}: no array named 'x' (found: {', '.join(archive.files) or 'none'})")
-    images = as_image_array(archive["x"], str(path))
-    labels, names = encode_labels(archive["y"], str(path)) if "y" in archive else (None, None)
-    ids = np.array([f"{path.name}:{i}" for i in range(len(images))])
-    return check(ImageData(images, labels, ids, names, str(path)))
+@dataclass(frozen=True)
+class ReadResult:
+    """The usable images of one or more inputs, and every row that was not usable, with why."""
+
+    data: ImageData
+    rejects: pa.Table  # REJECTS_SCHEMA
+    rows_read: int
+    pixel_scale: float | None  # the scale numeric pixels were read with (None: the default rule)
+
+    @property
+    def reject_rate(self) -> float:
+        return self.rejects.num_rows / self.rows_read if self.rows_read else 0.0
+
+    def reasons(self) -> Counter:
+        """How many rows each kind of problem rejected (the text before the first colon)."""
+        return Counter(r.split(":", 1)[0] for r in self.rejects.column("reason").to_pylist())
+
+    def describe_rejects(self, examples: int = 3) -> str:
+        """``12 rejected of 1,000 (1.2%): 10 x out of range, 2 x duplicate example_id; e.g. ...``"""
+        counts = ", ".join(f"{n:,} x {reason}" for reason, n in self.reasons().most_common())
+        rows = self.rejects.slice(0, examples).to_pylist()
+        shown = "; ".join(f"{r['source']} example_id {r['example_id']}: {r['reason']}" for r in rows)
+        share = f"{self.rejects.num_rows:,} rejected of {self.rows_read:,} rows ({self.reject_rate:.1%})"
+        return f"{share}: {counts}; e.g. {shown}"
 
 
-def load_parquet(path: Path, shape: tuple[int, int, int] | None = None) -> ImageData:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    files = [path] if path.is_file() else parquet_files(path)
-    if not files:
-        raise DataError(f"{path}: no Parquet files found")
-    tables, ids = [], []
-    for file in files:
-        try:
-            part = pq.read_table(file)
-        except Exception as exc:
-            raise DataError(f"{file}: not a readable Parquet file ({exc})") from exc
-        rel = file.name if file == path else file.relative_to(path).as_posix()
-        given = part.column("example_id").to_pylist() if "example_id" in part.column_names else [None] * part.num_rows
-        # the same ids as the Beam scorer gives: the input's, else FILE:ROW within that file
-        ids += [f"{rel}:{i}" if v is None else str(v) for i, v in enumerate(given)]
-        tables.append(part)
-    table = pa.concat_tables(tables, promote_options="permissive")
-    ids = np.array(ids)
-    columns = set(table.column_names)
-    if "image" in columns:
-        images = [
-            decode_image(b, f"{path} row {i} (example_id {ids[i]})")
-            for i, b in enumerate(table.column("image").to_pylist())
-        ]
-        images = stack_same_shape(images, ids, str(path))
-    elif "pixels" in columns:
-        pixels = table.column("pixels").to_pylist()
-        shapes = _row_shapes(table, shape, str(path))
-        images = []
-        for i, (row, row_shape) in enumerate(zip(pixels, shapes, strict=True)):
-            where = f"{path} row {i} (example_id {ids[i]})"
-            if row is None:
-                raise DataError(f"{where}: pixels is null")
-            if len(row) != int(np.prod(row_shape)):
-                raise DataError(f"{where}: {len(row)} pixels do not fit the shape {row_shape}")
-            images.append(np.asarray([np.nan if v is None else v for v in row], dtype=np.float64).reshape(row_shape))
-        images = stack_same_shape(images, ids, str(path))
-    else:
-        raise DataError(f"{path}: needs an 'image' column (PNG/JPEG bytes) or a 'pixels' column (list of numbers)")
-    images = as_image_array(images, str(path), ids)
-    labels, names = (
-        encode_labels(table.column("label").to_numpy(zero_copy_only=False), str(path))
-        if "label" in columns
-        else (None, None)
-    )
-    return check(ImageData(images, labels, ids, names, str(path)))
+def _as_list(inputs: Input | Sequence[Input]) -> list[Input]:
+    if isinstance(inputs, str | ImageData):
+        return [inputs]
+    return list(inputs)
 
 
-def _row_shapes(table, shape: tuple[int, int, int] | None, where: str) -> list[tuple[int, int, int]]:
-    names = set(table.column_names)
-    if {"height", "width"} <= names:
-        heights = table.column("height").to_pylist()
-        widths = table.column("width").to_pylist()
-        channels = table.column("channels").to_pylist() if "channels" in names else [1] * table.num_rows
-        return [(int(h), int(w), int(c or 1)) for h, w, c in zip(heights, widths, channels, strict=True)]
-    if shape is None:
-        raise DataError(f"{where}: a 'pixels' column needs 'height'/'width' columns or a shape (--shape HxWxC)")
-    return [shape] * table.num_rows
+def _first_shape(batch: pa.RecordBatch, shape_hint: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+    """The image shape of the first row of ``batch`` that tells it (None if none does)."""
+    names = batch.schema.names
+    if "pixels" in names:
+        if "height" in names and "width" in names:
+            for i in range(batch.num_rows):
+                h, w = batch.column("height")[i].as_py(), batch.column("width")[i].as_py()
+                c = batch.column("channels")[i].as_py() if "channels" in names else 1
+                if h and w and h > 0 and w > 0:
+                    return int(h), int(w), int(c or 1)
+            return None
+        if shape_hint is None:
+            where = batch.column("source")[0]
+            raise DataError(f"{where}: a 'pixels' column needs 'height'/'width' columns or a shape (--shape HxWxC)")
+        return tuple(shape_hint)  # type: ignore[return-value]
+    if "image" in names:
+        for blob in batch.column("image").to_pylist():
+            try:
+                return tuple(decode_image(blob, "image").shape)  # type: ignore[return-value]
+            except DataError:
+                continue
+    return None
 
 
-def load_image_folder(path: Path) -> ImageData:
-    """PNG/JPEG files; files in sub-folders take the sub-folder's name as their label."""
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"{path}: no PNG or JPEG images found")
-    images = [decode_image(f.read_bytes(), str(f)) for f in files]
-    ids = np.array([str(f.relative_to(path)) for f in files])
-    images = as_image_array(stack_same_shape(images, ids, str(path)), str(path), ids)
-    label_names = [f.parent.relative_to(path).as_posix() for f in files]
-    labels, names = (None, None)
-    if all(name != "." for name in label_names):
-        labels, names = encode_labels(np.array(label_names), str(path))
-    return check(ImageData(images, labels, ids, names, str(path)))
+def _label_names(raw: list, hint: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """Labels (all present) to class indices and names: whole numbers keep their values (names
+    ``"0"`` .. ``"K-1"``, or ``hint``'s names when they fit), anything else is sorted by name."""
 
+    def whole(v) -> int | None:
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, int):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, str | bytes):
+            text = v.decode(errors="replace") if isinstance(v, bytes) else v
+            return int(text) if text.strip().isdigit() else None
+        return None
 
-def stack_same_shape(images: list[np.ndarray], ids: np.ndarray, where: str) -> np.ndarray:
-    if not images:
-        raise DataError(f"{where}: the data set is empty")
-    first = images[0].shape
-    for i, img in enumerate(images):
-        if img.shape != first:
-            raise DataError(f"{where}: mixed image shapes: example {ids[i]} (row {i}) is {img.shape}, row 0 is {first}")
-    return np.stack(images)
-
-
-def as_image_array(raw: np.ndarray, where: str, ids: np.ndarray | None = None) -> np.ndarray:
-    """Validates raw values and returns float32 (N, H, W, C) in [0, 1]; 0-255 integers are scaled."""
-    array = np.asarray(raw)
-    if array.size == 0 or array.shape[0] == 0:
-        raise DataError(f"{where}: the data set is empty")
-    if array.ndim == 3:
-        array = array[..., None]
-    if array.ndim != 4:
-        raise DataError(f"{where}: expected images shaped (N, H, W) or (N, H, W, C), got {array.shape}")
-    if array.shape[-1] not in (1, 3):
-        raise DataError(f"{where}: images need 1 (grey) or 3 (RGB) channels, got {array.shape[-1]}")
-    if not np.issubdtype(array.dtype, np.number):
-        raise DataError(f"{where}: pixel values must be numbers, got dtype {array.dtype}")
-
-    def row_name(i: int) -> str:
-        return f"row {i}" + (f" (example_id {ids[i]})" if ids is not None else "")
-
-    flat = array.reshape(array.shape[0], -1)
-    finite = np.isfinite(flat).all(axis=1) if np.issubdtype(array.dtype, np.floating) else np.ones(len(flat), bool)
-    if not finite.all():
-        i = int(np.argmin(finite))
-        raise DataError(f"{where}: {row_name(i)} has NaN or infinite pixel values")
-    low, high = flat.min(axis=1), flat.max(axis=1)
-    integer_like = np.issubdtype(array.dtype, np.integer) or bool(np.all(flat == np.round(flat)))
-    if high.max() > 1.0 and integer_like and low.min() >= 0 and high.max() <= 255:
-        log.warning("%s: pixel values are 0-255 integers; scaling them to [0, 1]", where)
-        return (array / 255.0).astype(np.float32)
-    bad = (low < 0.0) | (high > 1.0)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise DataError(
-            f"{where}: {row_name(i)} has values in [{low[i]:g}, {high[i]:g}]; pixels must be in [0, 1] "
-            "(or integers 0-255, which are scaled)"
-        )
-    return array.astype(np.float32)
-
-
-def encode_labels(raw: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
-    """Labels to int indices and their names; integer labels 0..K-1 keep their values."""
-    values = np.asarray(raw)
-    if values.dtype == object and any(v is None for v in values):
-        i = next(i for i, v in enumerate(values) if v is None)
-        raise DataError(f"{where}: row {i} has no label; give every row a label or drop the column")
-    if np.issubdtype(values.dtype, np.floating):
-        if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
-            raise DataError(f"{where}: labels must be integers or strings")
-        values = values.astype(np.int64)
-    if np.issubdtype(values.dtype, np.integer):
-        if values.min() < 0:
-            raise DataError(f"{where}: labels must be non-negative, found {values.min()}")
-        count = int(values.max()) + 1
-        return values.astype(np.int64), [str(i) for i in range(count)]
-    names = sorted({str(v) for v in values})
+    numbers = [whole(v) for v in raw]
+    if all(n is not None and n >= 0 for n in numbers):
+        values = np.asarray(numbers, dtype=np.int64)
+        count = int(values.max()) + 1 if len(values) else 0
+        names = list(hint) if hint and count <= len(hint) else [str(i) for i in range(count)]
+        return values, names
+    texts = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in raw]
+    names = sorted(set(texts))
     index = {name: i for i, name in enumerate(names)}
-    return np.array([index[str(v)] for v in values], dtype=np.int64), names
+    return np.asarray([index[t] for t in texts], dtype=np.int64), names
 
 
-def check(data: ImageData) -> ImageData:
-    if len(data) == 0:
-        raise DataError(f"{data.source}: the data set is empty")
-    if len(set(data.example_ids.tolist())) != len(data):
-        raise DataError(f"{data.source}: example_id values are not unique")
-    return data
+def read_images(
+    inputs: Input | Sequence[Input],
+    *,
+    shape: tuple[int, int, int] | None = None,
+    pixel_scale: float | None = None,
+    require_labels: bool = False,
+    split_seed: int = 0,
+    batch_rows: int = READ_BATCH_ROWS,
+    spill_dir: str | os.PathLike | None = None,
+    memory_budget: int | None = None,
+) -> ReadResult:
+    """Reads every input (see :func:`training.data.reader.plan_input`) into one :class:`ImageData`.
+
+    The first image read fixes the shape; later rows of another shape are rejected. ``example_id``
+    must be unique across all inputs: a repeated id rejects every row after its first. With
+    ``require_labels`` (a conditional model) a row without a label is rejected. Labels that are all
+    whole numbers keep their values, otherwise classes are the sorted label names. Memory: one
+    float32 array of the usable images (4 bytes a pixel), no Python object per pixel; with
+    ``spill_dir``, when that array would exceed ``memory_budget`` bytes (or always, if no budget
+    is given), it is a memory-mapped ``.npy`` file in ``spill_dir`` instead, filled batch by batch."""
+    if pixel_scale is not None and not pixel_scale > 0:
+        raise ValueError(f"--pixel-scale must be positive, got {pixel_scale}")
+    sources = _as_list(inputs)
+    if not sources:
+        raise DataError("no input given")
+    plans = [plan_input(s, split_seed=split_seed) for s in sources]
+    total = sum(p.total_rows for p in plans)
+    hint = next((s.class_names for s in sources if isinstance(s, ImageData) and s.class_names), None)
+    if hint is None and len(sources) == 1 and isinstance(sources[0], str) and sources[0].split(":")[0] in BUILTIN:
+        from training.data.builtin import FASHION_NAMES
+
+        hint = FASHION_NAMES if sources[0].startswith("fashion_mnist") else None
+
+    spec: ModelSpec | None = None
+    images: np.ndarray | None = None
+    filled = 0
+    ids: list[pa.Array] = []
+    row_sources: list[pa.Array] = []
+    labels: list = []
+    has_label_column = False
+    rejects: list[pa.Table] = []
+    rows_read = 0
+    pending: list[pa.RecordBatch] = []
+
+    def take(batch: pa.RecordBatch) -> None:
+        nonlocal filled, has_label_column
+        valid, rejected = validate_batch(batch, spec, shape, pixel_scale)
+        if rejected is not None:
+            rejects.append(
+                pa.table(
+                    [rejected.example_ids, rejected.sources, rejected.reasons, rejected.raws], schema=REJECTS_SCHEMA
+                )
+            )
+        if valid is None:
+            return
+        k = len(valid)
+        images[filled : filled + k] = valid.images
+        filled += k
+        ids.append(valid.example_ids)
+        row_sources.append(valid.sources)
+        if "label" in batch.schema.names:
+            has_label_column = True
+            labels.extend(batch.column("label").take(pa.array(valid.rows)).to_pylist())
+        else:
+            labels.extend([None] * k)
+
+    for plan in plans:
+        for shard in plan.shards:
+            for batch in shard.read(batch_rows):
+                rows_read += batch.num_rows
+                if spec is None:
+                    found = _first_shape(batch, shape)
+                    if found is None:
+                        pending.append(batch)
+                        continue
+                    where = batch.column("source")[0].as_py()
+                    owner = f"the data set (first image: {where})"
+                    spec = ModelSpec(found, pixel_scale=pixel_scale, shape_owner=owner)
+                    images = _allocate((total, *found), spill_dir, memory_budget)
+                    for held in pending:
+                        take(held)
+                    pending = []
+                take(batch)
+    if spec is None:  # no row told a shape: every row is rejected for its own reason
+        spec = ModelSpec(shape or (1, 1, 1), pixel_scale=pixel_scale)
+        images = np.empty((0, *spec.image_shape), dtype=np.float32)
+        for held in pending:
+            take(held)
+
+    all_ids = np.asarray(pa.concat_arrays(ids).to_pylist() if ids else [], dtype=object)
+    all_sources = np.asarray(pa.concat_arrays(row_sources).to_pylist() if row_sources else [], dtype=object)
+    keep = np.ones(filled, dtype=bool)
+
+    def quarantine(mask: np.ndarray, reasons: list[str], raws: list[str | None] | None = None) -> None:
+        rows = np.flatnonzero(mask)
+        rejects.append(
+            pa.table(
+                [
+                    pa.array(all_ids[rows].tolist(), pa.string()),
+                    pa.array(all_sources[rows].tolist(), pa.string()),
+                    pa.array(reasons, pa.string()),
+                    pa.array(raws or [None] * len(rows), pa.string()),
+                ],
+                schema=REJECTS_SCHEMA,
+            )
+        )
+        keep[rows] = False
+
+    if filled:
+        import pandas as pd
+
+        repeated = pd.Series(all_ids).duplicated(keep="first").to_numpy()
+        if repeated.any():
+            first = {}
+            for i, v in enumerate(all_ids):
+                first.setdefault(v, i)
+            rows = np.flatnonzero(repeated)
+            quarantine(
+                repeated,
+                [
+                    f"duplicate example_id: {all_ids[i]!r} was first read from {all_sources[first[all_ids[i]]]}"
+                    for i in rows
+                ],
+            )
+    label_array = np.asarray(labels, dtype=object)
+    if require_labels:
+        if not has_label_column:
+            raise DataError(
+                f"{_describe(sources)}: --conditional needs labels, and this data set has none "
+                "(add a 'label' column, a 'y' array, or sub-folders named by label)"
+            )
+        missing = keep & np.asarray([v is None for v in labels], dtype=bool)
+        if missing.any():
+            quarantine(
+                missing, ["missing label: the model is conditional and this row has no label"] * int(missing.sum())
+            )
+
+    if rows_read == 0:
+        raise DataError(f"{_describe(sources)}: the data set is empty")
+    rejects_table = pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table()
+    index = np.flatnonzero(keep)
+    if not len(index):
+        counts = Counter(r.split(":", 1)[0] for r in rejects_table.column("reason").to_pylist())
+        first = rejects_table.slice(0, 1).to_pylist()
+        example = (
+            f"; e.g. {first[0]['source']} example_id {first[0]['example_id']}: {first[0]['reason']}" if first else ""
+        )
+        raise DataError(
+            f"{_describe(sources)}: no usable image in {rows_read:,} rows ("
+            + ", ".join(f"{n:,} x {r}" for r, n in counts.most_common())
+            + f"){example}"
+        )
+    kept_labels = label_array[index]
+    encoded, names = (None, None)
+    if has_label_column and all(v is not None for v in kept_labels):
+        encoded, names = _label_names(kept_labels.tolist(), hint)
+    elif has_label_column:
+        log.info("%s: some rows have no label; the data set is read as unlabelled", _describe(sources))
+    kept = images[:filled]
+    if len(index) < filled:
+        kept = take_rows(images, index)  # a memory map stays on disk
+    data = ImageData(
+        kept,
+        encoded,
+        all_ids[index].astype(str),
+        names,
+        _describe(sources),
+    )
+    return ReadResult(data, rejects_table, rows_read, pixel_scale)
+
+
+def _allocate(shape: tuple[int, ...], spill_dir, memory_budget: int | None) -> np.ndarray:
+    """The float32 array the images are read into: in memory, or a memory-mapped file in
+    ``spill_dir`` when it would exceed ``memory_budget`` bytes."""
+    size = math.prod(shape) * 4
+    if spill_dir is None or (memory_budget is not None and size <= memory_budget):
+        return np.empty(shape, dtype=np.float32)
+    import uuid
+    from pathlib import Path
+
+    folder = Path(spill_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"images-{uuid.uuid4().hex[:8]}.npy"
+    log.info("%.1f GB of images exceed the memory budget: reading them into %s", size / 1e9, path)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+
+
+def _describe(sources: list[Input]) -> str:
+    return " + ".join(s.source if isinstance(s, ImageData) else str(s) for s in sources)
+
+
+def load(
+    inputs: Input | Sequence[Input], shape: tuple[int, int, int] | None = None, pixel_scale: float | None = None
+) -> ImageData:
+    """Every row of ``inputs`` as an :class:`ImageData`, or a :class:`DataError` naming the rows
+    that cannot be read (for callers with no rejects output; training uses :func:`read_images`)."""
+    result = read_images(inputs, shape=shape, pixel_scale=pixel_scale)
+    if result.rejects.num_rows:
+        raise DataError(f"{result.data.source}: {result.describe_rejects()}")
+    return result.data

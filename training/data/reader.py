@@ -35,6 +35,7 @@ from training.data.images import IMAGE_SUFFIXES, DataError, ImageData, is_remote
 
 PIXEL_COLUMNS = ("image", "pixels")
 INPUT_COLUMNS = ("example_id", "image", "pixels", "height", "width", "channels", "label")
+ID_COLUMNS = ("example_id", "sample_id")  # sample_id: the id of a row of vae generate's synthetic/
 DEFAULT_SHARD_ROWS = 50_000
 SPLITS = ("train", "validation", "calibration", "holdout", "test")  # test: the holdout, its older name
 RAW_TEXT_LIMIT = 2_000
@@ -45,12 +46,46 @@ RAW_IMAGE_LIMIT = 16_384
 
 
 def _open(path: str):
-    """A local path as is; anything else (gs://, s3://, hdfs://) through Beam's file systems."""
+    """A local path as is; a URL (gs://, s3://, hdfs://) as a file opened through pyarrow's file systems."""
     if is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
+        from pyarrow import fs
 
-        return FileSystems.open(path)
+        filesystem, inner = fs.FileSystem.from_uri(path)
+        return filesystem.open_input_file(inner)
     return path
+
+
+def _list_remote(spec: str) -> list[str]:
+    """The Parquet files under a URL (or the URL itself if it names one), skipping hidden and
+    ``_``-prefixed files and folders as :func:`training.data.images.parquet_files` does locally."""
+    from pyarrow import fs
+
+    filesystem, inner = fs.FileSystem.from_uri(spec)
+    scheme = spec.split("://", 1)[0]
+    if spec.endswith(".parquet"):
+        return [spec]
+    root = inner.rstrip("/")
+    infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))
+    files = []
+    for info in infos:
+        rel = info.path[len(root) :].lstrip("/")
+        if info.is_file and rel.endswith(".parquet") and not any(p.startswith((".", "_")) for p in rel.split("/")):
+            files.append(f"{scheme}://{info.path}")
+    return sorted(files)
+
+
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def hive_partitions(relative_path: str) -> tuple[tuple[str, str | None], ...]:
+    """The ``KEY=VALUE`` folder names on a file's path below its dataset root, as (key, value)
+    pairs; ``__HIVE_DEFAULT_PARTITION__`` is a null value. ``label=3/part-0.parquet`` -> (("label", "3"),)."""
+    pairs = []
+    for part in PurePosixPath(relative_path).parts[:-1]:
+        key, sep, value = part.partition("=")
+        if sep and key:
+            pairs.append((key, None if value == HIVE_NULL else value))
+    return tuple(pairs)
 
 
 def _source_columns(batch: pa.RecordBatch, source: str, id_prefix: str, first_row: int) -> dict[str, pa.Array]:
@@ -58,10 +93,8 @@ def _source_columns(batch: pa.RecordBatch, source: str, id_prefix: str, first_ro
     n = batch.num_rows
     rows = pc.cast(pa.array(np.arange(first_row, first_row + n, dtype=np.int64)), pa.string())
     generated = pc.binary_join_element_wise(id_prefix, rows, "")
-    if "example_id" in batch.schema.names:
-        ids = pc.coalesce(pc.cast(batch.column("example_id"), pa.string()), generated)
-    else:
-        ids = generated
+    given = next((c for c in ID_COLUMNS if c in batch.schema.names), None)
+    ids = generated if given is None else pc.coalesce(pc.cast(batch.column(given), pa.string()), generated)
     return {"example_id": ids, "source": pa.repeat(pa.scalar(source, pa.string()), n)}
 
 
@@ -82,6 +115,7 @@ class ParquetShard:
     first_row: int
     num_rows: int
     id_prefix: str
+    partitions: tuple[tuple[str, str | None], ...] = ()  # hive KEY=VALUE folders, read as columns
     index: int = 0
     total: int = 1
 
@@ -89,23 +123,30 @@ class ParquetShard:
     def name(self) -> str:
         return f"{self.path} rows {self.first_row}-{self.first_row + self.num_rows - 1}"
 
+    def _with_partitions(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Adds the hive partition values as columns the file does not have itself."""
+        extra = [(k, v) for k, v in self.partitions if k in INPUT_COLUMNS and k not in batch.schema.names]
+        for key, value in extra:
+            batch = batch.append_column(key, pa.repeat(pa.scalar(value, pa.string()), batch.num_rows))
+        return batch
+
     def read(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         import pyarrow.parquet as pq
 
         try:
             file = pq.ParquetFile(_open(self.path))
-            columns = [c for c in INPUT_COLUMNS if c in file.schema_arrow.names]
+            columns = [c for c in INPUT_COLUMNS + ID_COLUMNS[1:] if c in file.schema_arrow.names]
             row = self.first_row
             if not any(c in columns for c in PIXEL_COLUMNS):  # every row is rejected; read only the ids
-                columns = [c for c in columns if c in ("example_id", "label")]
+                columns = [c for c in columns if c in ("label", *ID_COLUMNS)]
             if not columns:
                 for start in range(0, self.num_rows, batch_size):
                     n = min(batch_size, self.num_rows - start)
-                    empty = pa.RecordBatch.from_pydict({"_": pa.nulls(n)})
+                    empty = self._with_partitions(pa.RecordBatch.from_pydict({"_": pa.nulls(n)}))
                     yield _with_source(empty, self.path, self.id_prefix, row + start)
                 return
             for batch in file.iter_batches(batch_size=batch_size, row_groups=list(self.row_groups), columns=columns):
-                yield _with_source(batch, self.path, self.id_prefix, row)
+                yield _with_source(self._with_partitions(batch), self.path, self.id_prefix, row)
                 row += batch.num_rows
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{self.name}: cannot read row groups {list(self.row_groups)} ({exc})") from exc
@@ -147,6 +188,12 @@ class NpzShard:
             yield _with_source(pa.RecordBatch.from_pydict(columns), self.path, prefix, self.start + start)
 
 
+def _folder_label(relative_path: str) -> str | None:
+    """The label a file's folder names: ``cat/x.png`` -> ``cat``; hive style ``label=3/x.png`` -> ``3``."""
+    labels = dict(hive_partitions(relative_path))
+    return labels["label"] if "label" in labels else str(PurePosixPath(relative_path).parent)
+
+
 @dataclass(frozen=True)
 class ImageFilesShard:
     """PNG/JPEG files under ``root``; with ``labelled`` a file's sub-folder names its label."""
@@ -175,7 +222,7 @@ class ImageFilesShard:
                 "image": pa.array(blobs, pa.binary()),
             }
             if self.labelled:
-                columns["label"] = pa.array([str(PurePosixPath(name).parent) for name in names], pa.string())
+                columns["label"] = pa.array([_folder_label(name) for name in names], pa.string())
             yield pa.RecordBatch.from_pydict(columns)
 
 
@@ -230,13 +277,14 @@ def plan_input(spec: str | ImageData, *, shard_rows: int = DEFAULT_SHARD_ROWS, s
         return plan_image_data(spec, shard_rows)
     name, _, part = spec.partition(":")
     if name in BUILTIN and not Path(spec).exists():
-        from training import data as data_lib
+        from training.data.builtin import load_builtin
+        from training.data.splits import training_split
 
-        data = data_lib.load(name)
+        data = load_builtin(name)
         if part:
             if part not in SPLITS:
                 raise DataError(f"{spec}: the part must be one of {', '.join(SPLITS)}, e.g. {name}:test")
-            data = getattr(data_lib.training_split(data, seed=split_seed), "holdout" if part == "test" else part)
+            data = getattr(training_split(data, seed=split_seed), "holdout" if part == "test" else part)
             data = ImageData(data.images, data.labels, data.example_ids, data.class_names, spec)
         return plan_image_data(data, shard_rows)
     if spec.endswith(".npz"):
@@ -257,10 +305,7 @@ def plan_parquet(spec: str, shard_rows: int) -> InputPlan:
     import pyarrow.parquet as pq
 
     if is_remote(spec):
-        from apache_beam.io.filesystems import FileSystems
-
-        pattern = spec if spec.endswith(".parquet") else spec.rstrip("/") + "/**.parquet"
-        files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+        files = _list_remote(spec)
         root = spec if not spec.endswith(".parquet") else spec.rsplit("/", 1)[0]
     else:
         path = Path(spec)
@@ -284,7 +329,7 @@ def plan_parquet(spec: str, shard_rows: int) -> InputPlan:
             rows += meta.row_group(g).num_rows
             if rows >= shard_rows or g == meta.num_row_groups - 1:
                 if rows:
-                    shards.append(ParquetShard(file, tuple(groups), first, rows, prefix))
+                    shards.append(ParquetShard(file, tuple(groups), first, rows, prefix, hive_partitions(rel)))
                 first, groups, rows = first + rows, [], 0
         total += meta.num_rows
     return _numbered(shards, total, f"{spec} ({len(files)} Parquet file{'s' * (len(files) != 1)})")
@@ -314,7 +359,7 @@ def plan_image_folder(path: Path, shard_rows: int) -> InputPlan:
     files = sorted(
         p.relative_to(path).as_posix()
         for p in path.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not any(s.startswith((".", "_")) for s in p.relative_to(path).parts)
     )
     if not files:
         raise DataError(f"{path}: no PNG or JPEG images found")

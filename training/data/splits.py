@@ -134,6 +134,7 @@ def training_split(
 
 
 MAX_LEVELS = 256
+CHUNK_ROWS = 8192
 
 
 def grey_levels(images: np.ndarray, sample: int = 1_000_000) -> int:
@@ -151,7 +152,8 @@ def fingerprint(data: ImageData) -> str:
     """A content hash of the images and labels, logged with every training run."""
     digest = hashlib.sha256()
     digest.update(str(data.images.shape).encode())
-    digest.update(np.ascontiguousarray(data.images).tobytes())
+    for start in range(0, len(data), CHUNK_ROWS):  # in chunks: the images may be a memory map on disk
+        digest.update(np.ascontiguousarray(data.images[start : start + CHUNK_ROWS]).tobytes())
     if data.labels is not None:
         digest.update(np.ascontiguousarray(data.labels).tobytes())
     return digest.hexdigest()[:16]

@@ -1,4 +1,20 @@
-"""Validation of input record batches into float32 images, and a reason for every row rejected."""
+"""Validation of input record batches into float32 images, and a reason for every row rejected.
+
+The scaling rule, the same for every row in every job (training, scoring, generation inputs,
+evaluation); it looks at the column's type, never at a row's values:
+
+- ``image`` (PNG/JPEG bytes): divided by the format's maximum, 255 for 8-bit and 65,535 for 16-bit;
+- ``pixels`` of an integer type: divided by 255 (0-255 values);
+- ``pixels`` of a float type: taken as they are, and must lie in [0, 1];
+- a *pixel scale* S (``vae train --pixel-scale S``, e.g. 16 for 0-16 grey levels, 1 for 0/1
+  integer masks, 255 for 0-255 floats) replaces the last two: numeric pixels are divided by S. The
+  model records the scale its training data was read with (``pixel_scale`` in its config) and
+  every job that feeds it scales numeric pixels the same way.
+
+After scaling a row must lie in [0, 1]; a row outside, with NaN, infinite or null values, of the
+wrong shape or size, undecodable, with a null or missing column, or (for a conditional model) with
+a missing or unknown label is rejected with a reason naming the problem.
+"""
 
 from __future__ import annotations
 
@@ -26,10 +42,18 @@ class ModelSpec:
     image_shape: tuple[int, int, int]
     num_classes: int = 0
     class_names: tuple[str, ...] = ()
+    pixel_scale: float | None = None  # numeric pixels are divided by this (None: the default rule)
+    shape_owner: str = "the model"  # who expects ``image_shape``, for reject reasons
 
     @classmethod
     def of(cls, model) -> ModelSpec:
-        return cls(tuple(int(d) for d in model.image_shape), int(model.num_classes), tuple(model.class_names or ()))
+        scale = getattr(model, "pixel_scale", None)
+        return cls(
+            tuple(int(d) for d in model.image_shape),
+            int(model.num_classes),
+            tuple(model.class_names or ()),
+            None if scale is None else float(scale),
+        )
 
     @property
     def shape_text(self) -> str:
@@ -41,6 +65,7 @@ class ValidRows:
     """The scorable rows of one batch: float32 images in [0, 1] and what travels with them."""
 
     images: np.ndarray  # float32 (k, H, W, C)
+    rows: np.ndarray  # int64 (k,) their positions in the batch
     labels: np.ndarray | None  # int64 (k,) class indices for a conditional model, else None
     label_out: pa.Array  # int64, null where unknown: the ``label`` output column
     example_ids: pa.Array
@@ -91,40 +116,45 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
-def _check_pixels(pix: np.ndarray, integer_type: bool, decoded: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 values scaled to [0, 1], reason per row or None) for (k, P) raw pixel values;
-    ``decoded``: 8-bit values decoded from PNG/JPEG bytes, always scaled by 1/255."""
+def _scale_rows(pix: np.ndarray, scale: float, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 values divided by ``scale``, reason per row or None) for (k, P) raw pixel values;
+    ``kind`` names the values in reasons (``integer pixels``, ``float pixels``, ``decoded images``)."""
     k = pix.shape[0]
     reasons = np.empty(k, dtype=object)
     if pix.shape[1] == 0:
         return pix.astype(np.float32), reasons
-    if integer_type:
+    finite = np.isfinite(pix).all(axis=1) if np.issubdtype(pix.dtype, np.floating) else np.ones(k, bool)
+    reasons[~finite] = "not finite: NaN, infinite or null pixel values"
+    with np.errstate(invalid="ignore"):
         lo, hi = pix.min(axis=1), pix.max(axis=1)
-        bad = (lo < 0) | (hi > 255)
-        scale = ~bad & ((hi > 1) | decoded)  # as training (data.as_image_array): 0/1 integers kept, 0-255 scaled
-    else:
-        finite = np.isfinite(pix).all(axis=1)
-        reasons[~finite] = "not finite: NaN, infinite or null pixel values"
-        with np.errstate(invalid="ignore"):
-            lo, hi = pix.min(axis=1), pix.max(axis=1)
-            in_unit = finite & (lo >= 0.0) & (hi <= 1.0)
-            outside = finite & ~in_unit
-            scale = np.zeros(k, dtype=bool)
-            if outside.any():
-                rows = np.flatnonzero(outside)
-                sub = pix[rows]
-                whole = (sub == np.round(sub)).all(axis=1) & (lo[rows] >= 0) & (hi[rows] <= 255)
-                scale[rows[whole]] = True
-            bad = outside & ~scale
+    bad = finite & ((lo < 0) | (hi > scale))
     for i in np.flatnonzero(bad):
-        reasons[i] = (
-            f"out of range: values in [{_fmt(lo[i])}, {_fmt(hi[i])}]; pixels must be in [0, 1] "
-            "or whole numbers 0-255 (which are scaled)"
-        )
+        values = f"values in [{_fmt(lo[i])}, {_fmt(hi[i])}]"
+        if (
+            scale == 1.0
+            and kind == "float pixels"
+            and hi[i] <= 255
+            and lo[i] >= 0
+            and np.all(pix[i] == np.round(pix[i]))
+        ):
+            reasons[i] = (
+                f"out of range: {values}; float pixels must lie in [0, 1]. These look like 0-255 values: store "
+                "them as integers, or train with --pixel-scale 255"
+            )
+        else:
+            reasons[i] = f"out of range: {values}; {kind} are divided by {_fmt(scale)} and must then lie in [0, 1]"
     images = pix.astype(np.float32)
-    if scale.any():
-        images[scale] *= np.float32(1.0 / 255.0)
+    if scale != 1.0:  # a float32 division, as the image path does: the same bits for the same image
+        images /= np.float32(scale)
     return images, reasons
+
+
+def pixel_scale_of(integer_type: bool, pixel_scale: float | None = None) -> float:
+    """The divisor the scaling rule (module docstring) applies to a numeric ``pixels`` column:
+    ``pixel_scale`` if set, else 255 for an integer column and 1 for a float column."""
+    if pixel_scale is not None:
+        return float(pixel_scale)
+    return 255.0 if integer_type else 1.0
 
 
 def _pixel_rows(batch: pa.RecordBatch, spec: ModelSpec, shape_hint, verdicts: _Verdicts):
@@ -153,7 +183,7 @@ def _pixel_rows(batch: pa.RecordBatch, spec: ModelSpec, shape_hint, verdicts: _V
         )
         verdicts.reject((h < 1) | (w < 1) | (c < 1), "null value: height or width is null or not positive")
         wrong = (h != expected[0]) | (w != expected[1]) | (c != expected[2])
-        expects = f"the model expects {spec.shape_text}"
+        expects = f"{spec.shape_owner} expects {spec.shape_text}"
         verdicts.reject(wrong, _texts(wrong, lambda i: f"wrong shape: {h[i]}x{w[i]}x{c[i]} image, {expects}"))
         wrong_size = lengths != h * w * c
         verdicts.reject(
@@ -163,13 +193,15 @@ def _pixel_rows(batch: pa.RecordBatch, spec: ModelSpec, shape_hint, verdicts: _V
         row_shape = tuple(shape_hint) if shape_hint else expected
         if row_shape != expected:
             hint = "x".join(map(str, row_shape))
-            verdicts.reject(np.ones(n, bool), f"wrong shape: --shape {hint}, the model expects {spec.shape_text}")
+            verdicts.reject(
+                np.ones(n, bool), f"wrong shape: --shape {hint}, {spec.shape_owner} expects {spec.shape_text}"
+            )
         wrong_size = lengths != size
-        expects = f"the model expects {size} ({spec.shape_text})"
+        expects = f"{spec.shape_owner} expects {size} ({spec.shape_text})"
         verdicts.reject(wrong_size, _texts(wrong_size, lambda i: f"wrong size: {lengths[i]} pixels, {expects}"))
     good = np.flatnonzero(~verdicts.bad)
     flat = col.take(pa.array(good)).flatten() if len(good) < n else col.flatten()
-    integer_type = pa.types.is_integer(value_type) and flat.null_count == 0
+    integer_type = pa.types.is_integer(value_type)  # by type: a null (read as NaN) does not change the rule
     values = flat.to_numpy(zero_copy_only=False)
     if not integer_type and not np.issubdtype(values.dtype, np.floating):
         values = values.astype(np.float64)
@@ -198,13 +230,15 @@ def _image_rows(batch: pa.RecordBatch, spec: ModelSpec, verdicts: _Verdicts):
             continue
         if array.shape != spec.image_shape:
             shape = "x".join(map(str, array.shape))
-            reasons[i] = f"wrong shape: {shape} image, the model expects {spec.shape_text}"
+            reasons[i] = f"wrong shape: {shape} image, {spec.shape_owner} expects {spec.shape_text}"
             continue
-        decoded.append(array.reshape(-1))
+        # the format's maximum: 255 for 8-bit images, 65,535 for 16-bit ones
+        top = 65535.0 if array.dtype.itemsize > 1 else 255.0
+        decoded.append(array.reshape(-1).astype(np.float32) / np.float32(top))
         good.append(i)
     failed = np.array([r is not None for r in reasons], dtype=bool)
     verdicts.reject(failed, reasons)
-    values = np.stack(decoded) if decoded else np.empty((0, size), np.uint8)
+    values = np.stack(decoded) if decoded else np.empty((0, size), np.float32)
     return np.asarray(good, dtype=np.int64), values, True
 
 
@@ -276,20 +310,29 @@ def _raw_text(batch: pa.RecordBatch, i: int, about_label: bool) -> str | None:
 
 
 def validate_batch(
-    batch: pa.RecordBatch, spec: ModelSpec, shape_hint: tuple[int, int, int] | None = None
+    batch: pa.RecordBatch,
+    spec: ModelSpec,
+    shape_hint: tuple[int, int, int] | None = None,
+    pixel_scale: float | None = None,
 ) -> tuple[ValidRows | None, RejectedRows | None]:
-    """Splits a record batch into the rows the model can score and the rows it cannot."""
+    """Splits a record batch into the rows the model can score and the rows it cannot.
+
+    ``pixel_scale`` overrides ``spec.pixel_scale`` (the scale the model was trained with)."""
     n = batch.num_rows
     verdicts = _Verdicts(n)
     names = batch.schema.names
     if "pixels" in names:
         good, raw, integer_type = _pixel_rows(batch, spec, shape_hint, verdicts)
+        scale = pixel_scale_of(integer_type, spec.pixel_scale if pixel_scale is None else pixel_scale)
+        kind = "integer pixels" if integer_type else "float pixels"
     elif "image" in names:
-        good, raw, integer_type = _image_rows(batch, spec, verdicts)
+        good, raw, _ = _image_rows(batch, spec, verdicts)  # already divided by the format's maximum
+        scale, kind = 1.0, "decoded images"
     else:
         verdicts.reject(np.ones(n, bool), "missing column: the input has no 'image' or 'pixels' column")
-        good, raw, integer_type = np.empty(0, np.int64), np.empty((0, math.prod(spec.image_shape))), False
-    images, pixel_reasons = _check_pixels(raw, integer_type, decoded="pixels" not in names and "image" in names)
+        good, raw = np.empty(0, np.int64), np.empty((0, math.prod(spec.image_shape)))
+        scale, kind = 1.0, "pixels"
+    images, pixel_reasons = _scale_rows(raw, scale, kind)
     if len(good):
         failed = np.zeros(n, dtype=bool)
         failed[good] = [r is not None for r in pixel_reasons]
@@ -307,6 +350,7 @@ def validate_batch(
         known = label_known[rows]
         valid = ValidRows(
             images=images[keep_in_good].reshape(len(rows), *spec.image_shape),
+            rows=rows,
             labels=row_labels if spec.num_classes else None,
             label_out=pa.array(row_labels, pa.int64(), mask=~known),
             example_ids=batch.column("example_id").take(pa.array(rows)),

@@ -1,0 +1,60 @@
+"""The Beam jobs' defaults and choices, free of Beam and numpy: the ``vae`` commands read them at
+start-up and :mod:`pipeline.beam.options` declares its flags with them, so each is written once."""
+
+from __future__ import annotations
+
+from training.registry import DEFAULT_MODEL_URI
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_INPUT",
+    "DEFAULT_MODEL_URI",
+    "DEFAULT_PER_LABEL",
+    "DEFAULT_PRIOR_SAMPLES",
+    "DEFAULT_RUNNER",
+    "DEFAULT_RUNNING_MODE",
+    "DEFAULT_SEED",
+    "DEFAULT_SHARD_ROWS",
+    "DEFAULT_SPLIT_SEED",
+    "DEFAULT_TEMPERATURE",
+    "DEFAULT_WORKERS",
+    "METHODS",
+    "RUNNING_MODES",
+    "SAMPLES_PER_SHARD",
+    "parse_shape",
+]
+
+# the runner (both jobs)
+DEFAULT_RUNNER = "DirectRunner"
+DEFAULT_WORKERS = 2
+DEFAULT_RUNNING_MODE = "multi_processing"
+RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
+
+# both jobs: the images read when --input is not given (vae score; vae generate --method posterior)
+DEFAULT_INPUT = "digits"
+
+# vae score
+DEFAULT_BATCH_SIZE = 1024
+DEFAULT_SHARD_ROWS = 50_000
+DEFAULT_SPLIT_SEED = 0
+
+# vae generate
+METHODS = ("prior", "conditional", "posterior")  # scoring.sampling.SAMPLE_METHODS (a test checks)
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_SEED = 0
+DEFAULT_PRIOR_SAMPLES = 1000
+DEFAULT_PER_LABEL = 100
+SAMPLES_PER_SHARD = 4096  # default shard size: shards are the units of work handed to workers
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"28x28x1"`` (or ``"28x28"``, one channel) as (H, W, C); ValueError otherwise."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 2:
+        parts.append(1)
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f"{text!r}: give the image shape as HxW or HxWxC, e.g. 28x28x1")
+    return parts[0], parts[1], parts[2]

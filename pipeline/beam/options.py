@@ -1,0 +1,169 @@
+"""One options object per Beam job, carrying every setting of a run: ``vae score`` and ``vae
+generate`` build it from their parameters (:meth:`JobOptions.of`), a Beam-style command line from its
+flags (:meth:`JobOptions.from_argv`, e.g. ``python -m pipeline.beam.score_job --model ... --output ...
+--runner DataflowRunner --project P``). Beam reads the runner flags from the same object.
+
+Flags are Beam-style (``--batch_size``) and also take hyphens (``--batch-size``). ``vae generate
+--labels`` is ``--class_labels`` here: ``--labels`` is Dataflow's job labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Sequence
+from typing import Any, Self
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.beam.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MODEL_URI,
+    DEFAULT_RUNNER,
+    DEFAULT_RUNNING_MODE,
+    DEFAULT_SEED,
+    DEFAULT_SHARD_ROWS,
+    DEFAULT_SPLIT_SEED,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_WORKERS,
+    METHODS,
+    parse_shape,
+)
+
+#: Beam's own runner options that the ``vae`` commands set, and their defaults (ours, not Beam's:
+#: the local engine with worker processes). Given as leading flags, so later flags override them.
+RUNNER_OPTIONS = ("runner", "direct_num_workers", "direct_running_mode")
+RUNNER_DEFAULT_FLAGS = (
+    f"--runner={DEFAULT_RUNNER}",
+    f"--direct_num_workers={DEFAULT_WORKERS}",
+    f"--direct_running_mode={DEFAULT_RUNNING_MODE}",
+)
+_PARTITION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=[A-Za-z0-9_.:-]+$")
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """``--name``, and ``--name-with-hyphens`` where that differs."""
+    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*flags, dest=name, **kwargs)
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        return parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+class JobOptions(PipelineOptions):
+    """The flags both jobs take. Beam builds one parser from every direct subclass of
+    ``PipelineOptions``, so a flag is declared by one class only: the jobs' classes list
+    ``PipelineOptions`` again as a base so that Beam finds their own flags too."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        _flag(parser, "model", default=DEFAULT_MODEL_URI, help="models:/NAME@ALIAS, models:/NAME/VERSION or .keras")
+        _flag(parser, "input", default=None, help="the images to read (see `vae score --help`); default digits")
+        _flag(parser, "output", default=None, help="output folder (required)")
+        _flag(parser, "shape", type=_shape, default=None, help="image shape HxWxC of a Parquet 'pixels' column")
+        _flag(parser, "work_dir", default=None, help="working folder: the MLflow store (default: vae's)")
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The options this class declares (its own and its bases')."""
+        parser = argparse.ArgumentParser(add_help=False)
+        for klass in cls.__mro__:
+            if klass is not PipelineOptions and "_add_argparse_args" in vars(klass):
+                klass._add_argparse_args(parser)
+        return frozenset(vars(parser.parse_args([])))
+
+    @classmethod
+    def of(cls, beam_args: Sequence[str] = (), **values: Any) -> Self:
+        """The options from keyword values named like the options (the ``vae`` commands, tests), the
+        runner options (``runner``, ``direct_num_workers``, ``direct_running_mode``) among them, and
+        any other Beam pipeline flags in ``beam_args``; checked (:meth:`check`)."""
+        unknown = sorted(set(values) - cls.option_names() - set(RUNNER_OPTIONS))
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no option {', '.join(unknown)}")
+        values = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in values.items()}
+        options = PipelineOptions([*RUNNER_DEFAULT_FLAGS, *beam_args], **values).view_as(cls)
+        options.check()
+        return options
+
+    @classmethod
+    def from_argv(cls, argv: Sequence[str]) -> Self:
+        """The options from a Beam-style command line; checked (:meth:`check`)."""
+        options = PipelineOptions([*RUNNER_DEFAULT_FLAGS, *argv]).view_as(cls)
+        options.check()
+        return options
+
+    @property
+    def runner(self) -> str:
+        return self.view_as(StandardOptions).runner or DEFAULT_RUNNER
+
+    def check(self) -> None:
+        """Raises ValueError, naming the flag, for a value the job cannot take."""
+        if not self.output:
+            raise ValueError("--output is required")
+
+
+class ScoreOptions(JobOptions, PipelineOptions):
+    """``vae score``: what :func:`pipeline.beam.score_job.score_dataset` scores, how, and where to."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        _flag(parser, "partition", default=None, help="KEY=VALUE: write and replace only this hive partition")
+        _flag(parser, "iwae_k", type=int, default=None, help="also the IWAE bound with K samples")
+        _flag(parser, "fpr", type=float, default=None, help="re-threshold at this false positive rate")
+        _flag(parser, "batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per batch and model call")
+        _flag(parser, "split_seed", type=int, default=DEFAULT_SPLIT_SEED, help="seed of NAME:train|validation|...")
+        _flag(parser, "shard_rows", type=int, default=DEFAULT_SHARD_ROWS, help="rows per unit of work")
+
+    def check(self) -> None:
+        super().check()
+        if self.partition is not None and not _PARTITION.match(self.partition):
+            raise ValueError(f"--partition {self.partition!r}: expected KEY=VALUE, e.g. date=2026-11-20")
+        if self.iwae_k is not None and self.iwae_k < 1:
+            raise ValueError(f"--iwae-k must be at least 1, got {self.iwae_k}")
+        if self.fpr is not None and not 0.0 < self.fpr < 1.0:
+            raise ValueError(f"--fpr must be in (0, 1), got {self.fpr}")
+        for name in ("batch_size", "shard_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+class GenerateOptions(JobOptions, PipelineOptions):
+    """``vae generate``: what :func:`pipeline.beam.generate_job.generate_dataset` samples, and where to."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        _flag(parser, "method", choices=METHODS, default=None, help="prior, conditional or posterior (required)")
+        _flag(parser, "n", type=int, default=None, help="samples in all")
+        _flag(parser, "per_label", type=int, default=None, help="samples per label")
+        _flag(parser, "class_labels", default=None, help="only these labels: indices or class names, e.g. 0,3,7")
+        _flag(parser, "temperature", type=float, default=DEFAULT_TEMPERATURE, help="scales the latent spread")
+        _flag(parser, "sample_pixels", action="store_true", help="draw pixels from p(x|z), not its mean")
+        _flag(parser, "seed", type=int, default=DEFAULT_SEED, help="the same seed gives the same images")
+        _flag(parser, "shards", type=int, default=None, help="units of work (does not change the images)")
+
+    def check(self) -> None:
+        super().check()
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        for name in ("n", "per_label", "shards"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.n is not None and self.per_label is not None:
+            raise ValueError("give --n (samples in all) or --per-label (samples per label), not both")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer, got {self.seed}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be non-negative, got {self.temperature}")
+        if self.input is not None and self.method != "posterior":
+            raise ValueError(f"--input is only used by --method posterior, not {self.method}")
+        if "://" in str(self.output) or self.runner != DEFAULT_RUNNER:
+            raise ValueError(
+                "vae generate writes to a local folder with the DirectRunner only (its atomic commit renames "
+                f"local folders); got --output {self.output} --runner {self.runner}"
+            )

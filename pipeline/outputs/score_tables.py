@@ -1,0 +1,148 @@
+"""The ``scores/`` and ``rejects/`` datasets that ``vae score`` writes: their schemas, the rows of one
+batch, where a run writes them, and reading them back."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.outputs.atomic import STAGING, atomic_datasets, atomic_filesystem_datasets, is_remote
+
+if TYPE_CHECKING:
+    from scoring.calibration import Calibration
+    from training.data.validate import RejectedRows, ValidRows
+    from training.registry import ModelRef
+
+SCORES_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("anomaly_score", pa.float64()),
+        ("neg_elbo", pa.float64()),
+        ("reconstruction_nll", pa.float64()),
+        ("kl", pa.float64()),
+        ("iwae_nll", pa.float64()),
+        ("p_value", pa.float64()),
+        ("threshold", pa.float64()),
+        ("is_anomaly", pa.bool_()),
+        ("label", pa.int64()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("scored_at", pa.timestamp("us", tz="UTC")),
+        ("source", pa.string()),
+    ]
+)
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("source", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("scored_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def run_columns(model: ModelRef, scored_at: datetime, n: int) -> dict[str, pa.Array]:
+    """What every output row carries about the run: the model version that made it and when."""
+    return {
+        "model_name": pa.repeat(pa.scalar(model.name, pa.string()), n),
+        "model_version": pa.repeat(pa.scalar(model.version, pa.string()), n),
+        "scored_at": pa.repeat(pa.scalar(scored_at, pa.timestamp("us", tz="UTC")), n),
+    }
+
+
+def rejects_table(rejected: RejectedRows, model: ModelRef, scored_at: datetime) -> pa.Table:
+    """The ``rejects/`` rows for one batch."""
+    columns = {
+        "example_id": rejected.example_ids,
+        "source": rejected.sources,
+        "reason": rejected.reasons,
+        "raw": rejected.raws,
+        **run_columns(model, scored_at, len(rejected)),
+    }
+    return pa.Table.from_pydict({name: columns[name] for name in REJECTS_SCHEMA.names}, schema=REJECTS_SCHEMA)
+
+
+def scores_table(
+    rows: ValidRows,
+    scores: dict[str, np.ndarray],
+    calibration: Calibration | None,
+    model: ModelRef,
+    scored_at: datetime,
+) -> pa.Table:
+    """The ``scores/`` rows for one batch; ``calibration`` (or None) sets threshold and p-value."""
+    n = len(rows)
+    nulls = pa.nulls(n, pa.float64())
+    if calibration is not None:
+        calibrated = scores[calibration.score]  # anomaly_score; neg_elbo for models calibrated before it
+        p_value = pa.array(calibration.p_values(calibrated))
+        threshold = pa.repeat(pa.scalar(calibration.threshold, pa.float64()), n)
+        is_anomaly = pa.array(calibration.is_anomaly(calibrated))
+    else:
+        p_value, threshold, is_anomaly = nulls, nulls, pa.nulls(n, pa.bool_())
+    columns = {
+        "example_id": rows.example_ids,
+        "anomaly_score": pa.array(scores["anomaly_score"]),
+        "neg_elbo": pa.array(scores["neg_elbo"]),
+        "reconstruction_nll": pa.array(scores["reconstruction_nll"]),
+        "kl": pa.array(scores["kl"]),
+        "iwae_nll": pa.array(scores["iwae_nll"]) if "iwae_nll" in scores else nulls,
+        "p_value": p_value,
+        "threshold": threshold,
+        "is_anomaly": is_anomaly,
+        "label": rows.label_out,
+        "source": rows.sources,
+        **run_columns(model, scored_at, n),
+    }
+    return pa.Table.from_pydict({name: columns[name] for name in SCORES_SCHEMA.names}, schema=SCORES_SCHEMA)
+
+
+def output_paths(
+    output: str | os.PathLike, partition: str | None = None
+) -> tuple[Path | str, Path | str, Callable[..., AbstractContextManager[list]]]:
+    """(scores path, rejects path, the commit: a context manager that takes both paths, yields a
+    temporary folder for each, and commits them together, see :mod:`pipeline.outputs.atomic`).
+
+    With ``partition`` (``KEY=VALUE``, e.g. ``date=2026-11-20``) the run writes and replaces only
+    ``scores/KEY=VALUE/`` and ``rejects/KEY=VALUE/``: hive-style partitions of one dataset. The
+    temporary folders and the locks live in ``OUTPUT/.staging``, outside both dataset roots."""
+    suffix = f"/{partition}" if partition else ""
+    if is_remote(output):
+        base = str(output).rstrip("/")
+        remote = functools.partial(atomic_filesystem_datasets, staging=f"{base}/{STAGING}")
+        return f"{base}/scores{suffix}", f"{base}/rejects{suffix}", remote
+    staged = functools.partial(atomic_datasets, staging=Path(output) / STAGING)
+    return Path(f"{Path(output) / 'scores'}{suffix}"), Path(f"{Path(output) / 'rejects'}{suffix}"), staged
+
+
+def count_output(scores_dir: str | os.PathLike, rejects_dir: str | os.PathLike) -> tuple[int, int, int, dict[str, int]]:
+    """(rows scored, rows rejected, anomalies, rejects per reason) of a written run."""
+    import pyarrow.dataset as ds
+
+    scores = ds.dataset(str(scores_dir), format="parquet")
+    rows_scored = scores.count_rows()
+    flags = scores.to_table(columns=["is_anomaly"]).column("is_anomaly")
+    anomalies = int(pc.sum(flags.fill_null(False)).as_py() or 0)
+    rejects = ds.dataset(str(rejects_dir), format="parquet").to_table(columns=["reason"])
+    reasons = Counter(r.split(":", 1)[0] for r in rejects.column("reason").to_pylist())
+    return rows_scored, rejects.num_rows, anomalies, dict(reasons)
+
+
+def top_anomalies(scores_path: str | os.PathLike, n: int = 10) -> pa.Table:
+    """The ``n`` rows with the highest ``anomaly_score`` (the most unusual images), highest first."""
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(scores_path, format="parquet").to_table()
+    return table.sort_by([("anomaly_score", "descending"), ("example_id", "ascending")]).slice(0, n)

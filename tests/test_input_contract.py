@@ -1,0 +1,247 @@
+"""One input contract for every job: the same images in any form read and score the same; hive
+folders are columns; training quarantines bad rows; real plus synthetic images train a model."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cli.main import main
+from training import data
+from training.data import DataError, read_images
+
+FAST = ["--direct-running-mode", "in_memory", "--direct-num-workers", "1"]
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digit_bytes() -> np.ndarray:
+    """40 digits as 8-bit grey images (0-255), the form a PNG file holds."""
+    return (data.load_digits().images[:40, ..., 0] * 255).round().astype(np.uint8)
+
+
+def write_every_form(images: np.ndarray, folder) -> dict[str, str]:
+    """The same images as a PNG folder, Parquet uint8 pixels, Parquet float pixels, Parquet PNG
+    bytes and an NPZ file; ids are the PNG file names in every form that can carry ids."""
+    n, h, w = images.shape
+    ids = [f"img-{i:02d}.png" for i in range(n)]
+    png_dir = folder / "png"
+    png_dir.mkdir()
+    for name, image in zip(ids, images, strict=True):
+        (png_dir / name).write_bytes(png_bytes(image))
+    (png_dir / ".hidden.png").write_bytes(b"not an image: hidden files are skipped")
+    shape = {"height": [h] * n, "width": [w] * n, "channels": [1] * n}
+    flat = images.reshape(n, -1)
+    forms = {"png folder": str(png_dir)}
+    for name, pixels in {
+        "parquet uint8 pixels": pa.array(flat.tolist(), pa.list_(pa.uint8())),
+        "parquet float pixels": pa.array((flat / np.float32(255)).astype(np.float32).tolist(), pa.list_(pa.float32())),
+    }.items():
+        path = folder / f"{name.replace(' ', '_')}.parquet"
+        pq.write_table(pa.table({"example_id": ids, "pixels": pixels, **shape}), path)
+        forms[name] = str(path)
+    pq.write_table(pa.table({"example_id": ids, "image": [png_bytes(i) for i in images]}), folder / "bytes.parquet")
+    forms["parquet png bytes"] = str(folder / "bytes.parquet")
+    np.savez(folder / "u8.npz", x=images)
+    forms["npz uint8"] = str(folder / "u8.npz")
+    return forms
+
+
+def test_the_same_images_in_every_form_read_identically(digit_bytes, tmp_path):
+    forms = write_every_form(digit_bytes, tmp_path)
+    read = {form: read_images(path) for form, path in forms.items()}
+    expected = digit_bytes[..., None].astype(np.float32) / np.float32(255)
+    for form, result in read.items():
+        assert result.rejects.num_rows == 0, form
+        np.testing.assert_array_equal(result.data.images, expected, err_msg=form)
+    assert read["png folder"].data.example_ids.tolist() == read["parquet png bytes"].data.example_ids.tolist()
+
+
+def test_hive_partition_folders_are_read_as_columns(tmp_path):
+    digits = data.load_digits()
+    for label in (3, 7):
+        folder = tmp_path / "set" / "method=real" / f"label={label}"
+        folder.mkdir(parents=True)
+        rows = digits.images[digits.labels == label][:5]
+        pixels = pa.array(rows.reshape(len(rows), -1).tolist(), pa.list_(pa.float32()))
+        pq.write_table(pa.table({"pixels": pixels, "height": [8] * 5, "width": [8] * 5}), folder / "part-0.parquet")
+    (tmp_path / "set" / "_SUCCESS").write_text("")
+    result = read_images(str(tmp_path / "set"), require_labels=True)
+    assert result.rejects.num_rows == 0
+    assert sorted(result.data.labels.tolist()) == [3] * 5 + [7] * 5
+    assert result.data.class_names == [str(i) for i in range(8)]
+
+
+def test_repeated_example_ids_are_rejected_after_the_first(tmp_path):
+    pixels = pa.array([[0.5] * 4] * 3, pa.list_(pa.float32()))
+    table = pa.table({"example_id": ["a", "b", "a"], "pixels": pixels, "height": [2] * 3, "width": [2] * 3})
+    pq.write_table(table, tmp_path / "d.parquet")
+    result = read_images(str(tmp_path / "d.parquet"))
+    assert result.data.example_ids.tolist() == ["a", "b"]
+    assert result.rejects.to_pylist()[0]["reason"].startswith("duplicate example_id: 'a' was first read from")
+    with pytest.raises(DataError, match=r"1 rejected of 3 rows .*duplicate example_id"):
+        data.load(str(tmp_path / "d.parquet"))
+
+
+def test_several_inputs_are_one_data_set_and_keep_their_sources(digit_bytes, tmp_path):
+    forms = write_every_form(digit_bytes[:10], tmp_path)
+    result = read_images([forms["npz uint8"], "digits"])
+    assert len(result.data) == 10 + 1797 and result.data.source == f"{forms['npz uint8']} + digits"
+
+
+@pytest.fixture
+def bad_rows_parquet(tmp_path):
+    """60 good digits and 2 bad rows (a NaN, a wrong size)."""
+    digits = data.load_digits()
+    rows = digits.images[:62].reshape(62, -1).astype(np.float32).tolist()
+    rows[10][3] = float("nan")
+    rows[20] = rows[20][:10]
+    table = pa.table(
+        {
+            "example_id": [f"r{i}" for i in range(62)],
+            "pixels": pa.array(rows, pa.list_(pa.float32())),
+            "height": [8] * 62,
+            "width": [8] * 62,
+            "label": digits.labels[:62].tolist(),
+        }
+    )
+    pq.write_table(table, tmp_path / "bad.parquet")
+    return tmp_path / "bad.parquet"
+
+
+def test_training_quarantines_bad_rows_and_logs_them_with_the_run(mlflow_store, bad_rows_parquet):
+    import mlflow
+
+    from training.config import TrainConfig
+    from training.train import train
+
+    quick = {"epochs": 1, "kl_warmup": 0, "early_stopping": 0, "score_samples": 2, "promote": "never"}
+    with pytest.raises(DataError, match=r"2 rejected of 62 rows \(3\.2%\).*above --max-reject-rate 0\.01"):
+        train(TrainConfig(data=str(bad_rows_parquet), model_name="vae-test-rejects", **quick))
+    result = train(
+        TrainConfig(data=str(bad_rows_parquet), model_name="vae-test-rejects", max_reject_rate=0.05, **quick)
+    )
+    run = mlflow.get_run(result.run_id)
+    assert run.data.metrics["rows_read"] == 62 and run.data.metrics["rows_rejected"] == 2
+    rejects = pq.read_table(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="rejects.parquet"))
+    assert sorted(rejects.column("example_id").to_pylist()) == ["r10", "r20"]
+    assert {r.split(":")[0] for r in rejects.column("reason").to_pylist()} == {"not finite", "wrong size"}
+
+
+def test_data_beyond_the_memory_budget_is_streamed_from_disk(mlflow_store, tmp_path):
+    """With a budget of 0 MiB the images go to a memory-mapped file and training streams batches
+    from it; the parts and their fingerprints are those of the in-memory read."""
+    from training.config import TrainConfig
+    from training.data import fingerprint, training_split
+    from training.train import train
+
+    spilled = read_images("digits", spill_dir=tmp_path / "spill", memory_budget=0)
+    assert isinstance(spilled.data.images, np.memmap)
+    split = training_split(spilled.data, seed=0)
+    assert all(isinstance(getattr(split, p).images, np.memmap) for p in ("train", "validation", "holdout"))
+    in_memory = training_split(read_images("digits").data, seed=0)
+    assert fingerprint(split.holdout) == fingerprint(in_memory.holdout)
+    np.testing.assert_array_equal(split.train.images, in_memory.train.images)
+
+    quick = {"epochs": 1, "kl_warmup": 0, "early_stopping": 0, "score_samples": 2, "promote": "never"}
+    result = train(TrainConfig(model_name="vae-test-streamed", memory_budget_mb=0, **quick))
+    assert isinstance(result.split.train.images, np.memmap) and np.isfinite(result.holdout_neg_elbo)
+    from training import registry
+
+    assert registry.work_dir().is_dir() and not list(registry.work_dir().glob("spill-*")), "spill files are removed"
+
+
+@pytest.mark.slow
+def test_the_augmentation_loop_closes(trained_conditional, mlflow_store, tmp_path):
+    """generate -> train a conditional model on real + synthetic -> score synthetic/: no rejects."""
+    runner = CliRunner()
+    out = tmp_path / "out"
+    uri = f"models:/{trained_conditional.model_name}/{trained_conditional.version}"
+    generated = runner.invoke(
+        main, ["generate", "--model", uri, "--method", "conditional", "--per-label", "6", "--output", str(out), *FAST]
+    )
+    assert generated.exit_code == 0, generated.output
+    synthetic = read_images(str(out / "synthetic"), require_labels=True)
+    assert synthetic.rejects.num_rows == 0 and len(synthetic.data) == 60
+    assert sorted(set(synthetic.data.labels.tolist())) == list(range(10))
+
+    result_json = tmp_path / "train.json"
+    trained = runner.invoke(
+        main,
+        [
+            "train",
+            "--conditional",
+            "--data",
+            "digits",
+            "--data",
+            str(out / "synthetic"),
+            "--model-name",
+            "vae-test-augmented",
+            "--epochs",
+            "2",
+            "--kl-warmup",
+            "0",
+            "--early-stopping",
+            "0",
+            "--score-samples",
+            "2",
+            "--result-json",
+            str(result_json),
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    outcome = json.loads(result_json.read_text())
+    import mlflow
+
+    run = mlflow.get_run(outcome["run_id"])
+    assert run.data.metrics["rows_read"] == 1797 + 60 and run.data.metrics["rows_rejected"] == 0
+
+    scored = runner.invoke(
+        main,
+        [
+            "score",
+            "--model",
+            f"models:/vae-test-augmented/{outcome['version']}",
+            "--input",
+            str(out / "synthetic"),
+            "--output",
+            str(tmp_path / "scored"),
+            *FAST,
+        ],
+    )
+    assert scored.exit_code == 0, scored.output
+    assert pq.read_table(tmp_path / "scored" / "rejects").num_rows == 0
+    scores = pq.read_table(tmp_path / "scored" / "scores")
+    assert scores.num_rows == 60 and scores.column("label").null_count == 0
+
+
+@pytest.mark.slow
+def test_the_same_images_in_every_form_get_identical_scores(trained_plain, mlflow_store, digit_bytes, tmp_path):
+    forms = write_every_form(digit_bytes, tmp_path)
+    uri = f"models:/{trained_plain.model_name}/{trained_plain.version}"
+    runner = CliRunner()
+    scores = {}
+    for form in ("png folder", "parquet uint8 pixels", "parquet float pixels", "parquet png bytes"):
+        out = tmp_path / form.replace(" ", "_")
+        result = runner.invoke(main, ["score", "--model", uri, "--input", forms[form], "--output", str(out), *FAST])
+        assert result.exit_code == 0, result.output
+        table = pq.read_table(out / "scores").sort_by("example_id")
+        assert table.num_rows == len(digit_bytes), form
+        scores[form] = table
+    first = scores["png folder"]
+    for form, table in scores.items():
+        assert table.column("example_id").to_pylist() == first.column("example_id").to_pylist(), form
+        for column in ("anomaly_score", "neg_elbo", "reconstruction_nll", "kl"):
+            np.testing.assert_array_equal(table.column(column).to_numpy(), first.column(column).to_numpy(), form)
