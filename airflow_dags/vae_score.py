@@ -2,10 +2,11 @@
 
 The day is the run's logical date (``{{ ds }}``: the scheduled run at midnight scores the day that
 just ended) or the param ``date``. ``find_input`` looks for ``{input_root}/date=YYYY-MM-DD/`` and
-skips the run when the day has no input; ``score`` runs ``vae score`` into
-``{output_root}/date=YYYY-MM-DD/`` (``scores/`` and ``rejects/``), which ``vae score`` replaces
-atomically, so a rerun replaces that day only. ``input_root`` may be ``digits``, the built-in data
-set, for demos. Settings: see ``_vae_common``.
+skips the run when the day has no input; ``score`` runs ``vae score --partition date=YYYY-MM-DD``
+into ``{output_root}/scores/date=YYYY-MM-DD/`` and ``{output_root}/rejects/date=YYYY-MM-DD/`` (one
+hive partition of each dataset), which ``vae score`` replaces atomically and together, so a rerun
+replaces that day only. ``input_root`` may be ``digits``, the built-in data set, for demos.
+Settings: see ``_vae_common``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
             description="The day to score, YYYY-MM-DD. Empty: the run's logical date.",
         ),
         "input_root": param("input_root", "Root of the daily input partitions date=YYYY-MM-DD/, or digits."),
-        "output_root": param("output_root", "Root of the daily outputs date=YYYY-MM-DD/."),
+        "output_root": param("output_root", "Root of the daily outputs: scores/date=YYYY-MM-DD/, rejects/date=.../."),
         "score_args": param("score_args", "More `vae score` options."),
         **common_params(),
     },

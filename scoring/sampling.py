@@ -17,12 +17,20 @@ def decode_images(
     sample_pixels: bool = False,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Images for latents ``z`` (N, D): the likelihood's mean, or a draw from it with ``sample_pixels``."""
+    """Images for latents ``z`` (N, D): the likelihood's mean, or a draw from it with ``sample_pixels``.
+
+    A model of quantised pixels (``pixel_levels`` grey levels, the binned likelihood) gives its
+    images on those levels too, in the form of the data it learnt from: synthetic images that go
+    back into training (augmentation) then keep the data's grid, and the likelihood chosen for it."""
     params = ops.cast(model.decode(np.asarray(z, np.float32), one_hot(labels, model.num_classes)), "float32")
+    levels = int(getattr(model, "pixel_levels", 0))
     if sample_pixels:
-        levels = int(getattr(model, "pixel_levels", 0))
         return likelihoods.sample_image(params, model.likelihood, rng or np.random.default_rng(0), levels)
-    return np.asarray(ops.convert_to_numpy(likelihoods.mean_image(params, model.likelihood)), dtype=np.float32)
+    mean = np.asarray(ops.convert_to_numpy(likelihoods.mean_image(params, model.likelihood)), dtype=np.float32)
+    if levels > 1:
+        steps = np.float32(levels - 1)
+        mean = np.round(mean * steps) / steps
+    return mean
 
 
 def prior_latents(n: int, latent_dim: int, seed: int, temperature: float = 1.0) -> np.ndarray:

@@ -36,6 +36,10 @@ from pipeline.outputs.atomic import (
     snapshot,
     snapshots,
 )
+from pipeline.outputs.atomic import exchange as atomic_exchange
+from pipeline.outputs.atomic import locks as atomic_locks
+from pipeline.outputs.atomic import remote as atomic_remote
+from pipeline.outputs.atomic import versions as atomic_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES, ROWS = 3, 40  # a run writes FILES files of ROWS rows into each dataset
@@ -50,14 +54,18 @@ def _leftovers(out: Path) -> list[str]:
     versions = out / ".versions"
     if versions.exists():
         for p in versions.iterdir():
-            kept = p.is_dir() and not p.is_symlink() and (atomic._VERSION.match(p.name) or p.name.startswith("old-"))
+            kept = (
+                p.is_dir()
+                and not p.is_symlink()
+                and (atomic_versions._VERSION.match(p.name) or p.name.startswith("old-"))
+            )
             if not (kept or (p.name == "current" and p.is_symlink())):
                 found.append(f".versions/{p.name}")
     return sorted(found)
 
 
 def _versions(out: Path) -> list[str]:
-    return sorted(p.name for p in (out / ".versions").iterdir() if atomic._VERSION.match(p.name))
+    return sorted(p.name for p in (out / ".versions").iterdir() if atomic_versions._VERSION.match(p.name))
 
 
 def _current(out: Path) -> str:
@@ -99,7 +107,7 @@ def _exchange_works(tmp_path) -> bool:
     a, b = tmp_path / "probe-a", tmp_path / "probe-b"
     a.mkdir(), b.mkdir()
     try:
-        return atomic._exchange(a, b)
+        return atomic_exchange._exchange(a, b)
     finally:
         a.rmdir(), b.rmdir()
 
@@ -179,7 +187,7 @@ def test_one_rename_switches_all_the_datasets_of_a_commit(tmp_path, monkeypatch)
     out = tmp_path / "out"
     commit_run(out, 1)
     links = {name: os.lstat(out / name).st_ino for name in ("scores", "rejects")}
-    real, switches = atomic._switch, []
+    real, switches = atomic_versions._switch, []
 
     def switch(versions, version, previous):
         assert [runs_in(versions / version / name) for name in ("scores", "rejects")] == [2, 2]
@@ -188,7 +196,7 @@ def test_one_rename_switches_all_the_datasets_of_a_commit(tmp_path, monkeypatch)
         real(versions, version, previous)
         assert [runs_in(out / name) for name in ("scores", "rejects")] == [2, 2]
 
-    monkeypatch.setattr(atomic, "_switch", switch)
+    monkeypatch.setattr(atomic_versions, "_switch", switch)
     commit_run(out, 2)
     assert len(switches) == 1 and _current(out) == switches[0]
     assert {name: os.lstat(out / name).st_ino for name in ("scores", "rejects")} == links
@@ -196,7 +204,7 @@ def test_one_rename_switches_all_the_datasets_of_a_commit(tmp_path, monkeypatch)
     def failing(versions, version, previous):
         raise OSError("the switch fails")
 
-    monkeypatch.setattr(atomic, "_switch", failing)
+    monkeypatch.setattr(atomic_versions, "_switch", failing)
     with pytest.raises(OSError, match="the switch fails"):
         commit_run(out, 3)
     assert [runs_in(out / name) for name in ("scores", "rejects")] == [2, 2]
@@ -207,13 +215,13 @@ def test_the_first_commit_makes_both_datasets_appear_together(tmp_path, monkeypa
     """Before the first switch the links exist but lead nowhere (as if absent): scores never
     appears without rejects."""
     out = tmp_path / "out"
-    real, seen = atomic._switch, []
+    real, seen = atomic_versions._switch, []
 
     def switch(versions, version, previous):
         seen.append([(out / name).exists() for name in ("scores", "rejects")])
         real(versions, version, previous)
 
-    monkeypatch.setattr(atomic, "_switch", switch)
+    monkeypatch.setattr(atomic_versions, "_switch", switch)
     commit_run(out, 1)
     assert seen == [[False, False]] and [runs_in(out / n) for n in ("scores", "rejects")] == [1, 1]
 
@@ -271,19 +279,19 @@ def test_partition_paths_need_the_output_folders_staging_and_versions_are_not_ta
 def test_snapshots_resolve_through_one_reading_of_the_pointer(tmp_path, monkeypatch):
     out = tmp_path / "out"
     commit_run(out, 1)
-    real_current, reads = atomic._current, []
+    real_current, reads = atomic_versions._current, []
 
     def current(versions):
         reads.append(versions)
         commit = len(reads) == 1
         name = real_current(versions)
         if commit:  # a commit lands right after the pointer was read
-            monkeypatch.setattr(atomic, "_current", real_current)
+            monkeypatch.setattr(atomic_versions, "_current", real_current)
             commit_run(out, 2)
-            monkeypatch.setattr(atomic, "_current", current)
+            monkeypatch.setattr(atomic_versions, "_current", current)
         return name
 
-    monkeypatch.setattr(atomic, "_current", current)
+    monkeypatch.setattr(atomic_versions, "_current", current)
     scores, rejects = snapshots(out / "scores", out / "rejects")
     assert len(reads) == 1 and runs_in(scores) == runs_in(rejects) == 1
     assert runs_in(out / "scores") == 2
@@ -310,10 +318,10 @@ def test_plain_folders_are_adopted_without_losing_data(tmp_path, monkeypatch, ca
     if exchange and not _exchange_works(tmp_path):
         pytest.skip("this file system has no RENAME_EXCHANGE")
     if not exchange:
-        monkeypatch.setattr(atomic, "_RENAMEAT2", None)
-        monkeypatch.setattr(atomic, "_warned", set())
+        monkeypatch.setattr(atomic_exchange, "_RENAMEAT2", None)
+        monkeypatch.setattr(atomic_exchange, "_warned", set())
     write_plain(out, 1, "scores/date=1", "scores/date=2", "rejects/date=1")
-    real, straddles = atomic._swap_into_place, []
+    real, straddles = atomic_versions._swap_into_place, []
 
     def swap(new, target, aside):
         listed = {name: runs_in(target / name) for name in sorted(os.listdir(target))}
@@ -321,7 +329,7 @@ def test_plain_folders_are_adopted_without_losing_data(tmp_path, monkeypatch, ca
         assert target.is_symlink()
         straddles.append({name: runs_in(target / name) for name in listed} == listed)
 
-    monkeypatch.setattr(atomic, "_swap_into_place", swap)
+    monkeypatch.setattr(atomic_versions, "_swap_into_place", swap)  # the adoption's exchange
     with caplog.at_level(logging.WARNING, logger="pipeline.outputs.atomic"):
         commit_run(out, 2, "date=2")
     assert straddles == [True, True]
@@ -336,7 +344,7 @@ def test_plain_folders_are_adopted_without_losing_data(tmp_path, monkeypatch, ca
     assert _leftovers(out) == [] and not list((out / ".versions").glob("migrate-*"))
     assert len(list((out / ".versions").glob("old-*"))) == 2  # the plain folders, kept for the grace period
 
-    monkeypatch.setattr(atomic, "VERSION_GRACE", 0.0)
+    monkeypatch.setattr(atomic_versions, "VERSION_GRACE", 0.0)
     commit_run(out, 3, "date=1")
     assert not list((out / ".versions").glob("old-*")) and len(_versions(out)) == 2
     assert [runs_in(out / p) for p in ("scores/date=1", "scores/date=2", "rejects/date=1")] == [3, 2, 3]
@@ -365,7 +373,7 @@ def test_a_dataset_whose_link_was_removed_is_not_resurrected(tmp_path):
 
 def test_without_symlinks_it_falls_back_to_exchanging_folders_with_a_warning(tmp_path, monkeypatch, caplog):
     _no_symlinks(monkeypatch)
-    monkeypatch.setattr(atomic, "_warned", set())
+    monkeypatch.setattr(atomic_versions, "_warned", set())
     out = tmp_path / "out"
     for run in (1, 2):
         with caplog.at_level(logging.WARNING, logger="pipeline.outputs.atomic"):
@@ -381,7 +389,7 @@ def test_the_fallback_switches_the_datasets_of_a_commit_together_or_not_at_all(t
     _no_symlinks(monkeypatch)
     out = tmp_path / "out"
     commit_run(out, 1)
-    real, switched = atomic._swap_into_place, []
+    real, switched = atomic_exchange._swap_into_place, []
 
     def swap(new, target, aside):
         if switched:
@@ -390,7 +398,7 @@ def test_the_fallback_switches_the_datasets_of_a_commit_together_or_not_at_all(t
         switched.append(target)
         return real(new, target, aside)
 
-    monkeypatch.setattr(atomic, "_swap_into_place", swap)
+    monkeypatch.setattr(atomic_exchange, "_swap_into_place", swap)  # the fallback commit's
     with pytest.raises(OSError, match="second switch"):
         commit_run(out, 2)
     assert switched == [out / "scores"]
@@ -400,8 +408,9 @@ def test_the_fallback_switches_the_datasets_of_a_commit_together_or_not_at_all(t
 
 def test_without_symlinks_or_renameat2_it_uses_two_renames_with_a_warning(tmp_path, monkeypatch, caplog):
     _no_symlinks(monkeypatch)
-    monkeypatch.setattr(atomic, "_RENAMEAT2", None)
-    monkeypatch.setattr(atomic, "_warned", set())
+    monkeypatch.setattr(atomic_exchange, "_RENAMEAT2", None)
+    monkeypatch.setattr(atomic_exchange, "_warned", set())
+    monkeypatch.setattr(atomic_versions, "_warned", set())
     target = tmp_path / "scores"
     for run in (1, 2):
         with caplog.at_level(logging.WARNING, logger="pipeline.outputs.atomic"), atomic_dataset_dir(target) as tmp:
@@ -615,9 +624,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.outputs import atomic
+from pipeline.outputs.atomic import versions
 
 out, run, pause, files, partition = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
-real = {name: getattr(atomic, name) for name in ("_version_name", "_switch", "_swap_into_place")}
+real = {name: getattr(versions, name) for name in ("_version_name", "_switch", "_swap_into_place")}
 swaps = []
 
 
@@ -653,7 +663,7 @@ class SayWaiting(logging.Handler):
 
 logging.getLogger("pipeline.outputs.atomic").addHandler(SayWaiting(logging.INFO))
 logging.getLogger("pipeline.outputs.atomic").setLevel(logging.INFO)
-atomic._version_name, atomic._switch, atomic._swap_into_place = version_name, switch, swap
+versions._version_name, versions._switch, versions._swap_into_place = version_name, switch, swap
 targets = [out / "scores", out / "rejects"]
 if partition != "-":
     targets = [target / partition for target in targets]
@@ -758,8 +768,10 @@ def test_a_second_writer_is_refused_at_once_and_the_first_one_commits(tmp_path):
     first = start_writer(out, 2, pause="writing")
     assert wait_for_line(first) == "paused"
 
+    started = time.monotonic()
     with pytest.raises(DatasetLockedError) as refused:
         commit_run(out, 3)
+    assert time.monotonic() - started < atomic.LOCK_RETRY + 0.5  # at once: a few retries, then refused
     message = str(refused.value)
     lock = out.absolute() / ".staging" / "scores.lock"
     assert f"{out.absolute() / 'scores'} is being written by another run: its lock {lock} is held by" in message
@@ -872,6 +884,8 @@ def test_what_killed_commits_leave_in_versions_is_removed_by_the_next_commit(tmp
         if kind == "dir":
             (versions / name / "scores").mkdir(parents=True)
             write_run(versions / name / "scores", 9)
+            long_ago = time.time() - 2 * atomic.VERSION_GRACE  # built by a commit that died long ago
+            os.utime(versions / name, (long_ago, long_ago))
         else:
             os.symlink(current, versions / name)
     os.symlink(".versions/current/gone", out / "gone")  # a link made for a first commit that died
@@ -890,11 +904,81 @@ def test_replaced_versions_are_kept_for_the_grace_period_then_deleted_by_a_later
     commit_run(out, 2)
     commit_run(out, 3)
     assert runs_in(first) == 1 and len(_versions(out)) == 3  # within the grace period: all readable
-    monkeypatch.setattr(atomic, "VERSION_GRACE", 0.0)
+    monkeypatch.setattr(atomic_versions, "VERSION_GRACE", 0.0)
     commit_run(out, 4)  # deletes those replaced before it; the one it replaces is kept until the next
     assert not first.exists() and len(_versions(out)) == 2
     assert runs_in(out / ".versions" / _versions(out)[0] / "scores") == 3
     assert _leftovers(out) == []
+
+
+def test_a_wall_clock_stepping_back_never_deletes_the_version_just_replaced(tmp_path, monkeypatch):
+    """Version names carry the wall-clock time; the version that was current a moment ago must keep
+    its grace period even when the clock stepped back and the newer version's name sorts first."""
+    from datetime import UTC, datetime
+
+    clock = [datetime(2026, 1, 1, 12, 0, tzinfo=UTC)]
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return clock[0]
+
+    monkeypatch.setattr(atomic_versions, "datetime", Clock)
+    out = tmp_path / "out"
+    commit_run(out, 1)
+    first = snapshot(out / "scores")
+    clock[0] = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)  # the clock steps back an hour
+    commit_run(out, 2)
+    assert _current(out) < first.parent.name  # the current version's name now sorts first
+    clock[0] = datetime(2026, 1, 1, 11, 0, 1, tzinfo=UTC)
+    commit_run(out, 3)  # tidies: the version of run 1 was replaced a moment ago
+    assert runs_in(first) == 1 and len(_versions(out)) == 3
+    assert runs_in(out / "scores") == 3 and _leftovers(out) == []
+
+
+def test_a_lock_held_for_a_moment_by_a_cleaner_or_a_finishing_run_is_waited_for(tmp_path):
+    """A run that lets its locks go, or a cleaner that locks a free lock file to delete it, holds it
+    for microseconds: a run starting then is not refused. A real holder still is, at once."""
+    out = tmp_path / "out"
+    staging = out / ".staging"
+    staging.mkdir(parents=True)
+    cleaner = atomic_locks._try_lock(staging / "scores.lock", exclusive=True)
+    timer = threading.Timer(atomic.LOCK_RETRY / 5, atomic_locks._release, [cleaner])
+    timer.start()
+    try:
+        commit_run(out, 1)  # asks for scores.lock while the cleaner holds it
+    finally:
+        timer.join()
+    assert runs_in(out / "scores") == runs_in(out / "rejects") == 1
+
+    with atomic_dataset_dir(out / "scores", staging=staging) as tmp:  # a real holder
+        write_run(tmp, 2)
+        started = time.monotonic()
+        with pytest.raises(DatasetLockedError, match="is being written by another run"):
+            commit_run(out, 3)
+        assert time.monotonic() - started < atomic.LOCK_RETRY + 0.5
+    assert runs_in(out / "scores") == 2 and runs_in(out / "rejects") == 1
+    assert _leftovers(out) == []
+
+
+def test_a_symbolic_link_of_ones_own_as_a_dataset_root_is_refused(tmp_path):
+    out, big = tmp_path / "out", tmp_path / "big"
+    (big / "scores").mkdir(parents=True)
+    write_run(big / "scores", 1)
+    out.mkdir()
+    (out / "scores").symlink_to(big / "scores")
+    for targets in ([out / "scores", out / "rejects"], [out / "scores" / "date=1"]):
+        refused = f"{out / 'scores'} is a symbolic link \\(to {big / 'scores'}\\)"
+        with pytest.raises(ValueError, match=refused), atomic_datasets(*targets, staging=out / ".staging") as tmps:
+            pytest.fail(f"the run started: {tmps}")
+    assert os.readlink(out / "scores") == str(big / "scores") and runs_in(big / "scores") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["scores"]
+
+    linked = tmp_path / "linked-out"  # what to do instead: the output folder itself may be a link
+    linked.symlink_to(big, target_is_directory=True)
+    commit_run(linked, 2, partition="date=1")
+    assert runs_in(big / "scores" / "date=1") == 2 and (big / "scores").is_symlink()
+    assert len(list((big / "scores").glob("part-0001-*.parquet"))) == FILES  # the plain folder was adopted
 
 
 # --- object stores, through Beam's file systems on a local path ----------------------------------
@@ -999,7 +1083,7 @@ def test_object_store_prefixes_of_dead_runs_are_removed_by_age_or_by_this_machin
     prefix is removed once older than REMOTE_STALE_AFTER; this machine's as soon as its lock is free."""
     stage = tmp_path / ".staging"
     now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    here = atomic._host()
+    here = atomic_locks._host()
     prefixes = {
         "old, elsewhere": "run-20200101T000000Z-elsewhere-1-abcdef",
         "new, elsewhere": f"run-{now}-elsewhere-1-abcdef",
@@ -1008,9 +1092,9 @@ def test_object_store_prefixes_of_dead_runs_are_removed_by_age_or_by_this_machin
     for name in prefixes.values():
         (stage / name / "0-scores").mkdir(parents=True)
         (stage / name / "0-scores" / "part.parquet").write_bytes(b"x")
-    run = atomic._Run.start(tmp_path / "locks")
+    run = atomic_locks._Run.start(tmp_path / "locks")
     try:
-        atomic._clean_remote(str(stage), run)
+        atomic_remote._clean_remote(str(stage), run)
     finally:
         run.close()
     assert sorted(p.name for p in stage.iterdir()) == [prefixes["new, elsewhere"]]

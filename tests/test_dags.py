@@ -339,6 +339,14 @@ def test_score_command_writes_one_folder_per_day(common, tmp_path):
     )
 
 
+def test_the_score_dag_documents_the_layout_it_writes():
+    """vae score --partition date=D writes OUT/scores/date=D and OUT/rejects/date=D (as the command
+    above and the end-to-end run check), not OUT/date=D/scores."""
+    text = (DAGS_FOLDER / "vae_score.py").read_text()
+    assert "{output_root}/scores/date=YYYY-MM-DD/" in text and "{output_root}/rejects/date=YYYY-MM-DD/" in text
+    assert "{output_root}/date=" not in text and "outputs date=YYYY-MM-DD/" not in text
+
+
 def test_the_day_is_the_param_else_the_logical_date_else_the_trigger_day(common):
     from datetime import datetime
 

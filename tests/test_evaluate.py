@@ -353,6 +353,42 @@ def test_classical_evaluation_writes_results_summary_tables_and_plot(classical_r
     )
 
 
+def test_write_outputs_replaces_each_file_whole_and_a_failed_write_keeps_the_old_one(tmp_path, monkeypatch):
+    import contextlib
+    from dataclasses import replace
+
+    from matplotlib.figure import Figure
+
+    class Broken(Figure):
+        def savefig(self, fname, *args, **kwargs):
+            with open(fname, "wb") as file:
+                file.write(b"\x89PNG half")
+            raise OSError("disk full")
+
+    names = ["evaluation.png", "results.csv", "summary.csv", "tables.md"]
+    first = ev.EvaluationResult(
+        results=pd.DataFrame(columns=list(ev.RESULT_COLUMNS)),
+        summary=pd.DataFrame({"detector": ["knn"], "auroc_mean": [0.9]}),
+        fits=pd.DataFrame(),
+        markdown="# first\n",
+    )
+    monkeypatch.setattr(tables, "plot_summary", lambda summary: Figure(figsize=(1, 1)))
+    ev.write_outputs(first, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    before = {name: (tmp_path / name).read_bytes() for name in names}
+    with contextlib.ExitStack() as stack:
+        readers = {name: stack.enter_context(open(tmp_path / name, "rb")) for name in names}  # of the first files
+        second = replace(first, summary=pd.DataFrame({"detector": ["knn"], "auroc_mean": [0.5]}), markdown="# 2\n")
+        monkeypatch.setattr(tables, "plot_summary", lambda summary: Broken(figsize=(1, 1)))
+        with pytest.raises(OSError, match="disk full"):
+            ev.write_outputs(second, tmp_path)
+        for name, reader in readers.items():
+            assert reader.read() == before[name], name  # each file was replaced, none rewritten in place
+    assert (tmp_path / "evaluation.png").read_bytes() == before["evaluation.png"]  # the failed one: the old file
+    assert (tmp_path / "tables.md").read_text() == "# 2\n" and "0.5" in (tmp_path / "summary.csv").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no temporary file left behind
+
+
 def test_evaluation_logs_summary_metrics_and_files_to_mlflow(classical_result, mlflow_store):
     from mlflow import MlflowClient
 

@@ -84,13 +84,17 @@ def test_hive_partition_folders_are_read_as_columns(tmp_path):
     assert result.data.class_names == [str(i) for i in range(8)]
 
 
-def test_repeated_example_ids_are_rejected_after_the_first(tmp_path):
+def test_repeated_example_ids_keep_the_row_first_by_source_and_row(tmp_path):
     pixels = pa.array([[0.5] * 4] * 3, pa.list_(pa.float32()))
     table = pa.table({"example_id": ["a", "b", "a"], "pixels": pixels, "height": [2] * 3, "width": [2] * 3})
     pq.write_table(table, tmp_path / "d.parquet")
     result = read_images(str(tmp_path / "d.parquet"))
     assert result.data.example_ids.tolist() == ["a", "b"]
-    assert result.rejects.to_pylist()[0]["reason"].startswith("duplicate example_id: 'a' was first read from")
+    reject = result.rejects.to_pylist()[0]
+    assert (
+        reject["source_row"] == 2
+        and reject["reason"] == f"duplicate example_id: 'a' is kept from {tmp_path}/d.parquet row 0"
+    )
     with pytest.raises(DataError, match=r"1 rejected of 3 rows .*duplicate example_id"):
         data.load(str(tmp_path / "d.parquet"))
 
@@ -99,6 +103,64 @@ def test_several_inputs_are_one_data_set_and_keep_their_sources(digit_bytes, tmp
     forms = write_every_form(digit_bytes[:10], tmp_path)
     result = read_images([forms["npz uint8"], "digits"])
     assert len(result.data) == 10 + 1797 and result.data.source == f"{forms['npz uint8']} + digits"
+
+
+def test_a_pixel_scale_never_rescales_images_already_in_unit_range(tmp_path):
+    """A model trained with --pixel-scale 16 still reads built-in, in-memory and vae generate's
+    images as they are: the scale is for numeric pixels of the user's own files."""
+    from training.data.reader import UNIT_PIXELS_KEY, image_data_batch
+    from training.data.validate import ModelSpec, validate_batch
+
+    digits = data.load_digits()
+    valid, rejected = validate_batch(image_data_batch(digits), ModelSpec((8, 8, 1), pixel_scale=16.0))
+    assert rejected is None and np.array_equal(valid.images, digits.images)
+    pixels = pa.array(digits.images[:4].reshape(4, -1).tolist(), pa.list_(pa.float32()))
+    table = pa.table({"pixels": pixels, "height": [8] * 4, "width": [8] * 4})
+    pq.write_table(table.replace_schema_metadata({UNIT_PIXELS_KEY: b"1"}), tmp_path / "synthetic.parquet")
+    raw = (digits.images[4:8] * 16).round().astype(np.uint8)
+    np.savez(tmp_path / "raw.npz", x=raw)
+    both = read_images([str(tmp_path / "synthetic.parquet"), str(tmp_path / "raw.npz")], pixel_scale=16)
+    np.testing.assert_array_equal(both.data.images[:4], digits.images[:4])
+    np.testing.assert_array_equal(both.data.images[4:], raw / np.float32(16))
+
+
+def test_labels_mean_the_same_class_in_training_and_scoring(tmp_path):
+    """Names make the classes (sorted) and whole numbers index them, in training as in scoring;
+    a label that is neither is rejected for a conditional model, not turned into a new class."""
+    from training.data.load import label_classes
+    from training.data.validate import ModelSpec, validate_batch
+
+    values, names, known = label_classes(["cat", "dog", 0, 1, "1", 7, -1, 2.5])
+    assert names == ["cat", "dog"] and values[known].tolist() == [0, 1, 0, 1, 1]
+    assert known.tolist() == [True, True, True, True, True, False, False, False]
+    values, names, known = label_classes([3, "10", 2.0])
+    assert names == [str(i) for i in range(11)] and values.tolist() == [3, 10, 2] and known.all()
+
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "example_id": ["a", "b", "c"],
+            "source": ["t"] * 3,
+            "pixels": pa.array([[0.5] * 4] * 3, pa.list_(pa.float32())),
+            "height": [2] * 3,
+            "width": [2] * 3,
+            "label": ["dog", "0", "7"],
+        }
+    )
+    valid, rejected = validate_batch(batch, ModelSpec((2, 2, 1), 2, ("cat", "dog")))
+    assert valid.labels.tolist() == [1, 0] and rejected.example_ids.to_pylist() == ["c"]  # as label_classes
+
+
+def test_several_inputs_keep_made_up_ids_apart(tmp_path):
+    for day in ("day1", "day2"):
+        (tmp_path / day).mkdir()
+        pixels = pa.array([[0.5] * 4] * 3, pa.list_(pa.float32()))
+        pq.write_table(
+            pa.table({"pixels": pixels, "height": [2] * 3, "width": [2] * 3}), tmp_path / day / "part-0.parquet"
+        )
+    result = read_images([str(tmp_path / "day1"), str(tmp_path / "day2")])
+    assert result.rejects.num_rows == 0 and len(result.data) == 6
+    assert result.data.example_ids[0] == f"{tmp_path / 'day1'}/part-0.parquet:0"
+    assert read_images(str(tmp_path / "day1")).data.example_ids[0] == "part-0.parquet:0"  # one input: as scoring
 
 
 @pytest.fixture
@@ -159,8 +221,13 @@ def test_data_beyond_the_memory_budget_is_streamed_from_disk(mlflow_store, tmp_p
     result = train(TrainConfig(model_name="vae-test-streamed", memory_budget_mb=0, **quick))
     assert isinstance(result.split.train.images, np.memmap) and np.isfinite(result.holdout_neg_elbo)
     from training import registry
+    from training.train import _spill_folder
 
-    assert registry.work_dir().is_dir() and not list(registry.work_dir().glob("spill-*")), "spill files are removed"
+    assert result.split.holdout.subset(np.arange(3)).images.shape == (3, 8, 8, 1)  # still readable after training
+    dead = registry.work_dir() / "spill-999999999-x"  # a killed training's leftovers
+    dead.mkdir()
+    _spill_folder(registry.work_dir()).rmdir()
+    assert not dead.exists()
 
 
 @pytest.mark.slow
@@ -245,3 +312,31 @@ def test_the_same_images_in_every_form_get_identical_scores(trained_plain, mlflo
         assert table.column("example_id").to_pylist() == first.column("example_id").to_pylist(), form
         for column in ("anomaly_score", "neg_elbo", "reconstruction_nll", "kl"):
             np.testing.assert_array_equal(table.column(column).to_numpy(), first.column(column).to_numpy(), form)
+
+
+@pytest.mark.slow
+def test_scoring_and_training_keep_the_same_row_of_a_repeated_id(trained_plain, mlflow_store, tmp_path):
+    digits = data.load_digits()
+    rows = digits.images[:6].reshape(6, -1).tolist()
+    ids = ["a", "b", "a", "c", "b", "a"]
+    table = pa.table(
+        {"example_id": ids, "pixels": pa.array(rows, pa.list_(pa.float32())), "height": [8] * 6, "width": [8] * 6}
+    )
+    pq.write_table(table, tmp_path / "dups.parquet", row_group_size=2)  # repeats across shards too
+    uri = f"models:/{trained_plain.model_name}/{trained_plain.version}"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["score", "--model", uri, "--input", str(tmp_path / "dups.parquet"), "--output", str(out), "--shard-rows", "2"]
+        + FAST,
+    )
+    assert result.exit_code == 0, result.output
+    scores = pq.read_table(out / "scores").sort_by("example_id")
+    rejects = pq.read_table(out / "rejects").sort_by("source_row")
+    assert scores.column("example_id").to_pylist() == ["a", "b", "c"]
+    assert scores.column("source_row").to_pylist() == [0, 1, 3]  # the first row of each id
+    assert rejects.column("source_row").to_pylist() == [2, 4, 5]
+    assert all(r.startswith("duplicate example_id:") for r in rejects.column("reason").to_pylist())
+    read = read_images(str(tmp_path / "dups.parquet"))
+    assert sorted(read.rejects.column("source_row").to_pylist()) == [2, 4, 5]
+    assert read.rejects.column("reason").to_pylist() == rejects.column("reason").to_pylist()

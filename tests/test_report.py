@@ -186,3 +186,79 @@ def test_image_png_enlarges_by_whole_pixels():
     picture = Image.open(io.BytesIO(png))
     assert picture.size == (64, 64) and picture.mode == "L"
     assert np.asarray(picture)[0, 0] == 0 and np.asarray(picture)[-1, -1] == 255
+
+
+# --- single files written whole: the report, the grids, the evaluation's tables -------------------
+
+
+def test_write_atomically_replaces_the_file_in_one_step_and_leaves_no_temporary_file(tmp_path):
+    import os
+
+    from pipeline.outputs.files import write_atomically
+
+    path = tmp_path / "report.html"
+    assert write_atomically(path, "<p>one</p>") == path and path.read_text() == "<p>one</p>"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual permissions, not mkstemp's 0600
+    old_inode = path.stat().st_ino
+    with open(path, "rb") as reader:  # a reader that opened the old file keeps reading it, whole
+        write_atomically(path, b"<p>two</p>")
+        assert reader.read() == b"<p>one</p>"
+    assert path.read_bytes() == b"<p>two</p>" and path.stat().st_ino != old_inode  # renamed in, not rewritten
+    write_atomically(path, lambda tmp: tmp.write_text("<p>three</p>"))
+    assert path.read_text() == "<p>three</p>"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_write_atomically_keeps_the_old_file_and_no_temporary_one_when_writing_fails(tmp_path):
+    from pipeline.outputs.files import write_atomically
+
+    path = tmp_path / "grid.png"
+    path.write_bytes(b"old")
+
+    def half_then_fail(tmp):
+        tmp.write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(path, half_then_fail)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+    with pytest.raises(FileNotFoundError):  # no folder: nothing written anywhere
+        write_atomically(tmp_path / "missing" / "x.png", b"x")
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+def test_save_grid_replaces_the_png_whole_or_leaves_the_old_one(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from pipeline.report import figures
+
+    class Broken(Figure):
+        def savefig(self, fname, *args, **kwargs):
+            with open(fname, "wb") as file:
+                file.write(b"\x89PNG half")
+            raise OSError("disk full")
+
+    monkeypatch.setattr(figures, "read_synthetic", lambda *args, **kwargs: None)
+    monkeypatch.setattr(figures, "grid_figure", lambda *args, **kwargs: Figure(figsize=(1, 1)))
+    path = figures.save_grid(tmp_path / "synthetic", "prior")
+    assert path == tmp_path / "synthetic-prior.png"
+    old = path.read_bytes()
+    assert old[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setattr(figures, "grid_figure", lambda *args, **kwargs: Broken(figsize=(1, 1)))
+    with pytest.raises(OSError, match="disk full"):
+        figures.save_grid(tmp_path / "synthetic", "prior")
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["synthetic-prior.png"]
+
+
+def test_render_report_replaces_report_html_whole(trained_plain, tmp_path):
+    scores_dir, _ = write_scores(tmp_path / "scores", trained_plain)
+    uri = f"models:/{trained_plain.model_name}/{trained_plain.version}"
+    out = tmp_path / "site" / "report.html"
+    out.parent.mkdir()
+    out.write_text("<p>the previous report</p>")
+    with open(out, encoding="utf-8") as reader:  # a reader of the previous page
+        render_report(scores_dir, uri, out, top=3, log_to_mlflow=False)
+        assert reader.read() == "<p>the previous report</p>"
+    assert "vae-test-plain" in out.read_text() and [p.name for p in out.parent.iterdir()] == ["report.html"]

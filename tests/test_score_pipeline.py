@@ -603,6 +603,7 @@ def test_scores_and_rejects_become_visible_together(plain_uri, mixed_parquet, tm
     """Both datasets are complete in the new version before anything is switched, and one rename of
     the versions pointer switches both; if that fails, both stay the old run's."""
     from pipeline.outputs import atomic
+    from pipeline.outputs.atomic import versions
 
     out = tmp_path / "out"
     later = datetime(2025, 6, 7, 8, 9, 10, tzinfo=UTC)
@@ -611,7 +612,7 @@ def test_scores_and_rejects_become_visible_together(plain_uri, mixed_parquet, tm
     def stamps(folder) -> set:
         return set(read(folder).column("scored_at").to_pylist())
 
-    real, seen = atomic._switch, []
+    real, seen = versions._switch, []
 
     def switch(versions, version, previous):
         new = [versions / version / name for name in ("scores", "rejects")]
@@ -619,7 +620,7 @@ def test_scores_and_rejects_become_visible_together(plain_uri, mixed_parquet, tm
         seen.append(([read(p).num_rows for p in new], [stamps(p) for p in new], [stamps(p) for p in public]))
         return real(versions, version, previous)
 
-    monkeypatch.setattr(atomic, "_switch", switch)
+    monkeypatch.setattr(versions, "_switch", switch)
     second = score(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=later, **FAST)
     # one switch, with both new datasets complete and both public ones still the old run
     assert seen == [([first.rows_scored, first.rows_rejected], [{later}, {later}], [{WHEN}, {WHEN}])]
@@ -632,7 +633,7 @@ def test_scores_and_rejects_become_visible_together(plain_uri, mixed_parquet, tm
     def failing(versions, version, previous):
         raise OSError("switching failed")
 
-    monkeypatch.setattr(atomic, "_switch", failing)
+    monkeypatch.setattr(versions, "_switch", failing)
     with pytest.raises(OSError, match="switching failed"):
         score(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=WHEN, **FAST)
     assert stamps(out / "scores") == stamps(out / "rejects") == {later}
@@ -671,3 +672,89 @@ def test_a_mistyped_option_is_an_error_not_a_beam_option(tmp_path):
     assert result.exit_code == 2
     assert "No such option '--partiton'. Did you mean '--partition'?" in result.output
     assert not (tmp_path / "scores").exists()
+
+
+def _cli_options(monkeypatch, tmp_path, *args):
+    """(result, the ScoreOptions ``vae score ARGS`` hands the job): the job itself is replaced."""
+    from click.testing import CliRunner
+
+    from pipeline.beam import score_job
+    from pipeline.cli.main import main
+
+    seen = []
+
+    class Summary:
+        def lines(self):
+            return ["done"]
+
+    def fake(options, **_):
+        seen.append(options)
+        return Summary()
+
+    monkeypatch.setattr(score_job, "score_dataset", fake)
+    result = CliRunner().invoke(main, ["score", "--output", str(tmp_path / "out"), *args])
+    return result, (seen[0] if seen else None)
+
+
+def test_beam_flags_after_the_double_dash_replace_the_defaults_of_the_cli(monkeypatch, tmp_path):
+    from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, StandardOptions
+
+    from pipeline.beam.runner import make_pipeline
+
+    after = ["--direct_num_workers=3", "--batch_size", "7", "--direct_running_mode=in_memory", "--job_name=nightly"]
+    result, options = _cli_options(monkeypatch, tmp_path, "--shard-rows", "9", "--", *after)
+    assert result.exit_code == 0, result.output
+    assert (options.batch_size, options.shard_rows) == (7, 9)
+    pipeline = make_pipeline(options)
+    direct = pipeline.options.view_as(DirectOptions)
+    assert (direct.direct_num_workers, direct.direct_running_mode) == (3, "in_memory")
+    assert pipeline.options.view_as(GoogleCloudOptions).job_name == "nightly"
+    assert pipeline.options.get_all_options()["batch_size"] == 7
+
+    result, options = _cli_options(monkeypatch, tmp_path, "--", "--runner", "DataflowRunner")
+    assert result.exit_code == 0, result.output
+    assert options.view_as(StandardOptions).runner == "DataflowRunner" == options.runner
+
+    result, options = _cli_options(monkeypatch, tmp_path)  # nothing after --: the defaults
+    assert (options.runner, options.view_as(DirectOptions).direct_num_workers, options.batch_size) == (
+        "DirectRunner",
+        2,
+        1024,
+    )
+
+
+def test_an_option_given_before_and_after_the_double_dash_is_an_error_naming_both(monkeypatch, tmp_path):
+    result, options = _cli_options(monkeypatch, tmp_path, "--direct-num-workers", "4", "--", "--direct_num_workers=3")
+    assert result.exit_code == 2 and options is None
+    assert "--direct-num-workers 4 and, after --, --direct_num_workers=3 set the same option" in result.output
+
+    result, options = _cli_options(monkeypatch, tmp_path, "--batch-size", "5", "--", "--batch-size", "6")
+    assert result.exit_code == 2 and options is None
+    assert "--batch-size 5 and, after --, --batch-size 6 set the same option" in result.output
+
+    # the library: keyword values are explicit, defaults= give way
+    with pytest.raises(ValueError, match=re.escape("runner='DirectRunner' and --runner=DataflowRunner")):
+        ScoreOptions.of(["--runner=DataflowRunner"], output="out", runner="DirectRunner")
+    options = ScoreOptions.of(
+        ["--direct_num_workers=8", "--runner=DataflowRunner", "--batch_size=7"],
+        output="out",
+        defaults={"direct_num_workers": 2, "runner": "DirectRunner", "batch_size": 1024, "shard_rows": 5},
+    )
+    assert (options.runner, options.batch_size, options.shard_rows) == ("DataflowRunner", 7, 5)
+    assert options.get_all_options()["direct_num_workers"] == 8
+
+
+def test_the_shard_size_default_is_written_once_and_the_cli_defaults_stay_light():
+    import inspect
+    import subprocess
+    import sys
+
+    from pipeline.beam import defaults
+    from training.data import reader
+
+    assert defaults.DEFAULT_SHARD_ROWS is reader.DEFAULT_SHARD_ROWS
+    for module in (defaults, reader):
+        assert "DEFAULT_SHARD_ROWS =" not in inspect.getsource(module), module.__name__
+    code = "import sys, pipeline.beam.defaults; print(sorted({'numpy', 'pyarrow'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from training.callbacks import EpochReporter, KLWarmup, NaNGuard
 from training.config import PROMOTE_CHOICES, TrainConfig
 
 log = logging.getLogger(__name__)
+LATENT_MAP_ROWS = 5_000  # holdout images drawn in the latent map (a memory-mapped holdout is read in part)
 
 
 @dataclass
@@ -283,11 +285,34 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.promote not in PROMOTE_CHOICES:
         raise ValueError(f"--promote must be one of {', '.join(PROMOTE_CHOICES)}")
     set_seeds(cfg.seed)
-    spill = Path(tempfile.mkdtemp(prefix="spill-", dir=registry.work_dir(cfg.work_dir)))
+    spill = _spill_folder(registry.work_dir(cfg.work_dir))
     try:
         return _train(cfg, spill)
     finally:
-        shutil.rmtree(spill, ignore_errors=True)
+        if any(spill.iterdir()):  # the result's parts still read these files: remove them at exit
+            atexit.register(shutil.rmtree, spill, ignore_errors=True)
+        else:
+            shutil.rmtree(spill, ignore_errors=True)
+
+
+def _spill_folder(work: Path) -> Path:
+    """A folder for this process's memory-mapped images, ``WORK/spill-PID-XXXX``; those of
+    processes no longer running (killed trainings) are removed first."""
+    for old in work.glob("spill-*"):
+        pid = old.name.split("-")[1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"spill-{os.getpid()}-", dir=work))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
@@ -297,6 +322,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
 
     read = read_training_data(cfg, spill)
     split = data_lib.training_split(read.data, seed=cfg.seed)
+    read = replace(read, data=None)  # the parts are copies: let the whole array go
     registry.configure(cfg.work_dir)
     champion = registry.champion_version(cfg.model_name, cfg.work_dir)
     model = build_model(cfg, split.train)
@@ -367,7 +393,11 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
                 model, holdout.images, holdout.labels if cfg.conditional else None
             ),
             "prior_samples": plots.prior_grid(model, seed=cfg.seed),
-            "latent_map": plots.latent_map(model, holdout.images, holdout.labels),
+            "latent_map": plots.latent_map(
+                model,
+                holdout.images[:LATENT_MAP_ROWS],
+                None if holdout.labels is None else holdout.labels[:LATENT_MAP_ROWS],
+            ),
             "score_histogram": plots.score_histogram(
                 calibration.scores, calibration.threshold, title=f"calibration {calibration.score}"
             ),
@@ -435,6 +465,11 @@ def _log_and_register(model, cfg: TrainConfig, split: data_lib.TrainingSplit) ->
         pip_requirements=[f"keras=={keras.__version__}", f"numpy=={np.__version__}"],
     )
     return str(info.registered_model_version)
+
+
+def _first_rows(part: data_lib.ImageData, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, labels) of the first ``n`` rows: a memory-mapped part is read only that far."""
+    return part.images[:n], None if part.labels is None else part.labels[:n]
 
 
 def _log_rejects(read: data_lib.ReadResult) -> None:

@@ -3,6 +3,7 @@ start-up and :mod:`pipeline.beam.options` declares its flags with them, so each 
 
 from __future__ import annotations
 
+from training.limits import DEFAULT_SHARD_ROWS
 from training.registry import DEFAULT_MODEL_URI
 
 __all__ = [
@@ -35,7 +36,7 @@ DEFAULT_INPUT = "digits"
 
 # vae score
 DEFAULT_BATCH_SIZE = 1024
-DEFAULT_SHARD_ROWS = 50_000
+# DEFAULT_SHARD_ROWS: the input reader's (training.limits)
 DEFAULT_SPLIT_SEED = 0
 
 # vae generate

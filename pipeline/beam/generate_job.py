@@ -41,7 +41,7 @@ from pipeline.beam.generate_plan import GenerateError, Shard, make_shards, plan_
 from pipeline.beam.options import GenerateOptions
 from pipeline.beam.runner import make_pipeline
 from pipeline.outputs import synthetic
-from pipeline.outputs.atomic import STAGING, atomic_dataset_dir
+from pipeline.outputs.atomic import STAGING, atomic_dataset_dir, output_folder
 from training.data import ImageData
 from training.data.validate import ModelSpec
 from training.registry import ModelRef
@@ -62,6 +62,7 @@ class Request:
     sample_pixels: bool
     created_at: datetime
     run: str  # the tag in every file name this run writes
+    class_names: tuple[str, ...] = ()  # the model's: label index -> the label_name column
 
 
 class DecodeShard(beam.DoFn):
@@ -123,6 +124,7 @@ def to_arrow(batch: dict[str, Any], request: Request) -> tuple[int, int, pa.Tabl
         seed=request.seed,
         model=request.model,
         created_at=request.created_at,
+        class_names=request.class_names,
     )
     return batch["shard"], batch["shards"], table
 
@@ -220,7 +222,7 @@ def generate_dataset(
     from training import registry
 
     options.check()
-    output = Path(options.output).resolve()
+    output = Path(output_folder(options.output))  # as vae score resolves it (local only: options.check)
     root = output / synthetic.DATASET
     legacy = synthetic.legacy_partitions(root)
     if legacy:
@@ -245,6 +247,7 @@ def generate_dataset(
         sample_pixels=bool(options.sample_pixels),
         created_at=datetime.now(UTC).replace(microsecond=0),
         run=uuid.uuid4().hex[:8],
+        class_names=tuple(spec.class_names),
     )
     folder = synthetic.method_dir(root, options.method)
     log.info(

@@ -140,6 +140,13 @@ def plan_samples(
     return Plan(planned, class_names=class_names)
 
 
+def _indices_only(data_classes: list[str] | None, model_classes: list[str]) -> bool:
+    """True when the data's labels are bare class indices ("0".."K-1") that the model does not
+    have as names (a model of named classes such as Fashion-MNIST's)."""
+    names = list(data_classes or [])
+    return names == [str(i) for i in range(len(names))] and not set(names) <= set(model_classes)
+
+
 def _plan_posterior(model: ModelRef, spec: ModelSpec, *, n, per_label, labels, data) -> Plan:
     if data is None:
         raise GenerateError("--method posterior needs real images to encode: give --input PATH or --input digits")
@@ -159,6 +166,15 @@ def _plan_posterior(model: ModelRef, spec: ModelSpec, *, n, per_label, labels, d
             raise GenerateError(f"{data.source}: has no labels, so --labels and --per-label cannot be used")
         source_labels = np.full(len(data), NO_LABEL, dtype=np.int64)
         class_names: list[str] = []
+    elif spec.num_classes and _indices_only(data.class_names, model_classes):
+        # whole-number labels that are not the model's class names: class indices, as vae score reads them
+        if int(data.labels.max()) >= spec.num_classes:
+            raise GenerateError(
+                f"{data.source}: label {int(data.labels.max())} is not a class index of {model.name} "
+                f"({spec.num_classes} classes: {', '.join(model_classes)})"
+            )
+        source_labels = data.labels.astype(np.int64)
+        class_names = model_classes
     elif spec.num_classes:  # the model's label indices, matched by class name
         missing = sorted({data.class_names[i] for i in np.unique(data.labels)} - set(model_classes))
         if missing:

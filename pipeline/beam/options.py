@@ -5,6 +5,11 @@ flags (:meth:`JobOptions.from_argv`, e.g. ``python -m pipeline.beam.score_job --
 
 Flags are Beam-style (``--batch_size``) and also take hyphens (``--batch-size``). ``vae generate
 --labels`` is ``--class_labels`` here: ``--labels`` is Dataflow's job labels.
+
+Where :meth:`JobOptions.of` gets both keyword values and Beam flags, a keyword value is explicit: a
+flag that names the same option (``--batch_size``, ``--runner`` ...) is refused with an error naming
+both, never silently overridden. Values that are only defaults (the ``vae`` parameters a user did not
+give) go in ``defaults=`` and give way to such a flag.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -48,6 +53,11 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     parser.add_argument(*flags, dest=name, **kwargs)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # a flag Beam cannot parse either: say so, do not exit
+        raise ValueError(f"Beam pipeline options: {message}")
+
+
 def _shape(text: str) -> tuple[int, int, int]:
     try:
         return parse_shape(text)
@@ -78,17 +88,55 @@ class JobOptions(PipelineOptions):
         return frozenset(vars(parser.parse_args([])))
 
     @classmethod
-    def of(cls, beam_args: Sequence[str] = (), **values: Any) -> Self:
+    def of(cls, beam_args: Sequence[str] = (), *, defaults: Mapping[str, Any] | None = None, **values: Any) -> Self:
         """The options from keyword values named like the options (the ``vae`` commands, tests), the
         runner options (``runner``, ``direct_num_workers``, ``direct_running_mode``) among them, and
-        any other Beam pipeline flags in ``beam_args``; checked (:meth:`check`)."""
-        unknown = sorted(set(values) - cls.option_names() - set(RUNNER_OPTIONS))
+        any other Beam pipeline flags in ``beam_args``; checked (:meth:`check`).
+
+        ``values`` are explicit: a flag in ``beam_args`` for the same option is a ValueError naming
+        both. ``defaults`` (same names) are used only for the options ``beam_args`` does not name."""
+        defaults = dict(defaults or {})
+        unknown = sorted((set(values) | set(defaults)) - cls.option_names() - set(RUNNER_OPTIONS))
         if unknown:
             raise TypeError(f"{cls.__name__} has no option {', '.join(unknown)}")
+        given = cls.flags_given(beam_args)
+        twice = sorted(set(values) & set(given))
+        if twice:
+            raise ValueError(
+                "set twice, as a value and as a Beam flag: "
+                + "; ".join(f"{name}={values[name]!r} and {given[name]}" for name in twice)
+                + ": give each once"
+            )
+        values = {**{k: v for k, v in defaults.items() if k not in given}, **values}
         values = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in values.items()}
         options = PipelineOptions([*RUNNER_DEFAULT_FLAGS, *beam_args], **values).view_as(cls)
         options.check()
         return options
+
+    @classmethod
+    def flags_given(cls, beam_args: Sequence[str]) -> dict[str, str]:
+        """The options of this class and the runner options that ``beam_args`` sets: {option name:
+        the flag as given, e.g. ``--direct_num_workers=3``}. Parsed the way Beam parses them (whole
+        flag names only, ``--name value`` or ``--name=value``)."""
+        parser = _Parser(allow_abbrev=False, add_help=False)
+        for klass in cls.__mro__:
+            if klass is not PipelineOptions and "_add_argparse_args" in vars(klass):
+                klass._add_argparse_args(parser)
+        for name in RUNNER_OPTIONS:  # Beam's own flags: underscores only
+            parser.add_argument(f"--{name}", dest=name)
+        unset = object()
+        namespace = argparse.Namespace(**{action.dest: unset for action in parser._actions})
+        parser.parse_known_args(list(beam_args), namespace)
+        given = {name for name, value in vars(namespace).items() if value is not unset}
+        flags: dict[str, str] = {}
+        for i, arg in enumerate(beam_args):
+            flag, _, value = arg.partition("=")
+            action = parser._option_string_actions.get(flag)
+            if action is not None and action.dest in given:
+                if not value and action.nargs != 0 and i + 1 < len(beam_args):
+                    arg = f"{arg} {beam_args[i + 1]}"
+                flags[action.dest] = arg
+        return flags
 
     @classmethod
     def from_argv(cls, argv: Sequence[str]) -> Self:

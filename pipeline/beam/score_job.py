@@ -42,6 +42,7 @@ from pipeline.outputs.score_tables import (
     SCORES_SCHEMA,
     count_output,
     output_paths,
+    reject_duplicates,
     rejects_table,
     scores_table,
 )
@@ -310,6 +311,7 @@ def score_dataset(
                 batch_size=options.batch_size,
             )
         pipeline_seconds = time.perf_counter() - pipeline_started
+        reject_duplicates(scores_tmp, rejects_tmp, run_tag)  # the contract's rule for a repeated example_id
         rows_scored, rows_rejected, anomalies, reasons = count_output(scores_tmp, rejects_tmp)
         rows_read = rows_scored + rows_rejected
         if rows_read != plan.total_rows:

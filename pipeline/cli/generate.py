@@ -14,10 +14,10 @@ from pipeline.beam.defaults import (
     METHODS,
     SAMPLES_PER_SHARD,
 )
-from pipeline.cli.support import beam_runner_options, friendly_errors, parse_shape
+from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_errors, job_options, parse_shape
 
 
-@click.command("generate")
+@click.command("generate", epilog=beam_args_help("vae generate ... -- --direct_num_workers=4 --job_name=nightly"))
 @click.option(
     "--model",
     default=DEFAULT_MODEL_URI,
@@ -119,7 +119,7 @@ def generate_command(ctx: click.Context, grid: bool, log_grid: bool, beam_args: 
 
     work_dir = ctx.obj["work_dir"]
     # the click parameters are named like the options: this is the one place they meet
-    summary = generate_dataset(GenerateOptions.of(beam_args, work_dir=work_dir, **params))
+    summary = generate_dataset(job_options(ctx, GenerateOptions, beam_args, params))
     if grid:
         from pipeline.report.figures import save_grid
         from training import registry

@@ -13,14 +13,15 @@ from pipeline.beam.defaults import (
     DEFAULT_SHARD_ROWS,
     DEFAULT_SPLIT_SEED,
 )
-from pipeline.cli.support import beam_runner_options, friendly_errors, parse_shape
+from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_errors, job_options, parse_shape
 
 
 @click.command(
     "score",
-    epilog="Beam pipeline options go after --, e.g. vae score ... --runner DataflowRunner -- --project P "
-    "--region R --temp_location gs://B/tmp --setup_file ./setup.py. A mistyped option before -- is an "
-    "error, never silently handed to Beam.",
+    epilog=beam_args_help(
+        "vae score ... --runner DataflowRunner -- --project P --region R --temp_location gs://B/tmp "
+        "--setup_file ./setup.py"
+    ),
 )
 @click.option(
     "--model",
@@ -106,7 +107,7 @@ def score_command(ctx: click.Context, beam_args: tuple[str, ...], **params) -> N
         click.echo(f"Beam pipeline options passed through: {' '.join(beam_args)}")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     # the click parameters are named like the options: this is the one place they meet
-    options = ScoreOptions.of(beam_args, work_dir=ctx.obj["work_dir"], **params)
+    options = job_options(ctx, ScoreOptions, beam_args, params)
     try:
         summary = score_dataset(options)
     except (RuntimeError, DataError) as exc:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_RUNNING_MODE, DEFAULT_WORKERS, RUNNING_MODES
 from pipeline.beam.defaults import parse_shape as shape_of
@@ -46,6 +47,46 @@ def parse_shape(_ctx: click.Context, _param: click.Parameter, value: str | None)
         return shape_of(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+
+def beam_args_help(example: str) -> str:
+    """The epilog of ``vae score`` / ``vae generate`` on the flags after ``--``."""
+    return (
+        f"Beam pipeline options go after --, e.g. {example}. A mistyped option before -- is an error, never "
+        "silently handed to Beam. An option of this command may also be given after -- in Beam's spelling "
+        "(e.g. --direct_num_workers=4 for --direct-num-workers 4): it then replaces the default; giving it "
+        "both before and after -- is an error."
+    )
+
+
+def job_options(ctx: click.Context, options_class: type, beam_args: tuple[str, ...], params: dict[str, Any]) -> Any:
+    """The job's options (``options_class.of``) from a command's parameters and the Beam flags after
+    ``--``: the parameters a user left at their defaults give way to such a flag; one given both
+    before and after ``--`` is a usage error naming both."""
+    explicit, defaults = {}, {}
+    for name, value in params.items():
+        source = ctx.get_parameter_source(name)
+        is_default = source in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+        (defaults if is_default else explicit)[name] = value
+    root = ctx.find_root()
+    work_dir = ctx.obj["work_dir"]
+    if root is not ctx and root.get_parameter_source("work_dir") == ParameterSource.COMMANDLINE:
+        explicit["work_dir"] = work_dir
+    else:
+        defaults["work_dir"] = work_dir
+    given = options_class.flags_given(beam_args)
+    twice = [name for name in explicit if name in given]
+    if twice:
+        opts = {p.name: "/".join(p.opts) for p in ctx.command.params}
+        raise click.UsageError(
+            "; ".join(
+                f"{opts.get(name, '--work-dir')} {explicit[name]} and, after --, {given[name]} set the same option"
+                for name in twice
+            )
+            + ": give it once",
+            ctx,
+        )
+    return options_class.of(beam_args, defaults=defaults, **explicit)
 
 
 def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.evaluation import tables
+from pipeline.outputs.files import write_atomically
 from scoring import metrics
 from scoring.detectors import DETECTOR_NAMES, classical_detectors
 from training import data as data_lib
@@ -584,9 +585,7 @@ def _header(
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     """Writes beside ``path``, then renames: a reader never sees half a file."""
-    partial = path.with_name(path.name + ".partial")
-    frame.to_csv(partial, index=False)
-    partial.replace(path)
+    write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def _write_results(folder: Path, rows: list[dict[str, Any]], fits: list[dict[str, Any]]) -> dict[str, Path]:
@@ -601,14 +600,16 @@ def _write_results(folder: Path, rows: list[dict[str, Any]], fits: list[dict[str
 
 def write_outputs(result: EvaluationResult, folder: Path) -> None:
     """``results.csv``, ``vae_fits.csv`` (when the VAE ran), ``summary.csv``, ``tables.md`` and
-    ``evaluation.png`` into ``folder``; their paths go to ``result.paths``."""
+    ``evaluation.png`` into ``folder``, each replaced whole (:func:`pipeline.outputs.files.write_atomically`);
+    their paths go to ``result.paths``."""
     paths = _write_results(folder, result.results.to_dict("records"), result.fits.to_dict("records"))
     paths["summary"] = folder / "summary.csv"
-    result.summary.to_csv(paths["summary"], index=False)
+    _write_csv(result.summary, paths["summary"])
     paths["tables"] = folder / "tables.md"
-    paths["tables"].write_text(result.markdown)
+    write_atomically(paths["tables"], result.markdown)
     paths["plot"] = folder / "evaluation.png"
-    tables.plot_summary(result.summary).savefig(paths["plot"], dpi=110)
+    figure = tables.plot_summary(result.summary)
+    write_atomically(paths["plot"], lambda tmp: figure.savefig(tmp, format="png", dpi=110))
     result.paths = paths
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.outputs.atomic import STAGING, atomic_datasets, atomic_filesystem_datasets, is_remote
+from pipeline.outputs.atomic import STAGING, atomic_datasets, atomic_filesystem_datasets, is_remote, output_folder
 
 if TYPE_CHECKING:
     from scoring.calibration import Calibration
@@ -39,12 +39,14 @@ SCORES_SCHEMA = pa.schema(
         ("model_version", pa.string()),
         ("scored_at", pa.timestamp("us", tz="UTC")),
         ("source", pa.string()),
+        ("source_row", pa.int64()),
     ]
 )
 REJECTS_SCHEMA = pa.schema(
     [
         ("example_id", pa.string()),
         ("source", pa.string()),
+        ("source_row", pa.int64()),
         ("reason", pa.string()),
         ("raw", pa.string()),
         ("model_name", pa.string()),
@@ -68,6 +70,7 @@ def rejects_table(rejected: RejectedRows, model: ModelRef, scored_at: datetime) 
     columns = {
         "example_id": rejected.example_ids,
         "source": rejected.sources,
+        "source_row": rejected.source_rows,
         "reason": rejected.reasons,
         "raw": rejected.raws,
         **run_columns(model, scored_at, len(rejected)),
@@ -104,6 +107,7 @@ def scores_table(
         "is_anomaly": is_anomaly,
         "label": rows.label_out,
         "source": rows.sources,
+        "source_row": rows.source_rows,
         **run_columns(model, scored_at, n),
     }
     return pa.Table.from_pydict({name: columns[name] for name in SCORES_SCHEMA.names}, schema=SCORES_SCHEMA)
@@ -117,14 +121,84 @@ def output_paths(
 
     With ``partition`` (``KEY=VALUE``, e.g. ``date=2026-11-20``) the run writes and replaces only
     ``scores/KEY=VALUE/`` and ``rejects/KEY=VALUE/``: hive-style partitions of one dataset. The
-    temporary folders and the locks live in ``OUTPUT/.staging``, outside both dataset roots."""
+    temporary folders and the locks live in ``OUTPUT/.staging``, outside both dataset roots. ``output``
+    is resolved by :func:`pipeline.outputs.atomic.output_folder`."""
     suffix = f"/{partition}" if partition else ""
+    output = output_folder(output)  # as vae generate resolves it
     if is_remote(output):
-        base = str(output).rstrip("/")
+        base = str(output)
         remote = functools.partial(atomic_filesystem_datasets, staging=f"{base}/{STAGING}")
         return f"{base}/scores{suffix}", f"{base}/rejects{suffix}", remote
     staged = functools.partial(atomic_datasets, staging=Path(output) / STAGING)
     return Path(f"{Path(output) / 'scores'}{suffix}"), Path(f"{Path(output) / 'rejects'}{suffix}"), staged
+
+
+def reject_duplicates(scores_dir: str | os.PathLike, rejects_dir: str | os.PathLike, run_tag: str) -> int:
+    """Applies the input contract's rule for a repeated ``example_id``
+    (:func:`training.data.validate.duplicate_rows`, the same as training's) to a run written but
+    not yet committed: of the scored rows sharing an id, the one first by (``source``,
+    ``source_row``) stays and the others move to the rejects. Reads three columns; rewrites only
+    the files that hold a repeated row. Returns how many rows moved."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    from training.data.validate import duplicate_rows
+
+    dataset = ds.dataset(str(scores_dir), format="parquet")
+    parts, files = [], []
+    for fragment in dataset.get_fragments():
+        part = fragment.to_table(columns=["example_id", "source", "source_row"])
+        parts.append(part)
+        files.append((fragment.path, part.num_rows))
+    if not parts:
+        return 0
+    table = pa.concat_tables(parts)
+    mask, reasons = duplicate_rows(
+        table.column("example_id").to_pylist(),
+        table.column("source").to_pylist(),
+        table.column("source_row").to_pylist(),
+    )
+    if not mask.any():
+        return 0
+    filesystem = dataset.filesystem
+    moved: list[pa.Table] = []
+    reason_of = dict(zip(np.flatnonzero(mask).tolist(), reasons, strict=True))
+    start = 0
+    for path, rows in files:
+        local = np.flatnonzero(mask[start : start + rows])
+        if len(local):
+            with filesystem.open_input_file(path) as handle:
+                whole = pq.read_table(handle)
+            keep = np.ones(rows, dtype=bool)
+            keep[local] = False
+            gone = whole.take(pa.array(local))
+            moved.append(
+                pa.table(
+                    {
+                        "example_id": gone.column("example_id"),
+                        "source": gone.column("source"),
+                        "source_row": gone.column("source_row"),
+                        "reason": pa.array([reason_of[start + int(i)] for i in local], pa.string()),
+                        "raw": pa.nulls(len(local), pa.string()),
+                        "model_name": gone.column("model_name"),
+                        "model_version": gone.column("model_version"),
+                        "scored_at": gone.column("scored_at"),
+                    },
+                    schema=REJECTS_SCHEMA,
+                )
+            )
+            with filesystem.open_output_stream(path) as handle:
+                pq.write_table(whole.filter(pa.array(keep)), handle)
+        start += rows
+    target, inner = (
+        fs.FileSystem.from_uri(str(rejects_dir))
+        if "://" in str(rejects_dir)
+        else (fs.LocalFileSystem(), str(rejects_dir))
+    )
+    with target.open_output_stream(f"{inner.rstrip('/')}/part-{run_tag}-duplicates.parquet") as handle:
+        pq.write_table(pa.concat_tables(moved), handle)
+    return int(mask.sum())
 
 
 def count_output(scores_dir: str | os.PathLike, rejects_dir: str | os.PathLike) -> tuple[int, int, int, dict[str, int]]:

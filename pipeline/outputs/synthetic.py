@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from training.data.reader import UNIT_PIXELS_KEY
+
 if TYPE_CHECKING:
     from training.registry import ModelRef
 
@@ -39,6 +41,7 @@ SCHEMA = pa.schema(
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("method", pa.string(), nullable=False),
         pa.field("label", pa.int64()),  # null: prior samples of a plain model
+        pa.field("label_name", pa.string()),  # the model's class name for label: what training reads
         pa.field("image_png", pa.binary(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
         pa.field("width", pa.int32(), nullable=False),
@@ -50,7 +53,10 @@ SCHEMA = pa.schema(
         pa.field("model_name", pa.string(), nullable=False),
         pa.field("model_version", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
+    ],
+    # pixels are likelihood means in [0, 1]: the input contract reads them as they are, whatever
+    # pixel scale the model that reads them was trained with (training.data.validate)
+    metadata={UNIT_PIXELS_KEY: b"1"},
 )
 COLUMNS = tuple(SCHEMA.names)
 _LABEL_DIR = re.compile(r"^label-(none|\d+)$")
@@ -94,6 +100,7 @@ def synthetic_table(
     seed: int,
     model: ModelRef,
     created_at: datetime,
+    class_names: tuple[str, ...] | list[str] = (),
 ) -> pa.Table:
     """Samples as rows of :data:`SCHEMA`: ``index`` their positions in the plan, ``labels`` int64 with
     :data:`NO_LABEL` for none, ``images`` (N, H, W, C) in [0, 1], ``latents`` the z decoded."""
@@ -106,6 +113,10 @@ def synthetic_table(
         "sample_id": pa.array([sample_id(method, seed, int(i)) for i in index], pa.string()),
         "method": pa.repeat(pa.scalar(method, pa.string()), n),
         "label": pa.array(labels, pa.int64(), mask=labels == NO_LABEL),
+        "label_name": pa.array(
+            [None if v == NO_LABEL else (class_names[v] if v < len(class_names) else str(v)) for v in labels.tolist()],
+            pa.string(),
+        ),
         "image_png": pa.array(encode_pngs(images), pa.binary()),
         "height": pa.array(np.full(n, height, np.int32)),
         "width": pa.array(np.full(n, width, np.int32)),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from pipeline.outputs.files import write_atomically
 from pipeline.outputs.synthetic import DATASET, images_of, read_synthetic
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ def save_grid(
     table = read_synthetic(dataset, method, columns=("label", "sample_id", "height", "width", "channels", "pixels"))
     figure = grid_figure(table, class_names, per_label=per_label, title=title or f"{method} samples")
     target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=100)
-    plt.close(figure)
+    try:
+        write_atomically(target, lambda tmp: figure.savefig(tmp, format="png", dpi=100))  # readers: old or new
+    finally:
+        plt.close(figure)
     return target

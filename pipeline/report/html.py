@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.outputs.png import to_uint8
 from training import data as data_lib
+from training.data.validate import ModelSpec
 
 if TYPE_CHECKING:
     from training.registry import ModelRef
@@ -100,21 +101,31 @@ def model_uri_from_scores(frame) -> str:
     return f"models:/{frame['model_name'].iloc[0]}/{frame['model_version'].iloc[0]}"
 
 
-def lookup_images(example_ids: np.ndarray, input_spec: str | None = None) -> dict[str, tuple[np.ndarray, int | None]]:
-    """example_id -> (image, label) from the scored input: ``input_spec`` (anything
-    :func:`training.data.load` reads), or the built-in digits for ``digits:<index>`` ids."""
+def lookup_images(
+    example_ids: np.ndarray, input_spec: str | None, spec: ModelSpec
+) -> dict[str, tuple[np.ndarray, int | None]]:
+    """example_id -> (image, label) from the scored input (``input_spec``; the built-in digits for
+    ``digits:<index>`` ids without it), read and validated exactly as ``vae score`` read it for the
+    model ``spec`` (its shape, classes and pixel scale); rows it rejected are not found."""
+    from training.data.reader import plan_input
+    from training.data.validate import validate_batch
+
     ids = [str(i) for i in example_ids]
-    if input_spec is not None:
-        data = data_lib.load(input_spec)
-    elif ids and all(i.startswith("digits:") for i in ids):
-        data = data_lib.load_digits()
-    else:
-        return {}
+    if input_spec is None:
+        if not ids or not all(i.startswith("digits:") for i in ids):
+            return {}
+        input_spec = "digits"
     wanted = set(ids)
-    found = {}
-    for i, example_id in enumerate(data.example_ids.tolist()):
-        if example_id in wanted:
-            found[example_id] = (data.images[i], None if data.labels is None else int(data.labels[i]))
+    found: dict[str, tuple[np.ndarray, int | None]] = {}
+    for shard in plan_input(input_spec).shards:
+        for batch in shard.read(4096):
+            valid, _ = validate_batch(batch, spec)
+            if valid is None:
+                continue
+            labels = valid.label_out.to_pylist()
+            for j, example_id in enumerate(valid.example_ids.to_pylist()):
+                if example_id in wanted:
+                    found[example_id] = (valid.images[j], labels[j])
     return found
 
 
@@ -305,13 +316,15 @@ def render_report(
     frame = read_scores(scores, ref.name, ref.version)
     run_id = registry.run_id(ref.name, ref.version, work_dir)
     top_ids = frame.sort_values(ranking_column(frame), ascending=False).head(top)["example_id"].astype(str).to_numpy()
-    images = lookup_images(frame["example_id"].astype(str).to_numpy(), input_spec)
+    images = lookup_images(frame["example_id"].astype(str).to_numpy(), input_spec, ModelSpec.of(model))
     if images and not any(i in images for i in top_ids):
         log.warning("none of the top anomalies' images were found in the input")
     sections = build_sections(frame, ref, model, run_id, learning_history(run_id, work_dir), images, top, seed)
+    from pipeline.outputs.files import write_atomically
+
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(f"VAE anomaly report: {ref.name} v{ref.version}", sections), encoding="utf-8")
+    write_atomically(path, render_html(f"VAE anomaly report: {ref.name} v{ref.version}", sections))  # whole
     if log_to_mlflow and run_id:
         registry.client(work_dir).log_artifact(run_id, str(path), "report")
     return path.resolve()

@@ -19,18 +19,19 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from training.data.builtin import BUILTIN
 from training.data.images import DataError, ImageData, decode_image, take_rows
 from training.data.reader import plan_input
-from training.data.validate import ModelSpec, validate_batch
+from training.data.validate import ModelSpec, duplicate_rows, validate_batch
 
 log = logging.getLogger(__name__)
 
 READ_BATCH_ROWS = 4096
+RAW_KEPT = 10_000  # rejected rows whose raw value is kept; later ones keep their id, source and reason
 REJECTS_SCHEMA = pa.schema(
     [
         pa.field("example_id", pa.string()),
         pa.field("source", pa.string()),
+        pa.field("source_row", pa.int64()),
         pa.field("reason", pa.string()),
         pa.field("raw", pa.string()),
     ]
@@ -42,7 +43,7 @@ Input = str | ImageData
 class ReadResult:
     """The usable images of one or more inputs, and every row that was not usable, with why."""
 
-    data: ImageData
+    data: ImageData | None  # None once a caller has let it go (training keeps only its parts)
     rejects: pa.Table  # REJECTS_SCHEMA
     rows_read: int
     pixel_scale: float | None  # the scale numeric pixels were read with (None: the default rule)
@@ -78,8 +79,12 @@ def _first_shape(batch: pa.RecordBatch, shape_hint: tuple[int, int, int] | None)
             for i in range(batch.num_rows):
                 h, w = batch.column("height")[i].as_py(), batch.column("width")[i].as_py()
                 c = batch.column("channels")[i].as_py() if "channels" in names else 1
-                if h and w and h > 0 and w > 0:
-                    return int(h), int(w), int(c or 1)
+                try:
+                    shape = int(h), int(w), int(c or 1)
+                except (TypeError, ValueError):
+                    continue
+                if min(shape) > 0:
+                    return shape
             return None
         if shape_hint is None:
             where = batch.column("source")[0]
@@ -94,32 +99,53 @@ def _first_shape(batch: pa.RecordBatch, shape_hint: tuple[int, int, int] | None)
     return None
 
 
-def _label_names(raw: list, hint: list[str] | None) -> tuple[np.ndarray, list[str]]:
-    """Labels (all present) to class indices and names: whole numbers keep their values (names
-    ``"0"`` .. ``"K-1"``, or ``hint``'s names when they fit), anything else is sorted by name."""
-
-    def whole(v) -> int | None:
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, int):
-            return v
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, str | bytes):
-            text = v.decode(errors="replace") if isinstance(v, bytes) else v
-            return int(text) if text.strip().isdigit() else None
+def _whole(value) -> int | None:
+    """A label as a whole number, if it is one (an int, a whole float, or a string of digits)."""
+    if isinstance(value, bool):
         return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return int(text) if text.strip().isdigit() else None
 
-    numbers = [whole(v) for v in raw]
-    if all(n is not None and n >= 0 for n in numbers):
-        values = np.asarray(numbers, dtype=np.int64)
-        count = int(values.max()) + 1 if len(values) else 0
-        names = list(hint) if hint and count <= len(hint) else [str(i) for i in range(count)]
-        return values, names
-    texts = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in raw]
-    names = sorted(set(texts))
-    index = {name: i for i, name in enumerate(names)}
-    return np.asarray([index[t] for t in texts], dtype=np.int64), names
+
+def label_classes(raw: list) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(class index per label, class names, known mask) for labels as scoring reads them
+    (:func:`training.data.validate.validate_batch`): when any label is a name, the classes are the
+    sorted names and a whole number is an index into them; otherwise whole numbers are their own
+    class indices (names ``"0"`` .. ``"K-1"``). A label that fits neither (a negative number, a
+    fraction, an index past the names) is not known."""
+    numbers = [_whole(v) for v in raw]
+    texts = [
+        None if n is not None or v is None else (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
+        for v, n in zip(raw, numbers, strict=True)
+    ]
+    named = sorted({t for t in texts if t is not None and not _is_fraction(t)})
+    values = np.zeros(len(raw), np.int64)
+    known = np.zeros(len(raw), bool)
+    if named:
+        index = {name: i for i, name in enumerate(named)}
+        for i, (n, text) in enumerate(zip(numbers, texts, strict=True)):
+            if text in index:
+                values[i], known[i] = index[text], True
+            elif n is not None and 0 <= n < len(named):
+                values[i], known[i] = n, True
+        return values, named, known
+    for i, n in enumerate(numbers):
+        if n is not None and n >= 0:
+            values[i], known[i] = n, True
+    count = int(values[known].max()) + 1 if known.any() else 0
+    return values, [str(i) for i in range(count)], known
+
+
+def _is_fraction(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_images(
@@ -147,19 +173,17 @@ def read_images(
     sources = _as_list(inputs)
     if not sources:
         raise DataError("no input given")
-    plans = [plan_input(s, split_seed=split_seed) for s in sources]
+    # several inputs: made-up ids (FILE:ROW, a file's path) carry their input, so that two inputs'
+    # part-0.parquet:0 stay apart; ids an input gives are kept as they are
+    spaces = [f"{s}/" if len(sources) > 1 and isinstance(s, str) else "" for s in sources]
+    plans = [plan_input(s, split_seed=split_seed, id_namespace=ns) for s, ns in zip(sources, spaces, strict=True)]
     total = sum(p.total_rows for p in plans)
-    hint = next((s.class_names for s in sources if isinstance(s, ImageData) and s.class_names), None)
-    if hint is None and len(sources) == 1 and isinstance(sources[0], str) and sources[0].split(":")[0] in BUILTIN:
-        from training.data.builtin import FASHION_NAMES
-
-        hint = FASHION_NAMES if sources[0].startswith("fashion_mnist") else None
-
     spec: ModelSpec | None = None
     images: np.ndarray | None = None
     filled = 0
     ids: list[pa.Array] = []
     row_sources: list[pa.Array] = []
+    source_rows: list[pa.Array] = []
     labels: list = []
     has_label_column = False
     rejects: list[pa.Table] = []
@@ -170,9 +194,12 @@ def read_images(
         nonlocal filled, has_label_column
         valid, rejected = validate_batch(batch, spec, shape, pixel_scale)
         if rejected is not None:
+            kept_raw = sum(r.num_rows for r in rejects)
+            raws = rejected.raws if kept_raw < RAW_KEPT else pa.nulls(len(rejected), pa.string())
             rejects.append(
                 pa.table(
-                    [rejected.example_ids, rejected.sources, rejected.reasons, rejected.raws], schema=REJECTS_SCHEMA
+                    [rejected.example_ids, rejected.sources, rejected.source_rows, rejected.reasons, raws],
+                    schema=REJECTS_SCHEMA,
                 )
             )
         if valid is None:
@@ -182,6 +209,7 @@ def read_images(
         filled += k
         ids.append(valid.example_ids)
         row_sources.append(valid.sources)
+        source_rows.append(valid.source_rows)
         if "label" in batch.schema.names:
             has_label_column = True
             labels.extend(batch.column("label").take(pa.array(valid.rows)).to_pylist())
@@ -213,6 +241,7 @@ def read_images(
 
     all_ids = np.asarray(pa.concat_arrays(ids).to_pylist() if ids else [], dtype=object)
     all_sources = np.asarray(pa.concat_arrays(row_sources).to_pylist() if row_sources else [], dtype=object)
+    all_rows = pa.concat_arrays(source_rows) if source_rows else pa.array([], pa.int64())
     keep = np.ones(filled, dtype=bool)
 
     def quarantine(mask: np.ndarray, reasons: list[str], raws: list[str | None] | None = None) -> None:
@@ -222,6 +251,7 @@ def read_images(
                 [
                     pa.array(all_ids[rows].tolist(), pa.string()),
                     pa.array(all_sources[rows].tolist(), pa.string()),
+                    all_rows.take(pa.array(rows, pa.int64())),
                     pa.array(reasons, pa.string()),
                     pa.array(raws or [None] * len(rows), pa.string()),
                 ],
@@ -231,21 +261,9 @@ def read_images(
         keep[rows] = False
 
     if filled:
-        import pandas as pd
-
-        repeated = pd.Series(all_ids).duplicated(keep="first").to_numpy()
+        repeated, reasons = duplicate_rows(all_ids, all_sources, all_rows.to_pylist())
         if repeated.any():
-            first = {}
-            for i, v in enumerate(all_ids):
-                first.setdefault(v, i)
-            rows = np.flatnonzero(repeated)
-            quarantine(
-                repeated,
-                [
-                    f"duplicate example_id: {all_ids[i]!r} was first read from {all_sources[first[all_ids[i]]]}"
-                    for i in rows
-                ],
-            )
+            quarantine(repeated, reasons)
     label_array = np.asarray(labels, dtype=object)
     if require_labels:
         if not has_label_column:
@@ -264,20 +282,29 @@ def read_images(
     rejects_table = pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table()
     index = np.flatnonzero(keep)
     if not len(index):
-        counts = Counter(r.split(":", 1)[0] for r in rejects_table.column("reason").to_pylist())
-        first = rejects_table.slice(0, 1).to_pylist()
-        example = (
-            f"; e.g. {first[0]['source']} example_id {first[0]['example_id']}: {first[0]['reason']}" if first else ""
-        )
-        raise DataError(
-            f"{_describe(sources)}: no usable image in {rows_read:,} rows ("
-            + ", ".join(f"{n:,} x {r}" for r, n in counts.most_common())
-            + f"){example}"
-        )
+        raise _nothing_usable(sources, rows_read, rejects_table)
     kept_labels = label_array[index]
     encoded, names = (None, None)
     if has_label_column and all(v is not None for v in kept_labels):
-        encoded, names = _label_names(kept_labels.tolist(), hint)
+        encoded, names, known = label_classes(kept_labels.tolist())
+        if not known.all():
+            if require_labels:
+                bad = np.zeros(filled, dtype=bool)
+                bad[index[~known]] = True
+                quarantine(
+                    bad,
+                    [
+                        f"unknown label: {v!r} is neither a class name nor a class index of {names[:12]}"
+                        for v in kept_labels[~known]
+                    ],
+                )
+                rejects_table = pa.concat_tables(rejects)
+                index, encoded = index[known], encoded[known]
+                if not len(index):
+                    raise _nothing_usable(sources, rows_read, rejects_table)
+            else:
+                log.info("%s: some labels are not class names or indices; read as unlabelled", _describe(sources))
+                encoded, names = None, None
     elif has_label_column:
         log.info("%s: some rows have no label; the data set is read as unlabelled", _describe(sources))
     kept = images[:filled]
@@ -295,9 +322,10 @@ def read_images(
 
 def _allocate(shape: tuple[int, ...], spill_dir, memory_budget: int | None) -> np.ndarray:
     """The float32 array the images are read into: in memory, or a memory-mapped file in
-    ``spill_dir`` when it would exceed ``memory_budget`` bytes."""
+    ``spill_dir`` when it and the parts a training split copies from it (as much again) would
+    exceed ``memory_budget`` bytes."""
     size = math.prod(shape) * 4
-    if spill_dir is None or (memory_budget is not None and size <= memory_budget):
+    if spill_dir is None or (memory_budget is not None and 2 * size <= memory_budget):
         return np.empty(shape, dtype=np.float32)
     import uuid
     from pathlib import Path
@@ -307,6 +335,17 @@ def _allocate(shape: tuple[int, ...], spill_dir, memory_budget: int | None) -> n
     path = folder / f"images-{uuid.uuid4().hex[:8]}.npy"
     log.info("%.1f GB of images exceed the memory budget: reading them into %s", size / 1e9, path)
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+
+
+def _nothing_usable(sources: list[Input], rows_read: int, rejects: pa.Table) -> DataError:
+    counts = Counter(r.split(":", 1)[0] for r in rejects.column("reason").to_pylist())
+    first = rejects.slice(0, 1).to_pylist()
+    example = f"; e.g. {first[0]['source']} example_id {first[0]['example_id']}: {first[0]['reason']}" if first else ""
+    return DataError(
+        f"{_describe(sources)}: no usable image in {rows_read:,} rows ("
+        + ", ".join(f"{n:,} x {r}" for r, n in counts.most_common())
+        + f"){example}"
+    )
 
 
 def _describe(sources: list[Input]) -> str:

@@ -1,23 +1,17 @@
-"""Scoring input as Arrow record batches, and their validation into image arrays.
+"""Every job's input as Arrow record batches: the reader half of the input contract.
 
 An input (Parquet file or folder, NPZ file, folder of PNG/JPEG files, a built-in data set, or an
 in-memory :class:`~training.data.ImageData`) is cut into *shards*: small picklable descriptions of
-a slice of it (a few Parquet row groups, a range of NPZ rows, a list of image files). A Beam worker
-reads a shard as ``pyarrow.RecordBatch`` es of at most ``batch_size`` rows with the columns
+a slice of it (a few Parquet row groups, a range of NPZ rows, a list of image files). A Beam worker,
+or :func:`training.data.load.read_images` in one process, reads a shard as ``pyarrow.RecordBatch``
+es of at most ``batch_size`` rows with the columns
 
     example_id (string, never null), source (string),
     image (binary: PNG/JPEG bytes) or pixels (list of numbers),
-    and where the input has them: height, width, channels, label.
+    and where the input has them: height, width, channels, label (hive ``label=V`` folders too).
 
-:func:`validate_batch` turns one such batch into float32 images for the rows that can be scored
-and a reason for every row that cannot, vectorised over the batch (no Python object per row on the
-pixel path). Validation is per row, so a row's fate never depends on its neighbours:
-
-- ``pixels`` of an integer type are 0-255 values and are scaled by 1/255;
-- float ``pixels`` must lie in [0, 1], or be whole numbers in 0-255 (then they are scaled);
-- decoded images (8-bit PNG/JPEG) are scaled by 1/255;
-- NaN, infinite or null pixel values, a wrong shape or size, an undecodable image, a null or
-  missing column, and (for a conditional model) a missing or unknown label reject the row.
+:func:`training.data.validate.validate_batch`, the other half, turns a batch into float32 images
+and a reason for every row it rejects; the scaling rule is written down there.
 """
 
 from __future__ import annotations
@@ -32,14 +26,19 @@ import pyarrow.compute as pc
 
 from training.data.builtin import BUILTIN
 from training.data.images import IMAGE_SUFFIXES, DataError, ImageData, is_remote, parquet_files
+from training.data.validate import UNIT_PIXELS
+from training.limits import DEFAULT_SHARD_ROWS  # also vae score's default (pipeline.beam.defaults)
 
 PIXEL_COLUMNS = ("image", "pixels")
 INPUT_COLUMNS = ("example_id", "image", "pixels", "height", "width", "channels", "label")
 ID_COLUMNS = ("example_id", "sample_id")  # sample_id: the id of a row of vae generate's synthetic/
-DEFAULT_SHARD_ROWS = 50_000
+LABEL_NAME = "label_name"  # vae generate's class name for `label`; read as the label where present
+# Inputs whose pixels are already in [0, 1] whatever the reading model's pixel scale: the built-in
+# and in-memory data sets, and Parquet files whose schema metadata carries UNIT_PIXELS_KEY (vae
+# generate's synthetic/). The reader marks their batches with the UNIT_PIXELS column.
+UNIT_PIXELS_KEY = b"vae.pixels_in_unit_range"
+
 SPLITS = ("train", "validation", "calibration", "holdout", "test")  # test: the holdout, its older name
-RAW_TEXT_LIMIT = 2_000
-RAW_IMAGE_LIMIT = 16_384
 
 
 # --- shards: what one worker reads --------------------------------------------------------------
@@ -89,20 +88,35 @@ def hive_partitions(relative_path: str) -> tuple[tuple[str, str | None], ...]:
 
 
 def _source_columns(batch: pa.RecordBatch, source: str, id_prefix: str, first_row: int) -> dict[str, pa.Array]:
-    """``example_id`` (the input's, or ``<id_prefix><row>`` where it has none) and ``source``."""
+    """``example_id`` (the input's, or ``<id_prefix><row>`` where it has none), ``source`` and
+    ``source_row`` (the row's position in its source: the file row, or 0 for an image file)."""
     n = batch.num_rows
     rows = pc.cast(pa.array(np.arange(first_row, first_row + n, dtype=np.int64)), pa.string())
     generated = pc.binary_join_element_wise(id_prefix, rows, "")
     given = next((c for c in ID_COLUMNS if c in batch.schema.names), None)
     ids = generated if given is None else pc.coalesce(pc.cast(batch.column(given), pa.string()), generated)
-    return {"example_id": ids, "source": pa.repeat(pa.scalar(source, pa.string()), n)}
+    return {
+        "example_id": ids,
+        "source": pa.repeat(pa.scalar(source, pa.string()), n),
+        "source_row": pa.array(np.arange(first_row, first_row + n, dtype=np.int64)),
+    }
 
 
-def _with_source(batch: pa.RecordBatch, source: str, id_prefix: str, first_row: int) -> pa.RecordBatch:
+def _with_source(
+    batch: pa.RecordBatch, source: str, id_prefix: str, first_row: int, unit_pixels: bool = False
+) -> pa.RecordBatch:
     columns = _source_columns(batch, source, id_prefix, first_row)
+    names = batch.schema.names
     for name in INPUT_COLUMNS[1:]:
-        if name in batch.schema.names:
+        if name in names:
             columns[name] = batch.column(name)
+    if LABEL_NAME in names:  # the class name, where the writer gave one
+        given = batch.column(LABEL_NAME)
+        columns["label"] = (
+            given if "label" not in names else pc.coalesce(given, pc.cast(batch.column("label"), pa.string()))
+        )
+    if unit_pixels or UNIT_PIXELS in names:
+        columns[UNIT_PIXELS] = pa.repeat(pa.scalar(True), batch.num_rows)
     return pa.RecordBatch.from_pydict(columns)
 
 
@@ -135,10 +149,11 @@ class ParquetShard:
 
         try:
             file = pq.ParquetFile(_open(self.path))
-            columns = [c for c in INPUT_COLUMNS + ID_COLUMNS[1:] if c in file.schema_arrow.names]
+            columns = [c for c in INPUT_COLUMNS + ID_COLUMNS[1:] + (LABEL_NAME,) if c in file.schema_arrow.names]
+            unit = UNIT_PIXELS_KEY in (file.schema_arrow.metadata or {})
             row = self.first_row
             if not any(c in columns for c in PIXEL_COLUMNS):  # every row is rejected; read only the ids
-                columns = [c for c in columns if c in ("label", *ID_COLUMNS)]
+                columns = [c for c in columns if c in ("label", LABEL_NAME, *ID_COLUMNS)]
             if not columns:
                 for start in range(0, self.num_rows, batch_size):
                     n = min(batch_size, self.num_rows - start)
@@ -146,7 +161,7 @@ class ParquetShard:
                     yield _with_source(empty, self.path, self.id_prefix, row + start)
                 return
             for batch in file.iter_batches(batch_size=batch_size, row_groups=list(self.row_groups), columns=columns):
-                yield _with_source(self._with_partitions(batch), self.path, self.id_prefix, row)
+                yield _with_source(self._with_partitions(batch), self.path, self.id_prefix, row, unit)
                 row += batch.num_rows
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{self.name}: cannot read row groups {list(self.row_groups)} ({exc})") from exc
@@ -159,6 +174,7 @@ class NpzShard:
     path: str
     start: int
     stop: int
+    id_namespace: str = ""
     index: int = 0
     total: int = 1
 
@@ -173,7 +189,7 @@ class NpzShard:
         x = x[..., None] if x.ndim == 3 else x
         height, width, channels = x.shape[1:]
         flat = x.reshape(len(x), -1)
-        prefix = f"{PurePosixPath(self.path).name}:"
+        prefix = f"{self.id_namespace}{PurePosixPath(self.path).name}:"
         for start in range(0, len(x), batch_size):
             part = flat[start : start + batch_size]
             n = len(part)
@@ -201,6 +217,7 @@ class ImageFilesShard:
     root: str
     files: tuple[str, ...]  # relative to root, POSIX style
     labelled: bool
+    id_namespace: str = ""
     index: int = 0
     total: int = 1
 
@@ -217,8 +234,9 @@ class ImageFilesShard:
                 with open(path, "rb") if not is_remote(path) else _open(path) as handle:
                     blobs.append(handle.read())
             columns = {
-                "example_id": pa.array(names, pa.string()),
+                "example_id": pa.array([self.id_namespace + name for name in names], pa.string()),
                 "source": pa.array(paths, pa.string()),
+                "source_row": pa.array(np.zeros(len(names), np.int64)),
                 "image": pa.array(blobs, pa.binary()),
             }
             if self.labelled:
@@ -262,7 +280,9 @@ def _numbered(shards: list, rows: int, description: str) -> InputPlan:
     return InputPlan([replace(s, index=i, total=total) for i, s in enumerate(shards)], rows, description)
 
 
-def plan_input(spec: str | ImageData, *, shard_rows: int = DEFAULT_SHARD_ROWS, split_seed: int = 0) -> InputPlan:
+def plan_input(
+    spec: str | ImageData, *, shard_rows: int = DEFAULT_SHARD_ROWS, split_seed: int = 0, id_namespace: str = ""
+) -> InputPlan:
     """Cuts an input into shards of about ``shard_rows`` rows (Parquet: whole row groups).
 
     ``spec``: ``digits`` (all 1,797), ``digits:train|validation|calibration|holdout`` (that part of
@@ -270,6 +290,10 @@ def plan_input(spec: str | ImageData, *, shard_rows: int = DEFAULT_SHARD_ROWS, s
     holdout is the same rows for every seed; ``test`` is the holdout),
     ``mnist``/``fashion_mnist`` (downloaded), a ``.parquet`` file or a folder of them, an ``.npz``
     file, a folder of PNG/JPEG files, or an :class:`ImageData` already in memory.
+
+    ``id_namespace`` is put before the ids the reader makes up (``FILE:ROW``, a file's relative
+    path), never before ids the input gives: reading several inputs as one, it keeps two inputs'
+    ``part-0.parquet:0`` apart.
     """
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be at least 1, got {shard_rows}")
@@ -288,20 +312,20 @@ def plan_input(spec: str | ImageData, *, shard_rows: int = DEFAULT_SHARD_ROWS, s
             data = ImageData(data.images, data.labels, data.example_ids, data.class_names, spec)
         return plan_image_data(data, shard_rows)
     if spec.endswith(".npz"):
-        return plan_npz(spec, shard_rows)
+        return plan_npz(spec, shard_rows, id_namespace)
     if is_remote(spec):
-        return plan_parquet(spec, shard_rows)
+        return plan_parquet(spec, shard_rows, id_namespace)
     path = Path(spec)
     if not path.exists():
         raise DataError(f"{spec}: no such file or folder, and not a built-in data set (digits, digits:test, ...)")
     if path.suffix == ".parquet" or (path.is_dir() and parquet_files(path)):
-        return plan_parquet(spec, shard_rows)
+        return plan_parquet(spec, shard_rows, id_namespace)
     if path.is_dir():
-        return plan_image_folder(path, shard_rows)
+        return plan_image_folder(path, shard_rows, id_namespace)
     raise DataError(f"{spec}: unsupported input; give a .parquet file or folder, an .npz file or a folder of PNGs")
 
 
-def plan_parquet(spec: str, shard_rows: int) -> InputPlan:
+def plan_parquet(spec: str, shard_rows: int, id_namespace: str = "") -> InputPlan:
     import pyarrow.parquet as pq
 
     if is_remote(spec):
@@ -321,7 +345,7 @@ def plan_parquet(spec: str, shard_rows: int) -> InputPlan:
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{file}: not a readable Parquet file ({exc})") from exc
         rel = file[len(root) :].lstrip("/") if file.startswith(root) else PurePosixPath(file).name
-        prefix = f"{rel}:"
+        prefix = f"{id_namespace}{rel}:"
         groups: list[int] = []
         first = rows = 0
         for g in range(meta.num_row_groups):
@@ -335,7 +359,7 @@ def plan_parquet(spec: str, shard_rows: int) -> InputPlan:
     return _numbered(shards, total, f"{spec} ({len(files)} Parquet file{'s' * (len(files) != 1)})")
 
 
-def plan_npz(spec: str, shard_rows: int) -> InputPlan:
+def plan_npz(spec: str, shard_rows: int, id_namespace: str = "") -> InputPlan:
     try:
         with np.load(_open(spec), allow_pickle=False) as archive:
             if "x" not in archive.files:
@@ -351,11 +375,11 @@ def plan_npz(spec: str, shard_rows: int) -> InputPlan:
     if y_len is not None and y_len != len(x):
         raise DataError(f"{spec}: 'y' has {y_len} labels for {len(x)} images")
     n = len(x)
-    shards = [NpzShard(spec, start, min(start + shard_rows, n)) for start in range(0, n, shard_rows)]
+    shards = [NpzShard(spec, start, min(start + shard_rows, n), id_namespace) for start in range(0, n, shard_rows)]
     return _numbered(shards, n, f"{spec} (NPZ, {n} rows)")
 
 
-def plan_image_folder(path: Path, shard_rows: int) -> InputPlan:
+def plan_image_folder(path: Path, shard_rows: int, id_namespace: str = "") -> InputPlan:
     files = sorted(
         p.relative_to(path).as_posix()
         for p in path.rglob("*")
@@ -365,7 +389,8 @@ def plan_image_folder(path: Path, shard_rows: int) -> InputPlan:
         raise DataError(f"{path}: no PNG or JPEG images found")
     labelled = all("/" in f for f in files)
     shards = [
-        ImageFilesShard(str(path), tuple(files[i : i + shard_rows]), labelled) for i in range(0, len(files), shard_rows)
+        ImageFilesShard(str(path), tuple(files[i : i + shard_rows]), labelled, id_namespace)
+        for i in range(0, len(files), shard_rows)
     ]
     return _numbered(shards, len(files), f"{path} ({len(files)} image files)")
 
@@ -378,13 +403,20 @@ def image_data_batch(data: ImageData) -> pa.RecordBatch:
     columns = {
         "example_id": pa.array(data.example_ids.astype(str), pa.string()),
         "source": pa.repeat(pa.scalar(data.source, pa.string()), n),
+        "source_row": pa.array(np.arange(n, dtype=np.int64)),
         "pixels": pa.FixedSizeListArray.from_arrays(pa.array(flat), height * width * channels),
         "height": pa.repeat(pa.scalar(height, pa.int32()), n),
         "width": pa.repeat(pa.scalar(width, pa.int32()), n),
         "channels": pa.repeat(pa.scalar(channels, pa.int32()), n),
     }
     if data.labels is not None:
-        columns["label"] = pa.array(np.asarray(data.labels, dtype=np.int64))
+        labels = np.asarray(data.labels, dtype=np.int64)
+        names = list(data.class_names or [])
+        if names and names != [str(i) for i in range(len(names))]:  # named classes travel by name
+            columns["label"] = pa.array(np.asarray(names, dtype=object)[labels].tolist(), pa.string())
+        else:
+            columns["label"] = pa.array(labels)
+    columns[UNIT_PIXELS] = pa.repeat(pa.scalar(True), n)  # ImageData holds images in [0, 1]
     return pa.RecordBatch.from_pydict(columns)
 
 

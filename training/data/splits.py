@@ -137,13 +137,23 @@ MAX_LEVELS = 256
 CHUNK_ROWS = 8192
 
 
-def grey_levels(images: np.ndarray, sample: int = 1_000_000) -> int:
+def grey_levels(images: np.ndarray, sample: int = 1_000_000, tolerance: float = 0.01) -> int:
     """How many evenly spaced grey levels the pixels sit on: 2 for binary images, 17 for the
-    0-16 digits, 256 for 8-bit images; 0 when the values are not on such a grid (continuous)."""
-    values = np.unique(np.asarray(images, dtype=np.float64).reshape(-1)[:sample])
+    0-16 digits, 256 for 8-bit images; 0 when the values are not on such a grid (continuous).
+
+    Looks at about ``sample`` values from rows drawn at random over the whole data set (reading
+    only those rows of a memory map), and allows ``tolerance`` of them off the grid."""
+    flat = images.reshape(len(images), -1)
+    rows = max(1, sample // max(1, flat.shape[1]))
+    if len(flat) > rows:
+        pick = np.sort(np.random.default_rng(0).choice(len(flat), rows, replace=False))
+        flat = flat[pick]
+    values, counts = np.unique(np.asarray(flat, dtype=np.float64), return_counts=True)
+    total = counts.sum()
     for steps in range(1, MAX_LEVELS):
         scaled = values * steps
-        if np.all(np.abs(scaled - np.round(scaled)) < 1e-3):
+        on_grid = np.abs(scaled - np.round(scaled)) < 1e-3
+        if counts[on_grid].sum() >= (1.0 - tolerance) * total:
             return steps + 1
     return 0
 

@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 
 from training.data.images import DataError, decode_image
 
+UNIT_PIXELS = "_pixels_in_unit_range"  # training.data.reader marks batches whose pixels are in [0, 1]
+
 RAW_TEXT_LIMIT = 2_000
 RAW_IMAGE_LIMIT = 16_384
 
@@ -70,6 +72,7 @@ class ValidRows:
     label_out: pa.Array  # int64, null where unknown: the ``label`` output column
     example_ids: pa.Array
     sources: pa.Array
+    source_rows: pa.Array  # int64: the row's position in its source (null where the reader gave none)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -79,6 +82,7 @@ class ValidRows:
 class RejectedRows:
     example_ids: pa.Array
     sources: pa.Array
+    source_rows: pa.Array
     reasons: pa.Array
     raws: pa.Array
 
@@ -309,6 +313,12 @@ def _raw_text(batch: pa.RecordBatch, i: int, about_label: bool) -> str | None:
     return None
 
 
+def _source_rows(batch: pa.RecordBatch) -> pa.Array:
+    if "source_row" in batch.schema.names:
+        return pc.cast(batch.column("source_row"), pa.int64())
+    return pa.nulls(batch.num_rows, pa.int64())
+
+
 def validate_batch(
     batch: pa.RecordBatch,
     spec: ModelSpec,
@@ -324,6 +334,8 @@ def validate_batch(
     if "pixels" in names:
         good, raw, integer_type = _pixel_rows(batch, spec, shape_hint, verdicts)
         scale = pixel_scale_of(integer_type, spec.pixel_scale if pixel_scale is None else pixel_scale)
+        if UNIT_PIXELS in names:  # already in [0, 1] (built-in, in-memory, vae generate's synthetic/)
+            scale = 1.0
         kind = "integer pixels" if integer_type else "float pixels"
     elif "image" in names:
         good, raw, _ = _image_rows(batch, spec, verdicts)  # already divided by the format's maximum
@@ -355,6 +367,7 @@ def validate_batch(
             label_out=pa.array(row_labels, pa.int64(), mask=~known),
             example_ids=batch.column("example_id").take(pa.array(rows)),
             sources=batch.column("source").take(pa.array(rows)),
+            source_rows=_source_rows(batch).take(pa.array(rows)),
         )
     rejected = None
     if verdicts.bad.any():
@@ -363,7 +376,36 @@ def validate_batch(
         rejected = RejectedRows(
             example_ids=batch.column("example_id").take(index),
             sources=batch.column("source").take(index),
+            source_rows=_source_rows(batch).take(index),
             reasons=pa.array(verdicts.reasons[rows].tolist(), pa.string()),
             raws=pa.array([_raw_text(batch, int(i), bool(verdicts.raw_is_label[i])) for i in rows], pa.string()),
         )
     return valid, rejected
+
+
+def duplicate_rows(example_ids, sources, source_rows) -> tuple[np.ndarray, list[str]]:
+    """The rule for a repeated ``example_id``, the same in every job: of the rows that share an id,
+    the one first by (``source``, ``source_row``) is kept and every other is rejected. Returns the
+    mask of rows to reject (aligned with the inputs) and a reason for each, in row order."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "id": np.asarray(example_ids, dtype=object),
+            "source": np.asarray(sources, dtype=object),
+            "row": pd.array(source_rows, dtype="Int64").fillna(-1),
+        }
+    )
+    repeated = frame["id"].duplicated(keep=False).to_numpy()
+    mask = np.zeros(len(frame), dtype=bool)
+    if not repeated.any():
+        return mask, []
+    group = frame[repeated].sort_values(["id", "source", "row"], kind="stable")
+    later = group["id"].duplicated(keep="first")
+    kept = group[~later].set_index("id")
+    mask[group.index[later.to_numpy()]] = True
+    reasons = [
+        f"duplicate example_id: {i!r} is kept from {kept.at[i, 'source']} row {kept.at[i, 'row']}"
+        for i in frame["id"].to_numpy()[mask]
+    ]
+    return mask, reasons
