@@ -52,21 +52,33 @@ def _np(t) -> np.ndarray:
 MAX_DECODE = 4096  # latents per decoder call: bounds activation memory whatever the batch size
 
 
-def _decode_nll(model: ScorableModel, images: np.ndarray, z: np.ndarray, oh: np.ndarray | None) -> np.ndarray:
-    """-log p(x|z) for S latents per example: ``z`` is (S, N, D); returns (S, N)."""
+def _decode_chunks(model: ScorableModel, images: np.ndarray, z: np.ndarray, oh: np.ndarray | None, per_pixel: bool):
+    """Decodes ``z`` (S, N, D) in calls of at most :data:`MAX_DECODE` latents; yields ``(start, nll,
+    pixels)`` per call: -log p(x|z) of posterior samples ``start`` to ``start + k``, (k, N), and with
+    ``per_pixel`` its per-pixel terms, (k, N, H, W, C), whose sums ``nll`` is (else None)."""
     s, n, d = z.shape
     per_call = max(1, MAX_DECODE // max(n, 1))  # posterior samples per decoder call
-    out = np.empty((s, n), dtype=np.float32)
+    levels = getattr(model, "pixel_levels", 0)
     for start in range(0, s, per_call):
         chunk = z[start : start + per_call]
         k = chunk.shape[0]
         tiled_x = np.broadcast_to(images, (k, *images.shape)).reshape(k * n, *images.shape[1:])
         tiled_oh = None if oh is None else np.broadcast_to(oh, (k, *oh.shape)).reshape(k * n, -1)
-        params = model.decode(chunk.reshape(k * n, d), tiled_oh)
-        nll = likelihoods.negative_log_likelihood(
-            tiled_x, ops.cast(params, "float32"), model.likelihood, getattr(model, "pixel_levels", 0)
-        )
-        out[start : start + k] = _np(nll).reshape(k, n)
+        params = ops.cast(model.decode(chunk.reshape(k * n, d), tiled_oh), "float32")
+        if per_pixel:  # the same tensor negative_log_likelihood sums: nll is the same either way
+            pixels = likelihoods.pixel_negative_log_likelihood(tiled_x, params, model.likelihood, levels)
+            nll = likelihoods.sum_pixels(pixels)
+            yield start, _np(nll).reshape(k, n), _np(pixels).reshape(k, *images.shape)
+        else:
+            nll = likelihoods.negative_log_likelihood(tiled_x, params, model.likelihood, levels)
+            yield start, _np(nll).reshape(k, n), None
+
+
+def _decode_nll(model: ScorableModel, images: np.ndarray, z: np.ndarray, oh: np.ndarray | None) -> np.ndarray:
+    """-log p(x|z) for S latents per example: ``z`` is (S, N, D); returns (S, N)."""
+    out = np.empty(z.shape[:2], dtype=np.float32)
+    for start, nll, _ in _decode_chunks(model, images, z, oh, per_pixel=False):
+        out[start : start + len(nll)] = nll
     return out
 
 
@@ -77,19 +89,51 @@ def neg_elbo_terms(
     *,
     num_samples: int = 16,
     seed: int = 0,
+    pixel_scores: bool = False,
 ) -> dict[str, np.ndarray]:
     """``reconstruction_nll`` (Monte Carlo over ``num_samples``), analytic ``kl`` and their sum
     ``neg_elbo``, each a float64 array of one value per example, in nats; and the
-    ``posterior_mean`` of q(z|x), (N, latent_dim)."""
+    ``posterior_mean`` of q(z|x), (N, latent_dim).
+
+    With ``pixel_scores`` also ``pixel_nll``: each pixel's share of ``reconstruction_nll`` (the same
+    posterior samples), float64 (N, H, W, C), summing over the pixels to it (see :func:`pixel_nll`)."""
     images = np.asarray(images, dtype=np.float32)
     oh = one_hot(labels, model.num_classes)
     mean, log_var = (_np(t) for t in model.encode(images, oh))
     eps = posterior_noise(seed, num_samples, model.latent_dim)
     z = mean[None] + np.exp(0.5 * log_var)[None] * eps[:, None, :]
-    reconstruction = _decode_nll(model, images, z, oh).astype(np.float64).mean(axis=0)
+    out: dict[str, np.ndarray] = {}
+    if pixel_scores:
+        nll = np.empty(z.shape[:2], dtype=np.float32)
+        pixel_sum = np.zeros(images.shape, dtype=np.float64)
+        for start, chunk_nll, pixels in _decode_chunks(model, images, z, oh, per_pixel=True):
+            nll[start : start + len(chunk_nll)] = chunk_nll
+            pixel_sum += pixels.astype(np.float64).sum(axis=0)
+        out["pixel_nll"] = pixel_sum / num_samples
+    else:
+        nll = _decode_nll(model, images, z, oh)
+    reconstruction = nll.astype(np.float64).mean(axis=0)
     mean64, log_var64 = mean.astype(np.float64), log_var.astype(np.float64)
     kl = 0.5 * np.sum(np.exp(log_var64) + mean64**2 - 1.0 - log_var64, axis=-1)
-    return {"neg_elbo": reconstruction + kl, "reconstruction_nll": reconstruction, "kl": kl, "posterior_mean": mean}
+    terms = {"neg_elbo": reconstruction + kl, "reconstruction_nll": reconstruction, "kl": kl, "posterior_mean": mean}
+    return terms | out
+
+
+def pixel_nll(
+    model: ScorableModel,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    num_samples: int = 16,
+    seed: int = 0,
+) -> np.ndarray:
+    """Where an image is anomalous: each pixel's -log p(x_pixel|z) in nats, averaged over the same
+    ``num_samples`` posterior samples (from ``seed``) as :func:`neg_elbo_terms`, float64 (N, H, W, C).
+
+    Pixels are independent given z, so a row's values sum to its ``reconstruction_nll`` (to float
+    precision); high values are the pixels the model found least probable. Pass the model's
+    ``score_samples`` and ``score_seed`` to match ``vae score``."""
+    return neg_elbo_terms(model, images, labels, num_samples=num_samples, seed=seed, pixel_scores=True)["pixel_nll"]
 
 
 def iwae_nll(
@@ -133,21 +177,28 @@ def score_images(
     seed: int = 0,
     iwae_k: int | None = None,
     batch_size: int = 1024,
+    pixel_scores: bool = False,
 ) -> dict[str, np.ndarray]:
     """All per-example scores for a data set, in batches: the library entry point.
 
     Returns ``neg_elbo``, ``reconstruction_nll``, ``kl``, ``anomaly_score`` (see
-    :mod:`scoring.anomaly`), ``posterior_mean`` and, with ``iwae_k``, ``iwae_nll``."""
+    :mod:`scoring.anomaly`), ``posterior_mean``, with ``iwae_k`` ``iwae_nll``, and with
+    ``pixel_scores`` ``pixel_nll`` (N, H, W, C) (see :func:`pixel_nll`)."""
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, len(images), batch_size):
         stop = start + batch_size
         batch_labels = None if labels is None else labels[start:stop]
-        part = neg_elbo_terms(model, images[start:stop], batch_labels, num_samples=num_samples, seed=seed)
+        part = neg_elbo_terms(
+            model, images[start:stop], batch_labels, num_samples=num_samples, seed=seed, pixel_scores=pixel_scores
+        )
         if iwae_k:
             part["iwae_nll"] = iwae_nll(model, images[start:stop], batch_labels, k=iwae_k, seed=seed)
         part["anomaly_score"] = anomaly_scores(model, part)
         parts.append(part)
     if not parts:
         keys = ["neg_elbo", "reconstruction_nll", "kl", "anomaly_score"] + (["iwae_nll"] if iwae_k else [])
-        return {key: np.empty(0) for key in keys} | {"posterior_mean": np.empty((0, model.latent_dim), np.float32)}
+        empty = {key: np.empty(0) for key in keys} | {"posterior_mean": np.empty((0, model.latent_dim), np.float32)}
+        if pixel_scores:
+            empty["pixel_nll"] = np.empty((0, *np.shape(images)[1:]))
+        return empty
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}

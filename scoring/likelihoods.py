@@ -25,7 +25,7 @@ def parameter_channels(name: str, channels: int) -> int:
     return 2 * channels if check_likelihood(name) == "gaussian" else channels
 
 
-def _sum_pixels(t):
+def sum_pixels(t):
     return ops.sum(ops.reshape(t, (ops.shape(t)[0], -1)), axis=-1)
 
 
@@ -79,6 +79,26 @@ def _binned_cb_log_mass(x, logits, levels: int):
     return ops.where(near_zero, ops.log(b - a), exact)
 
 
+def pixel_negative_log_likelihood(x, params, name: str, levels: int = 0):
+    """Per-pixel -log p(x|z) in nats, shaped like ``x`` (N, H, W, C); ``params`` the decoder output.
+
+    Pixels are independent given z, so these sum to :func:`negative_log_likelihood`. ``levels``:
+    as there."""
+    x = ops.cast(x, params.dtype)
+    if name == "continuous_bernoulli" and levels >= 2:
+        return -_binned_cb_log_mass(x, params, levels)
+    if name == "bernoulli":
+        # -[x log s(l) + (1 - x) log(1 - s(l))] = softplus(l) - x l
+        return ops.softplus(params) - x * params
+    if name == "continuous_bernoulli":
+        return ops.softplus(params) - x * params - _cb_log_norm(params)
+    if name == "gaussian":
+        loc, log_scale = _split_gaussian(params)
+        z = (x - loc) * ops.exp(-log_scale)
+        return 0.5 * z**2 + log_scale + 0.5 * np.log(2.0 * np.pi)
+    raise ValueError(f"unknown likelihood {name!r}")
+
+
 def negative_log_likelihood(x, params, name: str, levels: int = 0):
     """Per-example -log p(x|z) in nats; ``x`` is (N, H, W, C), ``params`` the decoder output.
 
@@ -86,19 +106,7 @@ def negative_log_likelihood(x, params, name: str, levels: int = 0):
     levels and the result is the negative log *probability* of their bins (see
     :func:`_binned_cb_log_mass`); 0 means a density on [0, 1].
     """
-    x = ops.cast(x, params.dtype)
-    if name == "continuous_bernoulli" and levels >= 2:
-        return -_sum_pixels(_binned_cb_log_mass(x, params, levels))
-    if name == "bernoulli":
-        # -[x log s(l) + (1 - x) log(1 - s(l))] = softplus(l) - x l
-        return _sum_pixels(ops.softplus(params) - x * params)
-    if name == "continuous_bernoulli":
-        return _sum_pixels(ops.softplus(params) - x * params - _cb_log_norm(params))
-    if name == "gaussian":
-        loc, log_scale = _split_gaussian(params)
-        z = (x - loc) * ops.exp(-log_scale)
-        return _sum_pixels(0.5 * z**2 + log_scale + 0.5 * np.log(2.0 * np.pi))
-    raise ValueError(f"unknown likelihood {name!r}")
+    return sum_pixels(pixel_negative_log_likelihood(x, params, name, levels))
 
 
 def mean_image(params, name: str):

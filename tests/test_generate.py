@@ -472,6 +472,74 @@ def test_cli_writes_the_dataset_grid_and_summary(trained_conditional, tmp_path):
     assert read_synthetic(tmp_path / "synthetic").num_rows == 8
 
 
+def test_cli_compares_the_samples_with_held_out_digits_and_logs_the_figures(
+    trained_conditional, mlflow_store, tmp_path
+):
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from pipeline.cli.main import main
+    from scoring.fidelity import per_label_fidelity
+    from training.data import read_images
+
+    args = ["generate", "--model", uri(trained_conditional), "--method", "conditional", "--per-label", "10"]
+    args += ["--labels", "2,5", "--compare-with", "digits:holdout", "--no-grid", "--output", str(tmp_path)]
+    result = CliRunner().invoke(main, [*args, *CLI_IN_PROCESS])
+    assert result.exit_code == 0, result.output
+    assert (
+        "compared:     with 5" in result.output and "of digits:holdout: improved precision and recall" in result.output
+    )
+    for metric in ("precision", "recall", "diversity"):
+        assert re.search(
+            rf"^{metric}:\s+\d+\.\d{{3}} \(mean over 2 labels; worst [25]: \d+\.\d{{3}}\)$", result.output, re.M
+        )
+    assert re.search(r"^by label:     2: P \d\.\d\d R \d\.\d\d D \d+\.\d\d, 5: P ", result.output, re.M)
+
+    # the same figures as scoring.fidelity gives on the written samples and the holdout, logged to the model's run
+    real = read_images("digits:holdout").data
+    table = read_synthetic(tmp_path / "synthetic", "conditional")
+    expected = per_label_fidelity(real.images, real.labels, images_of(table), table.column("label").to_numpy(), k=3)
+    run_id = MlflowClient().get_model_version(trained_conditional.model_name, trained_conditional.version).run_id
+    assert f"fidelity_conditional_* metrics to MLflow run {run_id}" in result.output
+    logged = MlflowClient().get_run(run_id).data.metrics
+    for metric in ("precision", "recall", "diversity"):
+        assert logged[f"fidelity_conditional_{metric}"] == pytest.approx(expected[metric])
+        assert logged[f"fidelity_conditional_{metric}_worst"] == pytest.approx(expected["worst"][metric][1])
+        for label in (2, 5):
+            assert logged[f"fidelity_conditional_{metric}_label_{label}"] == pytest.approx(
+                expected["labels"][label][metric]
+            )
+    assert 0.0 <= expected["precision"] <= 1.0 and 0.0 <= expected["recall"] <= 1.0 and expected["diversity"] > 0
+
+
+def test_summary_of_unlabelled_samples_compares_them_pooled():
+    figures = {
+        "k": 3,
+        "labels": {None: {"precision": 0.5, "recall": 0.25, "diversity": 0.75, "real": 40, "fake": 100}},
+        "skipped": [],
+        "worst": {"precision": (None, 0.5), "recall": (None, 0.25), "diversity": (None, 0.75)},
+        "precision": 0.5,
+        "recall": 0.25,
+        "diversity": 0.75,
+    }
+    summary = gp.GenerateSummary(
+        Path("o/synthetic"), Path("o/synthetic/prior"), "prior", "m", "1", 0, 1.0, False, 1, 100, {None: 100}, [],
+        [], datetime.now(UTC), compare_with="real.npz", fidelity=figures, fidelity_run="abc",
+    )  # fmt: skip
+    lines = summary.lines()
+    assert "precision:    0.500" in lines and "recall:       0.250" in lines and "diversity:    0.750" in lines
+    assert any(line.startswith("compared:     with 40 real images of real.npz") for line in lines)
+    assert not any(line.startswith("by label:") for line in lines)
+    assert summary.fidelity_metrics() == {
+        "fidelity_prior_precision": 0.5,
+        "fidelity_prior_precision_worst": 0.5,
+        "fidelity_prior_recall": 0.25,
+        "fidelity_prior_recall_worst": 0.25,
+        "fidelity_prior_diversity": 0.75,
+        "fidelity_prior_diversity_worst": 0.75,
+    }
+
+
 def test_cli_conditional_sampling_of_a_plain_model_is_a_clear_error(trained_plain, tmp_path):
     from click.testing import CliRunner
 

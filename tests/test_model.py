@@ -214,3 +214,38 @@ def test_saved_model_reloads_in_safe_mode_with_identical_scores(tmp_path):
         elbo.score_images(model, x, labels)["neg_elbo"], elbo.score_images(loaded, x, labels)["neg_elbo"]
     )
     assert loaded.calibration == model.calibration and loaded.class_names == model.class_names
+
+
+@pytest.mark.parametrize(
+    "likelihood, levels",
+    [("bernoulli", 0), ("continuous_bernoulli", 0), ("continuous_bernoulli", 256), ("gaussian", 0)],
+)
+@pytest.mark.parametrize("conditional", [False, True])
+def test_pixel_nll_sums_to_the_reconstruction_nll(likelihood, levels, conditional, monkeypatch):
+    model = VariationalAutoencoder(
+        (8, 8, 1), latent_dim=3, likelihood=likelihood, num_classes=4 if conditional else 0, pixel_levels=levels, seed=0
+    )
+    x = np.random.default_rng(6).random((5, 8, 8, 1), dtype=np.float32)
+    if levels:
+        x = np.round(x * (levels - 1)) / (levels - 1)
+    labels = np.array([0, 1, 2, 3, 1]) if conditional else None
+    terms = elbo.neg_elbo_terms(model, x, labels, num_samples=6, seed=3)
+    with_pixels = elbo.neg_elbo_terms(model, x, labels, num_samples=6, seed=3, pixel_scores=True)
+    for key in terms:  # asking for the pixels changes no score
+        np.testing.assert_array_equal(with_pixels[key], terms[key])
+    monkeypatch.setattr(elbo, "MAX_DECODE", 10)  # several decoder calls: the running sum over samples
+    pixels = elbo.pixel_nll(model, x, labels, num_samples=6, seed=3)
+    assert pixels.shape == x.shape and pixels.dtype == np.float64
+    np.testing.assert_allclose(pixels.sum(axis=(1, 2, 3)), terms["reconstruction_nll"], rtol=1e-6)
+    np.testing.assert_allclose(pixels, with_pixels["pixel_nll"], rtol=1e-5, atol=1e-6)
+    batched = elbo.score_images(model, x, labels, num_samples=6, seed=3, batch_size=2, pixel_scores=True)
+    np.testing.assert_allclose(batched["pixel_nll"], pixels, rtol=1e-5, atol=1e-6)  # nor batching
+    if likelihood == "bernoulli":  # by hand: the mean over the samples of each pixel's cross-entropy
+        oh = elbo.one_hot(labels, model.num_classes)
+        mean, log_var = (np.asarray(ops.convert_to_numpy(t)) for t in model.encode(x, oh))
+        eps = elbo.posterior_noise(3, 6, 3)
+        expected = np.zeros(x.shape)
+        for e in eps:
+            logits = np.asarray(ops.convert_to_numpy(model.decode(mean + np.exp(0.5 * log_var) * e, oh)), np.float64)
+            expected += (np.logaddexp(0.0, logits) - x * logits) / 6
+        np.testing.assert_allclose(pixels, expected, rtol=1e-4, atol=1e-5)

@@ -22,18 +22,22 @@ class PageParser(HTMLParser):
         self.images: list[dict[str, str]] = []
         self.sections: list[str] = []
         self.table_rows = 0
+        self.row_images: list[list[str]] = []  # the classes of the images in each anomaly-table row
         self._in_anomalies = False
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "img":
             self.images.append(attrs)
+            if self._in_anomalies and self.row_images:
+                self.row_images[-1].append(attrs.get("class", ""))
         elif tag == "section":
             self.sections.append(attrs.get("id", ""))
         elif tag == "table":
             self._in_anomalies = attrs.get("class") == "anomalies"
         elif tag == "tr" and self._in_anomalies:
             self.table_rows += 1
+            self.row_images.append([])
 
     def handle_endtag(self, tag):
         if tag == "table":
@@ -123,6 +127,12 @@ def test_report_renders_every_section_with_embedded_images(which, request, tmp_p
     assert digits[0]["alt"] == worst  # ranked by score, highest first
     image = decode_png(digits[0]["src"])
     assert image.size == (64, 64)  # 8x8 enlarged by whole pixels
+    # beside each top anomaly's image, the heat map of its per-pixel NLL, the same size, with a caption
+    assert page.row_images[1:] == [["digit", "heatmap"]] * 7
+    heatmaps = [i for i in page.images if i.get("class") == "heatmap"]
+    assert decode_png(heatmaps[0]["src"]).size == (64, 64) and decode_png(heatmaps[0]["src"]).mode == "RGB"
+    assert heatmaps[0]["alt"].startswith(f"per-pixel NLL of {worst}")
+    assert "brighter = the pixels the model found least probable" in path.read_text().lower()
     assert decode_png(figures[0]["src"]).size[0] > 200
     artifacts = MlflowClient().list_artifacts(trained.run_id, "report")
     assert [a.path for a in artifacts] == ["report/r.html"]
@@ -151,7 +161,7 @@ def test_report_finds_images_of_other_inputs_with_input(trained_plain, tmp_path)
     uri = f"models:/{trained_plain.model_name}/{trained_plain.version}"
 
     without = parse(render_report(scores_dir, uri, tmp_path / "a.html", top=4, log_to_mlflow=False))
-    assert not [i for i in without.images if i.get("class") == "digit"]
+    assert not [i for i in without.images if i.get("class") in ("digit", "heatmap")]
     assert "reconstructions" in without.sections and "latent-map" not in without.sections
 
     test = trained_plain.split.holdout
@@ -160,6 +170,7 @@ def test_report_finds_images_of_other_inputs_with_input(trained_plain, tmp_path)
         render_report(scores_dir, uri, tmp_path / "b.html", top=4, input_spec=str(tmp_path / "mine.npz"))
     )
     assert len([i for i in with_input.images if i.get("class") == "digit"]) == 4
+    assert with_input.row_images[1:] == [["digit", "heatmap"]] * 4
     assert "latent-map" in with_input.sections
 
 
@@ -177,6 +188,37 @@ def test_report_errors_are_plain(trained_plain, tmp_path):
     pq.write_table(pa.table({"example_id": ["a"], "neg_elbo": [1.0]}), tmp_path / "anonymous" / "p.parquet")
     with pytest.raises(ValueError, match="--model"):
         render_report(tmp_path / "anonymous", None, tmp_path / "x.html")
+
+
+@pytest.mark.parametrize("which", ["plain", "conditional"])
+def test_heat_maps_are_the_per_pixel_nll_that_sums_to_the_scored_reconstruction_nll(which, request, tmp_path):
+    from pipeline.report.html import lookup_images, top_pixel_nll
+    from training.data.validate import ModelSpec
+
+    trained = request.getfixturevalue(f"trained_{which}")
+    frame = read_scores(write_scores(tmp_path / "scores", trained)[0])
+    images = lookup_images(frame["example_id"].to_numpy(), None, ModelSpec.of(trained.model))
+    heat = top_pixel_nll(frame, trained.model, images, 5)
+    top = frame.sort_values("neg_elbo", ascending=False).head(5)
+    assert list(heat) == top["example_id"].tolist()
+    np.testing.assert_allclose(
+        [heat[e].sum() for e in heat], top["reconstruction_nll"].to_numpy(), rtol=1e-5
+    )  # the same samples and seed as the scores
+
+
+def test_heatmap_png_is_brighter_where_the_nll_is_higher():
+    from PIL import Image
+
+    from pipeline.report.html import heatmap_png
+
+    values = np.zeros((8, 8, 1))
+    values[2, 5] = 3.0
+    picture = Image.open(io.BytesIO(heatmap_png(values)))
+    assert picture.size == (64, 64) and picture.mode == "RGB"
+    pixels = np.asarray(picture).astype(int).sum(axis=-1)
+    assert pixels[2 * 8, 5 * 8] == pixels.max() > pixels[0, 0] == pixels.min()
+    flat = np.asarray(Image.open(io.BytesIO(heatmap_png(np.ones((8, 8, 1))))))
+    assert len(np.unique(flat.reshape(-1, 3), axis=0)) == 1  # no differences: one colour
 
 
 def test_image_png_enlarges_by_whole_pixels():

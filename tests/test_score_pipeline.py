@@ -236,6 +236,7 @@ def test_help_documents_every_option():
         "--shape",
         "--split-seed",
         "--shard-rows",
+        "--pixel-scores",
         "--runner",
         "--direct-num-workers",
         "--direct-running-mode",
@@ -560,6 +561,36 @@ def test_cli_scores_a_png_folder(trained_plain, mlflow_store, tmp_path):
 
     missing = CliRunner().invoke(main, ["score", "--model", "models:/no-such-model@champion", "--output", "x"])
     assert missing.exit_code != 0 and "no-such-model" in missing.output
+
+
+@pytest.mark.slow
+def test_pixel_scores_sum_to_the_reconstruction_nll_and_are_null_unless_asked(trained_plain, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli.main import main
+    from scoring.elbo import pixel_nll
+
+    digits = load_digits()
+    np.savez(tmp_path / "few.npz", x=digits.images[:6, ..., 0], y=digits.labels[:6])
+    uri = f"models:/{trained_plain.model_name}/{trained_plain.version}"
+    args = ["score", "--model", uri, "--input", str(tmp_path / "few.npz"), "--direct-running-mode", "in_memory"]
+    result = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "with"), "--pixel-scores"])
+    assert result.exit_code == 0, result.output
+    table = read(tmp_path / "with" / "scores")
+    assert table.schema.equals(SCORES_SCHEMA) and table.num_rows == 6
+    pixels = np.array(table.column("pixel_nll").to_pylist(), dtype=np.float64)
+    assert pixels.shape == (6, 8 * 8 * 1)
+    np.testing.assert_allclose(pixels.sum(axis=1), table.column("reconstruction_nll").to_numpy(), rtol=1e-3)
+    model = trained_plain.model
+    order = [int(i.rsplit(":", 1)[1]) for i in table.column("example_id").to_pylist()]
+    expected = pixel_nll(model, digits.images[order], num_samples=model.score_samples, seed=model.score_seed)
+    np.testing.assert_allclose(pixels, expected.reshape(6, -1), rtol=1e-4, atol=1e-5)  # row-major (H, W, C)
+
+    result = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "without")])
+    assert result.exit_code == 0, result.output
+    plain = read(tmp_path / "without" / "scores")
+    assert plain.schema.equals(SCORES_SCHEMA) and plain.column("pixel_nll").null_count == 6
+    np.testing.assert_array_equal(plain.column("neg_elbo").to_numpy(), table.column("neg_elbo").to_numpy())
 
 
 @pytest.mark.slow

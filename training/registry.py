@@ -178,3 +178,22 @@ def log_artifact(
     if run:
         client(work).log_artifact(run, str(path), artifact_path)
     return run
+
+
+def log_metrics(
+    name: str, version: str, metrics: dict[str, float], work: str | os.PathLike | None = None
+) -> str | None:
+    """Logs metrics to the MLflow run that produced a registered model version (a later value of the
+    same metric is added to its history); returns the run id (None for a local ``.keras`` model, which
+    has no run). NaN values are left out."""
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    run = run_id(name, version, work)
+    if run:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if not math.isnan(float(v))]
+        client(work).log_batch(run, metrics=batch)
+    return run

@@ -8,6 +8,7 @@ from training.registry import DEFAULT_MODEL_URI
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_FIDELITY_K",
     "DEFAULT_INPUT",
     "DEFAULT_MODEL_URI",
     "DEFAULT_PER_LABEL",
@@ -46,6 +47,7 @@ DEFAULT_SEED = 0
 DEFAULT_PRIOR_SAMPLES = 1000
 DEFAULT_PER_LABEL = 100
 SAMPLES_PER_SHARD = 4096  # default shard size: shards are the units of work handed to workers
+DEFAULT_FIDELITY_K = 3  # --compare-with: neighbours of improved precision and recall (Kynkaanniemi et al.)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

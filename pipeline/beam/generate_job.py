@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline.beam.defaults import DEFAULT_INPUT
+from pipeline.beam.defaults import DEFAULT_FIDELITY_K, DEFAULT_INPUT
 from pipeline.beam.generate_plan import GenerateError, Shard, make_shards, plan_samples
 from pipeline.beam.options import GenerateOptions
 from pipeline.beam.runner import make_pipeline
@@ -179,6 +179,25 @@ class GenerateSummary:
     files: list[Path]
     created_at: datetime
     grid: Path | None = None
+    compare_with: str | None = None  # the real images the samples were measured against
+    fidelity: dict | None = None  # scoring.fidelity.per_label_fidelity of the samples against them
+    fidelity_run: str | None = None  # the MLflow run the figures were logged to
+
+    def fidelity_metrics(self) -> dict[str, float]:
+        """The figures as MLflow metrics: ``fidelity_METHOD_{precision,recall,diversity}`` (means over
+        labels), ``..._worst`` (the lowest label's) and ``..._label_L`` (label index L's)."""
+        if not self.fidelity:
+            return {}
+        prefix = f"fidelity_{self.method}"
+        out: dict[str, float] = {}
+        for metric in ("precision", "recall", "diversity"):
+            out[f"{prefix}_{metric}"] = self.fidelity[metric]
+            if metric in self.fidelity["worst"]:
+                out[f"{prefix}_{metric}_worst"] = self.fidelity["worst"][metric][1]
+            for label, figures in self.fidelity["labels"].items():
+                if label is not None:
+                    out[f"{prefix}_{metric}_label_{label}"] = figures[metric]
+        return out
 
     def label_name(self, label: int | None) -> str:
         if label is None:
@@ -198,7 +217,76 @@ class GenerateSummary:
         ]
         if self.grid:
             out.append(f"grid:         {self.grid}")
+        return out + self.fidelity_lines()
+
+    def fidelity_lines(self) -> list[str]:
+        f = self.fidelity
+        if not f:
+            return []
+        labelled = None not in f["labels"] and None not in f["skipped"]
+        real = sum(v["real"] for v in f["labels"].values())
+        out = [
+            f"compared:     with {real:,} real images of {self.compare_with}: improved precision and recall "
+            f"(Kynkaanniemi et al. 2019, k = {f['k']}, pixel space); diversity = mean pairwise distance of "
+            f"the samples / of the real images" + ("; per label" if labelled else "; all samples pooled"),
+        ]
+        for metric in ("precision", "recall", "diversity"):
+            line = f"{metric + ':':<14}{f[metric]:.3f}"
+            if labelled and metric in f["worst"]:
+                label, value = f["worst"][metric]
+                line += f" (mean over {len(f['labels'])} labels; worst {self.label_name(label)}: {value:.3f})"
+            out.append(line)
+        if labelled and f["labels"]:
+            out.append(
+                "by label:     "
+                + ", ".join(
+                    f"{self.label_name(k)}: P {v['precision']:.2f} R {v['recall']:.2f} D {v['diversity']:.2f}"
+                    for k, v in f["labels"].items()
+                )
+            )
+        if f["skipped"]:
+            skipped = ", ".join("all" if k is None else self.label_name(k) for k in f["skipped"])
+            out.append(f"not measured: {skipped} (each side needs more than k = {f['k']} images)")
+        if self.fidelity_run:
+            out.append(f"logged:       fidelity_{self.method}_* metrics to MLflow run {self.fidelity_run}")
         return out
+
+
+def measure_fidelity(
+    dataset: Path, method: str, compare_with: str, spec: ModelSpec, shape: tuple[int, int, int] | None = None
+) -> dict:
+    """:func:`scoring.fidelity.per_label_fidelity` of the samples that ``method`` wrote to ``dataset``
+    (the ``synthetic/`` folder) against the real images of ``compare_with``, read through the input
+    contract with the model's pixel scale. Real labels are matched to the model's classes by name;
+    without labels on either side the sets are compared whole."""
+    from scoring.fidelity import per_label_fidelity
+    from training.data import read_images
+
+    result = read_images(compare_with, shape=shape, pixel_scale=spec.pixel_scale)
+    if result.rejects.num_rows:
+        log.warning("--compare-with %s: %s", compare_with, result.describe_rejects())
+    real = result.data
+    table = synthetic.read_synthetic(dataset, method, columns=["label", "height", "width", "channels", "pixels"])
+    fake = synthetic.images_of(table)
+    if real.images.shape[1:] != fake.shape[1:]:
+        raise GenerateError(
+            f"--compare-with {compare_with}: its images are {'x'.join(map(str, real.images.shape[1:]))}, the "
+            f"samples {'x'.join(map(str, fake.shape[1:]))}; give images of the model's shape"
+        )
+    fake_labels = None if table.column("label").null_count else table.column("label").to_numpy()
+    real_labels = None
+    if fake_labels is not None and real.labels is not None:
+        classes = {name: i for i, name in enumerate(spec.class_names)}
+        to_model = np.array([classes.get(name, -1) for name in (real.class_names or [])], dtype=np.int64)
+        real_labels = to_model[real.labels]
+        if not (real_labels >= 0).any():
+            raise GenerateError(
+                f"--compare-with {compare_with}: none of its labels ({', '.join((real.class_names or [])[:12])}) "
+                f"is a class of the model ({', '.join(spec.class_names[:12])})"
+            )
+    else:
+        fake_labels = None  # unlabelled samples or real images: compare the sets whole
+    return per_label_fidelity(real.images, real_labels, fake, fake_labels, k=DEFAULT_FIDELITY_K)
 
 
 def generate_dataset(
@@ -215,7 +303,10 @@ def generate_dataset(
     for each of ``class_labels`` (or ``n`` spread over them); a plain model raises
     :class:`GenerateError`. ``posterior``: encodes the images of ``input`` (default: the built-in
     digits) or ``input_data``, every one once, or ``n`` samples cycling over them, or ``per_label``
-    per label; ``class_labels`` filters them. ``test_pipeline``: a pipeline to build into and run
+    per label; ``class_labels`` filters them. ``compare_with``: real images (e.g. ``digits:holdout``)
+    to measure the samples against (:func:`measure_fidelity`: precision, recall and diversity per
+    label), in ``summary.fidelity`` and logged as MLflow metrics to the model version's run if it has
+    one (:meth:`GenerateSummary.fidelity_metrics`). ``test_pipeline``: a pipeline to build into and run
     instead of :func:`pipeline.beam.runner.make_pipeline`'s.
     """
     from training import data as data_lib
@@ -284,6 +375,13 @@ def generate_dataset(
         created_at=request.created_at,
     )
     log.info("wrote %d samples to %s", summary.rows, folder)
+    if options.compare_with:
+        from dataclasses import replace
+
+        figures = measure_fidelity(root, options.method, options.compare_with, spec, options.shape)
+        summary = replace(summary, compare_with=options.compare_with, fidelity=figures)
+        run_id = registry.log_metrics(model.name, model.version, summary.fidelity_metrics(), options.work_dir)
+        summary = replace(summary, fidelity_run=run_id)
     return summary
 
 

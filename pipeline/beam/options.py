@@ -166,6 +166,7 @@ class ScoreOptions(JobOptions, PipelineOptions):
         _flag(parser, "batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per batch and model call")
         _flag(parser, "split_seed", type=int, default=DEFAULT_SPLIT_SEED, help="seed of NAME:train|validation|...")
         _flag(parser, "shard_rows", type=int, default=DEFAULT_SHARD_ROWS, help="rows per unit of work")
+        _flag(parser, "pixel_scores", action="store_true", help="also each pixel's NLL, the pixel_nll column")
 
     def check(self) -> None:
         super().check()
@@ -193,6 +194,13 @@ class GenerateOptions(JobOptions, PipelineOptions):
         _flag(parser, "sample_pixels", action="store_true", help="draw pixels from p(x|z), not its mean")
         _flag(parser, "seed", type=int, default=DEFAULT_SEED, help="the same seed gives the same images")
         _flag(parser, "shards", type=int, default=None, help="units of work (does not change the images)")
+        _flag(
+            parser,
+            "compare_with",
+            default=None,
+            help="real labelled images (e.g. digits:holdout) to measure the samples against: precision, recall, "
+            "diversity per label",
+        )
 
     def check(self) -> None:
         super().check()

@@ -119,12 +119,14 @@ class ScoreImages(beam.DoFn):
         iwae_k: int | None = None,
         fpr: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        pixel_scores: bool = False,
     ) -> None:
         self.model_ref = model
         self.scored_at = scored_at
         self.iwae_k = iwae_k
         self.fpr = fpr
         self.batch_size = batch_size
+        self.pixel_scores = pixel_scores
         self.rows_scored = Metrics.counter(METRICS_NAMESPACE, "rows_scored")
         self.anomalies = Metrics.counter(METRICS_NAMESPACE, "anomalies")
 
@@ -146,6 +148,7 @@ class ScoreImages(beam.DoFn):
             seed=self.model.score_seed,
             iwae_k=self.iwae_k,
             batch_size=self.batch_size,
+            pixel_scores=self.pixel_scores,
         )
         table = scores_table(rows, scores, self.calibration, self.model_ref, self.scored_at)
         self.rows_scored.inc(len(rows))
@@ -294,7 +297,14 @@ def score_dataset(
         if options.runner != "DirectRunner"
         else f"DirectRunner ({direct.direct_running_mode}, {direct.direct_num_workers} workers)",
     )
-    scorer = ScoreImages(model, scored_at, iwae_k=options.iwae_k, fpr=options.fpr, batch_size=options.batch_size)
+    scorer = ScoreImages(
+        model,
+        scored_at,
+        iwae_k=options.iwae_k,
+        fpr=options.fpr,
+        batch_size=options.batch_size,
+        pixel_scores=options.pixel_scores,
+    )
     validator = ValidateRows(spec, options.shape, model, scored_at)
     # Locks scores and rejects (or those partitions) at once: a second run writing them is refused here.
     with commit(scores_path, rejects_path) as (scores_tmp, rejects_tmp):

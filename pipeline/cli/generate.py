@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline.beam.defaults import (
+    DEFAULT_FIDELITY_K,
     DEFAULT_INPUT,
     DEFAULT_MODEL_URI,
     DEFAULT_PER_LABEL,
@@ -94,6 +95,16 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     default=None,
     help=f"Units of work handed to Beam workers [one per {SAMPLES_PER_SHARD} samples]. Does not change the images.",
 )
+@click.option(
+    "--compare-with",
+    default=None,
+    metavar="INPUT",
+    help="Real labelled images to measure the samples against, e.g. digits:holdout (never trained on), or a "
+    "Parquet file or folder, .npz, PNG folder, read with the model's pixel scale. Prints improved precision "
+    f"and recall (Kynkaanniemi et al. 2019, k = {DEFAULT_FIDELITY_K}, pixel space) and diversity (mean "
+    "pairwise distance of the samples / of the real images) per label and their means, and logs them as "
+    "MLflow metrics fidelity_METHOD_* to the model version's run [none].",
+)
 @click.option("--grid/--no-grid", default=True, show_default=True, help="Save a PNG grid of the samples.")
 @click.option(
     "--log-grid", is_flag=True, help="Also log the grid to the model version's MLflow run (artifact 'synthetic/')."
@@ -111,6 +122,7 @@ def generate_command(ctx: click.Context, grid: bool, log_grid: bool, beam_args: 
 
     \b
         vae generate --method conditional --per-label 100 --labels 0,3,7 --output out
+        vae generate --method conditional --output out --compare-with digits:holdout
     """
     from dataclasses import replace
 

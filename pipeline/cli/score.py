@@ -57,6 +57,13 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     help="Also compute the importance-weighted bound iwae_nll with K samples (slower; null when not given).",
 )
 @click.option(
+    "--pixel-scores",
+    is_flag=True,
+    default=False,
+    help="Also write pixel_nll: each pixel's share of reconstruction_nll, a list in row-major (H, W, C) "
+    "order (a heat map of where the image is unusual; null when not given).",
+)
+@click.option(
     "--fpr",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=None,

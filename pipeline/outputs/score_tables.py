@@ -40,6 +40,7 @@ SCORES_SCHEMA = pa.schema(
         ("scored_at", pa.timestamp("us", tz="UTC")),
         ("source", pa.string()),
         ("source_row", pa.int64()),
+        ("pixel_nll", pa.list_(pa.float32())),
     ]
 )
 REJECTS_SCHEMA = pa.schema(
@@ -108,9 +109,23 @@ def scores_table(
         "label": rows.label_out,
         "source": rows.sources,
         "source_row": rows.source_rows,
+        "pixel_nll": pixel_column(scores["pixel_nll"]) if "pixel_nll" in scores else pa.nulls(n, PIXEL_NLL_TYPE),
         **run_columns(model, scored_at, n),
     }
     return pa.Table.from_pydict({name: columns[name] for name in SCORES_SCHEMA.names}, schema=SCORES_SCHEMA)
+
+
+PIXEL_NLL_TYPE = SCORES_SCHEMA.field("pixel_nll").type
+
+
+def pixel_column(pixel_nll: np.ndarray) -> pa.Array:
+    """(N, H, W, C) per-pixel NLLs as one list<float32> per row, row-major (H, W, C): a row's list
+    reshaped to the image's (``height``, ``width``, ``channels``) is its heat map."""
+    n = len(pixel_nll)
+    values = np.ascontiguousarray(pixel_nll, dtype=np.float32).reshape(-1)
+    per_row = values.size // n if n else 0
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * per_row, pa.int32())
+    return pa.ListArray.from_arrays(offsets, pa.array(values, pa.float32()), type=PIXEL_NLL_TYPE)
 
 
 def output_paths(

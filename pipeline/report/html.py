@@ -65,6 +65,44 @@ def image_png(image: np.ndarray, scale: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def heatmap_png(pixel_nll: np.ndarray, scale: int | None = None, colormap: str = "inferno") -> bytes:
+    """One image's per-pixel NLL, (H, W, C), as a colour PNG the size :func:`image_png` makes of the
+    image: the channels summed, scaled from the image's least to its most improbable pixel, so
+    brighter = less probable."""
+    import matplotlib
+    from PIL import Image
+
+    values = np.asarray(pixel_nll, dtype=np.float64).sum(axis=-1)
+    low, high = float(values.min()), float(values.max())
+    unit = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    rgb = to_uint8(matplotlib.colormaps[colormap](unit)[..., :3])
+    picture = Image.fromarray(rgb)
+    scale = scale or max(1, 64 // max(values.shape))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def top_pixel_nll(frame, model, images: dict, top: int) -> dict[str, np.ndarray]:
+    """example_id -> per-pixel NLL (H, W, C) of the ``top`` anomalies whose images were found, with the
+    model's own score samples and seed, so each map sums to the row's ``reconstruction_nll``."""
+    from scoring.elbo import pixel_nll
+
+    ranked = frame.sort_values(ranking_column(frame), ascending=False, kind="stable").head(top)
+    ids = [str(e) for e in ranked["example_id"] if str(e) in images]
+    if model.num_classes:  # a conditional model scores an image with its label
+        ids = [e for e in ids if images[e][1] is not None]
+    if not ids:
+        return {}
+    x = np.stack([images[e][0] for e in ids]).astype(np.float32)
+    labels = np.array([images[e][1] for e in ids], dtype=np.int64) if model.num_classes else None
+    samples, seed = getattr(model, "score_samples", 16), getattr(model, "score_seed", 0)
+    maps = pixel_nll(model, x, labels, num_samples=samples, seed=seed)
+    return dict(zip(ids, maps, strict=True))
+
+
 def img_tag(png: bytes, alt: str, css_class: str = "figure") -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img class="{css_class}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -78,7 +116,9 @@ def read_scores(path: str | Path, model_name: str | None = None, model_version: 
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such scores dataset")
     try:
-        frame = pq.read_table(path).to_pandas()
+        # not pixel_nll (vae score --pixel-scores): a list per row; the report recomputes its top rows'
+        names = [n for n in pq.ParquetDataset(path).schema.names if n != "pixel_nll"]
+        frame = pq.read_table(path, columns=names).to_pandas()
     except Exception as exc:
         raise data_lib.DataError(f"{path}: not a readable Parquet scores dataset ({exc})") from exc
     missing = [c for c in ("example_id", "neg_elbo") if c not in frame.columns]
@@ -230,23 +270,42 @@ def build_sections(
         label=ranked_by,
     )
     sections.append(Section("histogram", "Score histogram", img_tag(figure_png(histogram), "score histogram")))
-    sections.append(Section("top-anomalies", f"Top {top} anomalies", top_table(frame, images, top)))
+    heat = top_pixel_nll(frame, model, images, top)
+    sections.append(Section("top-anomalies", f"Top {top} anomalies", top_table(frame, images, top, heat)))
     return sections
 
 
-def top_table(frame, images: dict, top: int) -> str:
+HEATMAP_NOTE = (
+    "<p class='note'>Beside each image, where it is unusual: each pixel's share of its reconstruction NLL "
+    "(&minus;log p(x|z), in nats, averaged over the model's score samples; the pixels sum to "
+    "<code>reconstruction_nll</code>). Brighter = the pixels the model found least probable; each map is "
+    "scaled from its own least to its most improbable pixel.</p>"
+)
+
+
+def top_table(frame, images: dict, top: int, heat: dict[str, np.ndarray] | None = None) -> str:
+    """The top anomalies, highest score first, with their images and, where ``heat`` has one, the
+    heat map of their per-pixel NLL."""
+    heat = heat or {}
     ranked = frame.sort_values(ranking_column(frame), ascending=False, kind="stable").head(top)
     columns = [c for c in SCORE_COLUMNS if c in ranked.columns and ranked[c].notna().any()]
-    head = ["rank", "image", "example_id", "label", *columns, "flagged"]
+    head = ["rank", "image", "per-pixel NLL", "example_id", "label", *columns, "flagged"]
     rows = []
     for rank, (_, row) in enumerate(ranked.iterrows(), 1):
         eid = str(row["example_id"])
         picture = img_tag(image_png(images[eid][0]), eid, "digit") if eid in images else "–"
+        if eid in heat:
+            values = heat[eid]
+            alt = f"per-pixel NLL of {eid}: {values.min():.2f} to {values.max():.2f} nats"
+            heatmap = img_tag(heatmap_png(values), alt, "heatmap")
+        else:
+            heatmap = "–"
         label = row.get("label")
         flagged = row.get("is_anomaly")
         cells = [
             str(rank),
             picture,
+            heatmap,
             html.escape(eid),
             _label_text(label),
             *(_number(row[c], 4 if c == "p_value" else 3) for c in columns),
@@ -254,7 +313,8 @@ def top_table(frame, images: dict, top: int) -> str:
         ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-    return f"<table class='anomalies'>{header}{''.join(rows)}</table>"
+    note = HEATMAP_NOTE if heat else ""
+    return f"{note}<table class='anomalies'>{header}{''.join(rows)}</table>"
 
 
 def _label_text(label: object) -> str:
@@ -270,7 +330,8 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; 
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; }
 table { border-collapse: collapse; } th, td { padding: .25em .6em; text-align: left; }
 table.anomalies td, table.anomalies th { border-bottom: 1px solid #eee; }
-img.figure { max-width: 100%; } img.digit { image-rendering: pixelated; width: 48px; height: 48px; }
+img.figure { max-width: 100%; }
+img.digit, img.heatmap { image-rendering: pixelated; width: 48px; height: 48px; }
 .note { color: #777; }
 """
 
