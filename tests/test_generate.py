@@ -73,10 +73,11 @@ def test_png_round_trip_is_the_8_bit_quantisation():
 
 
 def test_stream_seeds_are_deterministic_and_distinct():
-    from pipeline.beam.defaults import METHODS
+    from pipeline.beam import defaults
     from scoring.sampling import SAMPLE_METHODS, stream_seed
 
-    assert METHODS == SAMPLE_METHODS  # the CLI's choices, without importing the sampler at start-up
+    # the CLI's choices, without importing the sampler at start-up
+    assert defaults.SAMPLE_METHODS == SAMPLE_METHODS and (*SAMPLE_METHODS, "interpolate") == defaults.METHODS
 
     assert stream_seed(0, 1) == stream_seed(0, 1)
     assert len({stream_seed(s, b) for s in range(3) for b in range(50)}) == 150
@@ -228,6 +229,10 @@ def test_generate_options_follow_the_cli_and_beam_style_flags():
         ({"input": "digits"}, "--input is only used by --method posterior"),
         ({"runner": "DataflowRunner"}, "DirectRunner only"),
         ({"method": "sideways"}, "--method must be one of"),
+        ({"method": "interpolate", "from_id": "a"}, "--method interpolate needs the two images' example ids"),
+        ({"method": "interpolate", "from_id": "a", "to_id": "b", "steps": 1}, "--steps must be at least 2"),
+        ({"method": "interpolate", "from_id": "a", "to_id": "b", "n": 3}, "takes --steps, not --n"),
+        ({"from_id": "a", "to_id": "b"}, "--from and --to are only used by --method interpolate"),
     ],
 )
 def test_generate_options_the_job_cannot_take_are_refused(values, message):
@@ -470,6 +475,40 @@ def test_cli_writes_the_dataset_grid_and_summary(trained_conditional, tmp_path):
     assert str(tmp_path / "synthetic") in result.output
     assert (tmp_path / "synthetic-conditional.png").is_file()
     assert read_synthetic(tmp_path / "synthetic").num_rows == 8
+
+
+def test_cli_interpolates_between_the_posterior_means_of_two_images(trained_conditional, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli.main import main
+    from scoring.latent_space import interpolation_latents
+    from scoring.sampling import decode_images
+
+    model, holdout = trained_conditional.model, trained_conditional.split.holdout
+    (id_a, id_b), (label_a, label_b) = holdout.example_ids[:2], holdout.labels[:2]
+    args = ["generate", "--model", uri(trained_conditional), "--method", "interpolate", "--from", id_a, "--to", id_b]
+    result = CliRunner().invoke(main, [*args, "--steps", "5", "--output", str(tmp_path), *CLI_IN_PROCESS])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "synthetic-interpolate.png").is_file()
+    folder = tmp_path / "synthetic" / "interpolate" / label_dir(int(label_a))
+    assert [re.fullmatch(RUN_FILE, f.name) is not None for f in folder.iterdir()] == [True]
+
+    rows = read_synthetic(tmp_path / "synthetic", "interpolate").to_pylist()
+    assert [r["method"] for r in rows] == ["interpolate"] * 5 and {r["label"] for r in rows} == {int(label_a)}
+    assert {r["source_example_id"] for r in rows} == {f"{id_a}->{id_b}"}
+    rows.sort(key=lambda r: r["sample_id"])
+    expected = interpolation_latents(
+        model, holdout.images[0], holdout.images[1], 5, label_a=int(label_a), label_b=int(label_b)
+    )
+    stored = np.array([r["latent"] for r in rows])
+    np.testing.assert_allclose(stored, expected, atol=1e-5)  # from one posterior mean to the other
+    # decoded with the first image's label, like any method's images (8-bit PNG)
+    decoded = decode_images(model, expected, np.full(5, label_a))
+    table = read_synthetic(tmp_path / "synthetic", "interpolate")
+    np.testing.assert_allclose(images_of(table), decoded, atol=1 / 255 + 1e-4)
+
+    missing = CliRunner().invoke(main, [*args[:-1], "digits:999999", "--output", str(tmp_path), *CLI_IN_PROCESS])
+    assert missing.exit_code != 0 and "--to digits:999999: no image with that example_id" in missing.output
 
 
 def test_cli_compares_the_samples_with_held_out_digits_and_logs_the_figures(

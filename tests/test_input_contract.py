@@ -135,6 +135,9 @@ def test_labels_mean_the_same_class_in_training_and_scoring(tmp_path):
     assert known.tolist() == [True, True, True, True, True, False, False, False]
     values, names, known = label_classes([3, "10", 2.0])
     assert names == [str(i) for i in range(11)] and values.tolist() == [3, 10, 2] and known.all()
+    fashion = data.FASHION_NAMES  # a data set's own class order is kept, not sorted
+    values, names, known = label_classes([0, "bag", 9], fashion)
+    assert names == fashion and values.tolist() == [0, 8, 9] and known.all()
 
     batch = pa.RecordBatch.from_pydict(
         {
@@ -159,8 +162,32 @@ def test_several_inputs_keep_made_up_ids_apart(tmp_path):
         )
     result = read_images([str(tmp_path / "day1"), str(tmp_path / "day2")])
     assert result.rejects.num_rows == 0 and len(result.data) == 6
-    assert result.data.example_ids[0] == f"{tmp_path / 'day1'}/part-0.parquet:0"
-    assert read_images(str(tmp_path / "day1")).data.example_ids[0] == "part-0.parquet:0"  # one input: as scoring
+    # the first input keeps the ids scoring gives it (and so its holdout); later ones carry their input
+    assert result.data.example_ids[0] == "part-0.parquet:0"
+    assert result.data.example_ids[3] == f"{tmp_path / 'day2'}/part-0.parquet:0"
+
+
+def test_sparse_continuous_images_are_not_taken_for_binary_ones():
+    from training.data import grey_levels
+
+    rng = np.random.default_rng(0)
+    images = np.zeros((1000, 28, 28, 1), np.float32)
+    ink = rng.random(images.shape) < 0.008
+    images[ink] = rng.random(int(ink.sum()))  # 99.2 % background, the ink continuous
+    assert grey_levels(images) == 0
+    digits = data.load_digits().images
+    assert grey_levels(digits) == 17 and grey_levels((digits > 0.5).astype(np.float32)) == 2
+
+
+def test_a_repeated_id_is_judged_after_the_label_checks_as_in_scoring(tmp_path):
+    pixels = pa.array([[0.5] * 4] * 2, pa.list_(pa.float32()))
+    table = pa.table(
+        {"example_id": ["a", "a"], "pixels": pixels, "height": [2, 2], "width": [2, 2], "label": [None, 1]}
+    )
+    pq.write_table(table, tmp_path / "l.parquet")
+    result = read_images(str(tmp_path / "l.parquet"), require_labels=True)
+    assert result.data.labels.tolist() == [1]  # row 1 stays: row 0 was rejected for its missing label
+    assert result.rejects.column("reason").to_pylist()[0].startswith("missing label")
 
 
 @pytest.fixture
@@ -224,7 +251,9 @@ def test_data_beyond_the_memory_budget_is_streamed_from_disk(mlflow_store, tmp_p
     from training.train import _spill_folder
 
     assert result.split.holdout.subset(np.arange(3)).images.shape == (3, 8, 8, 1)  # still readable after training
-    dead = registry.work_dir() / "spill-999999999-x"  # a killed training's leftovers
+    import socket
+
+    dead = registry.work_dir() / f"spill-{socket.gethostname().replace('-', '_')}-999999999-x"  # a killed run's
     dead.mkdir()
     _spill_folder(registry.work_dir()).rmdir()
     assert not dead.exists()

@@ -109,19 +109,26 @@ def test_report_renders_every_section_with_embedded_images(which, request, tmp_p
         "learning-curves",
         "reconstructions",
         "latent-map",
+        "latent-space",
         "samples",
         "histogram",
         "top-anomalies",
     ]
     figures = [i for i in page.images if i.get("class") == "figure"]
     digits = [i for i in page.images if i.get("class") == "digit"]
+    first, second = trained.split.holdout.example_ids[np.argsort(-neg_elbo, kind="stable")[:2]]
     assert [i["alt"] for i in figures] == [
         "learning curves",
         "reconstructions",
         "latent map",
+        "latent grid",
+        f"interpolation from {first} to {second}",  # the two worst anomalies
         "samples per label" if which == "conditional" else "prior samples",
         "score histogram",
     ]
+    latent = path.read_text().split("<section id='latent-space'>")[1].split("</section>")[0]
+    assert latent.count("<img ") == 2 and latent.count("<p class='note'>") == 2  # each picture has its caption
+    assert decode_png(figures[3]["src"]).size[0] > 200
     assert len(digits) == 7 and page.table_rows == 7 + 1  # the header and the top 7
     worst = trained.split.holdout.example_ids[np.argmax(neg_elbo)]
     assert digits[0]["alt"] == worst  # ranked by score, highest first

@@ -68,6 +68,7 @@ def test_run_logs_params_per_epoch_metrics_plots_and_calibration(trained_conditi
             "reconstructions",
             "prior_samples",
             "latent_map",
+            "latent_grid",
             "score_histogram",
             "samples_per_label",
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from scoring import sampling
+from scoring import latent_space, sampling
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True):
@@ -98,6 +98,56 @@ def latent_map(model, images: np.ndarray, labels: np.ndarray | None) -> Figure:
     ax.set_title("posterior means" + (" (first 2 PCs)" if model.latent_dim > 2 else ""))
     fig.tight_layout()
     return fig
+
+
+def latent_grid_figure(model, images: np.ndarray, labels: np.ndarray | None, n: int = 15) -> Figure:
+    """Decoder outputs on an ``n x n`` grid over the latent (its two leading principal directions when
+    it is wider than 2), spanning the 5th to 95th percentiles of the posterior means of ``images``."""
+    grid = latent_space.latent_grid(model, images, labels if model.num_classes else None, n=n)
+    rows, cols, height, width, channels = grid.images.shape
+    mosaic = grid.images.transpose(0, 2, 1, 3, 4).reshape(rows * height, cols * width, channels)
+    fig, ax = new_figure(figsize=(6, 6 * rows / cols + 0.6))
+    top, bottom = (grid.y[0], grid.y[-1]) if len(grid.y) else (0.5, -0.5)
+    ax.imshow(
+        mosaic[..., 0] if channels == 1 else mosaic,
+        cmap="gray",
+        vmin=0,
+        vmax=1,
+        extent=(grid.x[0], grid.x[-1], bottom, top),
+        aspect="auto",
+    )
+    names = ("principal direction 1", "principal direction 2") if grid.principal else ("z[0]", "z[1]")
+    ax.set_xlabel(names[0])
+    if len(grid.y):
+        ax.set_ylabel(names[1])
+    else:
+        ax.set_yticks([])
+    label = "" if grid.label is None else f", label {_class_name(model, grid.label)}"
+    ax.set_title("decoder over the latent" + (" (leading principal directions)" if grid.principal else "") + label)
+    fig.tight_layout()
+    return fig
+
+
+def interpolation_figure(
+    model,
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    steps: int = 10,
+    *,
+    label_a: int | None = None,
+    label_b: int | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The two images at the ends and, between them, ``steps`` decoded points on the straight line
+    between their posterior means."""
+    decoded, _ = latent_space.interpolate(model, image_a, image_b, steps, label_a=label_a, label_b=label_b)
+    row = np.concatenate([image_a[None], decoded, image_b[None]]).astype(np.float32)
+    return image_grid(row, ncols=len(row), title=title or "input, interpolation between posterior means, input")
+
+
+def _class_name(model, label: int) -> str:
+    names = getattr(model, "class_names", None)
+    return str(names[label]) if names is not None and label < len(names) else str(label)
 
 
 def score_histogram(

@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -164,10 +165,19 @@ def neg_elbo_scores(model, part: data_lib.ImageData) -> np.ndarray:
 
 
 def memory_budget(cfg: TrainConfig) -> int:
-    """Bytes of images to hold in memory: ``--memory-budget-mb``, else half the machine's RAM."""
+    """Bytes of images to hold in memory: ``--memory-budget-mb``, else half the memory this process
+    may use (the machine's RAM, or a container's cgroup limit when that is lower)."""
     if cfg.memory_budget_mb is not None:
         return int(cfg.memory_budget_mb) * 2**20
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total // 2
 
 
 def read_training_data(cfg: TrainConfig, spill_dir: Path | None = None) -> data_lib.ReadResult:
@@ -296,13 +306,14 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _spill_folder(work: Path) -> Path:
-    """A folder for this process's memory-mapped images, ``WORK/spill-PID-XXXX``; those of
-    processes no longer running (killed trainings) are removed first."""
-    for old in work.glob("spill-*"):
-        pid = old.name.split("-")[1]
+    """A folder for this process's memory-mapped images, ``WORK/spill-HOST-PID-XXXX``; those of
+    processes of this host no longer running (killed trainings) are removed first."""
+    host = socket.gethostname().replace("-", "_")
+    for old in work.glob(f"spill-{host}-*"):  # only this host's: another host's pids mean nothing here
+        pid = old.name.split("-")[2]
         if pid.isdigit() and not _running(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"spill-{os.getpid()}-", dir=work))
+    return Path(tempfile.mkdtemp(prefix=f"spill-{host}-{os.getpid()}-", dir=work))
 
 
 def _running(pid: int) -> bool:
@@ -398,6 +409,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
                 holdout.images[:LATENT_MAP_ROWS],
                 None if holdout.labels is None else holdout.labels[:LATENT_MAP_ROWS],
             ),
+            "latent_grid": plots.latent_grid_figure(model, *_first_rows(holdout, LATENT_MAP_ROWS)),
             "score_histogram": plots.score_histogram(
                 calibration.scores, calibration.threshold, title=f"calibration {calibration.score}"
             ),
@@ -468,8 +480,10 @@ def _log_and_register(model, cfg: TrainConfig, split: data_lib.TrainingSplit) ->
 
 
 def _first_rows(part: data_lib.ImageData, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(images, labels) of the first ``n`` rows: a memory-mapped part is read only that far."""
-    return part.images[:n], None if part.labels is None else part.labels[:n]
+    """(images, labels) of at most ``n`` rows spread evenly over the part (it is sorted by id, so
+    the first rows could be one class); a memory-mapped part reads only those rows."""
+    rows = np.unique(np.linspace(0, len(part) - 1, min(n, len(part))).astype(np.int64))
+    return np.asarray(part.images[rows]), None if part.labels is None else part.labels[rows]
 
 
 def _log_rejects(read: data_lib.ReadResult) -> None:

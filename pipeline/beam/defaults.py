@@ -10,6 +10,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_FIDELITY_K",
     "DEFAULT_INPUT",
+    "DEFAULT_INTERPOLATION_STEPS",
     "DEFAULT_MODEL_URI",
     "DEFAULT_PER_LABEL",
     "DEFAULT_PRIOR_SAMPLES",
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_WORKERS",
     "METHODS",
     "RUNNING_MODES",
+    "SAMPLE_METHODS",
     "SAMPLES_PER_SHARD",
     "parse_shape",
 ]
@@ -32,7 +34,7 @@ DEFAULT_WORKERS = 2
 DEFAULT_RUNNING_MODE = "multi_processing"
 RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
 
-# both jobs: the images read when --input is not given (vae score; vae generate --method posterior)
+# both jobs: the images read when --input is not given (vae score; vae generate --method posterior, interpolate)
 DEFAULT_INPUT = "digits"
 
 # vae score
@@ -41,7 +43,9 @@ DEFAULT_BATCH_SIZE = 1024
 DEFAULT_SPLIT_SEED = 0
 
 # vae generate
-METHODS = ("prior", "conditional", "posterior")  # scoring.sampling.SAMPLE_METHODS (a test checks)
+SAMPLE_METHODS = ("prior", "conditional", "posterior")  # scoring.sampling.SAMPLE_METHODS (a test checks)
+METHODS = (*SAMPLE_METHODS, "interpolate")  # interpolate: decoded latents between two images' posterior means
+DEFAULT_INTERPOLATION_STEPS = 10
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_SEED = 0
 DEFAULT_PRIOR_SAMPLES = 1000

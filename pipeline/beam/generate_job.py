@@ -3,7 +3,8 @@
 The job reads as a sentence: ``PlanShards >> Spread >> Decode >> ToArrow >> WriteParquet``.
 
 - The driver pins the model URI to one registry version (so every worker decodes with the same
-  weights) and plans which sample gets which label (and, for ``posterior``, which source image),
+  weights) and plans which sample gets which label (and, for ``posterior``, which source image; for
+  ``interpolate``, which latent between two images' posterior means),
   cut into shards of whole blocks (:mod:`pipeline.beam.generate_plan`).
 - Each block draws from its own random stream and is decoded as one batch: the same seed gives the
   same images whatever the number of shards or workers, and a million samples spread over as many
@@ -37,7 +38,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from pipeline.beam.defaults import DEFAULT_FIDELITY_K, DEFAULT_INPUT
-from pipeline.beam.generate_plan import GenerateError, Shard, make_shards, plan_samples
+from pipeline.beam.generate_plan import GenerateError, Shard, make_shards, plan_interpolation, plan_samples
 from pipeline.beam.options import GenerateOptions
 from pipeline.beam.runner import make_pipeline
 from pipeline.outputs import synthetic
@@ -79,7 +80,7 @@ class DecodeShard(beam.DoFn):
 
     def process(self, shard: Shard) -> Iterator[dict[str, Any]]:
         from pipeline.beam.generate_plan import SAMPLES_PER_BLOCK
-        from scoring.sampling import stream_seed, synthesize
+        from scoring.sampling import decode_images, stream_seed, synthesize
 
         r = self.request
         images, latents = [], []
@@ -87,6 +88,19 @@ class DecodeShard(beam.DoFn):
             block = (shard.start + offset) // SAMPLES_PER_BLOCK
             rows = slice(offset, offset + SAMPLES_PER_BLOCK)
             labels = shard.labels[rows]
+            if shard.latents is not None:  # interpolate: the latents are given; only pixels may be drawn
+                z = shard.latents[rows]
+                rng = np.random.default_rng([stream_seed(r.seed, block), 1])
+                decoded = decode_images(
+                    self.model,
+                    z,
+                    labels if self.model.num_classes else None,
+                    sample_pixels=r.sample_pixels,
+                    rng=rng,
+                )
+                images.append(np.asarray(decoded, dtype=np.float32))
+                latents.append(z)
+                continue
             decoded, z = synthesize(
                 self.model,
                 r.method,
@@ -209,7 +223,9 @@ class GenerateSummary:
         per_label = ", ".join(f"{self.label_name(k)}: {v}" for k, v in self.counts.items())
         out = [
             f"model:        {self.model_name} v{self.model_version}",
-            f"method:       {self.method} (temperature {self.temperature:g}, {pixels}, seed {self.seed})",
+            f"method:       {self.method} ("
+            + ("" if self.method == "interpolate" else f"temperature {self.temperature:g}, ")
+            + f"{pixels}, seed {self.seed})",
             f"samples:      {self.rows:,} in {self.shards} shard{'s' if self.shards != 1 else ''}",
             f"per label:    {per_label}",
             f"dataset:      {self.output}",
@@ -303,7 +319,9 @@ def generate_dataset(
     for each of ``class_labels`` (or ``n`` spread over them); a plain model raises
     :class:`GenerateError`. ``posterior``: encodes the images of ``input`` (default: the built-in
     digits) or ``input_data``, every one once, or ``n`` samples cycling over them, or ``per_label``
-    per label; ``class_labels`` filters them. ``compare_with``: real images (e.g. ``digits:holdout``)
+    per label; ``class_labels`` filters them. ``interpolate``: ``steps`` images decoded on the straight
+    line between the posterior means of the images ``from_id`` and ``to_id`` of ``input`` (a
+    conditional model decodes with the first's label). ``compare_with``: real images (e.g. ``digits:holdout``)
     to measure the samples against (:func:`measure_fidelity`: precision, recall and diversity per
     label), in ``summary.fidelity`` and logged as MLflow metrics to the model version's run if it has
     one (:meth:`GenerateSummary.fidelity_metrics`). ``test_pipeline``: a pipeline to build into and run
@@ -322,13 +340,23 @@ def generate_dataset(
             "only in hive folder names), which cannot be read together with this one: move or delete them"
         )
     model = registry.pin(options.model, options.work_dir)
-    spec = ModelSpec.of(model.load())
+    vae = model.load()
+    spec = ModelSpec.of(vae)
     data = input_data
-    if data is None and options.method == "posterior":
+    if data is None and options.method in ("posterior", "interpolate"):
         data = data_lib.load(options.input or DEFAULT_INPUT, options.shape, pixel_scale=spec.pixel_scale)
-    plan = plan_samples(
-        model, spec, options.method, n=options.n, per_label=options.per_label, labels=options.class_labels, data=data
-    )
+    if options.method == "interpolate":
+        plan = plan_interpolation(model, spec, vae, data, options.from_id, options.to_id, options.steps)
+    else:
+        plan = plan_samples(
+            model,
+            spec,
+            options.method,
+            n=options.n,
+            per_label=options.per_label,
+            labels=options.class_labels,
+            data=data,
+        )
     work = make_shards(plan, options.shards)
     request = Request(
         model=model,

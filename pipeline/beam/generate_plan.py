@@ -1,5 +1,6 @@
 """What ``vae generate`` will sample, decided on the driver: which label (and, for ``posterior``,
-which source image) each sample gets, cut into shards of whole blocks of :data:`SAMPLES_PER_BLOCK`.
+which source image; for ``interpolate``, which latent) each sample gets, cut into shards of whole
+blocks of :data:`SAMPLES_PER_BLOCK`.
 
 Each block draws from its own random stream (:func:`scoring.sampling.stream_seed`), so a sample
 depends only on the seed, the request and its index, never on the shards or the workers.
@@ -35,8 +36,9 @@ class Plan:
 
     labels: np.ndarray  # int64, NO_LABEL where there is none
     images: np.ndarray | None = None  # posterior: the source images
-    source_ids: np.ndarray | None = None  # posterior: their example ids
+    source_ids: np.ndarray | None = None  # posterior: their example ids; interpolate: "FROM->TO"
     class_names: list[str] = field(default_factory=list)
+    latents: np.ndarray | None = None  # interpolate: the latents to decode, given (nothing is drawn)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,6 +54,7 @@ class Shard:
     labels: np.ndarray
     images: np.ndarray | None = None
     source_ids: np.ndarray | None = None
+    latents: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -115,6 +118,8 @@ def plan_samples(
     for name, value in (("--n", n), ("--per-label", per_label)):
         if value is not None and value < 1:
             raise GenerateError(f"{name} must be at least 1, got {value}")
+    if method == "interpolate":
+        raise GenerateError("--method interpolate is planned from the loaded model: use plan_interpolation")
     if method == "posterior":
         return _plan_posterior(model, spec, n=n, per_label=per_label, labels=labels, data=data)
     if data is not None:
@@ -147,14 +152,10 @@ def _indices_only(data_classes: list[str] | None, model_classes: list[str]) -> b
     return names == [str(i) for i in range(len(names))] and not set(names) <= set(model_classes)
 
 
-def _plan_posterior(model: ModelRef, spec: ModelSpec, *, n, per_label, labels, data) -> Plan:
-    if data is None:
-        raise GenerateError("--method posterior needs real images to encode: give --input PATH or --input digits")
+def _source_labels(model: ModelRef, spec: ModelSpec, data: ImageData) -> tuple[np.ndarray, list[str]]:
+    """The model's label index of each image of ``data`` (NO_LABEL without labels) and the class
+    names they index; a conditional model needs labels it knows."""
     who = f"{model.name} v{model.version}"
-    if tuple(data.image_shape) != tuple(spec.image_shape):
-        raise GenerateError(
-            f"{data.source}: images are {'x'.join(map(str, data.image_shape))} but {who} takes {spec.shape_text}"
-        )
     model_classes = list(spec.class_names)
     if data.labels is None:
         if spec.num_classes:
@@ -162,8 +163,6 @@ def _plan_posterior(model: ModelRef, spec: ModelSpec, *, n, per_label, labels, d
                 f"{data.source}: has no labels, but {who} is a conditional VAE and encodes each image with its "
                 "label; give labelled images (a 'label' column or sub-folders)"
             )
-        if labels is not None or per_label is not None:
-            raise GenerateError(f"{data.source}: has no labels, so --labels and --per-label cannot be used")
         source_labels = np.full(len(data), NO_LABEL, dtype=np.int64)
         class_names: list[str] = []
     elif spec.num_classes and _indices_only(data.class_names, model_classes):
@@ -188,6 +187,21 @@ def _plan_posterior(model: ModelRef, spec: ModelSpec, *, n, per_label, labels, d
     else:
         source_labels = data.labels.astype(np.int64)
         class_names = list(data.class_names)
+
+    return source_labels, class_names
+
+
+def _plan_posterior(model: ModelRef, spec: ModelSpec, *, n, per_label, labels, data) -> Plan:
+    if data is None:
+        raise GenerateError("--method posterior needs real images to encode: give --input PATH or --input digits")
+    who = f"{model.name} v{model.version}"
+    if tuple(data.image_shape) != tuple(spec.image_shape):
+        raise GenerateError(
+            f"{data.source}: images are {'x'.join(map(str, data.image_shape))} but {who} takes {spec.shape_text}"
+        )
+    if data.labels is None and (labels is not None or per_label is not None) and not spec.num_classes:
+        raise GenerateError(f"{data.source}: has no labels, so --labels and --per-label cannot be used")
+    source_labels, class_names = _source_labels(model, spec, data)
 
     chosen = parse_labels(labels, class_names) if class_names else None
     pool = np.arange(len(data))
@@ -217,6 +231,48 @@ def _plan_posterior(model: ModelRef, spec: ModelSpec, *, n, per_label, labels, d
     )
 
 
+def plan_interpolation(
+    model: ModelRef, spec: ModelSpec, vae, data: ImageData, from_id: str, to_id: str, steps: int
+) -> Plan:
+    """``steps`` given latents on the straight line between the posterior means of the images
+    ``from_id`` and ``to_id`` of ``data`` (:func:`scoring.latent_space.interpolation_latents`, with
+    ``vae``, the loaded ``model``), both ends included. A conditional model encodes each image with its
+    label and decodes every step with the first's; ``source_example_id`` is ``FROM->TO``."""
+    from scoring.latent_space import interpolation_latents
+
+    if steps < 2:
+        raise GenerateError(f"--steps must be at least 2 (both ends), got {steps}")
+    who = f"{model.name} v{model.version}"
+    if tuple(data.image_shape) != tuple(spec.image_shape):
+        raise GenerateError(
+            f"{data.source}: images are {'x'.join(map(str, data.image_shape))} but {who} takes {spec.shape_text}"
+        )
+    ids = np.asarray(data.example_ids).astype(str)
+    rows = []
+    for flag, wanted in (("--from", from_id), ("--to", to_id)):
+        found = np.flatnonzero(ids == str(wanted))
+        if len(found) == 0:
+            raise GenerateError(f"{flag} {wanted}: no image with that example_id in {data.source}")
+        rows.append(int(found[0]))
+    source_labels, class_names = _source_labels(model, spec, data)
+    label_a, label_b = (int(source_labels[r]) for r in rows)
+    conditional = bool(spec.num_classes)
+    latents = interpolation_latents(
+        vae,
+        np.asarray(data.images[rows[0]], np.float32),
+        np.asarray(data.images[rows[1]], np.float32),
+        steps,
+        label_a=label_a if conditional else None,
+        label_b=label_b if conditional else None,
+    )
+    return Plan(
+        labels=np.full(steps, label_a if conditional else NO_LABEL, dtype=np.int64),
+        source_ids=np.full(steps, f"{from_id}->{to_id}", dtype=object).astype(str),
+        class_names=class_names if conditional else [],
+        latents=latents,
+    )
+
+
 def make_shards(plan: Plan, shards: int | None = None) -> list[Shard]:
     """Cuts the plan into ``shards`` pieces of whole blocks (default: one per SAMPLES_PER_SHARD samples)."""
     blocks = math.ceil(len(plan) / SAMPLES_PER_BLOCK)
@@ -233,6 +289,7 @@ def make_shards(plan: Plan, shards: int | None = None) -> list[Shard]:
                 labels=plan.labels[start:stop],
                 images=None if plan.images is None else plan.images[start:stop],
                 source_ids=None if plan.source_ids is None else plan.source_ids[start:stop],
+                latents=None if plan.latents is None else plan.latents[start:stop],
             )
         )
     return out

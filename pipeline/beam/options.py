@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline.beam.defaults import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_INTERPOLATION_STEPS,
     DEFAULT_MODEL_URI,
     DEFAULT_RUNNER,
     DEFAULT_RUNNING_MODE,
@@ -186,7 +187,22 @@ class GenerateOptions(JobOptions, PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        _flag(parser, "method", choices=METHODS, default=None, help="prior, conditional or posterior (required)")
+        _flag(
+            parser,
+            "method",
+            choices=METHODS,
+            default=None,
+            help="prior, conditional, posterior or interpolate (required)",
+        )
+        _flag(parser, "from_id", default=None, help="interpolate: the example_id of the first image")
+        _flag(parser, "to_id", default=None, help="interpolate: the example_id of the last image")
+        _flag(
+            parser,
+            "steps",
+            type=int,
+            default=DEFAULT_INTERPOLATION_STEPS,
+            help="interpolate: decoded points from one image to the other, both ends included",
+        )
         _flag(parser, "n", type=int, default=None, help="samples in all")
         _flag(parser, "per_label", type=int, default=None, help="samples per label")
         _flag(parser, "class_labels", default=None, help="only these labels: indices or class names, e.g. 0,3,7")
@@ -216,8 +232,17 @@ class GenerateOptions(JobOptions, PipelineOptions):
             raise ValueError(f"--seed must be a non-negative integer, got {self.seed}")
         if self.temperature < 0:
             raise ValueError(f"--temperature must be non-negative, got {self.temperature}")
-        if self.input is not None and self.method != "posterior":
-            raise ValueError(f"--input is only used by --method posterior, not {self.method}")
+        if self.input is not None and self.method not in ("posterior", "interpolate"):
+            raise ValueError(f"--input is only used by --method posterior or interpolate, not {self.method}")
+        if self.method == "interpolate":
+            if not self.from_id or not self.to_id:
+                raise ValueError("--method interpolate needs the two images' example ids: --from ID --to ID")
+            if self.steps < 2:
+                raise ValueError(f"--steps must be at least 2 (both ends), got {self.steps}")
+            if self.n is not None or self.per_label is not None or self.class_labels is not None:
+                raise ValueError("--method interpolate takes --steps, not --n, --per-label or --labels")
+        elif self.from_id is not None or self.to_id is not None:
+            raise ValueError(f"--from and --to are only used by --method interpolate, not {self.method}")
         if "://" in str(self.output) or self.runner != DEFAULT_RUNNER:
             raise ValueError(
                 "vae generate writes to a local folder with the DirectRunner only (its atomic commit renames "

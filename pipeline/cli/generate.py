@@ -7,6 +7,7 @@ import click
 from pipeline.beam.defaults import (
     DEFAULT_FIDELITY_K,
     DEFAULT_INPUT,
+    DEFAULT_INTERPOLATION_STEPS,
     DEFAULT_MODEL_URI,
     DEFAULT_PER_LABEL,
     DEFAULT_PRIOR_SAMPLES,
@@ -30,7 +31,17 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     type=click.Choice(METHODS),
     required=True,
     help="prior: z ~ N(0, T^2 I) (any model); conditional: N images per label (conditional models); "
-    "posterior: encode real images from --input, sample z ~ q(z|x), decode.",
+    "posterior: encode real images from --input, sample z ~ q(z|x), decode; interpolate: decode --steps points "
+    "on the straight line between the posterior means of the --input images --from and --to.",
+)
+@click.option("--from", "from_id", default=None, metavar="ID", help="interpolate: the first image's example_id.")
+@click.option("--to", "to_id", default=None, metavar="ID", help="interpolate: the last image's example_id.")
+@click.option(
+    "--steps",
+    type=click.IntRange(2),
+    default=DEFAULT_INTERPOLATION_STEPS,
+    show_default=True,
+    help="interpolate: images from one to the other, both ends included.",
 )
 @click.option(
     "--n",
@@ -65,8 +76,8 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
 @click.option(
     "--input",
     default=None,
-    help="posterior only: images to encode: digits (built in), or a Parquet file or folder, .npz, PNG folder "
-    f"[{DEFAULT_INPUT}].",
+    help="posterior and interpolate: images to encode: digits (built in), or a Parquet file or folder, .npz, "
+    f"PNG folder [{DEFAULT_INPUT}].",
 )
 @click.option("--shape", callback=parse_shape, default=None, help="Image shape HxWxC for a Parquet 'pixels' --input.")
 @click.option(
@@ -117,12 +128,13 @@ def generate_command(ctx: click.Context, grid: bool, log_grid: bool, beam_args: 
     """Write synthetic images from a registered VAE to Parquet with an Apache Beam pipeline.
 
     Columns: sample_id, method, label, image_png, height, width, channels, pixels, latent, seed,
-    source_example_id (posterior), model_name, model_version, created_at; one folder per method and
-    label. Example:
+    source_example_id (posterior; FROM->TO for interpolate), model_name, model_version, created_at;
+    one folder per method and label. Example:
 
     \b
         vae generate --method conditional --per-label 100 --labels 0,3,7 --output out
         vae generate --method conditional --output out --compare-with digits:holdout
+        vae generate --method interpolate --from digits:0 --to digits:7 --steps 10 --output out
     """
     from dataclasses import replace
 

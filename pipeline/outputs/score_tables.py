@@ -162,6 +162,10 @@ def reject_duplicates(scores_dir: str | os.PathLike, rejects_dir: str | os.PathL
 
     dataset = ds.dataset(str(scores_dir), format="parquet")
     parts, files = [], []
+    ids = dataset.to_table(columns=["example_id"]).column("example_id")
+    counts = pa.table({"id": ids}).group_by("id").aggregate([("id", "count")])
+    if pc.max(counts.column("id_count")).as_py() in (None, 1):  # no repeated id: nothing to move
+        return 0
     for fragment in dataset.get_fragments():
         part = fragment.to_table(columns=["example_id", "source", "source_row"])
         parts.append(part)

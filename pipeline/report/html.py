@@ -1,5 +1,6 @@
 """One self-contained HTML page about a model and the scores it made: learning curves,
-reconstructions, samples, the latent map, the score histogram with its threshold, and the top
+reconstructions, samples, the latent map, the decoded latent space (a grid over its leading
+directions and an interpolation between the two worst anomalies), the score histogram with its threshold, and the top
 anomalies with their images. Every image is embedded as a base64 PNG, so the page travels alone
 (e-mail it, attach it to a ticket, open it from MLflow's artifact view).
 """
@@ -164,8 +165,8 @@ def lookup_images(
                 continue
             labels = valid.label_out.to_pylist()
             for j, example_id in enumerate(valid.example_ids.to_pylist()):
-                if example_id in wanted:
-                    found[example_id] = (valid.images[j], labels[j])
+                if example_id in wanted:  # the first row read, the one vae score kept
+                    found.setdefault(example_id, (valid.images[j], labels[j]))
     return found
 
 
@@ -253,6 +254,7 @@ def build_sections(
         sections.append(Section("reconstructions", "Reconstructions", img_tag(figure_png(recon), "reconstructions")))
         latent = plots.latent_map(model, x, labels)
         sections.append(Section("latent-map", "Latent map", img_tag(figure_png(latent), "latent map")))
+        sections.append(Section("latent-space", "Latent space", latent_space_body(frame, model, usable, x, labels)))
     else:
         note = "<p class='note'>The scored images were not found; pass --input with the scored data.</p>"
         sections.append(Section("reconstructions", "Reconstructions", note))
@@ -273,6 +275,48 @@ def build_sections(
     heat = top_pixel_nll(frame, model, images, top)
     sections.append(Section("top-anomalies", f"Top {top} anomalies", top_table(frame, images, top, heat)))
     return sections
+
+
+def latent_space_body(frame, model, usable: list, x: np.ndarray, labels: np.ndarray | None) -> str:
+    """The decoded latent grid over the posterior means of ``x``, and the interpolation between the two
+    most anomalous of the ``usable`` (example_id, image, label) found, each with its caption."""
+    from training import plots
+
+    grid = plots.latent_grid_figure(model, x, labels)
+    wide = model.latent_dim > 2
+    body = [
+        img_tag(figure_png(grid), "latent grid"),
+        "<p class='note'>What the decoder draws across the latent: each tile decodes one point of an even grid over "
+        + ("the two leading principal directions of" if wide else "the two latent coordinates, spanning")
+        + " the scored images' posterior means (5th to 95th percentile"
+        + ("; the other directions held at the means' mean" if wide else "")
+        + ").</p>",
+    ]
+    by_id = {item[0]: item for item in usable}
+    ranked = frame.sort_values(ranking_column(frame), ascending=False, kind="stable")["example_id"].astype(str)
+    pair = [by_id[e] for e in dict.fromkeys(ranked) if e in by_id][:2]
+    if len(pair) < 2:
+        body.append("<p class='note'>No interpolation: fewer than two scored images were found.</p>")
+        return "".join(body)
+    (id_a, image_a, label_a), (id_b, image_b, label_b) = pair
+    conditional = bool(model.num_classes)
+    path = plots.interpolation_figure(
+        model,
+        image_a,
+        image_b,
+        label_a=label_a if conditional else None,
+        label_b=label_b if conditional else None,
+        title=f"{id_a} to {id_b}",
+    )
+    body.append(img_tag(figure_png(path), f"interpolation from {id_a} to {id_b}"))
+    body.append(
+        f"<p class='note'>The two most anomalous images found, <code>{html.escape(id_a)}</code> (left) and "
+        f"<code>{html.escape(id_b)}</code> (right), and between them the decoded straight line from the first's "
+        "posterior mean to the second's"
+        + (f", decoded with the first's label {_label_text(label_a)}" if conditional else "")
+        + ".</p>"
+    )
+    return "".join(body)
 
 
 HEATMAP_NOTE = (

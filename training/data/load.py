@@ -111,18 +111,21 @@ def _whole(value) -> int | None:
     return int(text) if text.strip().isdigit() else None
 
 
-def label_classes(raw: list) -> tuple[np.ndarray, list[str], np.ndarray]:
+def label_classes(raw: list, classes: list[str] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(class index per label, class names, known mask) for labels as scoring reads them
     (:func:`training.data.validate.validate_batch`): when any label is a name, the classes are the
     sorted names and a whole number is an index into them; otherwise whole numbers are their own
-    class indices (names ``"0"`` .. ``"K-1"``). A label that fits neither (a negative number, a
-    fraction, an index past the names) is not known."""
+    class indices (names ``"0"`` .. ``"K-1"``). ``classes``: a fixed class list (a built-in or
+    in-memory data set's own order), used as the names. A label that fits neither (a negative
+    number, a fraction, an index past the names, a name not in ``classes``) is not known."""
     numbers = [_whole(v) for v in raw]
     texts = [
         None if n is not None or v is None else (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
         for v, n in zip(raw, numbers, strict=True)
     ]
     named = sorted({t for t in texts if t is not None and not _is_fraction(t)})
+    if classes:  # a data set with its own class order (Fashion-MNIST's): names and indices into it
+        named = list(classes)
     values = np.zeros(len(raw), np.int64)
     known = np.zeros(len(raw), bool)
     if named:
@@ -175,7 +178,9 @@ def read_images(
         raise DataError("no input given")
     # several inputs: made-up ids (FILE:ROW, a file's path) carry their input, so that two inputs'
     # part-0.parquet:0 stay apart; ids an input gives are kept as they are
-    spaces = [f"{s}/" if len(sources) > 1 and isinstance(s, str) else "" for s in sources]
+    # (from the second input on: the first keeps the ids a single-input read and vae score give it,
+    # so its rows stay in or out of the hash-chosen holdout whatever is added after it)
+    spaces = [f"{s}/" if i and isinstance(s, str) else "" for i, s in enumerate(sources)]
     plans = [plan_input(s, split_seed=split_seed, id_namespace=ns) for s, ns in zip(sources, spaces, strict=True)]
     total = sum(p.total_rows for p in plans)
     spec: ModelSpec | None = None
@@ -260,10 +265,6 @@ def read_images(
         )
         keep[rows] = False
 
-    if filled:
-        repeated, reasons = duplicate_rows(all_ids, all_sources, all_rows.to_pylist())
-        if repeated.any():
-            quarantine(repeated, reasons)
     label_array = np.asarray(labels, dtype=object)
     if require_labels:
         if not has_label_column:
@@ -286,7 +287,7 @@ def read_images(
     kept_labels = label_array[index]
     encoded, names = (None, None)
     if has_label_column and all(v is not None for v in kept_labels):
-        encoded, names, known = label_classes(kept_labels.tolist())
+        encoded, names, known = label_classes(kept_labels.tolist(), _fixed_classes(sources))
         if not known.all():
             if require_labels:
                 bad = np.zeros(filled, dtype=bool)
@@ -307,6 +308,17 @@ def read_images(
                 encoded, names = None, None
     elif has_label_column:
         log.info("%s: some rows have no label; the data set is read as unlabelled", _describe(sources))
+    # a repeated example_id, over the rows scoring would score too (label problems first, as there)
+    repeated, reasons = duplicate_rows(all_ids[index], all_sources[index], all_rows.take(pa.array(index)).to_pylist())
+    if repeated.any():
+        mask = np.zeros(filled, dtype=bool)
+        mask[index[repeated]] = True
+        quarantine(mask, reasons)
+        rejects_table = pa.concat_tables(rejects)
+        index = index[~repeated]
+        encoded = None if encoded is None else encoded[~repeated]
+        if not len(index):
+            raise _nothing_usable(sources, rows_read, rejects_table)
     kept = images[:filled]
     if len(index) < filled:
         kept = take_rows(images, index)  # a memory map stays on disk
@@ -335,6 +347,20 @@ def _allocate(shape: tuple[int, ...], spill_dir, memory_budget: int | None) -> n
     path = folder / f"images-{uuid.uuid4().hex[:8]}.npy"
     log.info("%.1f GB of images exceed the memory budget: reading them into %s", size / 1e9, path)
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+
+
+def _fixed_classes(sources: list[Input]) -> list[str] | None:
+    """The class list of the first input that has its own, named classes in a fixed order (an
+    in-memory data set, or Fashion-MNIST), else None."""
+    from training.data.builtin import FASHION_NAMES
+
+    for source in sources:
+        names = source.class_names if isinstance(source, ImageData) else None
+        if isinstance(source, str) and source.split(":")[0] == "fashion_mnist":
+            names = FASHION_NAMES
+        if names and list(names) != [str(i) for i in range(len(names))]:
+            return list(names)
+    return None
 
 
 def _nothing_usable(sources: list[Input], rows_read: int, rejects: pa.Table) -> DataError:

@@ -409,13 +409,8 @@ def image_data_batch(data: ImageData) -> pa.RecordBatch:
         "width": pa.repeat(pa.scalar(width, pa.int32()), n),
         "channels": pa.repeat(pa.scalar(channels, pa.int32()), n),
     }
-    if data.labels is not None:
-        labels = np.asarray(data.labels, dtype=np.int64)
-        names = list(data.class_names or [])
-        if names and names != [str(i) for i in range(len(names))]:  # named classes travel by name
-            columns["label"] = pa.array(np.asarray(names, dtype=object)[labels].tolist(), pa.string())
-        else:
-            columns["label"] = pa.array(labels)
+    if data.labels is not None:  # class indices; read_images keeps the data set's own class order
+        columns["label"] = pa.array(np.asarray(data.labels, dtype=np.int64))
     columns[UNIT_PIXELS] = pa.repeat(pa.scalar(True), n)  # ImageData holds images in [0, 1]
     return pa.RecordBatch.from_pydict(columns)
 

@@ -142,18 +142,22 @@ def grey_levels(images: np.ndarray, sample: int = 1_000_000, tolerance: float = 
     0-16 digits, 256 for 8-bit images; 0 when the values are not on such a grid (continuous).
 
     Looks at about ``sample`` values from rows drawn at random over the whole data set (reading
-    only those rows of a memory map), and allows ``tolerance`` of them off the grid."""
+    only those rows of a memory map), and allows ``tolerance`` of the values strictly between 0
+    and 1 off the grid (a few synthetic likelihood means among quantised images)."""
     flat = images.reshape(len(images), -1)
     rows = max(1, sample // max(1, flat.shape[1]))
     if len(flat) > rows:
         pick = np.sort(np.random.default_rng(0).choice(len(flat), rows, replace=False))
         flat = flat[pick]
     values, counts = np.unique(np.asarray(flat, dtype=np.float64), return_counts=True)
-    total = counts.sum()
+    # the tolerance counts only values strictly between 0 and 1: a mostly black (or black and
+    # white) data set must not pass for binary on the strength of its background
+    inside = (values > 0.0) & (values < 1.0)
+    total = counts[inside].sum()
     for steps in range(1, MAX_LEVELS):
         scaled = values * steps
         on_grid = np.abs(scaled - np.round(scaled)) < 1e-3
-        if counts[on_grid].sum() >= (1.0 - tolerance) * total:
+        if counts[inside & ~on_grid].sum() <= tolerance * total:
             return steps + 1
     return 0
 

@@ -389,6 +389,11 @@ def duplicate_rows(example_ids, sources, source_rows) -> tuple[np.ndarray, list[
     mask of rows to reject (aligned with the inputs) and a reason for each, in row order."""
     import pandas as pd
 
+    ids = pa.array(example_ids, pa.string()) if not isinstance(example_ids, pa.Array) else example_ids
+    counts = pa.table({"id": ids}).group_by("id").aggregate([("id", "count")])
+    repeated_ids = counts.filter(pc.greater(counts.column("id_count"), 1)).column("id")
+    if len(repeated_ids) == 0:  # the usual case: no Python object per row
+        return np.zeros(len(ids), dtype=bool), []
     frame = pd.DataFrame(
         {
             "id": np.asarray(example_ids, dtype=object),
