@@ -46,8 +46,7 @@ from pipeline.outputs.score_tables import (
     rejects_table,
     scores_table,
 )
-from training.data import ImageData
-from training.data import reader as arrow_io
+from training.data import ImageData, reader
 from training.data.reader import InputPlan
 from training.data.validate import ModelSpec, ValidRows, validate_batch
 from training.registry import ModelRef
@@ -68,7 +67,7 @@ class ReadShard(beam.DoFn):
         self.batch_size = batch_size
         self.rows_read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
 
-    def process(self, shard: arrow_io.Shard):
+    def process(self, shard: reader.Shard):
         start = time.perf_counter()
         rows = 0
         for batch in shard.read(self.batch_size):
@@ -278,7 +277,7 @@ def score_dataset(
         log.warning("%s has no stored calibration: threshold, p_value and is_anomaly will be null", options.model)
     spec = ModelSpec.of(loaded)
     source = input_data if input_data is not None else options.input or DEFAULT_INPUT
-    plan = arrow_io.plan_input(source, shard_rows=options.shard_rows, split_seed=options.split_seed)
+    plan = reader.plan_input(source, shard_rows=options.shard_rows, split_seed=options.split_seed)
     scored_at = scored_at or datetime.now(UTC).replace(microsecond=0)
     scores_path, rejects_path, commit = output_paths(options.output, options.partition)
     # File names carry the run: a read that overlaps the commit may find files it listed gone (and
