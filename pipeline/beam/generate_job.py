@@ -38,7 +38,14 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from pipeline.beam.defaults import DEFAULT_FIDELITY_K, DEFAULT_INPUT
-from pipeline.beam.generate_plan import GenerateError, Shard, make_shards, plan_interpolation, plan_samples
+from pipeline.beam.generate_plan import (
+    GenerateError,
+    Shard,
+    indices_only,
+    make_shards,
+    plan_interpolation,
+    plan_samples,
+)
 from pipeline.beam.options import GenerateOptions
 from pipeline.beam.runner import make_pipeline
 from pipeline.outputs import synthetic
@@ -292,9 +299,12 @@ def measure_fidelity(
     fake_labels = None if table.column("label").null_count else table.column("label").to_numpy()
     real_labels = None
     if fake_labels is not None and real.labels is not None:
-        classes = {name: i for i, name in enumerate(spec.class_names)}
-        to_model = np.array([classes.get(name, -1) for name in (real.class_names or [])], dtype=np.int64)
-        real_labels = to_model[real.labels]
+        if indices_only(real.class_names, list(spec.class_names)):  # bare class indices, as vae score reads them
+            real_labels = np.where(real.labels < len(spec.class_names), real.labels, -1).astype(np.int64)
+        else:
+            classes = {name: i for i, name in enumerate(spec.class_names)}
+            to_model = np.array([classes.get(name, -1) for name in (real.class_names or [])], dtype=np.int64)
+            real_labels = to_model[real.labels]
         if not (real_labels >= 0).any():
             raise GenerateError(
                 f"--compare-with {compare_with}: none of its labels ({', '.join((real.class_names or [])[:12])}) "

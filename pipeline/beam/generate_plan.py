@@ -145,7 +145,7 @@ def plan_samples(
     return Plan(planned, class_names=class_names)
 
 
-def _indices_only(data_classes: list[str] | None, model_classes: list[str]) -> bool:
+def indices_only(data_classes: list[str] | None, model_classes: list[str]) -> bool:
     """True when the data's labels are bare class indices ("0".."K-1") that the model does not
     have as names (a model of named classes such as Fashion-MNIST's)."""
     names = list(data_classes or [])
@@ -165,7 +165,7 @@ def _source_labels(model: ModelRef, spec: ModelSpec, data: ImageData) -> tuple[n
             )
         source_labels = np.full(len(data), NO_LABEL, dtype=np.int64)
         class_names: list[str] = []
-    elif spec.num_classes and _indices_only(data.class_names, model_classes):
+    elif spec.num_classes and indices_only(data.class_names, model_classes):
         # whole-number labels that are not the model's class names: class indices, as vae score reads them
         if int(data.labels.max()) >= spec.num_classes:
             raise GenerateError(
