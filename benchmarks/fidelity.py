@@ -1,21 +1,25 @@
 """How useful are the conditional VAE's synthetic digits? Label fidelity and augmentation lift.
 
-1. Train a conditional VAE on the digits train split (or take ``--model``) and write
+1. Train a conditional VAE on the train part of ``vae train``'s split of ``--data`` (or take
+   ``--model``) and write
    ``--per-label`` conditional samples per label with the Beam pipeline (``vae generate``'s code).
 2. Label fidelity: a classifier trained on the real train split labels the samples; the share it
    assigns to the requested label. Improved precision and recall (Kynkaanniemi et al., 2019; k = 3,
    pixel space) and diversity (mean pairwise distance of the samples over that of the real images)
-   per label, against the real images of the fixed holdout (``digits:holdout``, never trained on):
+   per label, against the real images of the fixed holdout (``DATA:holdout``, never trained on):
    :func:`scoring.fidelity.per_label_fidelity`; the mean over labels and the worst label.
-3. Augmentation lift: test accuracy of a classifier trained on a stratified ``--fraction`` of the
-   real train split plus the samples, against the same fraction alone, on the real test split,
-   averaged over ``--subsets`` seeds of the subset.
+3. Augmentation lift: accuracy on the holdout of a classifier trained on a stratified ``--fraction``
+   of the real train part plus the samples, against the same fraction alone, averaged over
+   ``--subsets`` seeds of the subset.
 4. With ``--fair``, the lift again with a generator trained only on each small subset: the first
    lift borrows labelled knowledge of the whole train split through the generator, this one does not.
 
 Usage::
 
-    python benchmarks/fidelity.py [--model models:/NAME@ALIAS] [--epochs 60] [--grid docs/images/fidelity_grid.png]
+    python benchmarks/fidelity.py [--data digits|mnist5k] [--seeds 0 1 2] [--fair] [--pixel-temperature 0.7]
+        [--latent-prior fitted|standard] [--model models:/NAME@ALIAS] [--grid docs/images/fidelity_grid.png]
+
+With several ``--seeds`` it prints each seed, then the mean, spread and worst over the seeds.
 
 Trains into a throw-away MLflow store unless ``--model`` is given (then ``MLFLOW_TRACKING_URI`` or
 ``VAE_WORK_DIR`` decides where it is found).
@@ -74,7 +78,7 @@ def latent_usage(model_uri: str, work_dir, test) -> dict:
     }
 
 
-def conditional_samples(model_uri: str, output: Path, per_label: int, temperature: float, seed: int, work_dir):
+def conditional_samples(model_uri: str, output: Path, args, seed: int, work_dir):
     from pipeline.beam.generate_job import generate_dataset
     from pipeline.beam.options import GenerateOptions
     from pipeline.outputs.synthetic import images_of, read_synthetic
@@ -83,8 +87,10 @@ def conditional_samples(model_uri: str, output: Path, per_label: int, temperatur
         model=model_uri,
         method="conditional",
         output=output,
-        per_label=per_label,
-        temperature=temperature,
+        per_label=args.per_label,
+        temperature=args.temperature,
+        pixel_temperature=args.pixel_temperature,
+        latent_prior=args.latent_prior,
         seed=seed,
         direct_running_mode="in_memory",
         direct_num_workers=1,
@@ -96,12 +102,15 @@ def conditional_samples(model_uri: str, output: Path, per_label: int, temperatur
     return summary, table, images_of(table), labels
 
 
-def train_conditional(name: str, train_data, epochs: int, seed: int, work_dir: str) -> str:
-    """Trains a conditional VAE on ``train_data`` only (its own validation split for early stopping)."""
+def train_conditional(name: str, data: str, train_data, epochs: int, seed: int, work_dir: str) -> str:
+    """Trains a conditional VAE on ``data`` (``vae train``'s split of it), or on ``train_data`` only
+    (then split the same way: 55 % of it fits the weights)."""
     from training.config import TrainConfig
     from training.train import train
 
-    cfg = TrainConfig(conditional=True, model_name=name, epochs=epochs, seed=seed, promote="always", work_dir=work_dir)
+    cfg = TrainConfig(
+        data=data, conditional=True, model_name=name, epochs=epochs, seed=seed, promote="always", work_dir=work_dir
+    )
     if train_data is None:
         result = train(cfg)
     else:  # a data set of our own: saved as NPZ so that train() loads it like any user file
@@ -111,62 +120,29 @@ def train_conditional(name: str, train_data, epochs: int, seed: int, work_dir: s
     return f"models:/{result.model_name}/{result.version}"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="models:/NAME@ALIAS of a conditional VAE (default: train one)")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--per-label", type=int, default=100)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--subsets", type=int, default=5, help="seeds of the small real subset to average over")
-    parser.add_argument("--classifier", choices=("svc", "logistic"), default="svc")
-    parser.add_argument("--seed", type=int, default=0, help="split, training and sampling seed")
-    parser.add_argument("--fair", action="store_true", help="also train a generator on each small subset only")
-    parser.add_argument("--k", type=int, default=3, help="neighbours of improved precision and recall")
-    parser.add_argument("--grid", default="docs/images/fidelity_grid.png")
-    parser.add_argument("--work-dir", default=None, help="MLflow store and outputs (default: a temporary folder)")
-    args = parser.parse_args(argv)
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("absl", "tensorflow", "alembic", "mlflow", "apache_beam", "pipeline", "training"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+def run_seed(args, seed: int, work: Path) -> dict:
+    """Every figure of the benchmark for one seed (split, generator training, sampling, subsets)."""
     from sklearn.model_selection import train_test_split
 
-    from pipeline.report.figures import grid_figure
+    from scoring.fidelity import per_label_fidelity
     from training import data as data_lib
+    from training.data.splits import training_split
 
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="vae-fidelity-"))
-    if args.model is None and args.work_dir is None:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    split = data_lib.split(data_lib.load_digits(), seed=args.seed)
-    train, test = split.train, split.test
+    work.mkdir(parents=True, exist_ok=True)
+    split = training_split(data_lib.read_images(args.data).data, seed=seed)
+    train, test = split.train, split.holdout  # the holdout: never seen by a generator or a classifier
     started = time.perf_counter()
-    model_uri = args.model or train_conditional("vae-fidelity", None, args.epochs, args.seed, str(work))
+    model_uri = args.model or train_conditional("vae-fidelity", args.data, None, args.epochs, seed, str(work))
     train_seconds = time.perf_counter() - started
-    summary, table, samples, sample_labels = conditional_samples(
-        model_uri, work / "outputs", args.per_label, args.temperature, args.seed, str(work)
-    )
+    summary, table, samples, sample_labels = conditional_samples(model_uri, work / "outputs", args, seed, str(work))
 
-    # (a) label fidelity
-    judge = classifier(args.classifier, args.seed).fit(flat(train.images), train.labels)
+    judge = classifier(args.classifier, seed).fit(flat(train.images), train.labels)
     judge_accuracy = float((judge.predict(flat(test.images)) == test.labels).mean())
     predicted = judge.predict(flat(samples))
-    fidelity = float((predicted == sample_labels).mean())
     per_label = {int(k): float((predicted[sample_labels == k] == k).mean()) for k in np.unique(sample_labels)}
-
-    # diversity: how much the samples of a label vary, relative to the real training images of it
-    diversity = float(
-        np.mean([spread(samples[sample_labels == k]) / spread(train.images[train.labels == k]) for k in per_label])
-    )
+    manifold = per_label_fidelity(test.images, test.labels, samples, sample_labels, k=args.k)
     usage = latent_usage(model_uri, str(work), test)
 
-    # improved precision / recall and diversity per label against the holdout the generator never saw
-    from scoring.fidelity import per_label_fidelity
-
-    holdout = data_lib.read_images("digits:holdout", split_seed=args.seed).data
-    manifold = per_label_fidelity(holdout.images, holdout.labels, samples, sample_labels, k=args.k)
-
-    # (b) augmentation lift over seeds of the small subset
     rows = []
     for s in range(args.subsets):
         index, _ = train_test_split(
@@ -184,101 +160,137 @@ def main(argv: list[str] | None = None) -> dict:
             "real_plus_synthetic": float((both.predict(flat(test.images)) == test.labels).mean()),
         }
         if args.fair:
-            own = train_conditional(f"vae-fidelity-subset-{s}", small, args.epochs, s, str(work))
-            _, _, own_samples, own_labels = conditional_samples(
-                own, work / f"outputs-subset-{s}", args.per_label, args.temperature, s, str(work)
-            )
+            own = train_conditional(f"vae-fidelity-subset-{s}", args.data, small, args.epochs, s, str(work))
+            _, _, own_samples, own_labels = conditional_samples(own, work / f"outputs-subset-{s}", args, s, str(work))
             fair = classifier(args.classifier, s).fit(
                 np.concatenate([flat(small.images), flat(own_samples)]), np.concatenate([small.labels, own_labels])
             )
             row["real_plus_own_synthetic"] = float((fair.predict(flat(test.images)) == test.labels).mean())
         rows.append(row)
-        log.info("subset %d: %s", s, row)
-
-    # the grid: 10 samples per label
-    import matplotlib.pyplot as plt
-
-    grid_path = Path(args.grid)
-    grid_path.parent.mkdir(parents=True, exist_ok=True)
-    figure = grid_figure(
-        table, summary.class_names, per_label=10, title=f"conditional samples (T={args.temperature:g})"
-    )
-    figure.savefig(grid_path, dpi=100)
-    plt.close(figure)
-
-    real_only = np.mean([r["real_only"] for r in rows])
-    augmented = np.mean([r["real_plus_synthetic"] for r in rows])
-    report = {
+        log.info("seed %d, subset %d: %s", seed, s, row)
+    means = {key: float(np.mean([r[key] for r in rows if key in r])) for key in AUGMENTATION if key in rows[0]}
+    return {
+        "seed": seed,
         "model": f"{summary.model_name} v{summary.model_version}",
         "train_seconds": train_seconds,
-        "classifier": args.classifier,
-        "classifier_test_accuracy_full_real": judge_accuracy,
-        "label_fidelity": fidelity,
+        "classifier_accuracy_full_real": judge_accuracy,
+        "label_fidelity": float((predicted == sample_labels).mean()),
         "label_fidelity_per_label": per_label,
-        "diversity_ratio": diversity,
-        "holdout_rows": len(holdout),
-        "k": args.k,
         "precision": manifold["precision"],
         "recall": manifold["recall"],
         "diversity": manifold["diversity"],
         "worst": {m: {"label": label, "value": v} for m, (label, v) in manifold["worst"].items()},
         "fidelity_per_label": manifold["labels"],
+        "holdout_rows": len(test),
         **usage,
         "subsets": rows,
-        "real_only_mean": float(real_only),
-        "real_plus_synthetic_mean": float(augmented),
-        "lift": float(augmented - real_only),
-        "grid": str(grid_path),
+        **{f"{key}_mean": value for key, value in means.items()},
+        "lift": means["real_plus_synthetic"] - means["real_only"],
+        **({"own_lift": means["real_plus_own_synthetic"] - means["real_only"]} if args.fair else {}),
+        "table": table,
+        "class_names": summary.class_names,
     }
-    print()
-    print(f"model:                     {report['model']} (temperature {args.temperature:g})")
+
+
+AUGMENTATION = {
+    "real_only": "real only",
+    "real_plus_synthetic": "real + synthetic",
+    "real_plus_own_synthetic": "real + own-subset synthetic",
+}
+HEADLINE = ("precision", "recall", "diversity", "label_fidelity", "lift", "own_lift")
+
+
+def print_seed(report: dict, args) -> None:
+    seed = report["seed"]
     print(
-        f"classifier:                {args.classifier}; on all {len(train)} real training images it scores "
-        f"{judge_accuracy:.3f} on the {len(test)} test images"
+        f"\nseed {seed}: {report['model']} on {args.data}; pixel temperature {args.pixel_temperature:g}, "
+        f"latent prior {args.latent_prior}, temperature {args.temperature:g}"
     )
     print(
-        f"label fidelity:            {fidelity:.3f} of {len(samples)} conditional samples "
-        f"({args.per_label} per label) get the requested label"
+        f"  classifier ({args.classifier}) on all real training images: {report['classifier_accuracy_full_real']:.3f} "
+        f"on the {report['holdout_rows']} holdout images"
     )
-    print("  per label:               " + ", ".join(f"{k}: {v:.2f}" for k, v in per_label.items()))
     print(
-        f"spread:                    samples spread {diversity:.2f}x as far around their label's centroid as "
-        f"the real training images do"
-    )
-    worst = manifold["worst"]
-    print(
-        f"against the holdout:       {len(holdout)} real images never trained on; improved precision/recall "
-        f"(k = {args.k}, pixel space), diversity = mean pairwise distance of samples / of real, per label"
+        f"  label fidelity: {report['label_fidelity']:.3f}  ("
+        + ", ".join(f"{k}: {v:.2f}" for k, v in report["label_fidelity_per_label"].items())
+        + ")"
     )
     for metric in ("precision", "recall", "diversity"):
-        label, value = worst[metric]
-        print(f"  {metric + ':':<25}{manifold[metric]:.3f} mean over labels, worst label {label}: {value:.3f}")
+        worst, value = report["worst"][metric], report[metric]
+        print(f"  {metric + ':':<11}{value:.3f} mean over labels, worst label {worst['label']}: {worst['value']:.3f}")
     print(
-        "  per label (P/R/D):       "
-        + ", ".join(
-            f"{k}: {v['precision']:.2f}/{v['recall']:.2f}/{v['diversity']:.2f}" for k, v in manifold["labels"].items()
-        )
+        f"  latent use: test KL {report['test_kl']:.2f} nats per image; "
+        f"{report['active_units']} of {report['latent_dim']} units active"
     )
-    if manifold["skipped"]:
-        print(f"  not measured (too few images): labels {manifold['skipped']}")
-    print(
-        f"latent use:                test KL {usage['test_kl']:.2f} nats per image (neg ELBO "
-        f"{usage['test_neg_elbo']:.2f}); {usage['active_units']} of {usage['latent_dim']} latent units active"
-    )
-    print(f"augmentation ({args.fraction:.0%} real, {args.subsets} subsets, test accuracy, mean ± sd):")
-    for key, text in (
-        ("real_only", "real only"),
-        ("real_plus_synthetic", "real + synthetic"),
-        ("real_plus_own_synthetic", "real + own-subset synthetic"),
-    ):
-        values = [r[key] for r in rows if key in r]
+    for key, text in AUGMENTATION.items():
+        values = [r[key] for r in report["subsets"] if key in r]
         if values:
             print(
                 f"  {text:<28} {np.mean(values):.3f} ± {np.std(values):.3f}   ({', '.join(f'{v:.3f}' for v in values)})"
             )
-    print(f"  lift:                      {augmented - real_only:+.3f}")
-    print(f"grid:                      {grid_path}")
-    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="digits", help="a built-in labelled data set: digits, mnist5k, ...")
+    parser.add_argument("--model", default=None, help="models:/NAME@ALIAS of a conditional VAE (default: train one)")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--per-label", type=int, default=100)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--pixel-temperature", type=float, default=None, help="default: vae generate's")
+    parser.add_argument("--latent-prior", default=None, help="fitted | standard (default: vae generate's)")
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--subsets", type=int, default=5, help="seeds of the small real subset to average over")
+    parser.add_argument("--classifier", choices=("svc", "logistic"), default="svc")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="split, training and sampling seeds")
+    parser.add_argument("--fair", action="store_true", help="also train a generator on each small subset only")
+    parser.add_argument("--k", type=int, default=3, help="neighbours of improved precision and recall")
+    parser.add_argument("--grid", default="docs/images/fidelity_grid.png", help="samples of the first seed")
+    parser.add_argument("--work-dir", default=None, help="MLflow store and outputs (default: a temporary folder)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("absl", "tensorflow", "alembic", "mlflow", "apache_beam", "pipeline", "training"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from scoring.sampling import DEFAULT_LATENT_PRIOR, DEFAULT_PIXEL_TEMPERATURE
+
+    args.pixel_temperature = DEFAULT_PIXEL_TEMPERATURE if args.pixel_temperature is None else args.pixel_temperature
+    args.latent_prior = args.latent_prior or DEFAULT_LATENT_PRIOR
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="vae-fidelity-"))
+    if args.model is None and args.work_dir is None:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    reports = []
+    for seed in args.seeds:
+        report = run_seed(args, seed, work / f"seed-{seed}")
+        print_seed(report, args)
+        reports.append(report)
+
+    import matplotlib.pyplot as plt
+
+    from pipeline.report.figures import grid_figure
+
+    grid_path = Path(args.grid)
+    grid_path.parent.mkdir(parents=True, exist_ok=True)
+    figure = grid_figure(
+        reports[0]["table"],
+        reports[0]["class_names"],
+        per_label=10,
+        title=f"conditional samples ({args.latent_prior} prior, pixel temperature {args.pixel_temperature:g})",
+    )
+    figure.savefig(grid_path, dpi=100)
+    plt.close(figure)
+
+    overall = {}
+    print(f"\nover {len(reports)} seed(s) ({', '.join(map(str, args.seeds))}): mean ± sd, worst")
+    for key in HEADLINE:
+        values = [r[key] for r in reports if key in r]
+        if values:
+            overall[key] = {"mean": float(np.mean(values)), "sd": float(np.std(values)), "worst": float(np.min(values))}
+            print(f"  {key + ':':<16}{np.mean(values):+.3f} ± {np.std(values):.3f}, worst {np.min(values):+.3f}")
+    print(f"grid:             {grid_path}")
+    for r in reports:
+        r.pop("table")
+    return {"seeds": reports, "overall": overall, "grid": str(grid_path)}
 
 
 if __name__ == "__main__":

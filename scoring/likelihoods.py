@@ -124,6 +124,21 @@ def mean_image(params, name: str):
     raise ValueError(f"unknown likelihood {name!r}")
 
 
+def temper(params, name: str, temperature: float):
+    """Parameters of p(x|z)^(1/T), normalised: the same family for every likelihood here. Bernoulli and
+    continuous Bernoulli: logits / T; Gaussian: the variance times T."""
+    if temperature <= 0.0:
+        raise ValueError(f"the temperature must be positive, got {temperature}")
+    if temperature == 1.0:
+        return params
+    if name in ("bernoulli", "continuous_bernoulli"):
+        return params / temperature
+    if name == "gaussian":
+        loc_logits, raw_scale = ops.split(params, 2, axis=-1)
+        return ops.concatenate([loc_logits, raw_scale + 0.5 * float(np.log(temperature))], axis=-1)
+    raise ValueError(f"unknown likelihood {name!r}")
+
+
 def sample_image(params, name: str, rng: np.random.Generator, levels: int = 0) -> np.ndarray:
     """Draws pixels from p(x|z) with a numpy generator (deterministic for a seed), clipped to [0, 1].
 

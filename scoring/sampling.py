@@ -7,6 +7,17 @@ from keras import ops
 
 from scoring import likelihoods
 from scoring.elbo import ScorableModel, one_hot
+from scoring.latent_prior import LatentPrior
+
+#: Where ``prior`` and ``conditional`` samples draw their latents: ``fitted``, the model's aggregate
+#: posterior (:mod:`scoring.latent_prior`; N(0, I) for a model saved without one), or ``standard``,
+#: N(0, I), the prior the VAE was trained against.
+LATENT_PRIORS = ("fitted", "standard")
+DEFAULT_LATENT_PRIOR = "fitted"
+#: Pixels of a synthetic image are drawn from the likelihood tempered to p(x|z)^(1/T), T this
+#: temperature; 0 gives the likelihood's mean instead (smooth, prototypical images), 1 a plain draw.
+#: README "Synthetic images" for the measurements behind the default.
+DEFAULT_PIXEL_TEMPERATURE = 0.7
 
 
 def decode_images(
@@ -14,18 +25,23 @@ def decode_images(
     z: np.ndarray,
     labels: np.ndarray | None = None,
     *,
-    sample_pixels: bool = False,
+    pixel_temperature: float = 0.0,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Images for latents ``z`` (N, D): the likelihood's mean, or a draw from it with ``sample_pixels``.
+    """Images for latents ``z`` (N, D): the likelihood's mean (``pixel_temperature`` 0), or a draw
+    from the likelihood tempered to p(x|z)^(1/T) (:func:`scoring.likelihoods.temper`; T = 1 is a
+    plain draw, T < 1 a sharper one with less speckle).
 
     A model of quantised pixels (``pixel_levels`` grey levels, the binned likelihood) gives its
     images on those levels too, in the form of the data it learnt from: synthetic images that go
-    back into training (augmentation) then keep the data's grid, and the likelihood chosen for it."""
+    back into training (augmentation) keep the data's grid."""
+    if pixel_temperature < 0.0:
+        raise ValueError(f"the pixel temperature must be non-negative, got {pixel_temperature}")
     params = ops.cast(model.decode(np.asarray(z, np.float32), one_hot(labels, model.num_classes)), "float32")
     levels = int(getattr(model, "pixel_levels", 0))
-    if sample_pixels:
-        return likelihoods.sample_image(params, model.likelihood, rng or np.random.default_rng(0), levels)
+    if pixel_temperature > 0.0:
+        tempered = likelihoods.temper(params, model.likelihood, pixel_temperature)
+        return likelihoods.sample_image(tempered, model.likelihood, rng or np.random.default_rng(0), levels)
     mean = np.asarray(ops.convert_to_numpy(likelihoods.mean_image(params, model.likelihood)), dtype=np.float32)
     if levels > 1:
         steps = np.float32(levels - 1)
@@ -37,6 +53,31 @@ def prior_latents(n: int, latent_dim: int, seed: int, temperature: float = 1.0) 
     """z ~ N(0, temperature^2 I), reproducible for a seed."""
     rng = np.random.default_rng(seed)
     return (temperature * rng.standard_normal((n, latent_dim))).astype(np.float32)
+
+
+def fitted_prior(model: ScorableModel) -> LatentPrior | None:
+    """The model's stored aggregate-posterior prior (:mod:`scoring.latent_prior`), or None."""
+    return LatentPrior.from_config(getattr(model, "latent_prior", None))
+
+
+def sample_latents(
+    model: ScorableModel,
+    n: int,
+    seed: int,
+    *,
+    labels: np.ndarray | None = None,
+    temperature: float = 1.0,
+    latent_prior: str = DEFAULT_LATENT_PRIOR,
+) -> np.ndarray:
+    """``n`` latents from ``latent_prior`` (:data:`LATENT_PRIORS`), per label for a conditional model;
+    the spread around the prior's mean is scaled by ``temperature``."""
+    if latent_prior not in LATENT_PRIORS:
+        raise ValueError(f"unknown latent prior {latent_prior!r}; choose one of {', '.join(LATENT_PRIORS)}")
+    fitted = fitted_prior(model) if latent_prior == "fitted" else None
+    if fitted is None:
+        return prior_latents(n, model.latent_dim, seed=seed, temperature=temperature)
+    groups = np.zeros(n, np.int64) if labels is None or not model.num_classes else np.asarray(labels)[:n]
+    return fitted.sample(groups, seed=seed, temperature=temperature)
 
 
 def posterior_latents(
@@ -74,14 +115,15 @@ def synthesize(
     labels: np.ndarray | None = None,
     images: np.ndarray | None = None,
     temperature: float = 1.0,
-    sample_pixels: bool = False,
+    pixel_temperature: float = DEFAULT_PIXEL_TEMPERATURE,
+    latent_prior: str = DEFAULT_LATENT_PRIOR,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(images, latents)`` for ``count`` synthetic samples, reproducible for a seed.
 
-    ``prior`` and ``conditional``: z ~ N(0, temperature^2 I); a conditional model decodes with
-    ``labels``. ``posterior``: z ~ q(z|x) of ``images`` (and their ``labels`` for a conditional
-    model) with the standard deviation scaled by ``temperature``. Images are the likelihood's mean,
-    or a draw from it with ``sample_pixels`` (a second stream of the same seed).
+    ``prior`` and ``conditional``: z from ``latent_prior`` (:func:`sample_latents`); a conditional
+    model decodes with ``labels``. ``posterior``: z ~ q(z|x) of ``images`` (and their ``labels`` for
+    a conditional model) with the standard deviation scaled by ``temperature``. Images are decoded
+    with ``pixel_temperature`` (:func:`decode_images`; pixels are a second stream of the same seed).
     """
     if method not in SAMPLE_METHODS:
         raise ValueError(f"unknown sampling method {method!r}; choose one of {', '.join(SAMPLE_METHODS)}")
@@ -94,7 +136,7 @@ def synthesize(
             raise ValueError("posterior sampling needs one source image per sample")
         z = posterior_latents(model, images, cond_labels, seed=seed, temperature=temperature)
     else:
-        z = prior_latents(count, model.latent_dim, seed=seed, temperature=temperature)
+        z = sample_latents(model, count, seed, labels=cond_labels, temperature=temperature, latent_prior=latent_prior)
     pixel_rng = np.random.default_rng([seed, 1])
-    decoded = decode_images(model, z, cond_labels, sample_pixels=sample_pixels, rng=pixel_rng)
+    decoded = decode_images(model, z, cond_labels, pixel_temperature=pixel_temperature, rng=pixel_rng)
     return np.asarray(decoded, dtype=np.float32), z

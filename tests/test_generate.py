@@ -74,10 +74,14 @@ def test_png_round_trip_is_the_8_bit_quantisation():
 
 def test_stream_seeds_are_deterministic_and_distinct():
     from pipeline.beam import defaults
+    from scoring import sampling
     from scoring.sampling import SAMPLE_METHODS, stream_seed
 
-    # the CLI's choices, without importing the sampler at start-up
+    # the CLI's choices and defaults, without importing the sampler at start-up
     assert defaults.SAMPLE_METHODS == SAMPLE_METHODS and (*SAMPLE_METHODS, "interpolate") == defaults.METHODS
+    assert defaults.LATENT_PRIORS == sampling.LATENT_PRIORS
+    assert defaults.DEFAULT_LATENT_PRIOR == sampling.DEFAULT_LATENT_PRIOR
+    assert defaults.DEFAULT_PIXEL_TEMPERATURE == sampling.DEFAULT_PIXEL_TEMPERATURE
 
     assert stream_seed(0, 1) == stream_seed(0, 1)
     assert len({stream_seed(s, b) for s in range(3) for b in range(50)}) == 150
@@ -287,6 +291,7 @@ def test_conditional_dataset_layout_schema_pngs_and_counts(trained_conditional, 
         class_labels="0,3,7",
         seed=3,
         shards=2,
+        pixel_temperature=0.0,  # the likelihood's mean: checked against the decoder below
         **IN_PROCESS,
     )
     assert summary.counts == {0: 7, 3: 7, 7: 7} and summary.rows == 21
@@ -431,9 +436,11 @@ def test_run_takes_beam_style_flags(trained_plain, tmp_path):
     assert read_synthetic(tmp_path / "synthetic").num_rows == 20
 
 
-def test_sample_pixels_draws_from_the_likelihood_instead_of_its_mean(trained_plain, tmp_path):
-    generate(uri(trained_plain), "prior", tmp_path / "mean", n=40, **IN_PROCESS)
+def test_pixels_are_drawn_from_the_likelihood_unless_the_pixel_temperature_is_0(trained_plain, tmp_path):
+    generate(uri(trained_plain), "prior", tmp_path / "mean", n=40, pixel_temperature=0.0, **IN_PROCESS)
     generate(uri(trained_plain), "prior", tmp_path / "drawn", n=40, sample_pixels=True, **IN_PROCESS)
+    generate(uri(trained_plain), "prior", tmp_path / "default", n=40, **IN_PROCESS)
+    default = read_synthetic(tmp_path / "default" / "synthetic").sort_by("sample_id")
     mean = read_synthetic(tmp_path / "mean" / "synthetic").sort_by("sample_id")
     drawn = read_synthetic(tmp_path / "drawn" / "synthetic").sort_by("sample_id")
     assert mean.column("latent").to_pylist() == drawn.column("latent").to_pylist()  # same z, other pixels
@@ -442,6 +449,9 @@ def test_sample_pixels_draws_from_the_likelihood_instead_of_its_mean(trained_pla
     assert drawn_px.min() >= 0.0 and drawn_px.max() <= 1.0
     assert np.abs(drawn_px - mean_px).mean() > 0.05  # draws scatter around the mean
     assert abs(drawn_px.mean() - mean_px.mean()) < 0.1  # ... and centre on it
+    default_px = np.asarray(default.column("pixels").to_pylist())
+    assert default.column("latent").to_pylist() == mean.column("latent").to_pylist()
+    assert not np.array_equal(default_px, mean_px) and not np.array_equal(default_px, drawn_px)
 
 
 @pytest.mark.slow
@@ -562,7 +572,7 @@ def test_summary_of_unlabelled_samples_compares_them_pooled():
         "diversity": 0.75,
     }
     summary = gp.GenerateSummary(
-        Path("o/synthetic"), Path("o/synthetic/prior"), "prior", "m", "1", 0, 1.0, False, 1, 100, {None: 100}, [],
+        Path("o/synthetic"), Path("o/synthetic/prior"), "prior", "m", "1", 0, 1.0, 0.7, "fitted", 1, 100, {None: 100}, [],
         [], datetime.now(UTC), compare_with="real.npz", fidelity=figures, fidelity_run="abc",
     )  # fmt: skip
     lines = summary.lines()

@@ -356,7 +356,19 @@ def test_scoring_and_training_keep_the_same_row_of_a_repeated_id(trained_plain, 
     out = tmp_path / "out"
     result = CliRunner().invoke(
         main,
-        ["score", "--model", uri, "--input", str(tmp_path / "dups.parquet"), "--output", str(out), "--shard-rows", "2"]
+        [
+            "score",
+            "--model",
+            uri,
+            "--input",
+            str(tmp_path / "dups.parquet"),
+            "--output",
+            str(out),
+            "--shard-rows",
+            "2",
+            "--max-reject-rate",
+            "1",
+        ]
         + FAST,
     )
     assert result.exit_code == 0, result.output

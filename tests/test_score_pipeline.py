@@ -60,10 +60,12 @@ def score(model: str, input: str, output, *, scored_at: datetime | None = None, 
 
 
 def datasets_and_no_leftovers(out) -> list[str]:
-    """The datasets under ``out``, after checking no temporary or swapped-out folder was left."""
+    """The committed datasets under ``out``, after checking no temporary or swapped-out folder was left
+    (``monitoring/``, a row appended after each commit, is not one of them: tests/test_monitoring.py)."""
     staging = out / ".staging"
     assert not staging.exists() or not any(staging.iterdir()), list(staging.iterdir())
-    return sorted(p.name for p in out.iterdir() if p.name not in (".staging", ".versions"))  # atomic's own
+    skip = (".staging", ".versions", "monitoring")  # atomic's own, and the monitoring rows
+    return sorted(p.name for p in out.iterdir() if p.name not in skip)
 
 
 def without_scored_at(table: pa.Table) -> pa.Table:
@@ -407,7 +409,7 @@ def mixed_parquet(tmp_path):
 
 @pytest.mark.slow
 def test_rows_in_equal_rows_scored_plus_rejected(plain_uri, mixed_parquet, tmp_path):
-    summary = score(plain_uri, str(mixed_parquet), tmp_path / "out", shard_rows=4, **FAST)
+    summary = score(plain_uri, str(mixed_parquet), tmp_path / "out", shard_rows=4, max_reject_rate=1, **FAST)
     assert (summary.rows_read, summary.rows_scored, summary.rows_rejected) == (11, 4, 7)
     scores, rejects = read(tmp_path / "out/scores"), read(tmp_path / "out/rejects")
     assert scores.column("example_id").to_pylist() == ["g0", "g1", "g5", "mixed.parquet:7"]
@@ -443,9 +445,9 @@ def test_rows_in_equal_rows_scored_plus_rejected(plain_uri, mixed_parquet, tmp_p
 @pytest.mark.slow
 def test_a_rerun_gives_identical_output(plain_uri, mixed_parquet, tmp_path):
     out = tmp_path / "out"
-    first = score(plain_uri, str(mixed_parquet), out, shard_rows=4, batch_size=3, **FAST)
+    first = score(plain_uri, str(mixed_parquet), out, shard_rows=4, batch_size=3, max_reject_rate=1, **FAST)
     scores, rejects = read(out / "scores"), read(out / "rejects")
-    second = score(plain_uri, str(mixed_parquet), out, shard_rows=4, batch_size=3, **FAST)
+    second = score(plain_uri, str(mixed_parquet), out, shard_rows=4, batch_size=3, max_reject_rate=1, **FAST)
     assert (first.rows_scored, first.rows_rejected) == (second.rows_scored, second.rows_rejected)
     assert without_scored_at(read(out / "scores")).equals(without_scored_at(scores))
     assert without_scored_at(read(out / "rejects")).equals(without_scored_at(rejects))
@@ -547,6 +549,8 @@ def test_cli_scores_a_png_folder(trained_plain, mlflow_store, tmp_path):
             "in_memory",
             "--direct-num-workers",
             "1",
+            "--max-reject-rate",
+            "0.2",
             "--",
             "--job_name=score-test",  # an extra Beam pipeline option, passed through after --
         ],
@@ -638,7 +642,7 @@ def test_scores_and_rejects_become_visible_together(plain_uri, mixed_parquet, tm
 
     out = tmp_path / "out"
     later = datetime(2025, 6, 7, 8, 9, 10, tzinfo=UTC)
-    first = score(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=WHEN, **FAST)
+    first = score(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=WHEN, max_reject_rate=1, **FAST)
 
     def stamps(folder) -> set:
         return set(read(folder).column("scored_at").to_pylist())
@@ -652,13 +656,13 @@ def test_scores_and_rejects_become_visible_together(plain_uri, mixed_parquet, tm
         return real(versions, version, previous)
 
     monkeypatch.setattr(versions, "_switch", switch)
-    second = score(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=later, **FAST)
+    second = score(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=later, max_reject_rate=1, **FAST)
     # one switch, with both new datasets complete and both public ones still the old run
     assert seen == [([first.rows_scored, first.rows_rejected], [{later}, {later}], [{WHEN}, {WHEN}])]
     assert stamps(out / "scores") == stamps(out / "rejects") == {later}
     assert [stamps(p) for p in atomic.snapshots(out / "scores", out / "rejects")] == [{later}, {later}]
     assert second.scores_path == out / "scores" and datasets_and_no_leftovers(out) == ["rejects", "scores"]
-    names = sorted(p.name for p in (out / "scores").iterdir())
+    names = sorted(p.name for p in (out / "scores").iterdir() if not p.name.startswith("_"))
     assert names and all(n.startswith("part-") and n.endswith(".parquet") for n in names)  # part-RUN-SSSSS-of-NNNNN
 
     def failing(versions, version, previous):
@@ -666,7 +670,7 @@ def test_scores_and_rejects_become_visible_together(plain_uri, mixed_parquet, tm
 
     monkeypatch.setattr(versions, "_switch", failing)
     with pytest.raises(OSError, match="switching failed"):
-        score(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=WHEN, **FAST)
+        score(plain_uri, str(mixed_parquet), out, shard_rows=4, scored_at=WHEN, max_reject_rate=1, **FAST)
     assert stamps(out / "scores") == stamps(out / "rejects") == {later}
     assert datasets_and_no_leftovers(out) == ["rejects", "scores"]
 

@@ -150,6 +150,7 @@ class VariationalAutoencoder(keras.Model):
         pixel_levels: int = 0,
         reference_rows: int = 0,
         pixel_scale: float | None = None,
+        latent_prior: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -167,6 +168,7 @@ class VariationalAutoencoder(keras.Model):
         self.architecture = check_architecture(architecture)
         self.pixel_levels = int(pixel_levels)  # grey levels of the training data (0: continuous)
         self.anomaly = anomaly  # the anomaly score's fitted statistics (scoring.anomaly)
+        self.latent_prior = latent_prior  # generation's fitted latent distribution (scoring.latent_prior)
         # how numeric pixels of the training data were scaled (None: the default rule,
         # training.data.validate); every job that feeds this model scales the same way
         self.pixel_scale = None if pixel_scale is None else float(pixel_scale)
@@ -288,6 +290,7 @@ class VariationalAutoencoder(keras.Model):
             "pixel_levels": self.pixel_levels,
             "reference_rows": self.reference_rows,
             "pixel_scale": self.pixel_scale,
+            "latent_prior": self.latent_prior,
         }
 
 

@@ -68,16 +68,17 @@ def reconstructions(model, images: np.ndarray, labels: np.ndarray | None, n: int
 
 
 def prior_grid(model, n: int = 100, seed: int = 0) -> Figure:
+    """Samples as ``vae generate --method prior`` writes them (its default prior and pixel noise)."""
     labels = np.arange(n) % model.num_classes if model.num_classes else None
-    z = sampling.prior_latents(n, model.latent_dim, seed)
-    return image_grid(sampling.decode_images(model, z, labels), title="samples from the prior")
+    images, _ = sampling.synthesize(model, "prior", n, seed=seed, labels=labels)
+    return image_grid(images, title="samples from the prior")
 
 
 def per_label_grid(model, per_label: int = 10, seed: int = 0) -> Figure:
     labels = np.repeat(np.arange(model.num_classes), per_label)
-    z = sampling.prior_latents(len(labels), model.latent_dim, seed)
+    images, _ = sampling.synthesize(model, "conditional", len(labels), seed=seed, labels=labels)
     return image_grid(
-        sampling.decode_images(model, z, labels),
+        images,
         ncols=per_label,
         row_labels=model.class_names,
         title="conditional samples, one row per label",

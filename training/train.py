@@ -17,8 +17,9 @@ import numpy as np
 from scoring.anomaly import DEFAULT_METHOD, fit_anomaly, reference_rows
 from scoring.calibration import Calibration, exceedances, rows_needed
 from scoring.elbo import score_images
+from scoring.latent_prior import fit_latent_prior
+from training import aliases, registry
 from training import data as data_lib
-from training import registry
 from training.callbacks import EpochReporter, KLWarmup, NaNGuard
 from training.config import PROMOTE_CHOICES, TrainConfig
 
@@ -379,6 +380,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
 
         validation_neg_elbo = float(neg_elbo_scores(model, split.validation).mean())
         calibration = calibrate(model, split, cfg.target_fpr, cfg.anomaly_score)
+        model.latent_prior = fit_latent_prior(model, split.train.images, split.train.labels).to_config()
         warning = calibration.size_warning()
         if warning:
             log.warning("%s: %s", cfg.model_name, warning)
@@ -439,7 +441,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
             likelihood=(model.likelihood, model.pixel_levels),
         )
         if promoted:
-            registry.set_alias(cfg.model_name, version, work=cfg.work_dir)
+            aliases.promote(cfg.model_name, version, registry.CHAMPION, cfg.work_dir, reason=reason, by="vae train")
         mlflow.set_tags({"promoted": str(promoted), "promotion_reason": reason, "model_version": version})
         return TrainResult(
             run_id=run.info.run_id,

@@ -48,8 +48,9 @@ from pipeline.beam.generate_plan import (
 )
 from pipeline.beam.options import GenerateOptions
 from pipeline.beam.runner import make_pipeline
-from pipeline.outputs import synthetic
+from pipeline.outputs import result_json, synthetic
 from pipeline.outputs.atomic import STAGING, atomic_dataset_dir, output_folder
+from pipeline.outputs.manifest import MANIFEST, build_manifest, fingerprint_of, write_manifest
 from training.data import ImageData
 from training.data.validate import ModelSpec
 from training.registry import ModelRef
@@ -67,7 +68,8 @@ class Request:
     method: str
     seed: int
     temperature: float
-    sample_pixels: bool
+    pixel_temperature: float
+    latent_prior: str
     created_at: datetime
     run: str  # the tag in every file name this run writes
     class_names: tuple[str, ...] = ()  # the model's: label index -> the label_name column
@@ -102,7 +104,7 @@ class DecodeShard(beam.DoFn):
                     self.model,
                     z,
                     labels if self.model.num_classes else None,
-                    sample_pixels=r.sample_pixels,
+                    pixel_temperature=r.pixel_temperature,
                     rng=rng,
                 )
                 images.append(np.asarray(decoded, dtype=np.float32))
@@ -116,7 +118,8 @@ class DecodeShard(beam.DoFn):
                 labels=labels if self.model.num_classes else None,
                 images=None if shard.images is None else shard.images[rows],
                 temperature=r.temperature,
-                sample_pixels=r.sample_pixels,
+                pixel_temperature=r.pixel_temperature,
+                latent_prior=r.latent_prior,
             )
             images.append(decoded)
             latents.append(z)
@@ -192,7 +195,8 @@ class GenerateSummary:
     model_version: str
     seed: int
     temperature: float
-    sample_pixels: bool
+    pixel_temperature: float
+    latent_prior: str
     shards: int
     rows: int
     counts: dict[int | None, int]  # samples per label (None: no label)
@@ -203,6 +207,8 @@ class GenerateSummary:
     compare_with: str | None = None  # the real images the samples were measured against
     fidelity: dict | None = None  # scoring.fidelity.per_label_fidelity of the samples against them
     fidelity_run: str | None = None  # the MLflow run the figures were logged to
+    run_id: str = ""  # the run tag in the file names: part-RUN_ID-...
+    manifest_path: Path | None = None  # FOLDER/_manifest.json
 
     def fidelity_metrics(self) -> dict[str, float]:
         """The figures as MLflow metrics: ``fidelity_METHOD_{precision,recall,diversity}`` (means over
@@ -226,7 +232,9 @@ class GenerateSummary:
         return self.class_names[label] if label < len(self.class_names) else str(label)
 
     def lines(self) -> list[str]:
-        pixels = "sampled pixels" if self.sample_pixels else "likelihood mean"
+        pixels = f"pixel temperature {self.pixel_temperature:g}" if self.pixel_temperature else "likelihood mean"
+        if self.method in ("prior", "conditional"):
+            pixels = f"{self.latent_prior} latent prior, {pixels}"
         per_label = ", ".join(f"{self.label_name(k)}: {v}" for k, v in self.counts.items())
         out = [
             f"model:        {self.model_name} v{self.model_version}",
@@ -238,6 +246,8 @@ class GenerateSummary:
             f"dataset:      {self.output}",
             f"written:      {self.folder} ({len(self.files)} Parquet file{'s' if len(self.files) != 1 else ''})",
         ]
+        if self.manifest_path:
+            out.append(f"manifest:     {self.manifest_path} (run {self.run_id})")
         if self.grid:
             out.append(f"grid:         {self.grid}")
         return out + self.fidelity_lines()
@@ -335,8 +345,19 @@ def generate_dataset(
     to measure the samples against (:func:`measure_fidelity`: precision, recall and diversity per
     label), in ``summary.fidelity`` and logged as MLflow metrics to the model version's run if it has
     one (:meth:`GenerateSummary.fidelity_metrics`). ``test_pipeline``: a pipeline to build into and run
-    instead of :func:`pipeline.beam.runner.make_pipeline`'s.
+    instead of :func:`pipeline.beam.runner.make_pipeline`'s. The method's folder gets a
+    ``_manifest.json`` (:mod:`pipeline.outputs.manifest`) in the same commit; ``options.result_json``:
+    also write the outcome there (:mod:`pipeline.outputs.result_json`), failed or not.
     """
+    output = output_folder(options.output) if options.output else None
+    known = result_json.result("generate", method=options.method, output=output)
+    with result_json.recorded(options.result_json, result_json.generate_result, known) as record:
+        return record(_generate_dataset(options, input_data, test_pipeline))
+
+
+def _generate_dataset(
+    options: GenerateOptions, input_data: ImageData | None, test_pipeline: beam.Pipeline | None
+) -> GenerateSummary:
     from training import data as data_lib
     from training import registry
 
@@ -373,7 +394,8 @@ def generate_dataset(
         method=options.method,
         seed=int(options.seed),
         temperature=float(options.temperature),
-        sample_pixels=bool(options.sample_pixels),
+        pixel_temperature=options.pixels(),
+        latent_prior=str(options.latent_prior),
         created_at=datetime.now(UTC).replace(microsecond=0),
         run=uuid.uuid4().hex[:8],
         class_names=tuple(spec.class_names),
@@ -396,6 +418,14 @@ def generate_dataset(
         files, counts = synthetic.inventory(tmp)
         if sum(counts.values()) != len(plan):
             raise RuntimeError(f"the pipeline wrote {sum(counts.values())} samples, {len(plan)} were planned")
+        reads = options.method in ("posterior", "interpolate")
+        source = (input_data if input_data is not None else options.input or DEFAULT_INPUT) if reads else None
+        about = {"model": model, "run_id": request.run, "rows": len(plan), "partition": options.method}
+        fingerprint = None if source is None else fingerprint_of(source)
+        named = source if isinstance(source, str | None) else source.source
+        write_manifest(
+            tmp, build_manifest(dataset=synthetic.DATASET, input=named, input_fingerprint=fingerprint, **about)
+        )
     summary = GenerateSummary(
         output=root,
         folder=folder,
@@ -404,13 +434,16 @@ def generate_dataset(
         model_version=model.version,
         seed=request.seed,
         temperature=request.temperature,
-        sample_pixels=request.sample_pixels,
+        pixel_temperature=request.pixel_temperature,
+        latent_prior=request.latent_prior,
         shards=len(work),
         rows=len(plan),
         counts=counts,
         class_names=plan.class_names,
         files=[folder / f.relative_to(tmp) for f in files],
         created_at=request.created_at,
+        run_id=request.run,
+        manifest_path=folder / MANIFEST,
     )
     log.info("wrote %d samples to %s", summary.rows, folder)
     if options.compare_with:

@@ -25,7 +25,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline.beam.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_INTERPOLATION_STEPS,
+    DEFAULT_LATENT_PRIOR,
     DEFAULT_MODEL_URI,
+    DEFAULT_PIXEL_TEMPERATURE,
     DEFAULT_RUNNER,
     DEFAULT_RUNNING_MODE,
     DEFAULT_SEED,
@@ -33,9 +35,11 @@ from pipeline.beam.defaults import (
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEMPERATURE,
     DEFAULT_WORKERS,
+    LATENT_PRIORS,
     METHODS,
     parse_shape,
 )
+from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_ROWS
 
 #: Beam's own runner options that the ``vae`` commands set, and their defaults (ours, not Beam's:
 #: the local engine with worker processes). Given as leading flags, so later flags override them.
@@ -78,6 +82,7 @@ class JobOptions(PipelineOptions):
         _flag(parser, "output", default=None, help="output folder (required)")
         _flag(parser, "shape", type=_shape, default=None, help="image shape HxWxC of a Parquet 'pixels' column")
         _flag(parser, "work_dir", default=None, help="working folder: the MLflow store (default: vae's)")
+        _flag(parser, "result_json", default=None, help="also write the run's outcome to this JSON file, failed or not")
 
     @classmethod
     def option_names(cls) -> frozenset[str]:
@@ -168,6 +173,20 @@ class ScoreOptions(JobOptions, PipelineOptions):
         _flag(parser, "split_seed", type=int, default=DEFAULT_SPLIT_SEED, help="seed of NAME:train|validation|...")
         _flag(parser, "shard_rows", type=int, default=DEFAULT_SHARD_ROWS, help="rows per unit of work")
         _flag(parser, "pixel_scores", action="store_true", help="also each pixel's NLL, the pixel_nll column")
+        _flag(
+            parser,
+            "max_reject_rate",
+            type=float,
+            default=DEFAULT_MAX_REJECT_RATE,
+            help="fail, committing nothing, when more than this share of the rows read is rejected",
+        )
+        _flag(
+            parser,
+            "min_rows",
+            type=int,
+            default=DEFAULT_MIN_ROWS,
+            help="fail, committing nothing, when the input has fewer rows",
+        )
 
     def check(self) -> None:
         super().check()
@@ -180,6 +199,10 @@ class ScoreOptions(JobOptions, PipelineOptions):
         for name in ("batch_size", "shard_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.max_reject_rate <= 1.0:
+            raise ValueError(f"--max-reject-rate must be in [0, 1], got {self.max_reject_rate}")
+        if self.min_rows < 0:
+            raise ValueError(f"--min-rows must be at least 0, got {self.min_rows}")
 
 
 class GenerateOptions(JobOptions, PipelineOptions):
@@ -207,7 +230,20 @@ class GenerateOptions(JobOptions, PipelineOptions):
         _flag(parser, "per_label", type=int, default=None, help="samples per label")
         _flag(parser, "class_labels", default=None, help="only these labels: indices or class names, e.g. 0,3,7")
         _flag(parser, "temperature", type=float, default=DEFAULT_TEMPERATURE, help="scales the latent spread")
-        _flag(parser, "sample_pixels", action="store_true", help="draw pixels from p(x|z), not its mean")
+        _flag(
+            parser,
+            "pixel_temperature",
+            type=float,
+            default=None,
+            help=f"pixels drawn from p(x|z)^(1/T); 0: its mean [{DEFAULT_PIXEL_TEMPERATURE}; interpolate: 0]",
+        )
+        _flag(parser, "sample_pixels", action="store_true", help="the same as --pixel_temperature 1")
+        _flag(
+            parser,
+            "latent_prior",
+            default=DEFAULT_LATENT_PRIOR,
+            help=f"prior and conditional latents: {' or '.join(LATENT_PRIORS)} (the fitted aggregate posterior)",
+        )
         _flag(parser, "seed", type=int, default=DEFAULT_SEED, help="the same seed gives the same images")
         _flag(parser, "shards", type=int, default=None, help="units of work (does not change the images)")
         _flag(
@@ -217,6 +253,15 @@ class GenerateOptions(JobOptions, PipelineOptions):
             help="real labelled images (e.g. digits:holdout) to measure the samples against: precision, recall, "
             "diversity per label",
         )
+
+    def pixels(self) -> float:
+        """The pixel temperature this run decodes with: the flag, else 0 (the likelihood's mean) for
+        interpolate, whose images are pictures of the latent space, else the default."""
+        if self.sample_pixels:
+            return 1.0
+        if self.pixel_temperature is not None:
+            return float(self.pixel_temperature)
+        return 0.0 if self.method == "interpolate" else DEFAULT_PIXEL_TEMPERATURE
 
     def check(self) -> None:
         super().check()
@@ -232,6 +277,12 @@ class GenerateOptions(JobOptions, PipelineOptions):
             raise ValueError(f"--seed must be a non-negative integer, got {self.seed}")
         if self.temperature < 0:
             raise ValueError(f"--temperature must be non-negative, got {self.temperature}")
+        if self.pixel_temperature is not None and self.pixel_temperature < 0:
+            raise ValueError(f"--pixel-temperature must be non-negative, got {self.pixel_temperature}")
+        if self.sample_pixels and self.pixel_temperature not in (None, 1.0):
+            raise ValueError("--sample-pixels means --pixel-temperature 1: give one of them")
+        if self.latent_prior not in LATENT_PRIORS:
+            raise ValueError(f"--latent-prior must be one of {', '.join(LATENT_PRIORS)}, got {self.latent_prior!r}")
         if self.input is not None and self.method not in ("posterior", "interpolate"):
             raise ValueError(f"--input is only used by --method posterior or interpolate, not {self.method}")
         if self.method == "interpolate":

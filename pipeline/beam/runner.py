@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import shlex
+import sys
+from typing import TYPE_CHECKING, Any
 
 from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_WORKERS, RUNNING_MODES
+from pipeline.logging_setup import is_verbose
 
 if TYPE_CHECKING:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["DEFAULT_WORKERS", "RUNNING_MODES", "make_pipeline"]
+__all__ = ["DEFAULT_WORKERS", "RUNNING_MODES", "WORKER_COMMAND", "make_pipeline"]
+
+# what a multi_processing DirectRunner starts per worker: Beam's SDK harness behind our logging set-up
+WORKER_COMMAND = f"{shlex.quote(sys.executable)} -m pipeline.beam.worker_main"
 
 
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
@@ -21,7 +27,9 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     Prism runner binary (this project runs offline). Any other runner goes to Beam as is, with the
     options' other flags (``--project``, ``--region``, ``--temp_location``, ``--setup_file`` ...).
     Workers log our progress lines, not the harness's chatter, unless ``--default_sdk_harness_log_level``
-    says otherwise; the main session is never pickled.
+    says otherwise (or ``vae -v``); worker processes (``multi_processing``) start through
+    :mod:`pipeline.beam.worker_main`, so they print in the command's log format and without
+    TensorFlow's start-up lines; the main session is never pickled.
     """
     import apache_beam as beam
     from apache_beam.options.pipeline_options import DirectOptions, SetupOptions, StandardOptions, WorkerOptions
@@ -32,7 +40,7 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
         raise ValueError(f"direct_running_mode must be one of {', '.join(RUNNING_MODES)}, got {mode!r}")
     worker = options.view_as(WorkerOptions)
     if worker.default_sdk_harness_log_level is None:
-        worker.default_sdk_harness_log_level = "WARNING"
+        worker.default_sdk_harness_log_level = "INFO" if is_verbose() else "WARNING"
         worker.sdk_harness_log_level_overrides = {"pipeline": "INFO", **(worker.sdk_harness_log_level_overrides or {})}
     options.view_as(SetupOptions).save_main_session = False
     if runner in ("DirectRunner", "FnApiRunner"):
@@ -42,5 +50,27 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
 
         encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
         provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-        return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
+        runner_class = _quiet_workers_runner(fn_runner.FnApiRunner)
+        return beam.Pipeline(runner=runner_class(provision_info=provision), options=options)
     return beam.Pipeline(options=options)
+
+
+def _quiet_workers_runner(base: type) -> type:
+    """The FnApiRunner with its worker command replaced by :data:`WORKER_COMMAND`. The runner sets the
+    command in ``run_pipeline`` (from ``direct_running_mode``), after any constructor argument, so
+    the replacement happens where it is stored."""
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    class QuietWorkersRunner(base):
+        @property
+        def _default_environment(self) -> Any:
+            return self.__environment
+
+        @_default_environment.setter
+        def _default_environment(self, environment: Any) -> None:
+            stock = isinstance(environment, SubprocessSDKEnvironment) and environment.command_string.endswith(
+                " -m apache_beam.runners.worker.sdk_worker_main"
+            )
+            self.__environment = SubprocessSDKEnvironment.from_command_string(WORKER_COMMAND) if stock else environment
+
+    return QuietWorkersRunner

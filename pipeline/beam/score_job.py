@@ -24,7 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,8 +35,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions
 
 from pipeline.beam.defaults import DEFAULT_BATCH_SIZE, DEFAULT_INPUT
+from pipeline.beam.guards import Guards, seal_scoring_run
 from pipeline.beam.options import ScoreOptions
 from pipeline.beam.runner import make_pipeline
+from pipeline.outputs import result_json
+from pipeline.outputs.atomic import output_folder
+from pipeline.outputs.manifest import input_fingerprint
 from pipeline.outputs.score_tables import (
     REJECTS_SCHEMA,
     SCORES_SCHEMA,
@@ -220,6 +224,24 @@ class ScoreSummary:
     rejects_path: Path | str
     reject_reasons: dict[str, int] = field(default_factory=dict)
     calibrated_score: str = "anomaly_score"  # what the threshold applies to (neg_elbo for older models)
+    run_id: str = ""  # the run tag in the file names: part-RUN_ID-...
+    output: Path | str | None = None  # the output folder
+    partition: str | None = None
+    input_spec: str = ""  # the input as given (--input, or the in-memory data's source)
+    input_fingerprint: str | None = None  # pipeline.outputs.manifest.input_fingerprint
+    target_fpr: float | None = None  # the false positive rate the threshold is set for
+    guards: Guards | None = None
+    status: str = "ok"  # "failed": past a guard, nothing committed (GuardFailed carries this summary)
+    reason: str | None = None  # why it failed
+    manifest_path: Path | str | None = None  # scores' _manifest.json (None if nothing was committed)
+
+    @property
+    def reject_rate(self) -> float | None:
+        return self.rows_rejected / self.rows_read if self.rows_read else None
+
+    @property
+    def anomaly_rate(self) -> float | None:
+        return self.anomalies / self.rows_scored if self.rows_scored else None
 
     @property
     def rows_per_second(self) -> float:
@@ -242,10 +264,14 @@ class ScoreSummary:
             f"anomalies:  {self.anomalies:,}{share} above the threshold {threshold}",
             f"throughput: {self.rows_per_second:,.0f} rows/s ({self.pipeline_seconds:.1f} s pipeline, "
             f"{self.seconds:.1f} s in all)",
-            f"scores:     {self.scores_path}",
-            f"rejects:    {self.rejects_path}",
         ]
-        return out
+        if self.guards is not None:
+            verdict = "passed" if self.status == "ok" else f"FAILED: {self.reason}"
+            out.append(f"guards:     {verdict} ({self.guards.describe()})")
+        if self.status != "ok":
+            return out + [f"scores:     not replaced: {self.scores_path}", f"rejects:    kept in {self.rejects_path}"]
+        out += [f"scores:     {self.scores_path}", f"rejects:    {self.rejects_path}"]
+        return out + ([f"manifest:   {self.manifest_path} (run {self.run_id})"] if self.manifest_path else [])
 
 
 def score_dataset(
@@ -256,9 +282,13 @@ def score_dataset(
     test_pipeline: beam.Pipeline | None = None,
 ) -> ScoreSummary:
     """Scores ``options.input`` with ``options.model`` in a Beam pipeline; writes ``OUTPUT/scores`` and
-    ``OUTPUT/rejects`` (Parquet datasets), replaced in one commit only on success
-    (:mod:`pipeline.outputs.atomic`); while it runs, another run writing the same output (or
-    partition) is refused with :class:`pipeline.outputs.atomic.DatasetLockedError`.
+    ``OUTPUT/rejects`` (Parquet datasets, a ``_manifest.json`` in each), replaced in one commit only
+    on success (:mod:`pipeline.outputs.atomic`); while it runs, another run writing the same output (or
+    partition) is refused with :class:`pipeline.outputs.atomic.DatasetLockedError`. A run past its
+    guards (``options.max_reject_rate``, ``options.min_rows``) raises
+    :class:`~pipeline.beam.guards.GuardFailed`, commits nothing and keeps its rejects in
+    ``OUTPUT/_failed/RUN_ID/rejects/``. ``options.result_json``: also write the outcome there
+    (:mod:`pipeline.outputs.result_json`), failed or not.
 
     ``options.input``: see :func:`training.data.reader.plan_input` (``digits:holdout`` is the holdout of
     the split ``vae train`` makes; the other parts depend on ``split_seed``); ``input_data``: images in
@@ -266,6 +296,16 @@ def score_dataset(
     partition of the outputs. ``scored_at``: the run's timestamp (default: now). ``test_pipeline``: a
     pipeline to build into and run instead of :func:`make_pipeline`'s.
     """
+    spec = input_data.source if input_data is not None else options.input or DEFAULT_INPUT
+    output = output_folder(options.output) if options.output else None
+    known = result_json.result("score", input=spec, output=output, partition=options.partition)
+    with result_json.recorded(options.result_json, result_json.score_result, known) as record:
+        return record(_score_dataset(options, input_data, scored_at, test_pipeline))
+
+
+def _score_dataset(
+    options: ScoreOptions, input_data: ImageData | None, scored_at: datetime | None, test_pipeline: beam.Pipeline | None
+) -> ScoreSummary:
     from training import registry
 
     options.check()
@@ -278,6 +318,7 @@ def score_dataset(
     spec = ModelSpec.of(loaded)
     source = input_data if input_data is not None else options.input or DEFAULT_INPUT
     plan = reader.plan_input(source, shard_rows=options.shard_rows, split_seed=options.split_seed)
+    fingerprint = input_fingerprint(plan)
     scored_at = scored_at or datetime.now(UTC).replace(microsecond=0)
     scores_path, rejects_path, commit = output_paths(options.output, options.partition)
     # File names carry the run: a read that overlaps the commit may find files it listed gone (and
@@ -328,24 +369,53 @@ def score_dataset(
                 f"{plan.description}: {plan.total_rows} rows in the input but {rows_read} in the output "
                 f"({rows_scored} scored + {rows_rejected} rejected); nothing was written"
             )
-    summary = ScoreSummary(
-        model_name=model.name,
-        model_version=model.version,
-        input=plan.description,
-        rows_read=rows_read,
-        rows_scored=rows_scored,
-        rows_rejected=rows_rejected,
-        anomalies=anomalies,
-        threshold=None if calibration is None else calibration.threshold,
-        calibrated_score="anomaly_score" if calibration is None else calibration.score,
-        seconds=time.perf_counter() - started,
-        pipeline_seconds=pipeline_seconds,
-        scores_path=scores_path,
-        rejects_path=rejects_path,
-        reject_reasons=reasons,
-    )
+        summary = ScoreSummary(
+            model_name=model.name,
+            model_version=model.version,
+            input=plan.description,
+            rows_read=rows_read,
+            rows_scored=rows_scored,
+            rows_rejected=rows_rejected,
+            anomalies=anomalies,
+            threshold=None if calibration is None else calibration.threshold,
+            calibrated_score="anomaly_score" if calibration is None else calibration.score,
+            seconds=time.perf_counter() - started,
+            pipeline_seconds=pipeline_seconds,
+            scores_path=scores_path,
+            rejects_path=rejects_path,
+            reject_reasons=reasons,
+            run_id=run_tag,
+            output=output_folder(options.output),
+            partition=options.partition,
+            input_spec=source if isinstance(source, str) else source.source,
+            input_fingerprint=fingerprint,
+            target_fpr=None if calibration is None else calibration.target_fpr,
+            guards=Guards(options.max_reject_rate, options.min_rows),
+        )
+        # past a guard: keeps the rejects, raises GuardFailed (nothing committed); else the manifests
+        summary = seal_scoring_run(summary, scores_tmp, rejects_tmp, model)
+    summary = replace(summary, seconds=time.perf_counter() - started)
     log.info("done: %d scored, %d rejected, %d anomalies", rows_scored, rows_rejected, anomalies)
+    record_monitoring(summary, options, model)
     return summary
+
+
+def record_monitoring(summary: ScoreSummary, options: ScoreOptions, model) -> None:
+    """Adds the committed run's row to ``OUTPUT/monitoring/`` (:mod:`pipeline.monitoring`). The data
+    is committed by then: a failure here is a warning, and ``vae monitor --check`` will miss the row."""
+    from pipeline.monitoring import record_scoring_run
+
+    try:
+        record_scoring_run(
+            summary,
+            output=options.output,
+            partition=options.partition,
+            target_fpr=summary.target_fpr,
+            model=model,
+            work_dir=options.work_dir,
+        )
+    except (OSError, ValueError) as exc:
+        log.warning("monitoring: could not record the run: %s", exc)
 
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> ScoreSummary:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli.progress import Progress
 from pipeline.cli.support import friendly_errors
 
 PROTOCOL_HELP = (
@@ -153,20 +154,21 @@ def evaluate_command(
 
     work = ctx.obj["work_dir"]
     folder = Path(output) if output else registry.work_dir(work) / "evaluation"
-    result = evaluate(
-        data or (("digits",) if quick else DATA_SETS),
-        protocols,
-        seeds=seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS),
-        epochs=epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS),
-        train_config=TrainConfig(work_dir=str(work)),
-        iwae_k=iwae_k if iwae_k is not None else (0 if quick else IWAE_K),
-        detectors=detectors or DETECTORS,
-        max_classes=QUICK_CLASSES if quick else None,
-        output_dir=folder,
-        run_id=run_id,
-        log_to_mlflow=not no_mlflow,
-        progress="auto",
-    )
+    with Progress("evaluate", unit="task") as progress:  # a bar at a terminal, a log line per task elsewhere
+        result = evaluate(
+            data or (("digits",) if quick else DATA_SETS),
+            protocols,
+            seeds=seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS),
+            epochs=epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS),
+            train_config=TrainConfig(work_dir=str(work)),
+            iwae_k=iwae_k if iwae_k is not None else (0 if quick else IWAE_K),
+            detectors=detectors or DETECTORS,
+            max_classes=QUICK_CLASSES if quick else None,
+            output_dir=folder,
+            run_id=run_id,
+            log_to_mlflow=not no_mlflow,
+            progress=progress,
+        )
     summary = result.summary
     for data_name, protocol in dict.fromkeys(zip(summary["data"], summary["protocol"], strict=True)):
         part = summary[(summary["data"] == data_name) & (summary["protocol"] == protocol)]

@@ -8,11 +8,14 @@ from pipeline.beam.defaults import (
     DEFAULT_FIDELITY_K,
     DEFAULT_INPUT,
     DEFAULT_INTERPOLATION_STEPS,
+    DEFAULT_LATENT_PRIOR,
     DEFAULT_MODEL_URI,
     DEFAULT_PER_LABEL,
+    DEFAULT_PIXEL_TEMPERATURE,
     DEFAULT_PRIOR_SAMPLES,
     DEFAULT_SEED,
     DEFAULT_TEMPERATURE,
+    LATENT_PRIORS,
     METHODS,
     SAMPLES_PER_SHARD,
 )
@@ -81,9 +84,21 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
 )
 @click.option("--shape", callback=parse_shape, default=None, help="Image shape HxWxC for a Parquet 'pixels' --input.")
 @click.option(
-    "--sample-pixels",
-    is_flag=True,
-    help="Draw the pixels from p(x|z) instead of taking its mean (noisier, e.g. binary for Bernoulli).",
+    "--pixel-temperature",
+    type=click.FloatRange(0),
+    default=None,
+    help=f"Draw the pixels from p(x|z)^(1/T), the likelihood tempered by T: 1 is a plain draw, below 1 a "
+    f"sharper one, 0 the likelihood's mean (smooth, prototypical images) [{DEFAULT_PIXEL_TEMPERATURE}; "
+    "interpolate: 0]. README 'Synthetic images'.",
+)
+@click.option("--sample-pixels", is_flag=True, help="The same as --pixel-temperature 1.")
+@click.option(
+    "--latent-prior",
+    type=click.Choice(LATENT_PRIORS),
+    default=DEFAULT_LATENT_PRIOR,
+    show_default=True,
+    help="prior and conditional: where latents are drawn. fitted: the Gaussian (per label) fitted to the "
+    "training images' posteriors when the model was trained (N(0, I) for older models); standard: N(0, I).",
 )
 @click.option(
     "--output",
@@ -115,6 +130,13 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     f"and recall (Kynkaanniemi et al. 2019, k = {DEFAULT_FIDELITY_K}, pixel space) and diversity (mean "
     "pairwise distance of the samples / of the real images) per label and their means, and logs them as "
     "MLflow metrics fidelity_METHOD_* to the model version's run [none].",
+)
+@click.option(
+    "--result-json",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the outcome as one JSON object to this file, also when the run fails: status, reason, "
+    "model, method, rows, output, synthetic_path, run_id, manifest_path.",
 )
 @click.option("--grid/--no-grid", default=True, show_default=True, help="Save a PNG grid of the samples.")
 @click.option(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import click
 
+from pipeline.cli.calibrate import calibrate_command
 from pipeline.cli.evaluate import evaluate_command
 from pipeline.cli.generate import generate_command
+from pipeline.cli.models import models_command
+from pipeline.cli.monitor import monitor_command
 from pipeline.cli.report import report_command
 from pipeline.cli.run import run_command
 from pipeline.cli.score import score_command
-from pipeline.cli.support import setup_logging
 from pipeline.cli.train import train_command
+from pipeline.logging_setup import LOG_FORMAT_ENV, LOG_FORMATS, setup_logging
 from training import registry
 from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
 
@@ -24,11 +27,26 @@ from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
     help="Working folder: the MLflow store (unless MLFLOW_TRACKING_URI is set) and the default outputs. "
     "The Airflow DAGs use the same default.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Debug logging, the frameworks' own lines (TensorFlow, MLflow, Beam workers), a traceback with every error.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    envvar=LOG_FORMAT_ENV,
+    show_envvar=True,
+    default="auto",
+    show_default=True,
+    help="Log lines on stderr: plain messages, or timed ('2026-01-31T06:00:00.000Z INFO logger: message', "
+    "UTC) for scheduled runs; auto is plain at a terminal, timed otherwise.",
+)
 @click.pass_context
-def main(ctx: click.Context, work_dir: str | None, verbose: bool) -> None:
+def main(ctx: click.Context, work_dir: str | None, verbose: bool, log_format: str) -> None:
     """Train VAEs on images, score data sets for anomalies, and write synthetic images."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)  # before any command imports TensorFlow, MLflow or Beam
     ctx.ensure_object(dict)["work_dir"] = registry.work_dir(work_dir, create=False)
 
 
@@ -38,3 +56,6 @@ main.add_command(score_command)
 main.add_command(evaluate_command)
 main.add_command(report_command)
 main.add_command(generate_command)
+main.add_command(monitor_command)
+main.add_command(models_command)
+main.add_command(calibrate_command)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from pipeline.beam.defaults import (
@@ -13,6 +11,7 @@ from pipeline.beam.defaults import (
     DEFAULT_SHARD_ROWS,
     DEFAULT_SPLIT_SEED,
 )
+from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_ROWS
 from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_errors, job_options, parse_shape
 
 
@@ -96,6 +95,28 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     show_default=True,
     help="Rows per unit of work spread over the workers (Parquet: whole row groups).",
 )
+@click.option(
+    "--max-reject-rate",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_MAX_REJECT_RATE,
+    show_default=True,
+    help="Fail (exit 1, replacing nothing) when more than this share of the rows read is rejected; the run's "
+    "rejects are kept in OUTPUT/_failed/RUN_ID/rejects/. 1 turns the guard off.",
+)
+@click.option(
+    "--min-rows",
+    type=click.IntRange(0),
+    default=DEFAULT_MIN_ROWS,
+    show_default=True,
+    help="Fail (exit 1, replacing nothing) when the input has fewer rows than this (rows read, scored or not).",
+)
+@click.option(
+    "--result-json",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the outcome as one JSON object to this file, also when the run fails: status, reason, "
+    "model, counts, reject_rate, anomaly_rate, threshold, run_id, paths (see the README).",
+)
 @beam_runner_options
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BEAM_ARGS...]")
 @click.pass_context
@@ -104,19 +125,26 @@ def score_command(ctx: click.Context, beam_args: tuple[str, ...], **params) -> N
     """Score a data set for anomalies with a registered VAE, in an Apache Beam pipeline.
 
     Writes OUTPUT/scores (negative ELBO, its terms, p-value, threshold, is_anomaly per row) and
-    OUTPUT/rejects (every row that could not be scored, with the reason) as Parquet datasets.
+    OUTPUT/rejects (every row that could not be scored, with the reason) as Parquet datasets, each with
+    a _manifest.json (rows, model, input fingerprint, run id). A run past a guard (--max-reject-rate,
+    --min-rows) exits 1 and replaces nothing.
     """
+    from pipeline.beam.guards import GuardFailed
     from pipeline.beam.options import ScoreOptions
     from pipeline.beam.score_job import score_dataset
     from training.data import DataError
 
     if beam_args:
         click.echo(f"Beam pipeline options passed through: {' '.join(beam_args)}")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     # the click parameters are named like the options: this is the one place they meet
     options = job_options(ctx, ScoreOptions, beam_args, params)
     try:
         summary = score_dataset(options)
+    except GuardFailed as exc:  # the result JSON is written; say what the run did, then exit 1
+        click.echo("")
+        for line in exc.summary.lines():
+            click.echo(line)
+        raise click.ClickException(str(exc)) from exc
     except (RuntimeError, DataError) as exc:
         if isinstance(exc, DataError) and "[while running" not in str(exc):
             raise  # bad input found before the pipeline started: friendly_errors prints it
@@ -131,6 +159,6 @@ def score_command(ctx: click.Context, beam_args: tuple[str, ...], **params) -> N
 
 def _cause(exc: BaseException) -> str:
     """What went wrong, in one line, from an error or a worker traceback that Beam wrapped."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    causes = [line for line in lines if "Error: " in line or "Exception: " in line]
-    return causes[-1] if causes else " ".join(lines) or type(exc).__name__
+    from pipeline.outputs.result_json import error_reason
+
+    return error_reason(exc)

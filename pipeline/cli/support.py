@@ -1,10 +1,10 @@
-"""What every ``vae`` command shares: logging set-up, plain error messages, shape parsing."""
+"""What every ``vae`` command shares: plain error messages, shape parsing, the Beam flags (logging
+lives in :mod:`pipeline.logging_setup`)."""
 
 from __future__ import annotations
 
 import functools
-import logging
-import os
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -13,19 +13,12 @@ from click.core import ParameterSource
 
 from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_RUNNING_MODE, DEFAULT_WORKERS, RUNNING_MODES
 from pipeline.beam.defaults import parse_shape as shape_of
-
-QUIET_LOGGERS = ("absl", "tensorflow", "mlflow.store.db.utils", "alembic", "h5py", "matplotlib", "apache_beam")
-
-
-def setup_logging(verbose: bool) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+from pipeline.logging_setup import is_verbose
 
 
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turns the errors a user can fix (bad data, a missing model, divergence) into one clean line."""
+    """Turns the errors a user can fix (bad data, a missing model, divergence) into one clean line;
+    with ``vae -v`` the traceback comes first."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -34,7 +27,13 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return func(*args, **kwargs)
+        except click.ClickException as exc:  # a command's own message for a failure: its cause with -v
+            if is_verbose() and exc.__cause__ is not None:
+                click.echo(traceback.format_exc(), err=True, nl=False)
+            raise
         except (DataError, LookupError, TrainingDiverged, FileNotFoundError, ValueError) as exc:
+            if is_verbose():
+                click.echo(traceback.format_exc(), err=True, nl=False)
             raise click.ClickException(str(exc)) from exc
 
     return wrapper

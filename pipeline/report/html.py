@@ -369,11 +369,60 @@ def _label_text(label: object) -> str:
     return html.escape(str(label))
 
 
+def output_of_scores(scores: str | Path) -> Path | None:
+    """The output folder ``OUTPUT`` of ``OUTPUT/scores`` or ``OUTPUT/scores/KEY=VALUE``; None for a
+    folder not named so."""
+    path = Path(os.path.abspath(scores))  # not resolved: OUTPUT/scores is a link into OUTPUT/.versions
+    if path.name == "scores":
+        return path.parent
+    if path.parent.name == "scores" and "=" in path.name:
+        return path.parent.parent
+    return None
+
+
+MONITORING_ROWS = 10  # the latest rows the report lists
+
+
+def monitoring_section(scores: str | Path) -> Section | None:
+    """The trend of ``OUTPUT/monitoring/`` (what ``vae monitor`` draws) and its latest rows, when the
+    scores' output folder has one; None otherwise."""
+    from pipeline.monitoring import monitoring_path, read_rows
+    from pipeline.monitoring.plot import trend_figure
+    from pipeline.monitoring.trend import frame_of, shadow_cells, shadow_rows, trend, trend_cells
+
+    output = output_of_scores(scores)
+    if output is None or not Path(monitoring_path(output)).is_dir():
+        return None
+    frame = frame_of(read_rows(output))
+    points = trend(frame) if len(frame) else frame
+    if points.empty:
+        return None
+    latest = points.tail(MONITORING_ROWS)
+    body = [
+        img_tag(figure_png(trend_figure(points)), "monitoring trend"),
+        "<p class='note'>One point per partition (its latest run) or per run: the anomaly rate inside its "
+        "acceptance bound at the target false positive rate, the Kolmogorov-Smirnov drift of the scores from "
+        "the model's calibration scores under its limit, and the score's quantiles. From "
+        f"<code>{html.escape(str(monitoring_path(output)))}</code>; <code>vae monitor</code> prints it.</p>",
+        _cells_table(*trend_cells(latest)),
+    ]
+    shadows = shadow_rows(frame, last=MONITORING_ROWS)
+    if not shadows.empty:
+        body += ["<h3>Shadow agreement</h3>", _cells_table(*shadow_cells(shadows))]
+    return Section("monitoring", "Monitoring", "".join(body))
+
+
+def _cells_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    header = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table class='monitoring'>{header}{body}</table>"
+
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; }
 table { border-collapse: collapse; } th, td { padding: .25em .6em; text-align: left; }
-table.anomalies td, table.anomalies th { border-bottom: 1px solid #eee; }
+table.anomalies td, table.anomalies th, table.monitoring td, table.monitoring th { border-bottom: 1px solid #eee; }
 img.figure { max-width: 100%; }
 img.digit, img.heatmap { image-rendering: pixelated; width: 48px; height: 48px; }
 .note { color: #777; }
@@ -425,6 +474,9 @@ def render_report(
     if images and not any(i in images for i in top_ids):
         log.warning("none of the top anomalies' images were found in the input")
     sections = build_sections(frame, ref, model, run_id, learning_history(run_id, work_dir), images, top, seed)
+    monitoring = monitoring_section(scores)
+    if monitoring is not None:
+        sections.append(monitoring)
     from pipeline.outputs.files import write_atomically
 
     path = Path(output)

@@ -122,11 +122,13 @@ Where the code is
 :mod:`~pipeline.outputs.atomic.versions` the local commit through the pointer (and
 :func:`output_folder`); :mod:`~pipeline.outputs.atomic.exchange` the switch of one folder
 (``renameat2``, two renames) and the fallback commit; :mod:`~pipeline.outputs.atomic.locks` the
-locks and the clean-up after killed runs; :mod:`~pipeline.outputs.atomic.remote` object stores.
+locks and the clean-up after killed runs; :mod:`~pipeline.outputs.atomic.remote` object stores;
+:mod:`~pipeline.outputs.atomic.failed` what a run that must not commit keeps (``OUT/_failed/RUN_ID/``).
 This package re-exports their public names.
 """
 
 from pipeline.outputs.atomic.exchange import JOURNAL, OLD_VERSION_GRACE, replace_dir
+from pipeline.outputs.atomic.failed import FAILED, failed_dir, keep_failed
 from pipeline.outputs.atomic.locks import LEGACY_STALE_AFTER, LOCK_RETRY, DatasetLockedError
 from pipeline.outputs.atomic.remote import (
     MANIFEST,
@@ -154,6 +156,7 @@ DatasetLockedError.__module__ = __name__  # its public name: pipeline.outputs.at
 __all__ = [
     "COMMIT_WAIT",
     "CURRENT",
+    "FAILED",
     "JOURNAL",
     "LEGACY_STALE_AFTER",
     "LOCK_RETRY",
@@ -169,7 +172,9 @@ __all__ = [
     "atomic_filesystem_datasets",
     "atomic_filesystem_dir",
     "committed_files",
+    "failed_dir",
     "is_remote",
+    "keep_failed",
     "output_folder",
     "replace_dir",
     "snapshot",

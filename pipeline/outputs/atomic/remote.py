@@ -1,7 +1,9 @@
 """The same contract, as far as an object store allows, on any file system Apache Beam knows
 (``gs://``, ``s3://``, ``hdfs://``, local): :func:`atomic_filesystem_datasets`. New files are put in
 place next to the old ones before any old one is deleted, and a ``_manifest.json`` names the files
-of the last commit (:func:`committed_files`)."""
+of the last commit (:func:`committed_files`): a ``_manifest.json`` that a run wrote itself at the top
+of a dataset folder (:mod:`pipeline.outputs.manifest`) is not copied as a file, its keys go into that
+manifest."""
 
 from __future__ import annotations
 
@@ -135,9 +137,12 @@ def _publish(finals: list[str], tmps: list[str], run_id: str, prefix: str) -> No
     were not overwritten out."""
     from apache_beam.io.filesystems import FileSystems
 
-    plans = []
+    plans, described = [], []
     for final, tmp in zip(finals, tmps, strict=True):
         new = sorted(_match(f"{tmp}/**"))
+        own = f"{tmp}/{MANIFEST}"  # the run's own description (pipeline.outputs.manifest): merged below
+        described.append(_read_json(own) if own in new else {})
+        new = [path for path in new if path != own]
         targets = [f"{final}/{path[len(tmp) + 1 :]}" for path in new]
         old = set(_match(f"{final}/**"))
         plans.append((final, new, targets, old))
@@ -145,8 +150,9 @@ def _publish(finals: list[str], tmps: list[str], run_id: str, prefix: str) -> No
     for i, (final, _, targets, _) in enumerate(plans):  # written beside the temporary datasets, renamed in later
         draft = f"{prefix}/{i}-{MANIFEST}"
         files = sorted(t[len(final) + 1 :] for t in targets)
+        manifest = {**described[i], "run": run_id, "committed": _now(), "files": files}
         with FileSystems.create(draft) as file:
-            file.write(json.dumps({"run": run_id, "committed": _now(), "files": files}, indent=1).encode())
+            file.write(json.dumps(manifest, indent=1).encode())
         manifests.append((draft, f"{final}/{MANIFEST}"))
     try:
         for final, new, targets, _ in plans:
@@ -167,6 +173,13 @@ def _publish(finals: list[str], tmps: list[str], run_id: str, prefix: str) -> No
     stale = sorted(path for _, _, targets, old in plans for path in old - set(targets) - keep)
     if stale:
         FileSystems.delete(stale)
+
+
+def _read_json(path: str) -> dict:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as file:
+        return json.loads(file.read())
 
 
 def _now() -> str:

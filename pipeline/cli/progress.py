@@ -1,0 +1,78 @@
+"""Progress of long interactive work: a bar when stderr is a terminal, plain log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# "[3/12] digits seed 0 held-out 3: ...", the line a library writes per finished step
+STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)$", re.DOTALL)
+NOTE_WIDTH = 60  # of the note beside the bar (a log line keeps all of it)
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress:
+    """``with Progress("evaluate", unit="task") as progress:`` then ``progress.advance(note)`` per
+    finished step, or hand ``progress`` to a library that reports finished steps as lines
+    (``"[k/N] text"``). At a terminal a tqdm bar on stderr (log lines print above it); otherwise each
+    step is one log line, in the log format of the run. ``bar`` forces either."""
+
+    def __init__(self, label: str, total: int | None = None, *, unit: str = "step", bar: bool | None = None) -> None:
+        self.label = label
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self.use_bar = stderr_is_terminal() if bar is None else bar
+        self._bar: Any = None
+        self._stack = ExitStack()
+
+    def __enter__(self) -> Progress:
+        if self.use_bar:
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._bar = tqdm(total=self.total, desc=self.label, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
+            self._stack.enter_context(logging_redirect_tqdm())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def advance(self, note: str = "", *, done: int | None = None, total: int | None = None) -> None:
+        """One more step finished (or ``done`` of ``total``); ``note`` says which, or what it gave."""
+        self.done = self.done + 1 if done is None else done
+        if total is not None:
+            self.total = total
+        if self._bar is not None:
+            if self._bar.total != self.total:
+                self._bar.total = self.total
+            self._bar.set_postfix_str(note if len(note) <= NOTE_WIDTH else note[: NOTE_WIDTH - 1] + "…", refresh=False)
+            self._bar.update(self.done - self._bar.n)
+        else:
+            count = f"{self.done}/{self.total}" if self.total else str(self.done)
+            log.info("%s [%s] %s", self.label, count, note)
+
+    def __call__(self, line: str) -> None:
+        """A finished step as a library reports it: ``"[k/N] text"`` moves the bar to k of N."""
+        step = STEP_LINE.match(line)
+        if step is None:
+            if self._bar is not None:
+                log.info("%s", line)  # printed above the bar
+            else:
+                log.info("%s: %s", self.label, line)
+            return
+        self.advance(step.group(3), done=int(step.group(1)), total=int(step.group(2)))

@@ -1,0 +1,153 @@
+"""The terminal of the ``vae`` command: no framework noise, one log format (timed for scheduled
+runs, plain for people), a traceback with ``-v``, progress as a bar or as log lines. The command
+runs as users run it: the installed entry point, in a subprocess."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli.progress import Progress
+from pipeline.logging_setup import PlainFormatter, TimedFormatter, quiet_native_stderr
+
+VAE = str(Path(sys.executable).with_name("vae"))
+# what TensorFlow, absl, CUDA, Beam and MLflow print by themselves
+NOISE = re.compile(
+    r"I0000|E0000|W0000|cuInit|oneDNN|apitools|absl::InitializeLog|cuda drivers|Successfully registered model"
+    r"|Created version|Worker: severity|semi_persistent_directory|Discarding unparseable"
+)
+TIMED_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+HEAVY = ("tensorflow", "keras", "apache_beam", "mlflow", "jax", "sklearn", "pandas")
+
+
+def _vae(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("VAE_LOG_FORMAT", "VAE_VERBOSE")}
+    environment.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command's own default, not the test session's
+    return subprocess.run(
+        [VAE, *args], capture_output=True, text=True, env=environment | (env or {}), timeout=timeout, check=False
+    )
+
+
+def _noise(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if NOISE.search(line)]
+
+
+def test_the_command_imports_no_framework_before_logging_is_set_up():
+    """The environment that TensorFlow and MLflow read once is set in the group callback, so no
+    command module may import them (or Beam) at import time."""
+    code = f"import sys, pipeline.cli.main; print([m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_user_error_is_one_line_and_a_traceback_with_verbose(tmp_path):
+    """A ValueError a user can fix (a bad --partition, found once Beam's options are built) is one
+    line; with -v its traceback comes first. Neither TensorFlow's start-up lines nor Beam's import
+    warning (apitools) show by default; -v shows everything."""
+    args = ["score", "--output", str(tmp_path / "out"), "--partition", "not-a-pair"]
+    quiet = _vae("--work-dir", str(tmp_path), *args)
+    assert quiet.returncode == 1, quiet.stderr
+    assert "Error: --partition 'not-a-pair': expected KEY=VALUE" in quiet.stderr
+    assert "Traceback" not in quiet.stderr
+    assert _noise(quiet.stderr) == []
+    assert quiet.stderr.strip().splitlines() == [
+        "Error: --partition 'not-a-pair': expected KEY=VALUE, e.g. date=2026-11-20"
+    ]
+
+    verbose = _vae("--work-dir", str(tmp_path), "-v", *args)
+    assert verbose.returncode == 1, verbose.stderr
+    assert "Traceback (most recent call last)" in verbose.stderr
+    assert "ValueError: --partition 'not-a-pair': expected KEY=VALUE" in verbose.stderr
+    assert verbose.stderr.rstrip().splitlines()[-1].startswith("Error: --partition 'not-a-pair': expected KEY=VALUE")
+
+
+def test_log_format_choice_is_checked(tmp_path):
+    result = _vae("--work-dir", str(tmp_path), "--log-format", "fancy", "report", "--help")
+    assert result.returncode == 2
+    assert "'fancy' is not one of 'auto', 'plain', 'timed'" in result.stderr
+
+
+@pytest.mark.slow
+def test_train_then_score_with_workers_print_only_their_own_lines(tmp_path):
+    """``vae train`` (TensorFlow, MLflow) with the timed format that the DAGs set, then ``vae
+    score`` with a worker process (Beam's SDK harness, TensorFlow again) in the plain format."""
+    work = str(tmp_path / "work")
+    timed = {"VAE_LOG_FORMAT": "timed"}
+    trained = _vae("--work-dir", work, "train", "--epochs", "1", "--model-name", "vae-quiet", env=timed)
+    assert trained.returncode == 0, trained.stderr
+    assert "registered:          vae-quiet version 1" in trained.stdout
+    assert _noise(trained.stderr) == []
+    lines = [line for line in trained.stderr.splitlines() if line.strip()]
+    assert lines and all(TIMED_LINE.match(line) for line in lines), lines
+    assert any(re.search(r" INFO training\.train: training vae-quiet on digits", line) for line in lines)
+
+    scored = _vae(
+        "--work-dir", work, "--log-format", "plain", "score", "--model", "models:/vae-quiet@champion",
+        "--input", "digits:holdout", "--output", str(tmp_path / "out"),
+        "--direct-running-mode", "multi_processing", "--direct-num-workers", "1",
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    assert _noise(scored.stderr) == []
+    assert not any(TIMED_LINE.match(line) for line in scored.stderr.splitlines())
+    # the worker's own line, from another process, in the same plain format
+    worker = [line for line in scored.stderr.splitlines() if line.startswith("shard 1/1 done:")]
+    assert len(worker) == 1, scored.stderr
+    assert "scored:     265" in scored.stdout
+
+
+def test_timed_format_is_utc_iso_with_level_and_logger():
+    record = logging.LogRecord("pipeline.beam.score_job", logging.INFO, __file__, 1, "shard %d/%d", (1, 3), None)
+    record.created = 1_800_000_000.25  # 2027-01-15T08:00:00.250Z
+    assert TimedFormatter().format(record) == "2027-01-15T08:00:00.250Z INFO pipeline.beam.score_job: shard 1/3"
+    assert PlainFormatter().format(record) == "shard 1/3"
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    assert PlainFormatter().format(record) == "warning: shard 1/3"
+
+
+def test_native_start_up_lines_are_dropped_and_the_rest_kept(capfd):
+    """What C++ code writes to descriptor 2 while TensorFlow loads: its absl lines go, anything else
+    (a real error message) is passed on."""
+    with quiet_native_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1795285010.948702   23682 cudart_stub.cc:31] Could not find cuda drivers\n")
+        os.write(2, b"W0000 00:00:1795285010.948702   23682 cpu_feature_guard.cc:227] optimized\n")
+        os.write(2, b"E0000 00:00:1795285011.1   23682 cuda_fft.cc:467] Unable to register cuFFT factory\n")
+        os.write(2, b"E0000 00:00:1795285011.1   23682 loader.cc:12] libfoo.so: cannot open shared object\n")
+        os.write(2, b"a plain line\n")
+    err = capfd.readouterr().err
+    assert err.splitlines() == [
+        "E0000 00:00:1795285011.1   23682 loader.cc:12] libfoo.so: cannot open shared object",
+        "a plain line",
+    ]
+
+
+def test_progress_off_a_terminal_logs_one_line_per_step(caplog):
+    with caplog.at_level(logging.INFO, logger="pipeline.cli.progress"), Progress("evaluate", bar=False) as progress:
+        progress("[1/2] digits seed 0 held-out 0: vae AUROC 0.910")
+        progress("[2/2] digits seed 0 held-out 1: vae AUROC 0.870")
+    with caplog.at_level(logging.INFO, logger="pipeline.cli.progress"), Progress("shards", bar=False) as progress:
+        progress.advance("shard a")
+        progress.advance("shard b")
+    assert caplog.messages == [
+        "evaluate [1/2] digits seed 0 held-out 0: vae AUROC 0.910",
+        "evaluate [2/2] digits seed 0 held-out 1: vae AUROC 0.870",
+        "shards [1] shard a",
+        "shards [2] shard b",
+    ]
+
+
+def test_progress_at_a_terminal_draws_a_bar_on_stderr(capsys):
+    with Progress("evaluate", unit="task", bar=True) as progress:
+        progress("[1/4] digits seed 0 held-out 0: vae AUROC 0.910")
+        progress("[3/4] digits seed 0 held-out 2: vae AUROC 0.800")
+        assert (progress._bar.n, progress._bar.total) == (3, 4)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "evaluate" in captured.err and "3/4" in captured.err and "vae AUROC 0.800" in captured.err
