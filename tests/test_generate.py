@@ -572,8 +572,8 @@ def test_summary_of_unlabelled_samples_compares_them_pooled():
         "diversity": 0.75,
     }
     summary = gp.GenerateSummary(
-        Path("o/synthetic"), Path("o/synthetic/prior"), "prior", "m", "1", 0, 1.0, 0.7, "fitted", 1, 100, {None: 100}, [],
-        [], datetime.now(UTC), compare_with="real.npz", fidelity=figures, fidelity_run="abc",
+        Path("o/synthetic"), Path("o/synthetic/prior"), "prior", "m", "1", 0, 1.0, 0.7, "fitted", 1, 100,
+        {None: 100}, [], [], datetime.now(UTC), compare_with="real.npz", fidelity=figures, fidelity_run="abc",
     )  # fmt: skip
     lines = summary.lines()
     assert "precision:    0.500" in lines and "recall:       0.250" in lines and "diversity:    0.750" in lines
