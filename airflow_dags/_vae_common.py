@@ -12,6 +12,7 @@ conf or the trigger form), the Airflow Variable ``vae_<name>``, then the default
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Asset, Param
+
+log = logging.getLogger(__name__)
 
 VARIABLE_PREFIX = "vae_"
 
@@ -72,6 +75,8 @@ DEFAULTS: dict[str, str | Callable[[], str]] = {
     "input_root": "digits",  # {input_root}/date=YYYY-MM-DD/ is a day's input; "digits": the built-in set
     "output_root": "{work_dir}/daily",  # {output_root}/scores/date=YYYY-MM-DD/ and rejects/date=YYYY-MM-DD/
     "score_args": "",
+    "monitor_on_alarm": "fail",  # when `vae monitor --check` finds the day out of bounds: fail | warn
+    "challenger_alias": "",  # empty: no shadow scoring; else score models:/{model}@ALIAS into {output_root}/shadow
     # vae_augment
     "synthetic_root": "{work_dir}/synthetic",  # {synthetic_root}/{model}/version=V/ gets synthetic/
     "synthetic_per_label": "100",  # conditional models: images per label
@@ -118,14 +123,18 @@ def flag(value: str | bool) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in TRUE
 
 
-def param(name: str, description: str, type_: str = "string") -> Param:
-    """A run param that is empty by default, so the Variable or the default applies."""
+def param(name: str, description: str, type_: str = "string", **schema: Any) -> Param:
+    """A run param that is empty by default, so the Variable or the default applies; ``schema``: more
+    JSON-schema keywords (e.g. ``enum``, which then also admits the empty value)."""
     default = DEFAULTS[name]
     shown = "see the docs" if callable(default) else (repr(default) if default else "empty")
+    if "enum" in schema:
+        schema["enum"] = [None, *schema["enum"]]
     return Param(
         None,
         type=["null", type_],
         description=f"{description} Empty: Variable {variable_name(name)}, else {shown}.",
+        **schema,
     )
 
 
@@ -161,9 +170,15 @@ def dag_defaults() -> dict[str, Any]:
     }
 
 
-def schedule(env: str, default: str) -> str:
-    """A DAG's schedule: a cron expression or preset from the scheduler's environment, else ``default``."""
-    return os.environ.get(env) or default
+#: The value of a schedule variable that turns a DAG's schedule off: it runs only when triggered.
+NO_SCHEDULE = "none"
+
+
+def schedule(env: str, default: str) -> str | None:
+    """A DAG's schedule: a cron expression or preset from the scheduler's environment, else ``default``;
+    ``none`` there: no schedule (runs only when triggered)."""
+    value = os.environ.get(env) or default
+    return None if value.strip().lower() == NO_SCHEDULE else value
 
 
 # ---------------------------------------------------------------- command lines
@@ -173,16 +188,68 @@ def vae_shell(args: list[str], params: Mapping[str, Any] | None, variables=get_v
     """A bash script that runs ``vae --work-dir WORK ARGS`` with the configured MLflow tracking URI.
 
     The command's stdout and stderr go to the task log; a non-zero exit fails the task."""
+    lines = [*_shell_head(params, variables), _vae_line(args, params, variables)]
+    if then:
+        lines.append(then)
+    return "\n".join(lines)
+
+
+def _shell_head(params: Mapping[str, Any] | None, variables) -> list[str]:
     lines = ["set -euo pipefail"]
     uri = setting("mlflow_tracking_uri", params, variables)
     if uri:
         lines.append(f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}")
+    return lines
+
+
+def _vae_line(args: list[str], params: Mapping[str, Any] | None, variables) -> str:
+    """Echo the command line, then run it."""
     command = [setting("command", params, variables), "--work-dir", setting("work_dir", params, variables), *args]
-    lines.append(f"echo {shlex.quote('+ ' + shlex.join(command))}")
-    lines.append(shlex.join(command))
-    if then:
-        lines.append(then)
+    return f"echo {shlex.quote('+ ' + shlex.join(command))}\n{shlex.join(command)}"
+
+
+def vae_result_shell(
+    args: list[str],
+    result_file: str,
+    params: Mapping[str, Any] | None,
+    variables=get_variable,
+    failed_exit: int | None = None,
+) -> str:
+    """Like ``vae_shell`` for a command that takes ``--result-json``: the result goes to ``result_file``
+    (relative: bash runs in a fresh temporary folder, so it is this run's own) and is printed as the
+    script's last line, one line of JSON, for the task to parse. When the command fails, its result
+    (which names a guard's reason) is printed too and the script exits with the command's status, or
+    with ``failed_exit`` when given (e.g. an exit code the task treats as "skipped")."""
+    quoted = shlex.quote(result_file)
+    exit_with = '"$status"' if failed_exit is None else str(failed_exit)
+    lines = [
+        *_shell_head(params, variables),
+        "status=0",
+        _vae_line([*args, "--result-json", result_file], params, variables) + " || status=$?",
+        'if [ "$status" -ne 0 ]; then',
+        f'  echo "vae {args[0]} failed with exit code $status" >&2',
+        f"  if [ -s {quoted} ]; then echo \"its result: $(tr -d '\\n' < {quoted})\" >&2; fi",
+        f"  exit {exit_with}",
+        "fi",
+        # JSON strings hold no raw newlines, so deleting them leaves the same object on one line
+        f"tr -d '\\n' < {quoted}",
+        "echo",
+    ]
     return "\n".join(lines)
+
+
+def parse_result_json(output: str, command: str) -> dict[str, Any]:
+    """The result JSON ``vae COMMAND --result-json`` wrote, from the last line of the task's output."""
+    lines = output.strip().splitlines()
+    if not lines:
+        raise ValueError(f"vae {command} printed no result")
+    try:
+        result = json.loads(lines[-1])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"vae {command}: the last line of its output is not its result JSON: {lines[-1]!r}") from exc
+    if not isinstance(result, dict) or result.get("command") != command:
+        raise ValueError(f"vae {command}: expected its result object, got {lines[-1]!r}")
+    return result
 
 
 TRAIN_RESULT = "vae-train-result.json"
@@ -260,23 +327,139 @@ def day_partition(ds: str) -> str:
     return f"date={ds}"
 
 
-def score_command(input_path: str, ds: str, params: Mapping[str, Any] | None, variables=get_variable) -> str:
+SCORE_RESULT = "vae-score-result.json"
+GENERATE_RESULT = "vae-generate-result.json"
+#: The exit code of a shadow task whose command failed: the task is skipped, never failed.
+SHADOW_FAILED_EXIT = 99
+#: The exit code of ``vae monitor --check`` when the day is out of bounds.
+MONITOR_ALARM_EXIT = 3
+#: The last line the monitor task prints when an alarm is only a warning.
+MONITOR_ALARM_PREFIX = "vae-monitor-alarm: "
+ON_ALARM = ("fail", "warn")
+
+
+def output_root(params: Mapping[str, Any] | None, variables=get_variable) -> str:
+    return setting("output_root", params, variables).rstrip("/")
+
+
+def shadow_root(params: Mapping[str, Any] | None, variables=get_variable) -> str:
+    """Where the challenger's shadow scores go: ``{output_root}/shadow`` (its own scores/, rejects/)."""
+    return f"{output_root(params, variables)}/shadow"
+
+
+def score_command(
+    input_path: str,
+    ds: str,
+    params: Mapping[str, Any] | None,
+    variables=get_variable,
+    *,
+    alias: str = "champion",
+    output: str | None = None,
+    failed_exit: int | None = None,
+) -> str:
+    """``vae score`` of one day with ``models:/NAME@ALIAS`` into ``output`` (default: the output root);
+    its result JSON is the script's last line."""
+
     def get(name: str) -> str:
         return setting(name, params, variables)
 
     args = [
         "score",
         "--model",
-        f"models:/{get('model_name')}@champion",
+        f"models:/{get('model_name')}@{alias}",
         "--input",
         input_path,
         "--output",
-        get("output_root").rstrip("/"),
+        output or output_root(params, variables),
         "--partition",
         day_partition(ds),
         *shlex.split(get("score_args")),
     ]
-    return vae_shell(args, params, variables)
+    return vae_result_shell(args, SCORE_RESULT, params, variables, failed_exit=failed_exit)
+
+
+def score_counts(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What a scoring run did, from its result JSON; a result that is not ``ok`` is an error."""
+    if result.get("status") != "ok":
+        raise ValueError(f"vae score did not succeed: {result.get('status')!r}, {result.get('reason')}")
+    keys = (
+        "partition",
+        "model_name",
+        "model_version",
+        "run_id",
+        "rows_read",
+        "rows_scored",
+        "rows_rejected",
+        "reject_rate",
+        "anomalies",
+        "anomaly_rate",
+        "threshold",
+    )
+    return {key: result.get(key) for key in keys}
+
+
+def on_alarm(params: Mapping[str, Any] | None, variables=get_variable) -> str:
+    """What a monitoring alarm does to the run: ``fail`` or ``warn``."""
+    value = setting("monitor_on_alarm", params, variables).strip().lower()
+    if value not in ON_ALARM:
+        raise ValueError(f"monitor_on_alarm must be one of {', '.join(ON_ALARM)}, not {value!r}")
+    return value
+
+
+def monitor_check_command(ds: str, params: Mapping[str, Any] | None, variables=get_variable) -> str:
+    """``vae monitor OUTPUT_ROOT --check --partition date=DS``: exit code 3 when the day is out of
+    bounds. With ``monitor_on_alarm=fail`` that fails the task; with ``warn`` the script exits 0 and
+    its last line is ``MONITOR_ALARM_PREFIX`` and the reason, which ``monitor_outcome`` logs as a warning."""
+    mode = on_alarm(params, variables)
+    partition = day_partition(ds)
+    args = ["monitor", output_root(params, variables), "--check", "--partition", partition]
+    alarm_exit = MONITOR_ALARM_EXIT if mode == "fail" else 0
+    lines = [
+        *_shell_head(params, variables),
+        "status=0",
+        _vae_line(args, params, variables) + " 2>&1 | tee vae-monitor.log || status=$?",
+        f'if [ "$status" -eq {MONITOR_ALARM_EXIT} ]; then',
+        f'  echo "monitoring alarm for {partition} (monitor_on_alarm={mode})" >&2',
+        f'  echo "{MONITOR_ALARM_PREFIX}$(tail -n 1 vae-monitor.log)"',
+        f"  exit {alarm_exit}",
+        "fi",
+        'exit "$status"',
+    ]
+    return "\n".join(lines)
+
+
+def monitor_outcome(output: str) -> dict[str, Any]:
+    """Whether the monitor task's check raised an alarm (only seen here when it is a warning)."""
+    lines = output.strip().splitlines()
+    last = lines[-1] if lines else ""
+    if last.startswith(MONITOR_ALARM_PREFIX):
+        reason = last[len(MONITOR_ALARM_PREFIX) :].strip()
+        log.warning("Monitoring alarm (monitor_on_alarm=warn, so the run does not fail): %s", reason)
+        return {"alarm": True, "reason": reason}
+    return {"alarm": False, "reason": None}
+
+
+def shadow_agreement_command(ds: str, params: Mapping[str, Any] | None, variables=get_variable) -> str:
+    """``vae monitor OUTPUT_ROOT --shadow SHADOW --partition date=DS``: records how often the champion's
+    and the challenger's flags agree on the day; a failure exits ``SHADOW_FAILED_EXIT``."""
+    args = [
+        "monitor",
+        output_root(params, variables),
+        "--shadow",
+        shadow_root(params, variables),
+        "--partition",
+        day_partition(ds),
+    ]
+    lines = [
+        *_shell_head(params, variables),
+        "status=0",
+        _vae_line(args, params, variables) + " || status=$?",
+        'if [ "$status" -ne 0 ]; then',
+        '  echo "vae monitor --shadow failed with exit code $status: no agreement recorded" >&2',
+        f"  exit {SHADOW_FAILED_EXIT}",
+        "fi",
+    ]
+    return "\n".join(lines)
 
 
 def latest_promoted(events: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -307,4 +490,20 @@ def generate_command(model: Mapping[str, Any], params: Mapping[str, Any] | None,
         get("synthetic_seed"),
         *shlex.split(get("generate_args")),
     ]
-    return vae_shell(args, params, variables)
+    return vae_result_shell(args, GENERATE_RESULT, params, variables)
+
+
+def parse_generate_result(output: str) -> dict[str, Any]:
+    """The result of ``vae generate``, logged: how many rows, where."""
+    result = parse_result_json(output, "generate")
+    if result.get("status") != "ok":
+        raise ValueError(f"vae generate did not succeed: {result.get('status')!r}, {result.get('reason')}")
+    log.info(
+        "Generated %s rows (%s) with %s version %s into %s",
+        result.get("rows"),
+        result.get("method"),
+        result.get("model_name"),
+        result.get("model_version"),
+        result.get("synthetic_path") or result.get("output"),
+    )
+    return result

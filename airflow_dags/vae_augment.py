@@ -3,7 +3,8 @@
 Scheduled on the model Asset. ``choose_model`` reads the triggering events and skips unless one
 promoted a version to @champion; ``generate`` runs ``vae generate`` for that version into
 ``{synthetic_root}/{model_name}/version={version}/``: per label for a conditional model, else from
-the prior. A manual run can name the version with the params ``model_name`` and ``model_version``.
+the prior; its result JSON (rows, where) is logged and returned as the task's XCom. A manual run can
+name the version with the params ``model_name`` and ``model_version``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from _vae_common import (
     generate_command,
     latest_promoted,
     param,
+    parse_generate_result,
     setting,
 )
 from airflow.sdk import Param, dag, task
@@ -68,7 +70,8 @@ def vae_augment() -> None:
         log.info("New champion: %s version %s", chosen["model_name"], chosen["version"])
         return dict(chosen)
 
-    @task.bash(skip_on_exit_code=None, do_xcom_push=False, execution_timeout=timedelta(hours=2))
+    # the last line of the script is vae generate's result JSON, logged and parsed into the XCom
+    @task.bash(skip_on_exit_code=None, output_processor=parse_generate_result, execution_timeout=timedelta(hours=2))
     def generate(model: dict[str, Any], params: dict[str, Any] | None = None) -> str:
         return generate_command(model, params)
 

@@ -1,12 +1,19 @@
-"""vae_score: daily, score the day's input with the @champion model into Parquet.
+"""vae_score: daily, score the day's input with the @champion model into Parquet, then check it.
 
 The day is the run's logical date (``{{ ds }}``: the scheduled run at midnight scores the day that
 just ended) or the param ``date``. ``find_input`` looks for ``{input_root}/date=YYYY-MM-DD/`` and
 skips the run when the day has no input; ``score`` runs ``vae score --partition date=YYYY-MM-DD``
 into ``{output_root}/scores/date=YYYY-MM-DD/`` and ``{output_root}/rejects/date=YYYY-MM-DD/`` (one
 hive partition of each dataset), which ``vae score`` replaces atomically and together, so a rerun
-replaces that day only. ``input_root`` may be ``digits``, the built-in data set, for demos.
-Settings: see ``_vae_common``.
+replaces that day only. A day that fails one of ``vae score``'s guards (too many rejected rows, too
+few rows) fails ``score``, with the reason in its log, and replaces nothing. ``score_result`` reads
+the run's result JSON and returns its counts (XCom). ``monitor`` runs ``vae monitor --check`` on the
+day: an out-of-bounds flagged rate or drift fails the run (``monitor_on_alarm=fail``, the default)
+or is logged as a warning (``warn``). With ``challenger_alias`` set, ``shadow_score`` scores the same
+day with ``models:/NAME@ALIAS`` into ``{output_root}/shadow/`` and ``shadow_agreement`` records in
+``{output_root}/monitoring/`` how often the two models' flags agree; a failing shadow task is
+skipped, never failed, so it never fails the champion's day. ``input_root`` may be ``digits``, the
+built-in data set, for demos. Settings: see ``_vae_common``.
 """
 
 from __future__ import annotations
@@ -16,25 +23,39 @@ from datetime import timedelta
 from typing import Any
 
 from _vae_common import (
+    ON_ALARM,
+    SHADOW_FAILED_EXIT,
     common_params,
     dag_defaults,
     day_input,
+    monitor_check_command,
+    monitor_outcome,
     param,
+    parse_result_json,
     run_day,
     schedule,
     score_command,
+    score_counts,
     setting,
+    shadow_agreement_command,
+    shadow_root,
 )
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 log = logging.getLogger(__name__)
 
+SCORE_SCHEDULE = schedule("VAE_SCORE_SCHEDULE", "@daily")
+
+
+def parse_score_result(output: str) -> dict[str, Any]:
+    return parse_result_json(output, "score")
+
 
 @dag(
     dag_id="vae_score",
     # a data-interval schedule: the run at midnight scores the day that just ended ({{ ds }})
-    schedule=CronDataIntervalTimetable(schedule("VAE_SCORE_SCHEDULE", "@daily"), timezone="UTC"),
+    schedule=None if SCORE_SCHEDULE is None else CronDataIntervalTimetable(SCORE_SCHEDULE, timezone="UTC"),
     doc_md=__doc__,
     **dag_defaults(),
     params={
@@ -47,6 +68,12 @@ log = logging.getLogger(__name__)
         "input_root": param("input_root", "Root of the daily input partitions date=YYYY-MM-DD/, or digits."),
         "output_root": param("output_root", "Root of the daily outputs: scores/date=YYYY-MM-DD/, rejects/date=.../."),
         "score_args": param("score_args", "More `vae score` options."),
+        "monitor_on_alarm": param(
+            "monitor_on_alarm", "When the day's monitoring check is out of bounds: fail or warn.", enum=list(ON_ALARM)
+        ),
+        "challenger_alias": param(
+            "challenger_alias", "Model alias scored in shadow beside @champion into {output_root}/shadow/."
+        ),
         **common_params(),
     },
 )
@@ -61,11 +88,65 @@ def vae_score() -> None:
         log.info("Input for %s: %s", day, found)
         return {"date": day, "input": found}
 
-    @task.bash(skip_on_exit_code=None, do_xcom_push=False, execution_timeout=timedelta(hours=4))
+    # the last line of the script is vae score's result JSON, parsed into the XCom
+    @task.bash(skip_on_exit_code=None, output_processor=parse_score_result, execution_timeout=timedelta(hours=4))
     def score(day: dict[str, str], params: dict[str, Any] | None = None) -> str:
         return score_command(day["input"], day["date"], params)
 
-    score(find_input())
+    @task
+    def score_result(result: dict[str, Any]) -> dict[str, Any]:
+        counts = score_counts(result)
+        log.info(
+            "Scored %s with %s version %s: %s rows read, %s scored, %s rejected (%.2f%%), %s flagged (%.2f%%) "
+            "at threshold %s",
+            counts["partition"],
+            counts["model_name"],
+            counts["model_version"],
+            counts["rows_read"],
+            counts["rows_scored"],
+            counts["rows_rejected"],
+            100 * float(counts["reject_rate"] or 0),
+            counts["anomalies"],
+            100 * float(counts["anomaly_rate"] or 0),
+            counts["threshold"],
+        )
+        return counts
+
+    # an alarm is a verdict on the day, not a passing fault: no retries
+    @task.bash(skip_on_exit_code=None, output_processor=monitor_outcome, retries=0)
+    def monitor(day: dict[str, str], params: dict[str, Any] | None = None) -> str:
+        return monitor_check_command(day["date"], params)
+
+    # the shadow branch: a failure exits SHADOW_FAILED_EXIT, so the task is skipped, never failed
+    @task.bash(
+        skip_on_exit_code=SHADOW_FAILED_EXIT,
+        output_processor=parse_score_result,
+        retries=0,
+        execution_timeout=timedelta(hours=4),
+    )
+    def shadow_score(day: dict[str, str], params: dict[str, Any] | None = None) -> str:
+        alias = setting("challenger_alias", params).strip().lstrip("@")
+        if not alias:
+            raise AirflowSkipException("no challenger_alias set: no shadow scoring")
+        log.info("Shadow scoring %s with the challenger @%s into %s", day["date"], alias, shadow_root(params))
+        return score_command(
+            day["input"],
+            day["date"],
+            params,
+            alias=alias,
+            output=shadow_root(params),
+            failed_exit=SHADOW_FAILED_EXIT,
+        )
+
+    @task.bash(skip_on_exit_code=SHADOW_FAILED_EXIT, retries=0)
+    def shadow_agreement(day: dict[str, str], params: dict[str, Any] | None = None) -> str:
+        return shadow_agreement_command(day["date"], params)
+
+    day = find_input()
+    scored = score_result(score(day))
+    scored >> monitor(day)
+    shadow = shadow_score(day)
+    [scored, shadow] >> shadow_agreement(day)
 
 
 vae_score()

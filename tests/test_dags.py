@@ -27,6 +27,7 @@ DAGS_FOLDER = REPO / "airflow_dags"
 BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
 DAG_IDS = {"vae_retrain", "vae_score", "vae_augment"}
+SCORE_TASKS = ("find_input", "score", "score_result", "monitor", "shadow_score", "shadow_agreement")
 HEAVY = ("tensorflow", "keras", "apache_beam", "mlflow", "torch", "jax")
 MODEL = "vae-airflow-test"
 DAY = "2026-01-05"
@@ -46,6 +47,11 @@ def airflow_home(tmp_path_factory) -> Path:
 def airflow_env(airflow_home: Path) -> dict[str, str]:
     """The environment of every Airflow subprocess: a fresh home, our DAGs folder, no examples, no
     retries, and the DAG settings as Variables (``AIRFLOW_VAR_VAE_*``) pointing into the home."""
+    return airflow_test_env(airflow_home)
+
+
+def airflow_test_env(airflow_home: Path) -> dict[str, str]:
+    """What ``airflow_env`` holds, for any home (``test_dag_events.py`` runs a scheduler in its own)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "VAE_", "MLFLOW_"))}
     work = airflow_home / "vae-work"
     env.update(
@@ -115,6 +121,7 @@ DAGBAG_SUMMARY = """
                     "outlets": sorted(a.uri for a in t.outlets),
                     "retries": t.retries,
                     "backoff": t.retry_exponential_backoff,
+                    "skip_on_exit_code": list(getattr(t, "skip_on_exit_code", None) or []),
                 }}
                 for t in dag.tasks
             }},
@@ -221,6 +228,7 @@ def test_retrain_trains_then_publishes_the_model_asset(dagbag, common):
         "outlets": [],
         "retries": 0,  # VAE_DAG_RETRIES=0 in the tests; 2 by default
         "backoff": 2.0,
+        "skip_on_exit_code": [],  # every non-zero exit fails the task
     }
     assert dag["tasks"]["publish_model"]["upstream"] == ["train"]
     assert dag["tasks"]["publish_model"]["outlets"] == [common.MODEL_ASSET.uri]
@@ -229,15 +237,27 @@ def test_retrain_trains_then_publishes_the_model_asset(dagbag, common):
     assert all(value is None for value in dag["params"].values())  # empty params: Variables apply
 
 
-def test_score_finds_the_day_input_then_scores_daily(dagbag):
+def test_score_finds_the_day_input_scores_checks_and_shadows(dagbag, common):
     dag = dagbag["dags"]["vae_score"]
     assert dag["timetable"] == {"kind": "CronDataIntervalTimetable", "expression": "0 0 * * *", "assets": None}
     assert {task: spec["upstream"] for task, spec in dag["tasks"].items()} == {
         "find_input": [],
         "score": ["find_input"],
+        "score_result": ["score"],
+        "monitor": ["find_input", "score_result"],
+        "shadow_score": ["find_input"],
+        "shadow_agreement": ["find_input", "score_result", "shadow_score"],
     }
-    assert dag["tasks"]["score"]["operator"] == "_BashDecoratedOperator"
-    assert {"input_root", "output_root"} <= set(dag["params"])
+    tasks = dag["tasks"]
+    assert {t: tasks[t]["operator"] for t in ("score", "monitor", "shadow_score", "shadow_agreement")} == dict.fromkeys(
+        ("score", "monitor", "shadow_score", "shadow_agreement"), "_BashDecoratedOperator"
+    )
+    # the champion's tasks fail on any error; the shadow's are skipped instead, so the day stays green
+    assert tasks["score"]["skip_on_exit_code"] == tasks["monitor"]["skip_on_exit_code"] == []
+    assert tasks["shadow_score"]["skip_on_exit_code"] == [common.SHADOW_FAILED_EXIT]
+    assert tasks["shadow_agreement"]["skip_on_exit_code"] == [common.SHADOW_FAILED_EXIT]
+    assert tasks["monitor"]["retries"] == 0
+    assert {"input_root", "output_root", "monitor_on_alarm", "challenger_alias"} <= set(dag["params"])
 
 
 def test_augment_is_scheduled_on_the_model_asset(dagbag, common):
@@ -252,6 +272,18 @@ def test_augment_is_scheduled_on_the_model_asset(dagbag, common):
         "generate": ["choose_model"],
     }
     assert dag["tasks"]["generate"]["operator"] == "_BashDecoratedOperator"
+
+
+def test_a_schedule_of_none_means_triggered_runs_only(airflow_env, common, monkeypatch):
+    monkeypatch.setenv("VAE_SCORE_SCHEDULE", "None")
+    assert common.schedule("VAE_SCORE_SCHEDULE", "@daily") is None
+    monkeypatch.setenv("VAE_SCORE_SCHEDULE", "0 6 * * *")
+    assert common.schedule("VAE_SCORE_SCHEDULE", "@daily") == "0 6 * * *"
+    monkeypatch.delenv("VAE_SCORE_SCHEDULE")
+    assert common.schedule("VAE_SCORE_SCHEDULE", "@daily") == "@daily"
+    env = airflow_env | {"VAE_SCORE_SCHEDULE": "none", "VAE_RETRAIN_SCHEDULE": "none"}
+    dags = run_python(env, DAGBAG_SUMMARY.format(folder=str(DAGS_FOLDER), heavy=HEAVY))["dags"]
+    assert dags["vae_score"]["timetable"]["kind"] == dags["vae_retrain"]["timetable"]["kind"] == "NullTimetable"
 
 
 def test_default_retries_back_off_exponentially(common, monkeypatch):
@@ -330,13 +362,183 @@ def test_train_result_is_read_from_the_last_line(common):
 
 
 def test_score_command_writes_one_folder_per_day(common, tmp_path):
-    script = common.score_command("digits", DAY, {"output_root": str(tmp_path / "out")}, no_variables)
+    script = common.score_command("digits", DAY, {"output_root": str(tmp_path / "out/")}, no_variables)
     assert "MLFLOW_TRACKING_URI" not in script  # unset: the worker's own environment applies
-    command = script.splitlines()[-1]
+    command = next(line for line in script.splitlines() if " score " in line and not line.startswith("echo"))
     assert (
-        f"score --model models:/vae-digits@champion --input digits --output {tmp_path}/out --partition date={DAY}"
-        in command
+        f"score --model models:/vae-digits@champion --input digits --output {tmp_path}/out --partition date={DAY} "
+        f"--result-json {common.SCORE_RESULT} || status=$?"
+    ) in command
+
+
+def test_shadow_score_command_uses_the_challenger_and_its_own_root(common):
+    variables = {"output_root": "/srv/daily", "score_args": "--max-reject-rate 0.2"}.get
+    script = common.score_command(
+        "/in/date=1", DAY, {}, variables, alias="challenger", output=common.shadow_root({}, variables), failed_exit=99
     )
+    assert (
+        f"score --model models:/vae-digits@challenger --input /in/date=1 --output /srv/daily/shadow "
+        f"--partition date={DAY} --max-reject-rate 0.2 --result-json"
+    ) in script
+    assert "exit 99" in script
+
+
+def test_monitor_commands_check_the_day_and_record_the_shadow_agreement(common):
+    variables = {"output_root": "/srv/daily/"}.get
+    check = common.monitor_check_command(DAY, {}, variables)
+    assert f"monitor /srv/daily --check --partition date={DAY} 2>&1 | tee vae-monitor.log" in check
+    agreement = common.shadow_agreement_command(DAY, {}, variables)
+    assert f"monitor /srv/daily --shadow /srv/daily/shadow --partition date={DAY} || status=$?" in agreement
+    assert common.on_alarm({}, no_variables) == "fail"
+    assert common.on_alarm({"monitor_on_alarm": "WARN"}, no_variables) == "warn"
+    with pytest.raises(ValueError, match="monitor_on_alarm must be one of fail, warn, not 'ignore'"):
+        common.monitor_check_command(DAY, {"monitor_on_alarm": "ignore"}, variables)
+
+
+# -------------------------------------------------------- the scripts, run by bash with a stand-in vae
+
+FAKE_VAE = """#!/usr/bin/env bash
+# stands in for vae: prints its arguments, writes $FAKE_RESULT to --result-json, prints $FAKE_REASON
+# to stderr and exits $FAKE_EXIT
+echo "fake vae $*"
+previous=""
+for arg in "$@"; do
+  if [ "$previous" = "--result-json" ]; then printf '%s' "$FAKE_RESULT" > "$arg"; fi
+  previous="$arg"
+done
+if [ -n "${FAKE_REASON:-}" ]; then echo "$FAKE_REASON" >&2; fi
+exit "${FAKE_EXIT:-0}"
+"""
+
+
+@pytest.fixture
+def run_script(tmp_path):
+    """Runs a DAG's bash script the way BashOperator does (bash -c in a fresh folder, stderr into
+    stdout) with a stand-in ``vae`` whose result, message and exit code the test chooses."""
+    fake = tmp_path / "fake-vae"
+    fake.write_text(FAKE_VAE)
+    fake.chmod(0o755)
+
+    def run(script_for, exit_code: int = 0, result: dict | None = None, reason: str = ""):
+        variables = {"command": str(fake), "work_dir": str(tmp_path / "work"), "output_root": "/srv/daily"}.get
+        env = os.environ | {
+            "FAKE_EXIT": str(exit_code),
+            "FAKE_RESULT": json.dumps(result, indent=2) if result is not None else "",
+            "FAKE_REASON": reason,
+        }
+        cwd = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
+        cwd.mkdir()
+        done = subprocess.run(
+            ["bash", "-c", script_for(variables)], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        return done.returncode, done.stdout.decode()
+
+    return run
+
+
+def score_result_json(status: str = "ok", reason: str | None = None) -> dict[str, Any]:
+    return {
+        "command": "score",
+        "status": status,
+        "reason": reason,
+        "model_name": "m",
+        "model_version": "4",
+        "partition": f"date={DAY}",
+        "run_id": "20260105T000000-abc",
+        "rows_read": 100,
+        "rows_scored": 98 if status == "ok" else 0,
+        "rows_rejected": 2 if status == "ok" else 100,
+        "reject_rate": 0.02 if status == "ok" else 1.0,
+        "anomalies": 3,
+        "anomaly_rate": 3 / 98,
+        "threshold": 41.5,
+    }
+
+
+def test_a_score_result_becomes_the_tasks_last_line_and_its_counts(common, run_script):
+    result = score_result_json()
+    code, output = run_script(lambda v: common.score_command("digits", DAY, {}, v), result=result)
+    assert code == 0, output
+    assert output.splitlines()[0].startswith("+ ") and "--result-json vae-score-result.json" in output
+    parsed = common.parse_result_json(output, "score")  # BashOperator hands on the last line only
+    assert parsed == common.parse_result_json(output.splitlines()[-1], "score") == result
+    counts = common.score_counts(parsed)
+    assert (counts["rows_read"], counts["rows_rejected"], counts["anomalies"]) == (100, 2, 3)
+    assert counts["partition"] == f"date={DAY}" and "scores_path" not in counts
+
+
+def test_a_guard_failure_fails_the_task_with_its_reason_in_the_log(common, run_script):
+    reason = "reject rate 100.00% is above --max-reject-rate 10.00%: missing column 'pixels'"
+    result = score_result_json("failed", reason)
+    code, output = run_script(
+        lambda v: common.score_command("/in", DAY, {}, v), exit_code=1, result=result, reason=f"Error: {reason}"
+    )
+    assert code == 1
+    assert f"Error: {reason}" in output  # vae's own message
+    assert "vae score failed with exit code 1" in output
+    assert json.loads(output.split("its result: ", 1)[1].splitlines()[0])["reason"] == reason
+    with pytest.raises(ValueError, match="did not succeed: 'failed', reject rate 100.00%"):
+        common.score_counts(result)
+
+
+def test_a_failing_shadow_exits_with_the_skip_code(common, run_script):
+    code, output = run_script(
+        lambda v: common.score_command("/in", DAY, {}, v, alias="challenger", failed_exit=common.SHADOW_FAILED_EXIT),
+        exit_code=1,
+        reason="Error: no alias challenger",
+    )
+    assert code == common.SHADOW_FAILED_EXIT, output
+    assert "Error: no alias challenger" in output and "its result" not in output  # no result written
+    code, output = run_script(lambda v: common.shadow_agreement_command(DAY, {}, v), exit_code=2)
+    assert code == common.SHADOW_FAILED_EXIT and "no agreement recorded" in output
+
+
+@pytest.mark.parametrize("mode", ["fail", "warn"])
+def test_a_monitoring_alarm_fails_or_warns(common, run_script, mode, caplog):
+    reason = "date=2026-01-05: flagged rate 9.0% is outside [2.1%, 7.9%]"
+    code, output = run_script(
+        lambda v: common.monitor_check_command(DAY, {"monitor_on_alarm": mode}, v), exit_code=3, reason=reason
+    )
+    assert reason in output and f"monitoring alarm for date={DAY} (monitor_on_alarm={mode})" in output
+    if mode == "fail":
+        assert code == 3
+        return
+    assert code == 0, output
+    with caplog.at_level("WARNING"):
+        outcome = common.monitor_outcome(output.splitlines()[-1])
+    assert outcome == {"alarm": True, "reason": reason}
+    assert reason in caplog.text and "monitor_on_alarm=warn" in caplog.text
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_a_monitor_without_alarm_passes_on_its_exit_code(common, run_script, exit_code):
+    code, output = run_script(lambda v: common.monitor_check_command(DAY, {}, v), exit_code=exit_code)
+    assert code == exit_code  # an error of vae monitor itself (not an alarm) fails the task in both modes
+    assert common.monitor_outcome(output) == {"alarm": False, "reason": None}
+
+
+def test_a_generate_result_is_parsed_and_logged(common, run_script, caplog):
+    result = {
+        "command": "generate",
+        "status": "ok",
+        "reason": None,
+        "model_name": "m",
+        "model_version": "7",
+        "method": "conditional",
+        "rows": 30,
+        "output": "/srv/synthetic/m/version=7",
+        "synthetic_path": "/srv/synthetic/m/version=7/synthetic/conditional",
+    }
+    model = {"model_name": "m", "version": "7", "conditional": True}
+    code, output = run_script(lambda v: common.generate_command(model, {}, v), result=result)
+    assert code == 0, output
+    with caplog.at_level("INFO"):
+        assert common.parse_generate_result(output.splitlines()[-1]) == result
+    assert "Generated 30 rows (conditional) with m version 7 into /srv/synthetic/m/version=7/synthetic" in caplog.text
+    with pytest.raises(ValueError, match="expected its result object"):
+        common.parse_result_json(output.splitlines()[-1], "score")
+    with pytest.raises(ValueError, match="not its result JSON: 'Traceback'"):
+        common.parse_result_json("Traceback", "generate")
 
 
 def test_the_score_dag_documents_the_layout_it_writes():
@@ -398,7 +600,7 @@ def test_score_skips_a_day_without_input(airflow_db, tmp_path):
     result = dags_test(airflow_db, "vae_score", "2026-02-01", {"input_root": str(tmp_path / "incoming")})
     assert result.returncode == 0, log_of(result)
     assert "No input for 2026-02-01" in log_of(result)
-    assert task_states(airflow_db, "vae_score", "2026-02-01") == {"find_input": "skipped", "score": "skipped"}
+    assert task_states(airflow_db, "vae_score", "2026-02-01") == dict.fromkeys(SCORE_TASKS, "skipped")
 
 
 @pytest.mark.slow
@@ -449,9 +651,19 @@ def test_retrain_score_and_augment_end_to_end(airflow_db, airflow_home, common):
         "promoted": True,  # the first version has no champion to beat
     }
 
-    score = dags_test(airflow_db, "vae_score", DAY)  # input_root defaults to the built-in digits
+    # input_root defaults to the built-in digits; a 2-epoch model on the data it was trained on may be
+    # out of the monitoring bounds: warn, so that this test is about the wiring
+    score = dags_test(airflow_db, "vae_score", DAY, {"monitor_on_alarm": "warn"})
     assert score.returncode == 0, log_of(score)
-    assert task_states(airflow_db, "vae_score", DAY) == {"find_input": "success", "score": "success"}
+    assert task_states(airflow_db, "vae_score", DAY) == {
+        "find_input": "success",
+        "score": "success",
+        "score_result": "success",
+        "monitor": "success",
+        "shadow_score": "skipped",  # no challenger_alias
+        "shadow_agreement": "skipped",
+    }
+    assert f"Scored date={DAY} with {MODEL} version {champion.version}: 1797 rows read, 1797 scored" in log_of(score)
 
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
@@ -470,3 +682,4 @@ def test_retrain_score_and_augment_end_to_end(airflow_db, airflow_home, common):
     synthetic = airflow_home / "vae-work" / "synthetic" / MODEL / f"version={champion.version}" / "synthetic"
     files = sorted((synthetic / "prior").rglob("*.parquet"))
     assert sum(pq.read_metadata(f).num_rows for f in files) == 32
+    assert f"Generated 32 rows (prior) with {MODEL} version {champion.version}" in log_of(augment)
