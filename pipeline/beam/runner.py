@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_WORKERS, RUNNING_MODES
+from pipeline.beam.defaults import DASK_RUNNER, DEFAULT_RUNNER, DEFAULT_WORKERS, RUNNING_MODES
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -18,8 +18,10 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
 
     ``DirectRunner`` here is Beam's FnApiRunner, the engine the DirectRunner itself picks for batch
     jobs; naming it directly keeps ``--direct_running_mode`` in force and never tries to download the
-    Prism runner binary (this project runs offline). Any other runner goes to Beam as is, with the
-    options' other flags (``--project``, ``--region``, ``--temp_location``, ``--setup_file`` ...).
+    Prism runner binary (this project runs offline). ``DaskRunner`` is :mod:`pipeline.beam.dask_runner`'s:
+    on ``--dask-address``, or on a local cluster of ``--dask-workers`` processes started for the run.
+    Any other runner goes to Beam as is, with the options' other flags (``--project``, ``--region``,
+    ``--temp_location``, ``--setup_file`` ...).
     Workers log our progress lines, not the harness's chatter, unless ``--default_sdk_harness_log_level``
     says otherwise; the main session is never pickled.
     """
@@ -43,4 +45,10 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
         encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
         provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
         return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
+    if runner == DASK_RUNNER:
+        from pipeline.beam.dask_runner import DaskRunner
+
+        settings = options.get_all_options()
+        dask = DaskRunner(settings.get("dask_address"), settings.get("dask_workers") or DEFAULT_WORKERS)
+        return beam.Pipeline(runner=dask, options=options)
     return beam.Pipeline(options=options)
