@@ -52,7 +52,10 @@ def local_cluster(workers: int = DEFAULT_WORKERS, threads: int = 1) -> Any:
 
 
 def _log_info_on_worker() -> None:
-    logging.getLogger("pipeline").setLevel(logging.INFO)
+    """On a worker: our INFO lines go to the forwarding handler only, not also to the worker's stderr."""
+    logger = logging.getLogger("pipeline")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 @dataclasses.dataclass
@@ -100,8 +103,8 @@ class DaskRunner(BeamDaskRunner):
                 cluster.close()
             raise
         try:  # progress lines from the workers; the run goes on without them if this fails
-            result.client.run(_log_info_on_worker)
             result.client.forward_logging("pipeline", logging.INFO)
+            result.client.run(_log_info_on_worker)
         except Exception as exc:  # noqa: BLE001
             log.debug("cannot forward the workers' log lines: %s", exc)
         return DaskResult(result.client, result.futures, cluster)
