@@ -10,8 +10,10 @@ only supplies what a job needs around it:
 - parallelism: one Dask partition per element of ``Create`` (a shard of the input) unless
   ``--dask_npartitions`` / ``--dask_partition_size`` say otherwise (Beam's default puts up to 128
   elements in one partition: a job of a few shards would run as one task on one worker);
-- the client: closed when the run ends (Beam's keeps reconnecting to a closed scheduler), and the
-  workers' ``pipeline`` log lines (per-shard progress) forwarded to this process.
+- the client: closed when the run ends (Beam's keeps reconnecting to a closed scheduler); the
+  workers log their per-shard progress lines (a local cluster's workers write to this terminal).
+  They are not forwarded with ``Client.forward_logging``: with it, a run's result once never reached
+  the client (the generate test hung after every shard was written).
 
 What the runner cannot do is worked around in the pipelines, not here: it translates ``Create``,
 ``ParDo``, ``GroupByKey`` and ``Flatten`` only, computes only the last transform's branch, hands a
@@ -52,10 +54,8 @@ def local_cluster(workers: int = DEFAULT_WORKERS, threads: int = 1) -> Any:
 
 
 def _log_info_on_worker() -> None:
-    """On a worker: our INFO lines go to the forwarding handler only, not also to the worker's stderr."""
-    logger = logging.getLogger("pipeline")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    """On a worker: our INFO lines (per-shard progress) are written, to the worker's stderr."""
+    logging.getLogger("pipeline").setLevel(logging.INFO)
 
 
 @dataclasses.dataclass
@@ -102,9 +102,8 @@ class DaskRunner(BeamDaskRunner):
             if cluster is not None:
                 cluster.close()
             raise
-        try:  # progress lines from the workers; the run goes on without them if this fails
-            result.client.forward_logging("pipeline", logging.INFO)
+        try:  # progress lines on the workers (a local cluster's reach this terminal); the run goes on without
             result.client.run(_log_info_on_worker)
         except Exception as exc:  # noqa: BLE001
-            log.debug("cannot forward the workers' log lines: %s", exc)
+            log.debug("cannot set the workers' log level: %s", exc)
         return DaskResult(result.client, result.futures, cluster)
