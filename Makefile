@@ -32,7 +32,7 @@ lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 lock:
-	$(VENV)/bin/uv pip compile setup.py --extra dev --extra airflow --python-version 3.11 --no-header -o requirements.lock
+	$(VENV)/bin/uv pip compile setup.py --extra dev --extra airflow --extra dask --python-version 3.11 --no-header -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache

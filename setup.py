@@ -20,6 +20,9 @@ CORE = [
     "tqdm>=4.66",
 ]
 
+# `--runner DaskRunner` (Beam's Dask runner, apache_beam.runners.dask): what apache-beam[dask] 2.77 asks for
+DASK = ["dask>=2024.4.2", "distributed>=2024.4.2"]
+
 setup(
     name="vae-pipeline",
     version="0.1.0",
@@ -30,7 +33,9 @@ setup(
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
         "airflow": ["apache-airflow==3.3.*"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "duckdb>=1.1", "ruff>=0.6", "jax>=0.4"],  # jax: backend tests
+        "dask": DASK,
+        # jax: backend tests; DASK: the DaskRunner tests
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "duckdb>=1.1", "ruff>=0.6", "jax>=0.4", *DASK],
     },
     entry_points={"console_scripts": ["vae=pipeline.cli.main:main"]},
 )

@@ -5,15 +5,18 @@ list<float32>, row groups of ``--shard-rows``), then measure in the same process
 
 (a) raw: :func:`scoring.elbo.score_images` on the same N rows held in memory (batched, one process);
 (b) Beam: ``score_dataset`` on the Parquet file, end to end (worker start-up, reading, validation,
-    scoring, Parquet writing, the atomic commit), on the DirectRunner in multi-processing mode;
+    scoring, Parquet writing, the atomic commit), on the DirectRunner (``--mode``) or on the
+    DaskRunner (``--runner DaskRunner``: a local cluster of worker processes started for each run),
+    with each of ``--workers``;
 
 and print rows/s of each, the ratio (b)/(a), and the peak resident memory of the pipeline (this
-process plus all its worker processes, sampled every 0.2 s).
+process plus all its worker processes, sampled every 0.2 s), of its worker processes together, and
+of the largest single worker process (memory per worker).
 
 Usage::
 
     python benchmarks/score_throughput.py --rows 100000 1000000 [--model models:/NAME@ALIAS]
-        [--batch-size 4096] [--workers 2] [--raw-rows 200000]
+        [--batch-size 4096] [--workers 1 2] [--raw-rows 200000] [--runner DaskRunner]
 
 Trains a quick model into a throw-away MLflow store unless ``--model`` is given. ``--raw-rows``
 caps (a) at that many rows (the rate, not the total, is compared) to save time on big N.
@@ -32,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.beam.defaults import DEFAULT_RUNNING_MODE
+
 log = logging.getLogger("score_throughput")
 
 
@@ -45,23 +50,27 @@ class PeakMemory:
         self.interval = interval
         self.peak = 0  # this process + workers
         self.workers_peak = 0
+        self.one_worker_peak = 0  # the largest single worker process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _rss(self) -> tuple[int, int]:
-        """(this process, its worker processes) resident bytes."""
+    def _rss(self) -> tuple[int, int, int]:
+        """(this process, its worker processes, the largest of them) resident bytes."""
         import psutil
 
-        workers = 0
+        workers = largest = 0
         for proc in self.process.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                workers += proc.memory_info().rss
-        return self.process.memory_info().rss, workers
+                rss = proc.memory_info().rss
+                workers += rss
+                largest = max(largest, rss)
+        return self.process.memory_info().rss, workers, largest
 
     def _sample(self) -> None:
-        own, workers = self._rss()
+        own, workers, largest = self._rss()
         self.peak = max(self.peak, own + workers)
         self.workers_peak = max(self.workers_peak, workers)
+        self.one_worker_peak = max(self.one_worker_peak, largest)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -69,7 +78,7 @@ class PeakMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakMemory:
-        self.workers_peak = 0
+        self.workers_peak = self.one_worker_peak = 0
         self._sample()
         self._thread.start()
         return self
@@ -130,8 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="models:/NAME@ALIAS or .keras (default: train a quick one)")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--shard-rows", type=int, default=50_000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--mode", default="multi_processing")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2])
+    parser.add_argument("--mode", default=DEFAULT_RUNNING_MODE, help="DirectRunner: direct_running_mode")
+    parser.add_argument("--runner", default="DirectRunner", choices=("DirectRunner", "DaskRunner"))
     parser.add_argument("--raw-rows", type=int, default=None, help="measure (a) on at most this many rows")
     parser.add_argument("--keep", type=Path, default=None, help="keep the data and outputs in this folder")
     args = parser.parse_args(argv)
@@ -165,39 +175,48 @@ def main(argv: list[str] | None = None) -> None:
         raw, raw_seconds = raw_rate(model, images[:raw_n], args.batch_size)
         log.info("(a) raw score_images: %s rows in %.1f s = %s rows/s", f"{raw_n:,}", raw_seconds, f"{raw:,.0f}")
         del images
-        with PeakMemory() as memory:
-            options = ScoreOptions.of(
-                model=model_uri,
-                input=str(data),
-                output=work / f"out-{rows}",
-                batch_size=args.batch_size,
-                shard_rows=args.shard_rows,
-                direct_num_workers=args.workers,
-                direct_running_mode=args.mode,
+        for workers in args.workers:
+            runner = {"runner": args.runner}
+            if args.runner == "DaskRunner":
+                runner["dask_workers"] = workers
+            else:
+                runner |= {"direct_num_workers": workers, "direct_running_mode": args.mode}
+            with PeakMemory() as memory:
+                options = ScoreOptions.of(
+                    model=model_uri,
+                    input=str(data),
+                    output=work / f"out-{rows}-{workers}",
+                    batch_size=args.batch_size,
+                    shard_rows=args.shard_rows,
+                    **runner,
+                )
+                summary = score_dataset(options)
+            beam = summary.rows_read / summary.pipeline_seconds
+            results.append((rows, workers, raw, beam, summary, memory))
+            log.info(
+                "(b) Beam pipeline, %d workers: %s rows in %.1f s = %s rows/s; ratio (b)/(a) = %.2f; peak memory "
+                "%.2f GiB (workers %.2f GiB, largest worker %.2f GiB)",
+                workers,
+                f"{rows:,}",
+                summary.pipeline_seconds,
+                f"{beam:,.0f}",
+                beam / raw,
+                memory.peak / 2**30,
+                memory.workers_peak / 2**30,
+                memory.one_worker_peak / 2**30,
             )
-            summary = score_dataset(options)
-        beam = summary.rows_read / summary.pipeline_seconds
-        results.append((rows, raw, beam, summary, memory))
-        log.info(
-            "(b) Beam pipeline: %s rows in %.1f s = %s rows/s; ratio (b)/(a) = %.2f; peak memory %.2f GiB "
-            "(workers %.2f GiB)",
-            f"{rows:,}",
-            summary.pipeline_seconds,
-            f"{beam:,.0f}",
-            beam / raw,
-            memory.peak / 2**30,
-            memory.workers_peak / 2**30,
-        )
+    engine = f"DirectRunner ({args.mode})" if args.runner == "DirectRunner" else "DaskRunner (local cluster)"
     print(
         f"\nmodel {name} v{version}, {model.score_samples} posterior samples/row, batch {args.batch_size}, "
-        f"{args.workers} workers ({args.mode}), {os.cpu_count()} CPU cores"
+        f"shards of {args.shard_rows:,} rows, {engine}, {os.cpu_count()} CPU cores"
     )
-    header = f"{'rows':>10} {'raw rows/s':>11} {'Beam rows/s':>12} {'ratio':>6} {'Beam s':>8} {'total s':>8}"
-    print(header + f" {'peak GiB':>9} {'workers GiB':>12}")
-    for rows, raw, beam, summary, memory in results:
+    header = f"{'rows':>10} {'workers':>7} {'raw rows/s':>11} {'Beam rows/s':>12} {'ratio':>6} {'Beam s':>8}"
+    print(header + f" {'total s':>8} {'peak GiB':>9} {'workers GiB':>12} {'per worker GiB':>15}")
+    for rows, workers, raw, beam, summary, memory in results:
         print(
-            f"{rows:>10,} {raw:>11,.0f} {beam:>12,.0f} {beam / raw:>6.2f} {summary.pipeline_seconds:>8.1f} "
-            f"{summary.seconds:>8.1f} {memory.peak / 2**30:>9.2f} {memory.workers_peak / 2**30:>12.2f}"
+            f"{rows:>10,} {workers:>7} {raw:>11,.0f} {beam:>12,.0f} {beam / raw:>6.2f} "
+            f"{summary.pipeline_seconds:>8.1f} {summary.seconds:>8.1f} {memory.peak / 2**30:>9.2f} "
+            f"{memory.workers_peak / 2**30:>12.2f} {memory.one_worker_peak / 2**30:>15.2f}"
         )
 
 

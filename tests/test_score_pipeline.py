@@ -488,9 +488,11 @@ def test_a_failure_mid_write_leaves_the_older_output_intact(plain_uri, tmp_path)
 
 @pytest.mark.slow
 def test_multi_processing_mode_matches_in_process(plain_uri, tmp_path):
-    """The default local mode: two worker processes, each loading the model in DoFn.setup."""
+    """Two worker processes, each loading the model in DoFn.setup (the default mode is threads)."""
     in_process = score(plain_uri, "digits:test", tmp_path / "a", shard_rows=100, scored_at=WHEN, **FAST)
-    multi = score(plain_uri, "digits:test", tmp_path / "b", shard_rows=100, scored_at=WHEN)
+    multi = score(
+        plain_uri, "digits:test", tmp_path / "b", shard_rows=100, scored_at=WHEN, direct_running_mode="multi_processing"
+    )
     assert multi.rows_scored == in_process.rows_scored == HOLDOUT_ROWS
     assert len(list((tmp_path / "b/scores").glob("*.parquet"))) >= 1
     a, b = read(tmp_path / "a/scores"), read(tmp_path / "b/scores")

@@ -23,6 +23,7 @@ from typing import Any, Self
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.beam.defaults import (
+    DASK_RUNNER,
     DEFAULT_BATCH_SIZE,
     DEFAULT_INTERPOLATION_STEPS,
     DEFAULT_LATENT_PRIOR,
@@ -83,6 +84,14 @@ class JobOptions(PipelineOptions):
         _flag(parser, "shape", type=_shape, default=None, help="image shape HxWxC of a Parquet 'pixels' column")
         _flag(parser, "work_dir", default=None, help="working folder: the MLflow store (default: vae's)")
         _flag(parser, "result_json", default=None, help="also write the run's outcome to this JSON file, failed or not")
+        _flag(parser, "dask_address", default=None, help="DaskRunner: a running scheduler, e.g. tcp://HOST:8786")
+        _flag(
+            parser,
+            "dask_workers",
+            type=int,
+            default=DEFAULT_WORKERS,
+            help="DaskRunner without --dask-address: worker processes of the local cluster",
+        )
 
     @classmethod
     def option_names(cls) -> frozenset[str]:
@@ -159,6 +168,10 @@ class JobOptions(PipelineOptions):
         """Raises ValueError, naming the flag, for a value the job cannot take."""
         if not self.output:
             raise ValueError("--output is required")
+        if self.dask_workers < 1:
+            raise ValueError(f"--dask-workers must be at least 1, got {self.dask_workers}")
+        if self.dask_address is not None and self.runner != DASK_RUNNER:
+            raise ValueError(f"--dask-address is for --runner {DASK_RUNNER}, not {self.runner}")
 
 
 class ScoreOptions(JobOptions, PipelineOptions):
@@ -294,8 +307,9 @@ class GenerateOptions(JobOptions, PipelineOptions):
                 raise ValueError("--method interpolate takes --steps, not --n, --per-label or --labels")
         elif self.from_id is not None or self.to_id is not None:
             raise ValueError(f"--from and --to are only used by --method interpolate, not {self.method}")
-        if "://" in str(self.output) or self.runner != DEFAULT_RUNNER:
+        if "://" in str(self.output) or self.runner not in (DEFAULT_RUNNER, DASK_RUNNER):
             raise ValueError(
-                "vae generate writes to a local folder with the DirectRunner only (its atomic commit renames "
-                f"local folders); got --output {self.output} --runner {self.runner}"
+                f"vae generate writes to a local folder with the DirectRunner only, or the {DASK_RUNNER} when "
+                "its workers see that folder at the same path (its atomic commit renames local folders); got "
+                f"--output {self.output} --runner {self.runner}"
             )

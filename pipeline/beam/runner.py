@@ -6,7 +6,7 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
-from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_WORKERS, RUNNING_MODES
+from pipeline.beam.defaults import DASK_RUNNER, DEFAULT_RUNNER, DEFAULT_WORKERS, RUNNING_MODES
 from pipeline.logging_setup import is_verbose
 
 if TYPE_CHECKING:
@@ -24,8 +24,10 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
 
     ``DirectRunner`` here is Beam's FnApiRunner, the engine the DirectRunner itself picks for batch
     jobs; naming it directly keeps ``--direct_running_mode`` in force and never tries to download the
-    Prism runner binary (this project runs offline). Any other runner goes to Beam as is, with the
-    options' other flags (``--project``, ``--region``, ``--temp_location``, ``--setup_file`` ...).
+    Prism runner binary (this project runs offline). ``DaskRunner`` is :mod:`pipeline.beam.dask_runner`'s:
+    on ``--dask-address``, or on a local cluster of ``--dask-workers`` processes started for the run.
+    Any other runner goes to Beam as is, with the options' other flags (``--project``, ``--region``,
+    ``--temp_location``, ``--setup_file`` ...).
     Workers log our progress lines, not the harness's chatter, unless ``--default_sdk_harness_log_level``
     says otherwise (or ``vae -v``); worker processes (``multi_processing``) start through
     :mod:`pipeline.beam.worker_main`, so they print in the command's log format and without
@@ -52,6 +54,12 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
         provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
         runner_class = _quiet_workers_runner(fn_runner.FnApiRunner)
         return beam.Pipeline(runner=runner_class(provision_info=provision), options=options)
+    if runner == DASK_RUNNER:
+        from pipeline.beam.dask_runner import DaskRunner
+
+        settings = options.get_all_options()
+        dask = DaskRunner(settings.get("dask_address"), settings.get("dask_workers") or DEFAULT_WORKERS)
+        return beam.Pipeline(runner=dask, options=options)
     return beam.Pipeline(options=options)
 
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions
 
-from pipeline.beam.defaults import DEFAULT_BATCH_SIZE, DEFAULT_INPUT
+from pipeline.beam.defaults import DEFAULT_BATCH_SIZE, DEFAULT_INPUT, ONE_BRANCH_RUNNERS
 from pipeline.beam.guards import Guards, seal_scoring_run
 from pipeline.beam.options import ScoreOptions
 from pipeline.beam.runner import make_pipeline
@@ -350,8 +350,11 @@ def _score_dataset(
     with commit(scores_path, rejects_path) as (scores_tmp, rejects_tmp):
         pipeline = test_pipeline or make_pipeline(options)
         pipeline_started = time.perf_counter()
+        build = build_pipeline
+        if options.runner in ONE_BRANCH_RUNNERS:  # they compute one sink: pipeline.beam.score_shards
+            from pipeline.beam.score_shards import build_pipeline as build
         with pipeline as p:
-            build_pipeline(
+            build(
                 p,
                 plan,
                 scorer=scorer,

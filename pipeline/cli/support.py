@@ -89,14 +89,16 @@ def job_options(ctx: click.Context, options_class: type, beam_args: tuple[str, .
 
 
 def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--runner``, ``--direct-num-workers`` and ``--direct-running-mode``, shared by the Beam commands."""
+    """``--runner``, ``--direct-num-workers``, ``--direct-running-mode``, ``--dask-address`` and
+    ``--dask-workers``, shared by the Beam commands."""
     options = [
         click.option(
             "--runner",
             default=DEFAULT_RUNNER,
             show_default=True,
-            help="Beam runner: DirectRunner runs locally and offline; DataflowRunner, FlinkRunner, SparkRunner "
-            "take their own pipeline options (see the README).",
+            help="Beam runner: DirectRunner runs locally and offline; DaskRunner on a Dask cluster (--dask-address) "
+            "or a local one; DataflowRunner, FlinkRunner, SparkRunner, PortableRunner take their own pipeline "
+            "options (see the README).",
         ),
         click.option(
             "--direct-num-workers",
@@ -111,6 +113,19 @@ def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
             default=DEFAULT_RUNNING_MODE,
             show_default=True,
             help="DirectRunner: worker processes, threads, or one in-process worker (fastest start for small jobs).",
+        ),
+        click.option(
+            "--dask-address",
+            default=None,
+            help="DaskRunner: the scheduler of a running Dask cluster, e.g. tcp://HOST:8786 (default: a local "
+            "cluster started for the run).",
+        ),
+        click.option(
+            "--dask-workers",
+            type=click.IntRange(1),
+            default=DEFAULT_WORKERS,
+            show_default=True,
+            help="DaskRunner without --dask-address: worker processes of the local cluster.",
         ),
     ]
     for option in reversed(options):

@@ -1,0 +1,109 @@
+"""Beam's Dask runner, made fit for these jobs (``--runner DaskRunner``): dask.distributed runs the same
+way on a laptop, a cluster or Kubernetes, so it is the scale-out engine that can be tested offline.
+
+Beam 2.77's :class:`apache_beam.runners.dask.dask_runner.DaskRunner` is used as it is; this subclass
+only supplies what a job needs around it:
+
+- the cluster: ``--dask-address`` (a running scheduler, ``tcp://HOST:8786``) or, by default, a
+  ``distributed.LocalCluster`` of ``--dask-workers`` worker processes (one thread each) started for
+  the run and closed after it;
+- parallelism: one Dask partition per element of ``Create`` (a shard of the input) unless
+  ``--dask_npartitions`` / ``--dask_partition_size`` say otherwise (Beam's default puts up to 128
+  elements in one partition: a job of a few shards would run as one task on one worker);
+- the client: closed when the run ends (Beam's keeps reconnecting to a closed scheduler); the
+  workers log their per-shard progress lines (a local cluster's workers write to this terminal).
+  They are not forwarded with ``Client.forward_logging``: with it, a run's result once never reached
+  the client (the generate test hung after every shard was written).
+
+What the runner cannot do is worked around in the pipelines, not here: it translates ``Create``,
+``ParDo``, ``GroupByKey`` and ``Flatten`` only, computes only the last transform's branch, hands a
+multi-output ``ParDo``'s outputs to every consumer unsplit, and runs ``DoFn.setup`` once per
+partition (the model is cached per process: :meth:`training.registry.ModelRef.load`). The scoring
+job therefore runs as one branch on it (:mod:`pipeline.beam.score_shards`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunnerResult
+from apache_beam.runners.dask.dask_runner import DaskRunner as BeamDaskRunner
+
+from pipeline.beam.defaults import DEFAULT_WORKERS
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DaskOptions", "DaskRunner", "local_cluster"]
+
+
+def local_cluster(workers: int = DEFAULT_WORKERS, threads: int = 1) -> Any:
+    """A ``distributed.LocalCluster`` of ``workers`` processes with ``threads`` threads each, quiet, no
+    dashboard; the scheduler's HTTP endpoints on a free local port, never a fixed one another run holds."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "localhost:0"},
+        silence_logs=logging.WARNING,
+    )
+
+
+def _log_info_on_worker() -> None:
+    """On a worker: our INFO lines (per-shard progress) are written, to the worker's stderr."""
+    logging.getLogger("pipeline").setLevel(logging.INFO)
+
+
+@dataclasses.dataclass
+class DaskResult(DaskRunnerResult):
+    """Beam's result; waiting for it also closes the client and, if the run started one, the cluster."""
+
+    cluster: Any = None
+
+    def wait_until_finish(self, duration=None) -> str:
+        try:
+            return super().wait_until_finish(duration)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+
+
+class DaskRunner(BeamDaskRunner):
+    """Beam's DaskRunner on ``address`` (a scheduler) or on a local cluster of ``workers`` processes."""
+
+    def __init__(self, address: str | None = None, workers: int = DEFAULT_WORKERS) -> None:
+        super().__init__()
+        self.address = address
+        self.workers = workers
+
+    def run_pipeline(self, pipeline, options):
+        dask = options.view_as(DaskOptions)
+        if self.address:
+            dask.address = self.address
+        if dask.npartitions is None and dask.partition_size is None:
+            dask.partition_size = 1  # one shard per task: the scheduler spreads them over the workers
+        cluster = None
+        if not dask.address and not dask.scheduler_file:
+            cluster = local_cluster(self.workers)
+            dask.address = cluster.scheduler_address
+            log.info("started a local Dask cluster of %d worker processes at %s", self.workers, dask.address)
+        try:
+            result = super().run_pipeline(pipeline, options)
+        except BaseException:
+            if cluster is not None:
+                cluster.close()
+            raise
+        try:  # progress lines on the workers (a local cluster's reach this terminal); the run goes on without
+            result.client.run(_log_info_on_worker)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("cannot set the workers' log level: %s", exc)
+        return DaskResult(result.client, result.futures, cluster)

@@ -1,0 +1,146 @@
+"""The scoring job as one branch, for runners that compute one sink only (Beam 2.77's DaskRunner)::
+
+    ListShards -> Distribute -> ScoreShard (read, validate, score; write scores/ and rejects/)
+
+Each shard's rows go through the same DoFns as :func:`pipeline.beam.score_job.build_pipeline`
+(:class:`~pipeline.beam.score_job.ReadShard`, ``ValidateRows``, ``ScoreImages``), in one worker, a
+record batch at a time, and are streamed into two Parquet files named after the shard,
+``PREFIX-SSSSS-of-NNNNN.parquet`` in ``scores/`` and in ``rejects/``: the same rows as the two-sink
+pipeline, only cut into files per shard rather than per bundle. A shard with no rows for a dataset
+writes no file there, except shard 0, which always writes both (so each dataset has its schema).
+
+A file is written under a hidden temporary name and renamed into place when complete (local
+folders; an object store shows an object only once it is closed): a retried shard overwrites its own
+files, and a reader never sees half a file. The element emitted per shard is small (its counts), as
+the runner collects a partition's outputs in a list.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import apache_beam as beam
+import pyarrow as pa
+
+from pipeline.beam.defaults import ONE_BRANCH_RUNNERS
+from pipeline.beam.score_job import ReadShard, ScoreImages, ValidateRows
+from pipeline.outputs.score_tables import REJECTS_SCHEMA, SCORES_SCHEMA
+from training.data import reader
+from training.data.images import is_remote
+from training.data.reader import InputPlan
+
+__all__ = ["ONE_BRANCH_RUNNERS", "ScoreShard", "build_pipeline"]
+
+
+class _ParquetFile:
+    """A Parquet file written a table at a time, created on the first table (or on close if ``always``)."""
+
+    def __init__(self, path: str, schema: pa.Schema, always: bool) -> None:
+        self.path = path
+        self.schema = schema
+        self.always = always
+        self.rows = 0
+        self._writer = None
+        self._sink = None
+        self._tmp: str | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._open()
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def _open(self) -> None:
+        import pyarrow.parquet as pq
+        from pyarrow import fs
+
+        if is_remote(self.path):
+            filesystem, inner = fs.FileSystem.from_uri(self.path)
+            self._sink = filesystem.open_output_stream(inner)
+            self._writer = pq.ParquetWriter(self._sink, self.schema, compression="snappy")
+            return
+        folder, name = os.path.split(self.path)
+        os.makedirs(folder, exist_ok=True)
+        self._tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.inprogress")
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="snappy")
+
+    def close(self) -> None:
+        if self._writer is None and self.always:
+            self._open()
+        if self._writer is None:
+            return
+        self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
+        if self._tmp is not None:
+            os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._tmp is not None and os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+
+class ScoreShard(beam.DoFn):
+    """A shard -> its rows scored into ``scores/`` and rejected into ``rejects/``; emits
+    ``(shard index, rows scored, rows rejected)``."""
+
+    def __init__(
+        self,
+        read: ReadShard,
+        validate: ValidateRows,
+        score: ScoreImages,
+        scores_prefix: str,
+        rejects_prefix: str,
+    ) -> None:
+        self.read = read
+        self.validate = validate
+        self.score = score
+        self.scores_prefix = scores_prefix
+        self.rejects_prefix = rejects_prefix
+
+    def setup(self) -> None:
+        self.score.setup()  # once per partition on Dask: the model itself is loaded once per process
+
+    def process(self, shard: reader.Shard) -> Iterator[tuple[int, int, int]]:
+        suffix = f"-{shard.index:05d}-of-{shard.total:05d}.parquet"
+        scores = _ParquetFile(self.scores_prefix + suffix, SCORES_SCHEMA, always=shard.index == 0)
+        rejects = _ParquetFile(self.rejects_prefix + suffix, REJECTS_SCHEMA, always=shard.index == 0)
+        try:
+            for batch in self.read.process(shard):
+                for out in self.validate.process(batch):
+                    if isinstance(out, beam.pvalue.TaggedOutput):
+                        rejects.write(out.value)
+                        continue
+                    for table in self.score.process(out):
+                        scores.write(table)
+            scores.close()
+            rejects.close()
+        except BaseException:
+            scores.abort()
+            rejects.abort()
+            raise
+        yield shard.index, scores.rows, rejects.rows
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    plan: InputPlan,
+    *,
+    scorer: ScoreImages,
+    validator: ValidateRows,
+    scores_prefix: str,
+    rejects_prefix: str,
+    batch_size: int,
+) -> None:
+    """:func:`pipeline.beam.score_job.build_pipeline`'s steps as one branch (same arguments)."""
+    (
+        p
+        | "ListShards" >> beam.Create(plan.shards, reshuffle=False)
+        | "Distribute" >> beam.Reshuffle()
+        | "ScoreShard"
+        >> beam.ParDo(ScoreShard(ReadShard(batch_size), validator, scorer, scores_prefix, rejects_prefix))
+    )
