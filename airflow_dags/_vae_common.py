@@ -202,10 +202,12 @@ def _shell_head(params: Mapping[str, Any] | None, variables) -> list[str]:
     return lines
 
 
-def _vae_line(args: list[str], params: Mapping[str, Any] | None, variables) -> str:
-    """Echo the command line, then run it."""
+def _vae_line(args: list[str], params: Mapping[str, Any] | None, variables, time_limit: int | None = None) -> str:
+    """Echo the command line, then run it (under coreutils ``timeout`` when ``time_limit`` seconds
+    are given: exit code 124 past it)."""
     command = [setting("command", params, variables), "--work-dir", setting("work_dir", params, variables), *args]
-    return f"echo {shlex.quote('+ ' + shlex.join(command))}\n{shlex.join(command)}"
+    limit = "" if time_limit is None else f"timeout {int(time_limit)} "
+    return f"echo {shlex.quote('+ ' + shlex.join(command))}\n{limit}{shlex.join(command)}"
 
 
 def vae_result_shell(
@@ -214,18 +216,21 @@ def vae_result_shell(
     params: Mapping[str, Any] | None,
     variables=get_variable,
     failed_exit: int | None = None,
+    time_limit: int | None = None,
 ) -> str:
     """Like ``vae_shell`` for a command that takes ``--result-json``: the result goes to ``result_file``
     (relative: bash runs in a fresh temporary folder, so it is this run's own) and is printed as the
     script's last line, one line of JSON, for the task to parse. When the command fails, its result
     (which names a guard's reason) is printed too and the script exits with the command's status, or
-    with ``failed_exit`` when given (e.g. an exit code the task treats as "skipped")."""
+    with ``failed_exit`` when given (e.g. an exit code the task treats as "skipped"); ``time_limit``
+    seconds end the command as a failure, so a slow run exits with ``failed_exit`` too, before the
+    task's own ``execution_timeout`` would fail it."""
     quoted = shlex.quote(result_file)
     exit_with = '"$status"' if failed_exit is None else str(failed_exit)
     lines = [
         *_shell_head(params, variables),
         "status=0",
-        _vae_line([*args, "--result-json", result_file], params, variables) + " || status=$?",
+        _vae_line([*args, "--result-json", result_file], params, variables, time_limit) + " || status=$?",
         'if [ "$status" -ne 0 ]; then',
         f'  echo "vae {args[0]} failed with exit code $status" >&2',
         f"  if [ -s {quoted} ]; then echo \"its result: $(tr -d '\\n' < {quoted})\" >&2; fi",
@@ -331,6 +336,20 @@ SCORE_RESULT = "vae-score-result.json"
 GENERATE_RESULT = "vae-generate-result.json"
 #: The exit code of a shadow task whose command failed: the task is skipped, never failed.
 SHADOW_FAILED_EXIT = 99
+#: the challenger's own time limit, inside its task's 4-hour execution_timeout: a slow challenger
+#: ends as a skipped shadow, never as a failed task that would turn the champion's day red
+SHADOW_TIME_LIMIT_S = 3 * 3600 + 1800
+
+
+def parse_shadow_result(output: str) -> dict[str, Any] | None:
+    """The challenger's result JSON, or None when its output cannot be read: the shadow never fails
+    the day over its own result."""
+    try:
+        return parse_result_json(output, "score")
+    except ValueError:
+        return None
+
+
 #: The exit code of ``vae monitor --check`` when the day is out of bounds.
 MONITOR_ALARM_EXIT = 3
 #: The last line the monitor task prints when an alarm is only a warning.
@@ -356,6 +375,7 @@ def score_command(
     alias: str = "champion",
     output: str | None = None,
     failed_exit: int | None = None,
+    time_limit: int | None = None,
 ) -> str:
     """``vae score`` of one day with ``models:/NAME@ALIAS`` into ``output`` (default: the output root);
     its result JSON is the script's last line."""
@@ -375,7 +395,7 @@ def score_command(
         day_partition(ds),
         *shlex.split(get("score_args")),
     ]
-    return vae_result_shell(args, SCORE_RESULT, params, variables, failed_exit=failed_exit)
+    return vae_result_shell(args, SCORE_RESULT, params, variables, failed_exit=failed_exit, time_limit=time_limit)
 
 
 def score_counts(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -406,13 +426,18 @@ def on_alarm(params: Mapping[str, Any] | None, variables=get_variable) -> str:
     return value
 
 
-def monitor_check_command(ds: str, params: Mapping[str, Any] | None, variables=get_variable) -> str:
-    """``vae monitor OUTPUT_ROOT --check --partition date=DS``: exit code 3 when the day is out of
-    bounds. With ``monitor_on_alarm=fail`` that fails the task; with ``warn`` the script exits 0 and
+def monitor_check_command(
+    ds: str, params: Mapping[str, Any] | None, variables=get_variable, run_id: str | None = None
+) -> str:
+    """``vae monitor OUTPUT_ROOT --check --partition date=DS [--run-id RUN]``: exit code 3 when the
+    day's run (``run_id``, from ``vae score``'s result, so an earlier run's row is never judged in its
+    place) is out of bounds. With ``monitor_on_alarm=fail`` that fails the task; with ``warn`` the script exits 0 and
     its last line is ``MONITOR_ALARM_PREFIX`` and the reason, which ``monitor_outcome`` logs as a warning."""
     mode = on_alarm(params, variables)
     partition = day_partition(ds)
     args = ["monitor", output_root(params, variables), "--check", "--partition", partition]
+    if run_id:
+        args += ["--run-id", run_id]
     alarm_exit = MONITOR_ALARM_EXIT if mode == "fail" else 0
     lines = [
         *_shell_head(params, variables),

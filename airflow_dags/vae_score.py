@@ -25,6 +25,7 @@ from typing import Any
 from _vae_common import (
     ON_ALARM,
     SHADOW_FAILED_EXIT,
+    SHADOW_TIME_LIMIT_S,
     common_params,
     dag_defaults,
     day_input,
@@ -32,6 +33,7 @@ from _vae_common import (
     monitor_outcome,
     param,
     parse_result_json,
+    parse_shadow_result,
     run_day,
     schedule,
     score_command,
@@ -88,8 +90,14 @@ def vae_score() -> None:
         log.info("Input for %s: %s", day, found)
         return {"date": day, "input": found}
 
-    # the last line of the script is vae score's result JSON, parsed into the XCom
-    @task.bash(skip_on_exit_code=None, output_processor=parse_score_result, execution_timeout=timedelta(hours=4))
+    # the last line of the script is vae score's result JSON, parsed into the XCom; no retries: a day
+    # past a guard fails the same way again (rerun the day once its input is fixed)
+    @task.bash(
+        skip_on_exit_code=None,
+        output_processor=parse_score_result,
+        execution_timeout=timedelta(hours=4),
+        retries=0,
+    )
     def score(day: dict[str, str], params: dict[str, Any] | None = None) -> str:
         return score_command(day["input"], day["date"], params)
 
@@ -114,13 +122,13 @@ def vae_score() -> None:
 
     # an alarm is a verdict on the day, not a passing fault: no retries
     @task.bash(skip_on_exit_code=None, output_processor=monitor_outcome, retries=0)
-    def monitor(day: dict[str, str], params: dict[str, Any] | None = None) -> str:
-        return monitor_check_command(day["date"], params)
+    def monitor(day: dict[str, str], scored: dict[str, Any], params: dict[str, Any] | None = None) -> str:
+        return monitor_check_command(day["date"], params, run_id=scored.get("run_id"))
 
     # the shadow branch: a failure exits SHADOW_FAILED_EXIT, so the task is skipped, never failed
     @task.bash(
         skip_on_exit_code=SHADOW_FAILED_EXIT,
-        output_processor=parse_score_result,
+        output_processor=parse_shadow_result,
         retries=0,
         execution_timeout=timedelta(hours=4),
     )
@@ -136,6 +144,7 @@ def vae_score() -> None:
             alias=alias,
             output=shadow_root(params),
             failed_exit=SHADOW_FAILED_EXIT,
+            time_limit=SHADOW_TIME_LIMIT_S,
         )
 
     @task.bash(skip_on_exit_code=SHADOW_FAILED_EXIT, retries=0)
@@ -144,7 +153,7 @@ def vae_score() -> None:
 
     day = find_input()
     scored = score_result(score(day))
-    scored >> monitor(day)
+    monitor(day, scored)
     shadow = shadow_score(day)
     [scored, shadow] >> shadow_agreement(day)
 

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import sys
-import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from types import ModuleType
@@ -124,31 +124,39 @@ class _LoaderAround(importlib.abc.Loader):
 
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
-    """Catches what is written to file descriptor 2 meanwhile (C++ code writes there directly) and
-    passes on every line that is not TensorFlow's start-up noise, once done. All of it with ``-v``."""
+    """Passes what is written to file descriptor 2 meanwhile (C++ code writes there directly) through a
+    pipe, line by line as it comes, dropping TensorFlow's start-up noise: a fatal native line (``F...]
+    Check failed``) still reaches the terminal before an abort. All of it with ``-v``."""
     if _state["verbose"]:
         yield
         return
-    sys.stderr.flush()
+    if sys.stderr is not None:
+        sys.stderr.flush()
     try:
         saved = os.dup(2)
     except OSError:  # no descriptor 2 (a detached process): nothing to keep quiet
         yield
         return
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            yield
-        finally:
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    forward = threading.Thread(target=_forward_lines, args=(read_end, saved), name="vae-stderr", daemon=True)
+    forward.start()
+    try:
+        yield
+    finally:
+        if sys.stderr is not None:
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
-            kept = "".join(line for line in lines if not NATIVE_NOISE.match(line))
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the forwarder reads to its end and stops
+        forward.join(timeout=10)
+        os.close(saved)
+
+
+def _forward_lines(read_end: int, target: int) -> None:
+    with os.fdopen(read_end, "rb") as pipe:
+        for line in pipe:
+            if not NATIVE_NOISE.match(line.decode(errors="replace")):
+                os.write(target, line)
 
 
 def _after(action: Callable[[], None]) -> Callable[[], contextlib.AbstractContextManager]:

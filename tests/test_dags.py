@@ -407,6 +407,7 @@ for arg in "$@"; do
   previous="$arg"
 done
 if [ -n "${FAKE_REASON:-}" ]; then echo "$FAKE_REASON" >&2; fi
+sleep "${FAKE_SLEEP:-0}"
 exit "${FAKE_EXIT:-0}"
 """
 
@@ -419,12 +420,13 @@ def run_script(tmp_path):
     fake.write_text(FAKE_VAE)
     fake.chmod(0o755)
 
-    def run(script_for, exit_code: int = 0, result: dict | None = None, reason: str = ""):
+    def run(script_for, exit_code: int = 0, result: dict | None = None, reason: str = "", sleep: float = 0):
         variables = {"command": str(fake), "work_dir": str(tmp_path / "work"), "output_root": "/srv/daily"}.get
         env = os.environ | {
             "FAKE_EXIT": str(exit_code),
             "FAKE_RESULT": json.dumps(result, indent=2) if result is not None else "",
             "FAKE_REASON": reason,
+            "FAKE_SLEEP": str(sleep),
         }
         cwd = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
         cwd.mkdir()
@@ -491,6 +493,23 @@ def test_a_failing_shadow_exits_with_the_skip_code(common, run_script):
     assert "Error: no alias challenger" in output and "its result" not in output  # no result written
     code, output = run_script(lambda v: common.shadow_agreement_command(DAY, {}, v), exit_code=2)
     assert code == common.SHADOW_FAILED_EXIT and "no agreement recorded" in output
+
+
+def test_a_slow_shadow_ends_at_its_own_time_limit_as_skipped_and_its_output_never_fails(common, run_script):
+    """A challenger past its time limit exits with the skip code before the task's execution_timeout
+    could fail it, and an unreadable result is None rather than an error: the shadow never turns the
+    champion's day red."""
+    code, output = run_script(
+        lambda v: common.score_command(
+            "/in", DAY, {}, v, alias="challenger", failed_exit=common.SHADOW_FAILED_EXIT, time_limit=1
+        ),
+        result=score_result_json(),
+        sleep=30,
+    )
+    assert code == common.SHADOW_FAILED_EXIT and "vae score failed with exit code 124" in output
+    assert common.SHADOW_TIME_LIMIT_S < 4 * 3600  # inside vae_score's execution_timeout of 4 hours
+    assert common.parse_shadow_result("Traceback ...\nnot json") is None
+    assert common.parse_shadow_result(json.dumps(score_result_json()))["status"] == "ok"
 
 
 @pytest.mark.parametrize("mode", ["fail", "warn"])

@@ -261,3 +261,13 @@ def test_calibrate_refuses_a_calibration_part_that_is_not_the_one_set_aside(two_
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
     assert "is not the data the model was trained on" in result.output and "--data" in result.output
     assert "the run's 0123456789abcdef" in result.output
+
+
+def test_the_alias_history_fits_in_a_tag_of_mlflows_sql_stores():
+    from training.aliases import TAG_CHARS, _fitting
+
+    entries = [{"to": str(i), "reason": "r" * 200} for i in range(50)]  # about 11,000 characters
+    kept = _fitting(entries)
+    assert len(json.dumps(kept)) <= TAG_CHARS < 5000 and kept[-1]["to"] == "49"  # the newest kept
+    assert kept == entries[-len(kept) :] and len(kept) < 50
+    assert _fitting(entries[:3]) == entries[:3]

@@ -150,7 +150,7 @@ def test_one_row_per_run_with_the_rate_inside_its_bound_and_a_shift_outside(dail
 
 @pytest.mark.slow
 def test_quantiles_and_counts_are_those_of_the_scores_read_back(daily):
-    out, (_, shifted, rerun) = daily
+    out, (normal, shifted, rerun) = daily
     for row, partition in ((rerun, NORMAL_DAY), (shifted, SHIFTED_DAY)):
         scores = read_scores(out, partition)
         values = scores.column("anomaly_score").to_numpy()
@@ -181,7 +181,7 @@ def test_each_row_is_an_mlflow_run_with_its_numbers(daily, mlflow_store):
 def test_monitor_prints_the_trend_draws_it_and_checks_the_selected_run(daily, tmp_path):
     from PIL import Image
 
-    out, (_, shifted, rerun) = daily
+    out, (normal, shifted, rerun) = daily
     result = invoke(out, "--plot", tmp_path / "trend.png")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -198,6 +198,17 @@ def test_monitor_prints_the_trend_draws_it_and_checks_the_selected_run(daily, tm
     check = invoke(out, "--check", "--partition", SHIFTED_DAY, "--plot", tmp_path / "c.png")
     assert check.exit_code == 3
     assert f"out of bounds: {SHIFTED_DAY}" in check.output and "anomaly rate" in check.output
+    # --run-id judges that run, not the partition's latest row; a run without a row fails the check
+    by_run = invoke(
+        out, "--check", "--partition", SHIFTED_DAY, "--run-id", shifted["run_id"], "--plot", tmp_path / "f.png"
+    )
+    assert by_run.exit_code == 3
+    first = invoke(
+        out, "--check", "--partition", NORMAL_DAY, "--run-id", normal["run_id"], "--plot", tmp_path / "g.png"
+    )
+    assert first.exit_code == 0 and "within bounds" in first.output
+    missing = invoke(out, "--check", "--partition", NORMAL_DAY, "--run-id", "nosuchrun", "--plot", tmp_path / "h.png")
+    assert missing.exit_code == 1 and "no monitoring row for run nosuchrun" in missing.output
     history = invoke(out, "--partition", NORMAL_DAY, "--last", "5", "--plot", tmp_path / "d.png")
     assert [line.split()[0] for line in history.output.splitlines()[1:3]] == [NORMAL_DAY, NORMAL_DAY]
     assert invoke(out, "--plot", tmp_path / "e.png", "--last", "1").output.splitlines()[1].startswith(SHIFTED_DAY)

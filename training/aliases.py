@@ -8,14 +8,18 @@ the registered model, per alias:
 - ``alias_stack.ALIAS``: the versions that held the alias before, most recent last (JSON list):
   a promotion pushes the holder it replaces, a rollback pops it back.
 
-An alias moved by anything else (the MLflow UI, ``vae train --promote``) is not recorded; a
-rollback then returns to the last holder the history knows and says so.
+``vae train`` promotes through :func:`promote` too. An alias moved by anything else (the MLflow
+UI, Python) is not recorded; a rollback then returns to the last holder the history knows and says
+so. Each tag is kept under :data:`TAG_CHARS` characters (MLflow's server stores cap a tag value at
+5,000; SQLite does not), dropping the oldest entries first. Two moves of one alias at the same
+moment may lose one history entry (tags have no compare-and-set); the alias itself is MLflow's.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import re
 import socket
@@ -24,9 +28,11 @@ from datetime import UTC, datetime
 
 from training import registry
 
-LOG_LENGTH = 50  # moves kept in alias_history.ALIAS
+LOG_LENGTH = 50  # moves kept in alias_history.ALIAS (fewer when they would not fit in TAG_CHARS)
+TAG_CHARS = 4500  # below the 5,000 characters a tag value may hold in MLflow's SQL stores
 STACK_LENGTH = 50  # earlier holders kept in alias_stack.ALIAS
 HISTORY_TAG = "alias_history."
+log = logging.getLogger(__name__)
 STACK_TAG = "alias_stack."
 
 
@@ -140,7 +146,7 @@ def promote(
     if previous is not None:
         stack.append(previous)
     registry.set_alias(name, version, alias, work)
-    _record(name, alias, move, stack, work)
+    _record_or_warn(name, alias, move, stack, work)
     return move
 
 
@@ -181,8 +187,22 @@ def rollback(
     model_version(name, target, work)  # still registered (a deleted version cannot take the alias)
     move = AliasMove(name, alias, "rollback", current, target, _now(), by or current_user(), reason, note)
     registry.set_alias(name, target, alias, work)
-    _record(name, alias, move, stack, work)
+    _record_or_warn(name, alias, move, stack, work)
     return move
+
+
+def _record_or_warn(name: str, alias: str, move: AliasMove, stack: list[str], work) -> None:
+    """Records a move that has been made: a store that refuses the tags must not undo or fail it."""
+    try:
+        _record(name, alias, move, stack, work)
+    except Exception as exc:  # noqa: BLE001 - the alias has moved; say the history missed it
+        log.warning(
+            "%s@%s moved to v%s, but the move was not recorded (rollback will not know it): %s",
+            name,
+            alias,
+            move.version,
+            exc,
+        )
 
 
 def _record(name: str, alias: str, move: AliasMove, stack: list[str], work) -> None:
@@ -198,9 +218,17 @@ def _record(name: str, alias: str, move: AliasMove, stack: list[str], work) -> N
     }
     if move.note:
         entry["note"] = move.note
-    entries = [*entries, entry][-LOG_LENGTH:]
+    entries = _fitting([*entries, entry][-LOG_LENGTH:])
     mlflow_client.set_registered_model_tag(name, HISTORY_TAG + alias, json.dumps(entries))
-    mlflow_client.set_registered_model_tag(name, STACK_TAG + alias, json.dumps(stack[-STACK_LENGTH:]))
+    mlflow_client.set_registered_model_tag(name, STACK_TAG + alias, json.dumps(_fitting(stack[-STACK_LENGTH:])))
+
+
+def _fitting(items: list) -> list:
+    """The newest ``items`` whose JSON fits in :data:`TAG_CHARS` characters."""
+    items = list(items)
+    while len(items) > 1 and len(json.dumps(items)) > TAG_CHARS:
+        items.pop(0)
+    return items
 
 
 def _stack(name: str, alias: str, work) -> list[str]:

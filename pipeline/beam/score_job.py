@@ -405,7 +405,9 @@ def _score_dataset(
 
 def record_monitoring(summary: ScoreSummary, options: ScoreOptions, model) -> None:
     """Adds the committed run's row to ``OUTPUT/monitoring/`` (:mod:`pipeline.monitoring`). The data
-    is committed by then: a failure here is a warning, and ``vae monitor --check`` will miss the row."""
+    is committed by then, so no failure here may fail the run (its result would say "failed" after
+    the scores were replaced): it is a warning, and ``vae monitor --check --run-id RUN`` (what the
+    daily DAG runs) fails on the missing row instead of judging an earlier run's."""
     from pipeline.monitoring import record_scoring_run
 
     try:
@@ -417,8 +419,8 @@ def record_monitoring(summary: ScoreSummary, options: ScoreOptions, model) -> No
             model=model,
             work_dir=options.work_dir,
         )
-    except (OSError, ValueError) as exc:
-        log.warning("monitoring: could not record the run: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - the scores are committed; `vae monitor --check --run-id` then fails loudly
+        log.warning("monitoring: could not record run %s: %s", summary.run_id, exc)
 
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> ScoreSummary:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,10 @@ def plain_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except (FileNotFoundError, ValueError, LookupError) as exc:
+            from pipeline.logging_setup import is_verbose
+
+            if is_verbose():
+                traceback.print_exc()
             raise click.ClickException(str(exc)) from exc
 
     return wrapper
@@ -58,6 +63,13 @@ def _partition(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     help="Only this partition's runs (every rerun), e.g. date=2026-11-20; --check judges its latest run.",
 )
 @click.option(
+    "--run-id",
+    default=None,
+    metavar="RUN_ID",
+    help="With --check: judge this scoring run (the run_id of vae score's result JSON) and fail when it has no "
+    "monitoring row, rather than the partition's latest row, which may be an earlier run's.",
+)
+@click.option(
     "--shadow",
     "shadow_output",
     default=None,
@@ -76,6 +88,7 @@ def monitor_command(
     plot: str | None,
     check: bool,
     partition: str | None,
+    run_id: str | None,
     shadow_output: str | None,
     no_mlflow: bool,
 ) -> None:
@@ -117,7 +130,13 @@ def monitor_command(
     if check:
         from pipeline.monitoring import judge
 
-        row = selected_run(frame, partition)
+        row = selected_run(frame, partition, run_id)
+        if row is None:
+            raise click.ClickException(
+                f"{monitoring_path(output)}: no monitoring row for run {run_id}"
+                + (f" in {partition}" if partition else "")
+                + ": the run's monitoring was not recorded, so the day cannot be checked"
+            )
         status, reason = judge(row)
         which = f"{row.get('partition') or 'the latest run'} (model {row['model_name']} v{row['model_version']})"
         if status == "alarm":

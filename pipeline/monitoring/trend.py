@@ -41,11 +41,16 @@ def shadow_rows(frame: pd.DataFrame, *, partition: str | None = None, last: int 
     return (rows.tail(last) if last else rows).reset_index(drop=True)
 
 
-def selected_run(frame: pd.DataFrame, partition: str | None = None) -> dict[str, Any] | None:
-    """The run ``--check`` judges: the latest recorded scoring row of ``partition``, else the latest."""
+def selected_run(
+    frame: pd.DataFrame, partition: str | None = None, run_id: str | None = None
+) -> dict[str, Any] | None:
+    """The run ``--check`` judges: the scoring row of ``run_id`` when given, else the latest recorded
+    scoring row of ``partition``, else the latest."""
     rows = frame[frame["kind"] == SCORE]
     if partition is not None:
         rows = rows[rows["partition"] == partition]
+    if run_id is not None:
+        rows = rows[rows["run_id"] == run_id]
     if rows.empty:
         return None
     return clean(rows.sort_values("recorded_at", kind="stable").iloc[-1].to_dict())
