@@ -41,9 +41,7 @@ def shadow_rows(frame: pd.DataFrame, *, partition: str | None = None, last: int 
     return (rows.tail(last) if last else rows).reset_index(drop=True)
 
 
-def selected_run(
-    frame: pd.DataFrame, partition: str | None = None, run_id: str | None = None
-) -> dict[str, Any] | None:
+def selected_run(frame: pd.DataFrame, partition: str | None = None, run_id: str | None = None) -> dict[str, Any] | None:
     """The run ``--check`` judges: the scoring row of ``run_id`` when given, else the latest recorded
     scoring row of ``partition``, else the latest."""
     rows = frame[frame["kind"] == SCORE]
