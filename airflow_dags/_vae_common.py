@@ -206,7 +206,7 @@ def _vae_line(args: list[str], params: Mapping[str, Any] | None, variables, time
     """Echo the command line, then run it (under coreutils ``timeout`` when ``time_limit`` seconds
     are given: exit code 124 past it)."""
     command = [setting("command", params, variables), "--work-dir", setting("work_dir", params, variables), *args]
-    limit = "" if time_limit is None else f"timeout {int(time_limit)} "
+    limit = "" if time_limit is None else f"timeout -k 300 {int(time_limit)} "  # then SIGKILL 5 minutes on
     return f"echo {shlex.quote('+ ' + shlex.join(command))}\n{limit}{shlex.join(command)}"
 
 

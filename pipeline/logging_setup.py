@@ -16,8 +16,8 @@ import importlib.abc
 import logging
 import os
 import re
+import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from types import ModuleType
@@ -125,8 +125,9 @@ class _LoaderAround(importlib.abc.Loader):
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
     """Passes what is written to file descriptor 2 meanwhile (C++ code writes there directly) through a
-    pipe, line by line as it comes, dropping TensorFlow's start-up noise: a fatal native line (``F...]
-    Check failed``) still reaches the terminal before an abort. All of it with ``-v``."""
+    small filter process that drops TensorFlow's start-up noise, line by line as it comes. A process,
+    not a thread: native code writes while holding the GIL, so a thread could neither drain a full
+    pipe (a deadlock) nor pass on a fatal line before an abort. All of it with ``-v``."""
     if _state["verbose"]:
         yield
         return
@@ -138,25 +139,37 @@ def quiet_native_stderr() -> Iterator[None]:
         yield
         return
     read_end, write_end = os.pipe()
+    try:
+        program = _FILTER_PROGRAM.format(pattern=NATIVE_NOISE.pattern)
+        forward = subprocess.Popen([sys.executable, "-c", program], stdin=read_end, stdout=saved)
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        os.close(saved)
+        yield
+        return
+    os.close(read_end)
     os.dup2(write_end, 2)
     os.close(write_end)
-    forward = threading.Thread(target=_forward_lines, args=(read_end, saved), name="vae-stderr", daemon=True)
-    forward.start()
     try:
         yield
     finally:
         if sys.stderr is not None:
             sys.stderr.flush()
-        os.dup2(saved, 2)  # closes the pipe's last write end: the forwarder reads to its end and stops
-        forward.join(timeout=10)
+        os.dup2(saved, 2)  # closes our last write end of the pipe: the filter reads to its end and exits
         os.close(saved)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            forward.wait(timeout=10)
 
 
-def _forward_lines(read_end: int, target: int) -> None:
-    with os.fdopen(read_end, "rb") as pipe:
-        for line in pipe:
-            if not NATIVE_NOISE.match(line.decode(errors="replace")):
-                os.write(target, line)
+_FILTER_PROGRAM = """
+import re, sys
+noise = re.compile({pattern!r})
+for line in sys.stdin.buffer:
+    if not noise.match(line.decode(errors="replace")):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
 
 
 def _after(action: Callable[[], None]) -> Callable[[], contextlib.AbstractContextManager]:

@@ -151,3 +151,29 @@ def test_progress_at_a_terminal_draws_a_bar_on_stderr(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "evaluate" in captured.err and "3/4" in captured.err and "vae AUROC 0.800" in captured.err
+
+
+def test_a_scoring_run_on_worker_threads_moves_a_bar_by_its_shards(trained_plain, tmp_path, capsys):
+    """The DirectRunner's default runs shards on threads of this process: their "shard k/N done"
+    lines advance the bar that `vae score` draws at a terminal, one step per shard."""
+    from pipeline.beam.options import ScoreOptions
+    from pipeline.beam.score_job import score_dataset
+    from pipeline.cli.progress import shard_progress
+
+    options = ScoreOptions.of(
+        model=f"models:/{trained_plain.model_name}/{trained_plain.version}",
+        input="digits:holdout",
+        output=str(tmp_path / "out"),
+        shard_rows=100,  # 265 rows: 3 shards
+        direct_running_mode="multi_threading",
+        direct_num_workers=2,
+    )
+    with shard_progress("score", "pipeline.beam.score_job", bar=True) as progress:
+        summary = score_dataset(options)
+        assert (progress._bar.n, progress._bar.total) == (3, 3)
+    assert summary.rows_scored == 265
+    assert "score" in capsys.readouterr().err
+    # off a terminal the lines are the progress: no bar and no handler left behind
+    with shard_progress("score", "pipeline.beam.score_job", bar=False) as progress:
+        assert progress._bar is None
+    assert not [h for h in logging.getLogger("pipeline.beam.score_job").handlers if type(h).__name__ == "_ShardLines"]

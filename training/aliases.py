@@ -214,13 +214,19 @@ def _record(name: str, alias: str, move: AliasMove, stack: list[str], work) -> N
         "to": move.version,
         "at": move.at,
         "by": move.by,
-        "reason": move.reason,
+        "reason": _short(move.reason),
     }
     if move.note:
-        entry["note"] = move.note
+        entry["note"] = _short(move.note)
     entries = _fitting([*entries, entry][-LOG_LENGTH:])
-    mlflow_client.set_registered_model_tag(name, HISTORY_TAG + alias, json.dumps(entries))
+    # the stack first: rollback reads it, so a history write that fails leaves rollback right
     mlflow_client.set_registered_model_tag(name, STACK_TAG + alias, json.dumps(_fitting(stack[-STACK_LENGTH:])))
+    mlflow_client.set_registered_model_tag(name, HISTORY_TAG + alias, json.dumps(entries))
+
+
+def _short(text: str | None, limit: int = 500) -> str | None:
+    """A reason or note short enough that one history entry always fits in a tag."""
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _fitting(items: list) -> list:

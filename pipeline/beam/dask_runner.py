@@ -71,10 +71,12 @@ class DaskResult(DaskRunnerResult):
             self.close()
 
     def close(self) -> None:
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
-            self.cluster = None
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+                self.cluster = None
 
 
 class DaskRunner(BeamDaskRunner):
@@ -102,6 +104,9 @@ class DaskRunner(BeamDaskRunner):
             if cluster is not None:
                 cluster.close()
             raise
+        finally:
+            if cluster is not None:  # the options are the caller's: a second run starts its own cluster
+                dask.address = None
         try:  # progress lines on the workers (a local cluster's reach this terminal); the run goes on without
             result.client.run(_log_info_on_worker)
         except Exception as exc:  # noqa: BLE001

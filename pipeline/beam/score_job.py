@@ -364,6 +364,11 @@ def _score_dataset(
                 batch_size=options.batch_size,
             )
         pipeline_seconds = time.perf_counter() - pipeline_started
+        if options.runner in ONE_BRANCH_RUNNERS:
+            from pipeline.beam.score_shards import remove_unfinished
+
+            if removed := remove_unfinished(scores_tmp, rejects_tmp):
+                log.info("removed %d unfinished file(s) of retried shards", removed)
         reject_duplicates(scores_tmp, rejects_tmp, run_tag)  # the contract's rule for a repeated example_id
         rows_scored, rows_rejected, anomalies, reasons = count_output(scores_tmp, rejects_tmp)
         rows_read = rows_scored + rows_rejected

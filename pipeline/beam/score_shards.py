@@ -84,6 +84,21 @@ class _ParquetFile:
             os.remove(self._tmp)
 
 
+def remove_unfinished(*folders: str | os.PathLike) -> int:
+    """Deletes the temporary files of shard writers that never finished (a worker killed mid-shard,
+    whose shard was then retried elsewhere) from local staging folders, before the commit; returns
+    how many."""
+    removed = 0
+    for folder in folders:
+        if is_remote(str(folder)) or not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if name.startswith(".") and name.endswith(".inprogress"):
+                os.remove(os.path.join(folder, name))
+                removed += 1
+    return removed
+
+
 class ScoreShard(beam.DoFn):
     """A shard -> its rows scored into ``scores/`` and rejected into ``rejects/``; emits
     ``(shard index, rows scored, rows rejected)``."""

@@ -19,6 +19,7 @@ from pipeline.beam.defaults import (
     METHODS,
     SAMPLES_PER_SHARD,
 )
+from pipeline.cli.progress import shard_progress
 from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_errors, job_options, parse_shape
 
 
@@ -165,7 +166,8 @@ def generate_command(ctx: click.Context, grid: bool, log_grid: bool, beam_args: 
 
     work_dir = ctx.obj["work_dir"]
     # the click parameters are named like the options: this is the one place they meet
-    summary = generate_dataset(job_options(ctx, GenerateOptions, beam_args, params))
+    with shard_progress("generate", "pipeline.beam.generate_job"):
+        summary = generate_dataset(job_options(ctx, GenerateOptions, beam_args, params))
     if grid:
         from pipeline.report.figures import save_grid
         from training import registry

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from contextlib import ExitStack
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -13,6 +15,8 @@ log = logging.getLogger(__name__)
 # "[3/12] digits seed 0 held-out 3: ...", the line a library writes per finished step
 STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)$", re.DOTALL)
 NOTE_WIDTH = 60  # of the note beside the bar (a log line keeps all of it)
+# "shard 3/12 done: ..." (vae score) or "shard 3/12: decoded ..." (vae generate), logged per finished shard
+SHARD_LINE = re.compile(r"^shard (\d+)/(\d+)\b")
 
 
 def stderr_is_terminal() -> bool:
@@ -76,3 +80,42 @@ class Progress:
                 log.info("%s: %s", self.label, line)
             return
         self.advance(step.group(3), done=int(step.group(1)), total=int(step.group(2)))
+
+
+@contextmanager
+def shard_progress(label: str, *loggers: str, bar: bool | None = None) -> Iterator[Progress]:
+    """A bar over the shards a Beam job finishes in this process, at a terminal: each ``"shard k/N
+    ..."`` line the job's ``loggers`` write advances it. That covers the DirectRunner's default
+    (worker threads); shards finished in worker processes (``multi_processing``, Dask) print their
+    lines as before and leave the bar where it is. Off a terminal nothing changes: the lines are the
+    progress."""
+    progress = Progress(label, unit="shard", bar=bar)
+    handler = _ShardLines(progress)
+    with progress:
+        targets = [logging.getLogger(name) for name in loggers] if progress.use_bar else []
+        levels = [logger.level for logger in targets]
+        for logger in targets:
+            logger.addHandler(handler)
+            if logger.getEffectiveLevel() > logging.INFO:  # the shard lines are INFO records
+                logger.setLevel(logging.INFO)
+        try:
+            yield progress
+        finally:
+            for logger, level in zip(targets, levels, strict=True):
+                logger.removeHandler(handler)
+                logger.setLevel(level)
+
+
+class _ShardLines(logging.Handler):
+    """Advances a :class:`Progress` by one for every shard line (worker threads log concurrently)."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+        self.guard = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        shard = SHARD_LINE.match(record.getMessage())
+        if shard is not None:
+            with self.guard:
+                self.progress.advance(f"shard {shard.group(1)}", done=self.progress.done + 1, total=int(shard.group(2)))

@@ -12,6 +12,7 @@ from pipeline.beam.defaults import (
     DEFAULT_SPLIT_SEED,
 )
 from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_ROWS
+from pipeline.cli.progress import shard_progress
 from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_errors, job_options, parse_shape
 
 
@@ -139,7 +140,8 @@ def score_command(ctx: click.Context, beam_args: tuple[str, ...], **params) -> N
     # the click parameters are named like the options: this is the one place they meet
     options = job_options(ctx, ScoreOptions, beam_args, params)
     try:
-        summary = score_dataset(options)
+        with shard_progress("score", "pipeline.beam.score_job"):
+            summary = score_dataset(options)
     except GuardFailed as exc:  # the result JSON is written; say what the run did, then exit 1
         click.echo("")
         for line in exc.summary.lines():

@@ -105,7 +105,7 @@ def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(1),
             default=DEFAULT_WORKERS,
             show_default=True,
-            help="DirectRunner: parallel workers (each loads the model once).",
+            help="DirectRunner: parallel workers (threads share one model; processes load it once each).",
         ),
         click.option(
             "--direct-running-mode",
