@@ -341,11 +341,16 @@ SHADOW_FAILED_EXIT = 99
 SHADOW_TIME_LIMIT_S = 3 * 3600 + 1800
 
 
+def parse_score_result(output: str) -> dict[str, Any]:
+    """``vae score``'s result JSON, from the last line of the task's output."""
+    return parse_result_json(output, "score")
+
+
 def parse_shadow_result(output: str) -> dict[str, Any] | None:
     """The challenger's result JSON, or None when its output cannot be read: the shadow never fails
     the day over its own result."""
     try:
-        return parse_result_json(output, "score")
+        return parse_score_result(output)
     except ValueError:
         return None
 

@@ -32,7 +32,7 @@ from _vae_common import (
     monitor_check_command,
     monitor_outcome,
     param,
-    parse_result_json,
+    parse_score_result,
     parse_shadow_result,
     run_day,
     schedule,
@@ -48,10 +48,6 @@ from airflow.sdk.exceptions import AirflowSkipException
 log = logging.getLogger(__name__)
 
 SCORE_SCHEDULE = schedule("VAE_SCORE_SCHEDULE", "@daily")
-
-
-def parse_score_result(output: str) -> dict[str, Any]:
-    return parse_result_json(output, "score")
 
 
 @dag(
