@@ -38,19 +38,34 @@ log = logging.getLogger(__name__)
 __all__ = ["DaskOptions", "DaskRunner", "local_cluster"]
 
 
+# Dask's defaults that cost these jobs memory and speed (an existing cluster's workers are started
+# with them too: see the README's "Scale out"):
+WORKER_CONFIG: dict[str, Any] = {
+    # The statistical profiler keeps the last 1,000 one-second cycles of call trees, and a tree per
+    # task: with TensorFlow's deep stacks a worker grew by about 5 MB per task for its first 17 minutes.
+    "distributed.worker.profile.enabled": False,
+    # A fixed glibc trim threshold also fixes the mmap threshold at 128 KiB, so TensorFlow's tensors of
+    # a few MB are mapped and unmapped (and their pages faulted in) on every op: half the throughput.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+}
+
+
 def local_cluster(workers: int = DEFAULT_WORKERS, threads: int = 1) -> Any:
     """A ``distributed.LocalCluster`` of ``workers`` processes with ``threads`` threads each, quiet, no
-    dashboard; the scheduler's HTTP endpoints on a free local port, never a fixed one another run holds."""
+    dashboard, with :data:`WORKER_CONFIG`; the scheduler's HTTP endpoints on a free local port, never a
+    fixed one another run holds."""
+    import dask
     from distributed import LocalCluster
 
-    return LocalCluster(
-        n_workers=workers,
-        threads_per_worker=threads,
-        processes=True,
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "localhost:0"},
-        silence_logs=logging.WARNING,
-    )
+    with dask.config.set(WORKER_CONFIG):  # the nannies pass the config to their workers as they start
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "localhost:0"},
+            silence_logs=logging.WARNING,
+        )
 
 
 def _log_info_on_worker() -> None:
