@@ -29,6 +29,7 @@ setup(
     description="Train a VAE on images, flag improbable images, write synthetic images, all to Parquet",
     python_requires=">=3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "training", "training.*", "scoring", "scoring.*"]),
+    package_data={"pipeline.beam": ["dask_config/*.yaml"]},  # Dask worker settings for an existing cluster
     install_requires=CORE,
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],

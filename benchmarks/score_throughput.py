@@ -1,22 +1,24 @@
-"""Beam scoring throughput against raw in-process scoring of the same rows.
+"""Beam scoring throughput against raw in-process scoring of the same rows, with peak memory per process.
 
 For each ``--rows`` N: tile the built-in digits to N rows in a Parquet file (``pixels`` as
-list<float32>, row groups of ``--shard-rows``), then measure in the same process
+list<float32>, row groups of ``--shard-rows``), then measure
 
-(a) raw: :func:`scoring.elbo.score_images` on the same N rows held in memory (batched, one process);
+(a) raw: :func:`scoring.elbo.score_images` on the same rows held in memory (batched, in this process);
 (b) Beam: ``score_dataset`` on the Parquet file, end to end (worker start-up, reading, validation,
     scoring, Parquet writing, the atomic commit), on the DirectRunner (``--mode``) or on the
     DaskRunner (``--runner DaskRunner``: a local cluster of worker processes started for each run),
-    with each of ``--workers``;
+    with each of ``--workers``, each run in a fresh child process (the job's launcher), so that its
+    memory is the job's own, not this process's data and model;
 
-and print rows/s of each, the ratio (b)/(a), and the peak resident memory of the pipeline (this
-process plus all its worker processes, sampled every 0.2 s), of its worker processes together, and
-of the largest single worker process (memory per worker).
+and print rows/s of each, the ratio (b)/(a), and the peak resident memory of the job (the launcher
+and all its worker processes together, sampled every 0.2 s), of the launcher alone, and of the
+largest single worker process (memory per worker; with the DirectRunner's threads the launcher is
+the one worker).
 
 Usage::
 
     python benchmarks/score_throughput.py --rows 100000 1000000 [--model models:/NAME@ALIAS]
-        [--batch-size 4096] [--workers 1 2] [--raw-rows 200000] [--runner DaskRunner]
+        [--batch-size 1024] [--workers 1 2] [--raw-rows 200000] [--runner DaskRunner]
 
 Trains a quick model into a throw-away MLflow store unless ``--model`` is given. ``--raw-rows``
 caps (a) at that many rows (the rate, not the total, is compared) to save time on big N.
@@ -26,8 +28,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -41,36 +46,33 @@ log = logging.getLogger("score_throughput")
 
 
 class PeakMemory:
-    """Peak summed RSS of this process and its descendants, sampled in a thread."""
+    """Peak resident memory of a process and of its descendants, sampled in a thread."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
         import psutil
 
-        self.process = psutil.Process()
+        self.process = psutil.Process(pid)
         self.interval = interval
-        self.peak = 0  # this process + workers
-        self.workers_peak = 0
-        self.one_worker_peak = 0  # the largest single worker process
+        self.peak = 0  # the process + its workers
+        self.own_peak = 0  # the process alone
+        self.one_worker_peak = 0  # the largest single descendant
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _rss(self) -> tuple[int, int, int]:
-        """(this process, its worker processes, the largest of them) resident bytes."""
+    def _sample(self) -> None:
         import psutil
 
-        workers = largest = 0
-        for proc in self.process.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                rss = proc.memory_info().rss
-                workers += rss
-                largest = max(largest, rss)
-        return self.process.memory_info().rss, workers, largest
-
-    def _sample(self) -> None:
-        own, workers, largest = self._rss()
-        self.peak = max(self.peak, own + workers)
-        self.workers_peak = max(self.workers_peak, workers)
-        self.one_worker_peak = max(self.one_worker_peak, largest)
+        with contextlib.suppress(psutil.Error):
+            own = self.process.memory_info().rss
+            workers = largest = 0
+            for proc in self.process.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    rss = proc.memory_info().rss
+                    workers += rss
+                    largest = max(largest, rss)
+            self.peak = max(self.peak, own + workers)
+            self.own_peak = max(self.own_peak, own)
+            self.one_worker_peak = max(self.one_worker_peak, largest)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -78,8 +80,6 @@ class PeakMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakMemory:
-        self.workers_peak = self.one_worker_peak = 0
-        self._sample()
         self._thread.start()
         return self
 
@@ -133,6 +133,30 @@ def raw_rate(model, images: np.ndarray, batch_size: int) -> tuple[float, float]:
     return len(images) / seconds, seconds
 
 
+def one_run(spec: dict) -> None:
+    """In the child: one ``score_dataset`` run as ``spec`` says; prints its figures as JSON."""
+    from pipeline.beam.options import ScoreOptions
+    from pipeline.beam.score_job import score_dataset
+
+    summary = score_dataset(ScoreOptions.of(**spec))
+    print(
+        json.dumps(
+            {"rows": summary.rows_read, "pipeline_seconds": summary.pipeline_seconds, "seconds": summary.seconds}
+        )
+    )
+
+
+def run_in_child(spec: dict) -> tuple[dict, PeakMemory]:
+    """Runs :func:`one_run` in a fresh interpreter (its stderr passes through) and samples its memory."""
+    command = [sys.executable, __file__, "--one-run", json.dumps(spec, default=str)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    with PeakMemory(child.pid) as memory:
+        out, _ = child.communicate()
+    if child.returncode != 0:
+        raise SystemExit(f"the run {spec} failed with exit code {child.returncode}")
+    return json.loads(out.strip().splitlines()[-1]), memory
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
@@ -144,14 +168,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runner", default="DirectRunner", choices=("DirectRunner", "DaskRunner"))
     parser.add_argument("--raw-rows", type=int, default=None, help="measure (a) on at most this many rows")
     parser.add_argument("--keep", type=Path, default=None, help="keep the data and outputs in this folder")
+    parser.add_argument("--one-run", default=None, help=argparse.SUPPRESS)  # the child's job, as JSON
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in ("apache_beam", "absl", "mlflow", "alembic", "tensorflow", "training"):
+    for name in ("apache_beam", "absl", "mlflow", "alembic", "tensorflow", "training", "distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.one_run:
+        return one_run(json.loads(args.one_run))
 
-    from pipeline.beam.options import ScoreOptions
-    from pipeline.beam.score_job import score_dataset
     from training import registry
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="score-bench-"))
@@ -181,28 +206,27 @@ def main(argv: list[str] | None = None) -> None:
                 runner["dask_workers"] = workers
             else:
                 runner |= {"direct_num_workers": workers, "direct_running_mode": args.mode}
-            with PeakMemory() as memory:
-                options = ScoreOptions.of(
-                    model=model_uri,
-                    input=str(data),
-                    output=work / f"out-{rows}-{workers}",
-                    batch_size=args.batch_size,
-                    shard_rows=args.shard_rows,
-                    **runner,
-                )
-                summary = score_dataset(options)
-            beam = summary.rows_read / summary.pipeline_seconds
-            results.append((rows, workers, raw, beam, summary, memory))
+            spec = {
+                "model": model_uri,
+                "input": str(data),
+                "output": str(work / f"out-{rows}-{workers}"),
+                "batch_size": args.batch_size,
+                "shard_rows": args.shard_rows,
+                **runner,
+            }
+            run, memory = run_in_child(spec)
+            beam = run["rows"] / run["pipeline_seconds"]
+            results.append((rows, workers, raw, beam, run, memory))
             log.info(
                 "(b) Beam pipeline, %d workers: %s rows in %.1f s = %s rows/s; ratio (b)/(a) = %.2f; peak memory "
-                "%.2f GiB (workers %.2f GiB, largest worker %.2f GiB)",
+                "%.2f GiB (launcher %.2f GiB, largest worker %.2f GiB)",
                 workers,
                 f"{rows:,}",
-                summary.pipeline_seconds,
+                run["pipeline_seconds"],
                 f"{beam:,.0f}",
                 beam / raw,
                 memory.peak / 2**30,
-                memory.workers_peak / 2**30,
+                memory.own_peak / 2**30,
                 memory.one_worker_peak / 2**30,
             )
     engine = f"DirectRunner ({args.mode})" if args.runner == "DirectRunner" else "DaskRunner (local cluster)"
@@ -211,12 +235,13 @@ def main(argv: list[str] | None = None) -> None:
         f"shards of {args.shard_rows:,} rows, {engine}, {os.cpu_count()} CPU cores"
     )
     header = f"{'rows':>10} {'workers':>7} {'raw rows/s':>11} {'Beam rows/s':>12} {'ratio':>6} {'Beam s':>8}"
-    print(header + f" {'total s':>8} {'peak GiB':>9} {'workers GiB':>12} {'per worker GiB':>15}")
-    for rows, workers, raw, beam, summary, memory in results:
+    print(header + f" {'total s':>8} {'job GiB':>8} {'launcher GiB':>13} {'per worker GiB':>15}")
+    for rows, workers, raw, beam, run, memory in results:
+        per_worker = memory.one_worker_peak if memory.one_worker_peak else memory.own_peak  # threads: the launcher
         print(
             f"{rows:>10,} {workers:>7} {raw:>11,.0f} {beam:>12,.0f} {beam / raw:>6.2f} "
-            f"{summary.pipeline_seconds:>8.1f} {summary.seconds:>8.1f} {memory.peak / 2**30:>9.2f} "
-            f"{memory.workers_peak / 2**30:>12.2f} {memory.one_worker_peak / 2**30:>15.2f}"
+            f"{run['pipeline_seconds']:>8.1f} {run['seconds']:>8.1f} {memory.peak / 2**30:>8.2f} "
+            f"{memory.own_peak / 2**30:>13.2f} {per_worker / 2**30:>15.2f}"
         )
 
 

@@ -307,3 +307,24 @@ def setup_logging(verbose: bool = False, log_format: str | None = None) -> str:
 def configure_worker() -> None:
     """A Beam worker process (:mod:`pipeline.beam.worker_main`): the parent's format and verbosity."""
     setup_logging(os.environ.get(VERBOSE_ENV) == "1", os.environ.get(LOG_FORMAT_ENV))
+
+
+# what a job's own code logs on a worker: per-shard progress, model loads
+JOB_LOGGERS = ("pipeline", "scoring", "training")
+
+
+def configure_dask_worker() -> None:
+    """A Dask worker process (run on each by the job): our loggers write at INFO to its stderr, in the
+    launcher's format where it passed it on (a local cluster's workers inherit its environment), else
+    timed; the root logger and dask's own stay as the worker's owner set them. Idempotent: every job
+    on a long-lived cluster runs it again."""
+    handler = _StderrHandler()
+    chosen = os.environ.get(LOG_FORMAT_ENV, "timed")
+    handler.setFormatter(PlainFormatter() if chosen == "plain" else TimedFormatter())
+    if os.environ.get(VERBOSE_ENV) != "1":
+        handler.addFilter(_DropNoise())
+    for name in JOB_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

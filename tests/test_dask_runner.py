@@ -66,6 +66,19 @@ def _model_loads() -> int:
     return getattr(registry, "_LOAD_CALLS", -1)
 
 
+def _worker_settings(dask_worker) -> dict:
+    """On a worker: what :data:`pipeline.beam.dask_runner.WORKER_CONFIG` and the job's log set-up change."""
+    import logging
+    import os
+
+    handlers = logging.getLogger("pipeline").handlers
+    return {
+        "profiler": any(name.startswith("profile") for name in dask_worker.periodic_callbacks),
+        "trim_threshold": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        "formatter": type(handlers[0].formatter).__name__ if handlers else None,
+    }
+
+
 @pytest.fixture(scope="module")
 def cluster():
     from distributed import Client
@@ -148,6 +161,10 @@ def test_score_on_dask_matches_the_direct_runner_both_datasets_one_load_per_work
     # six shards (six Dask tasks) over two worker processes: both worked, each loaded the model once
     loads = client.run(_model_loads)
     assert sorted(loads.values()) == [1, 1], loads
+    # no profiler growing by the task, glibc's own mmap threshold, our progress lines in our format
+    for settings in client.run(_worker_settings).values():
+        assert settings["profiler"] is False and settings["trim_threshold"] is None, settings
+        assert settings["formatter"] in ("TimedFormatter", "PlainFormatter"), settings
 
 
 @pytest.mark.slow
@@ -194,6 +211,16 @@ def test_vae_score_starts_a_local_cluster_by_default(model_uri, tmp_path):
     for dataset in ("scores", "rejects"):
         a = read(tmp_path / "direct" / dataset).drop_columns(["scored_at"])
         assert_same_rows(read(tmp_path / "out" / dataset).drop_columns(["scored_at"]), a)
+
+
+def test_the_worker_config_for_an_existing_cluster_is_the_local_clusters():
+    import dask
+
+    from pipeline.beam.dask_runner import WORKER_CONFIG, WORKER_CONFIG_DIR
+
+    collected = dask.config.collect(paths=[str(WORKER_CONFIG_DIR)], env={})
+    missing = object()
+    assert {key: dask.config.get(key, missing, config=collected) for key in WORKER_CONFIG} == WORKER_CONFIG
 
 
 def test_dask_options_are_checked():

@@ -6,12 +6,15 @@ only supplies what a job needs around it:
 
 - the cluster: ``--dask-address`` (a running scheduler, ``tcp://HOST:8786``) or, by default, a
   ``distributed.LocalCluster`` of ``--dask-workers`` worker processes (one thread each) started for
-  the run and closed after it;
+  the run and closed after it, its workers without two Dask defaults that cost these jobs memory and
+  half their speed (:data:`WORKER_CONFIG`; ``pipeline/beam/dask_config/`` sets the same on the
+  workers of an existing cluster);
 - parallelism: one Dask partition per element of ``Create`` (a shard of the input) unless
   ``--dask_npartitions`` / ``--dask_partition_size`` say otherwise (Beam's default puts up to 128
   elements in one partition: a job of a few shards would run as one task on one worker);
 - the client: closed when the run ends (Beam's keeps reconnecting to a closed scheduler); the
-  workers log their per-shard progress lines (a local cluster's workers write to this terminal).
+  workers log their per-shard progress lines in the job's format (a local cluster's workers write
+  to this terminal).
   They are not forwarded with ``Client.forward_logging``: with it, a run's result once never reached
   the client (the generate test hung after every shard was written).
 
@@ -26,20 +29,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunnerResult
 from apache_beam.runners.dask.dask_runner import DaskRunner as BeamDaskRunner
 
 from pipeline.beam.defaults import DEFAULT_WORKERS
+from pipeline.logging_setup import configure_dask_worker
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DaskOptions", "DaskRunner", "local_cluster"]
+__all__ = ["WORKER_CONFIG", "WORKER_CONFIG_DIR", "DaskOptions", "DaskRunner", "local_cluster"]
 
 
-# Dask's defaults that cost these jobs memory and speed (an existing cluster's workers are started
-# with them too: see the README's "Scale out"):
+# Dask's defaults that cost these jobs memory and speed; WORKER_CONFIG_DIR holds the same as a Dask
+# config file, for the workers of an existing cluster (DASK_CONFIG=WORKER_CONFIG_DIR dask worker ...)
+WORKER_CONFIG_DIR = Path(__file__).parent / "dask_config"
 WORKER_CONFIG: dict[str, Any] = {
     # The statistical profiler keeps the last 1,000 one-second cycles of call trees, and a tree per
     # task: with TensorFlow's deep stacks a worker grew by about 5 MB per task for its first 17 minutes.
@@ -68,9 +74,19 @@ def local_cluster(workers: int = DEFAULT_WORKERS, threads: int = 1) -> Any:
         )
 
 
-def _log_info_on_worker() -> None:
-    """On a worker: our INFO lines (per-shard progress) are written, to the worker's stderr."""
-    logging.getLogger("pipeline").setLevel(logging.INFO)
+def configure_workers(address: str | None, scheduler_file: str | None = None) -> None:
+    """Before the run: the workers log our progress lines in the job's format
+    (:func:`pipeline.logging_setup.configure_dask_worker`); a local cluster's reach this terminal, a
+    remote one's are in the workers' logs. The run goes on without them if that fails."""
+    from distributed import Client
+
+    if not address and not scheduler_file:
+        return  # (a Client without either would start a cluster of its own)
+    try:
+        with Client(address=address, scheduler_file=scheduler_file) as client:
+            client.run(configure_dask_worker)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cannot set up logging on the Dask workers (the run goes on): %s", exc)
 
 
 @dataclasses.dataclass
@@ -114,6 +130,7 @@ class DaskRunner(BeamDaskRunner):
             dask.address = cluster.scheduler_address
             log.info("started a local Dask cluster of %d worker processes at %s", self.workers, dask.address)
         try:
+            configure_workers(dask.address, dask.scheduler_file)
             result = super().run_pipeline(pipeline, options)
         except BaseException:
             if cluster is not None:
@@ -122,8 +139,4 @@ class DaskRunner(BeamDaskRunner):
         finally:
             if cluster is not None:  # the options are the caller's: a second run starts its own cluster
                 dask.address = None
-        try:  # progress lines on the workers (a local cluster's reach this terminal); the run goes on without
-            result.client.run(_log_info_on_worker)
-        except Exception as exc:  # noqa: BLE001
-            log.debug("cannot set the workers' log level: %s", exc)
         return DaskResult(result.client, result.futures, cluster)
