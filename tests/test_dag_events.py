@@ -6,8 +6,10 @@ LocalExecutor's tasks talk to), DAG processor and scheduler run as subprocesses 
 VAE on the digits, one epoch), which promotes the first version and records the Asset event, and
 waits for the scheduler to start ``vae_augment`` from that event (run type ``asset_triggered``) and
 for its synthetic set. Then, in the same home with the services stopped, ``airflow dags test`` runs
-``vae_score`` on a day that fails ``vae score``'s guards and on a good day with a challenger scored
-in shadow.
+``vae_score`` on a day that fails ``vae score``'s guards, on a good day (the default input and
+output) with a challenger scored in shadow, and on a day out of the monitoring bounds, and
+``vae_augment`` by hand for a named version. (``tests/test_dags.py`` runs the DAGs' skip and
+failure paths with ``dags test`` in a home of its own.)
 """
 
 from __future__ import annotations
@@ -209,17 +211,24 @@ def test_a_promoted_model_starts_augment_through_the_scheduler(live_env, asset_f
         with create_session() as session:
             run = session.scalars(select(DagRun).where(DagRun.run_id == {augment["run_id"]!r})).one()
             print(json.dumps([
-                {{"uri": e.asset.uri, "dag": e.source_dag_id, "run": e.source_run_id, "extra": e.extra}}
+                {{"uri": e.asset.uri, "dag": e.source_dag_id, "task": e.source_task_id, "run": e.source_run_id,
+                  "extra": e.extra}}
                 for e in run.consumed_asset_events
             ]))
         """,
     )
-    champion = MlflowClient(tracking_uri=env["AIRFLOW_VAR_VAE_MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
-        MODEL, "champion"
-    )
+    client = MlflowClient(tracking_uri=env["AIRFLOW_VAR_VAE_MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    # one run, one version: registered and promoted (the first has no champion to beat)
+    assert [v.version for v in client.search_model_versions(f"name='{MODEL}'")] == [champion.version]
     assert len(consumed) == 1
     event = consumed[0]
-    assert (event["uri"], event["dag"], event["run"]) == ("vae://models/", "vae_retrain", retrain["run_id"])
+    assert (event["uri"], event["dag"], event["task"], event["run"]) == (
+        "vae://models/",
+        "vae_retrain",
+        "publish_model",
+        retrain["run_id"],
+    )
     assert {k: event["extra"][k] for k in ("model_name", "version", "promoted", "conditional")} == {
         "model_name": MODEL,
         "version": str(champion.version),
@@ -296,9 +305,9 @@ def test_a_good_day_is_scored_checked_and_shadowed_by_the_challenger(live_env, a
     client.set_registered_model_alias(MODEL, "challenger", champion.version)  # the same model: full agreement
 
     day = "2026-02-11"
-    output_root = tmp_path / "daily"
+    output_root = Path(live_env["AIRFLOW_VAR_VAE_WORK_DIR"]) / "daily"  # the default: input_root too (the digits)
     # a one-epoch model on the digits it was trained on may well be out of bounds: warn, not fail
-    conf = {"output_root": str(output_root), "challenger_alias": "challenger", "monitor_on_alarm": "warn"}
+    conf = {"challenger_alias": "challenger", "monitor_on_alarm": "warn"}
     result = dags_test(live_env, "vae_score", day, conf)
     log = log_of(result)
     assert result.returncode == 0, log
@@ -311,8 +320,10 @@ def test_a_good_day_is_scored_checked_and_shadowed_by_the_challenger(live_env, a
     assert f"Scored date={day} with {MODEL} version {champion.version}: 1797 rows read, 1797 scored" in log
 
     for root in (output_root, output_root / "shadow"):
+        assert (root / "rejects" / f"date={day}").is_dir()
         scores = ds.dataset(root / "scores" / f"date={day}", format="parquet").to_table()
         assert scores.num_rows == 1797
+        assert set(scores.column("model_version").to_pylist()) == {str(champion.version)}
     rows = ds.dataset(output_root / "monitoring", format="parquet").to_table().to_pylist()
     rows = [row for row in rows if row["partition"] == f"date={day}"]
     assert sorted(row["kind"] for row in rows) == ["score", "shadow"]  # the champion's run, the agreement
@@ -349,3 +360,23 @@ def test_a_day_out_of_the_monitoring_bounds_fails_the_run(live_env, asset_flow, 
     assert f"monitoring alarm for date={day} (monitor_on_alarm=fail)" in log
     assert "out of bounds: " in log  # vae monitor's reason
     assert (tmp_path / "daily" / "scores" / f"date={day}").is_dir()
+
+
+def test_augment_by_hand_for_a_named_version(live_env, asset_flow):
+    """``vae_augment`` run by hand (``dags test``) with ``model_name`` and ``model_version``: the prior
+    set for that version (a manual run is plain unless ``conditional`` says otherwise), not the event's."""
+    import pyarrow.parquet as pq
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=live_env["AIRFLOW_VAR_VAE_MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    day = "2026-02-13"
+    result = dags_test(live_env, "vae_augment", day, {"model_name": MODEL, "model_version": str(champion.version)})
+    log = log_of(result)
+    assert result.returncode == 0, log
+    assert task_states(live_env, "vae_augment", day) == {"choose_model": "success", "generate": "success"}
+    assert f"Manual run: {MODEL} version {champion.version}" in log
+    synthetic = Path(live_env["AIRFLOW_VAR_VAE_WORK_DIR"]) / "synthetic" / MODEL / f"version={champion.version}"
+    files = sorted((synthetic / "synthetic" / "prior").rglob("*.parquet"))
+    assert sum(pq.read_metadata(f).num_rows for f in files) == 32  # AIRFLOW_VAR_VAE_SYNTHETIC_N
+    assert f"Generated 32 rows (prior) with {MODEL} version {champion.version}" in log

@@ -197,13 +197,13 @@ def read_synthetic_sorted(output) -> pa.Table:
 
 
 @pytest.mark.slow
-def test_vae_score_starts_a_local_cluster_by_default(model_uri, tmp_path):
+def test_vae_score_starts_a_local_cluster_without_an_address(model_uri, tmp_path):
     from click.testing import CliRunner
 
     from pipeline.cli.main import main
 
     args = ["score", "--model", model_uri, "--input", "digits:holdout", "--output", str(tmp_path / "out")]
-    result = CliRunner().invoke(main, [*args, "--runner", "DaskRunner", "--shard-rows", "100"])
+    result = CliRunner().invoke(main, [*args, "--runner", "DaskRunner", "--dask-workers", "1", "--shard-rows", "100"])
     assert result.exit_code == 0, result.output
     assert "scored:" in result.output
     direct = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "direct"), "--direct-running-mode", "in_memory"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -152,40 +151,26 @@ def reject_duplicates(scores_dir: str | os.PathLike, rejects_dir: str | os.PathL
     """Applies the input contract's rule for a repeated ``example_id``
     (:func:`training.data.validate.duplicate_rows`, the same as training's) to a run written but
     not yet committed: of the scored rows sharing an id, the one first by (``source``,
-    ``source_row``) stays and the others move to the rejects. Reads three columns; rewrites only
-    the files that hold a repeated row. Returns how many rows moved."""
+    ``source_row``) stays and the others move to the rejects. Finds them in bounded memory
+    (:mod:`pipeline.outputs.duplicate_ids`); rewrites only the files that hold a repeated row.
+    Returns how many rows moved."""
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
     from pyarrow import fs
 
-    from training.data.validate import duplicate_rows
+    from pipeline.outputs.duplicate_ids import find_duplicates
 
     dataset = ds.dataset(str(scores_dir), format="parquet")
-    parts, files = [], []
-    ids = dataset.to_table(columns=["example_id"]).column("example_id")
-    counts = pa.table({"id": ids}).group_by("id").aggregate([("id", "count")])
-    if pc.max(counts.column("id_count")).as_py() in (None, 1):  # no repeated id: nothing to move
-        return 0
-    for fragment in dataset.get_fragments():
-        part = fragment.to_table(columns=["example_id", "source", "source_row"])
-        parts.append(part)
-        files.append((fragment.path, part.num_rows))
-    if not parts:
-        return 0
-    table = pa.concat_tables(parts)
-    mask, reasons = duplicate_rows(
-        table.column("example_id").to_pylist(),
-        table.column("source").to_pylist(),
-        table.column("source_row").to_pylist(),
-    )
-    if not mask.any():
+    duplicates = find_duplicates(dataset)
+    if not duplicates.rows:
         return 0
     filesystem = dataset.filesystem
     moved: list[pa.Table] = []
-    reason_of = dict(zip(np.flatnonzero(mask).tolist(), reasons, strict=True))
+    reason_of = duplicates.rows
+    marked = np.fromiter(sorted(reason_of), dtype=np.int64)
     start = 0
-    for path, rows in files:
-        local = np.flatnonzero(mask[start : start + rows])
+    for path, rows in duplicates.files:
+        local = marked[(marked >= start) & (marked < start + rows)] - start
         if len(local):
             with filesystem.open_input_file(path) as handle:
                 whole = pq.read_table(handle)
@@ -217,7 +202,7 @@ def reject_duplicates(scores_dir: str | os.PathLike, rejects_dir: str | os.PathL
     )
     with target.open_output_stream(f"{inner.rstrip('/')}/part-{run_tag}-duplicates.parquet") as handle:
         pq.write_table(pa.concat_tables(moved), handle)
-    return int(mask.sum())
+    return len(reason_of)
 
 
 def count_output(scores_dir: str | os.PathLike, rejects_dir: str | os.PathLike) -> tuple[int, int, int, dict[str, int]]:
@@ -228,9 +213,10 @@ def count_output(scores_dir: str | os.PathLike, rejects_dir: str | os.PathLike) 
     rows_scored = scores.count_rows()
     flags = scores.to_table(columns=["is_anomaly"]).column("is_anomaly")
     anomalies = int(pc.sum(flags.fill_null(False)).as_py() or 0)
-    rejects = ds.dataset(str(rejects_dir), format="parquet").to_table(columns=["reason"])
-    reasons = Counter(r.split(":", 1)[0] for r in rejects.column("reason").to_pylist())
-    return rows_scored, rejects.num_rows, anomalies, dict(reasons)
+    reason = ds.dataset(str(rejects_dir), format="parquet").to_table(columns=["reason"]).column("reason")
+    kinds = pc.list_element(pc.split_pattern(reason, ":", max_splits=1), 0)  # "wrong size: ..." -> "wrong size"
+    reasons = {str(kind["values"]): int(kind["counts"]) for kind in pc.value_counts(kinds).to_pylist()}
+    return rows_scored, len(reason), anomalies, reasons
 
 
 def top_anomalies(scores_path: str | os.PathLike, n: int = 10) -> pa.Table:
