@@ -134,27 +134,26 @@ def raw_rate(model, images: np.ndarray, batch_size: int) -> tuple[float, float]:
 
 
 def one_run(spec: dict) -> None:
-    """In the child: one ``score_dataset`` run as ``spec`` says; prints its figures as JSON."""
+    """In the child: one ``score_dataset`` run as ``spec`` says; writes its figures as JSON to
+    ``spec["result"]`` (not stdout, which its worker processes share)."""
     from pipeline.beam.options import ScoreOptions
     from pipeline.beam.score_job import score_dataset
 
+    result = Path(spec.pop("result"))
     summary = score_dataset(ScoreOptions.of(**spec))
-    print(
-        json.dumps(
-            {"rows": summary.rows_read, "pipeline_seconds": summary.pipeline_seconds, "seconds": summary.seconds}
-        )
-    )
+    figures = {"rows": summary.rows_read, "pipeline_seconds": summary.pipeline_seconds, "seconds": summary.seconds}
+    result.write_text(json.dumps(figures))
 
 
-def run_in_child(spec: dict) -> tuple[dict, PeakMemory]:
-    """Runs :func:`one_run` in a fresh interpreter (its stderr passes through) and samples its memory."""
-    command = [sys.executable, __file__, "--one-run", json.dumps(spec, default=str)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+def run_in_child(spec: dict, result: Path) -> tuple[dict, PeakMemory]:
+    """Runs :func:`one_run` in a fresh interpreter (its output passes through) and samples its memory."""
+    command = [sys.executable, __file__, "--one-run", json.dumps(spec | {"result": str(result)}, default=str)]
+    child = subprocess.Popen(command)
     with PeakMemory(child.pid) as memory:
-        out, _ = child.communicate()
+        child.wait()
     if child.returncode != 0:
         raise SystemExit(f"the run {spec} failed with exit code {child.returncode}")
-    return json.loads(out.strip().splitlines()[-1]), memory
+    return json.loads(result.read_text()), memory
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                 "shard_rows": args.shard_rows,
                 **runner,
             }
-            run, memory = run_in_child(spec)
+            run, memory = run_in_child(spec, work / f"result-{rows}-{workers}.json")
             beam = run["rows"] / run["pipeline_seconds"]
             results.append((rows, workers, raw, beam, run, memory))
             log.info(
@@ -236,8 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     header = f"{'rows':>10} {'workers':>7} {'raw rows/s':>11} {'Beam rows/s':>12} {'ratio':>6} {'Beam s':>8}"
     print(header + f" {'total s':>8} {'job GiB':>8} {'launcher GiB':>13} {'per worker GiB':>15}")
+    threads = args.runner == "DirectRunner" and args.mode != "multi_processing"  # the launcher is the worker
     for rows, workers, raw, beam, run, memory in results:
-        per_worker = memory.one_worker_peak if memory.one_worker_peak else memory.own_peak  # threads: the launcher
+        per_worker = memory.own_peak if threads else memory.one_worker_peak
         print(
             f"{rows:>10,} {workers:>7} {raw:>11,.0f} {beam:>12,.0f} {beam / raw:>6.2f} "
             f"{run['pipeline_seconds']:>8.1f} {run['seconds']:>8.1f} {memory.peak / 2**30:>8.2f} "
