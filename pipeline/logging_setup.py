@@ -316,8 +316,9 @@ JOB_LOGGERS = ("pipeline", "scoring", "training")
 def configure_dask_worker() -> None:
     """A Dask worker process (run on each by the job): our loggers write at INFO to its stderr, in the
     launcher's format where it passed it on (a local cluster's workers inherit its environment), else
-    timed; the root logger and dask's own stay as the worker's owner set them. Idempotent: every job
-    on a long-lived cluster runs it again."""
+    timed. The root logger and dask's own stay as the worker's owner set them, but our loggers no
+    longer propagate to the root's handlers (a log shipper there gets the worker's stderr instead).
+    Idempotent: every job on a long-lived cluster runs it again."""
     handler = _StderrHandler()
     chosen = os.environ.get(LOG_FORMAT_ENV, "timed")
     handler.setFormatter(PlainFormatter() if chosen == "plain" else TimedFormatter())

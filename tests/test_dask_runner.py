@@ -213,6 +213,24 @@ def test_vae_score_starts_a_local_cluster_without_an_address(model_uri, tmp_path
         assert_same_rows(read(tmp_path / "out" / dataset).drop_columns(["scored_at"]), a)
 
 
+def test_workers_on_dasks_defaults_are_named_and_the_launchers_own_loggers_left_alone(caplog):
+    import logging
+
+    from distributed import LocalCluster
+
+    from pipeline.beam.dask_runner import configure_workers
+
+    # Dask's default settings, its worker in this process (no nanny to change this process's environment)
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        caplog.at_level(logging.WARNING, logger="pipeline.beam.dask_runner"),
+    ):
+        configure_workers(cluster.scheduler_address)
+    assert "1 of 1 Dask workers run with the statistical profiler" in caplog.text
+    assert "vae-workers.yaml" in caplog.text
+    assert logging.getLogger("pipeline").propagate and not logging.getLogger("pipeline").handlers
+
+
 def test_the_worker_config_for_an_existing_cluster_is_the_local_clusters():
     import dask
 

@@ -37,7 +37,7 @@ def expected(dataset) -> dict[int, str]:
     return dict(zip(np.flatnonzero(mask).tolist(), reasons, strict=True))
 
 
-@pytest.mark.parametrize("hashes_per_pass", [1_000, 4, 1])  # one pass; three; one per row
+@pytest.mark.parametrize("hashes_per_pass", [1_000, 4, 1])  # 14 rows: one pass; four; fourteen
 def test_the_rows_and_reasons_of_the_rule_in_any_number_of_passes(dataset, hashes_per_pass):
     found = duplicate_ids.find_duplicates(dataset, hashes_per_pass=hashes_per_pass)
     assert found.rows == expected(dataset)
@@ -51,7 +51,13 @@ def test_hash_collisions_add_candidates_but_reject_nothing_more(dataset, monkeyp
     assert duplicate_ids.find_duplicates(dataset).rows == expected(dataset)
 
 
-def test_no_repeated_id_is_one_pass_and_nothing_to_move(tmp_path):
+def test_no_repeated_id_is_one_pass_over_one_column_and_nothing_to_move(tmp_path, monkeypatch):
     pq.write_table(pa.table({"example_id": ["x", "y"], "source": ["s", "s"], "source_row": [0, 1]}), tmp_path / "p")
+    reads = []
+    batches = duplicate_ids._batches
+    monkeypatch.setattr(
+        duplicate_ids, "_batches", lambda fragments, columns: reads.append(columns) or batches(fragments, columns)
+    )
     found = duplicate_ids.find_duplicates(ds.dataset(str(tmp_path), format="parquet"))
     assert found.rows == {} and [rows for _, rows in found.files] == [2]
+    assert reads == [["example_id"]]

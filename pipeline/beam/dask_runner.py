@@ -44,7 +44,7 @@ __all__ = ["WORKER_CONFIG", "WORKER_CONFIG_DIR", "DaskOptions", "DaskRunner", "l
 
 
 # Dask's defaults that cost these jobs memory and speed; WORKER_CONFIG_DIR holds the same as a Dask
-# config file, for the workers of an existing cluster (DASK_CONFIG=WORKER_CONFIG_DIR dask worker ...)
+# config file, for the workers of an existing cluster (copied into ~/.config/dask/ where they start)
 WORKER_CONFIG_DIR = Path(__file__).parent / "dask_config"
 WORKER_CONFIG: dict[str, Any] = {
     # The statistical profiler keeps the last 1,000 one-second cycles of call trees, and a tree per
@@ -74,19 +74,55 @@ def local_cluster(workers: int = DEFAULT_WORKERS, threads: int = 1) -> Any:
         )
 
 
-def configure_workers(address: str | None, scheduler_file: str | None = None) -> None:
+def _set_up_worker(launcher_pid: int, dask_worker=None) -> dict[str, Any]:
+    """On a worker: the job's loggers (unless the worker lives in the launcher's own process), and
+    the two settings of :data:`WORKER_CONFIG` it runs with."""
+    import os
+
+    if os.getpid() != launcher_pid:
+        configure_dask_worker()
+    return {
+        "profiler": any(name.startswith("profile") for name in dask_worker.periodic_callbacks),
+        "trim_threshold": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+    }
+
+
+def configure_workers(address: str | None, scheduler_file: str | None = None, timeout: float | None = None) -> None:
     """Before the run: the workers log our progress lines in the job's format
-    (:func:`pipeline.logging_setup.configure_dask_worker`); a local cluster's reach this terminal, a
-    remote one's are in the workers' logs. The run goes on without them if that fails."""
+    (:func:`pipeline.logging_setup.configure_dask_worker`; a local cluster's reach this terminal, a
+    remote one's are in the workers' logs), and a warning names the workers that run with the Dask
+    defaults :data:`WORKER_CONFIG` turns off. The run goes on if any of it fails."""
+    import os
+
     from distributed import Client
 
     if not address and not scheduler_file:
         return  # (a Client without either would start a cluster of its own)
     try:
-        with Client(address=address, scheduler_file=scheduler_file) as client:
-            client.run(configure_dask_worker)
+        with Client(
+            address=address, scheduler_file=scheduler_file, **({"timeout": timeout} if timeout else {})
+        ) as client:
+            settings = client.run(_set_up_worker, os.getpid(), on_error="return")
     except Exception as exc:  # noqa: BLE001
-        log.warning("cannot set up logging on the Dask workers (the run goes on): %s", exc)
+        log.warning("cannot set up the Dask workers' logging (the run goes on): %s", exc)
+        return
+    failed = sorted(worker for worker, got in settings.items() if isinstance(got, BaseException))
+    if failed:
+        log.warning("cannot set up logging on Dask worker(s) %s: %s", ", ".join(failed), settings[failed[0]])
+    costly = sorted(
+        worker
+        for worker, got in settings.items()
+        if isinstance(got, dict) and (got["profiler"] or got["trim_threshold"] is not None)
+    )
+    if costly:
+        log.warning(
+            "%d of %d Dask workers run with the statistical profiler or a fixed MALLOC_TRIM_THRESHOLD_ "
+            "(memory that grows by the task, about half the throughput): start them with %s "
+            "(README: Scale out, Worker settings)",
+            len(costly),
+            len(settings),
+            WORKER_CONFIG_DIR / "vae-workers.yaml",
+        )
 
 
 @dataclasses.dataclass
@@ -130,7 +166,7 @@ class DaskRunner(BeamDaskRunner):
             dask.address = cluster.scheduler_address
             log.info("started a local Dask cluster of %d worker processes at %s", self.workers, dask.address)
         try:
-            configure_workers(dask.address, dask.scheduler_file)
+            configure_workers(dask.address, dask.scheduler_file, dask.timeout)
             result = super().run_pipeline(pipeline, options)
         except BaseException:
             if cluster is not None:

@@ -1,12 +1,16 @@
-"""Repeated ``example_id``s in a written dataset, found in memory that does not grow with its rows.
+"""Repeated ``example_id``s in a written dataset, found without holding every id at once.
 
 The launcher checks every run before its commit (:func:`pipeline.outputs.score_tables.reject_duplicates`).
 Holding every id at once cost it 336 MiB at a million rows (the digits' ids, ``FILE:ROW``), more than
 any worker holds. Instead each id is hashed to 64 bits, a record batch at a time, in passes that each
-keep the hashes of one hash bucket (at most :data:`HASHES_PER_PASS` of them, 8 bytes each): the
-hashes seen twice name the candidates, and a last pass reads only the candidates' rows, to which
-the contract's rule (:func:`training.data.validate.duplicate_rows`) is applied exactly. A hash
-collision between two different ids only adds a candidate that the rule then keeps.
+keep the hashes of one hash bucket (:data:`HASHES_PER_PASS` of them on average, 8 bytes each): the
+hashes seen twice name the candidates, and a last pass reads the three columns the rule needs and
+keeps only the candidates' rows, to which the contract's rule
+(:func:`training.data.validate.duplicate_rows`) is applied exactly. A hash collision between two
+different ids only adds a candidate that the rule then keeps.
+
+Memory therefore grows with the number of *repeated* rows, not with the rows: a few in the usual
+run; a run over an input that holds the same rows twice holds them all, as the check always did.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 BATCH_ROWS = 65_536
-# hashes held in one pass (and as many again while sorted): 8,000,000 x 8 bytes = 61 MiB
+# hashes held in one pass, on average (twice that while they are joined): 8,000,000 x 8 bytes = 61 MiB
 HASHES_PER_PASS = 8_000_000
 
 
@@ -48,7 +52,7 @@ def _batches(fragments: list, columns: list[str]) -> Iterator[tuple[int, pa.Reco
 
 
 def _repeated_hashes(fragments: list, total_rows: int, hashes_per_pass: int) -> np.ndarray:
-    """The sorted hash values that occur more than once, one hash bucket per pass."""
+    """The hash values that occur more than once (sorted within each bucket), one bucket per pass."""
     passes = max(1, math.ceil(total_rows / hashes_per_pass))
     repeated = []
     for bucket in range(passes):
