@@ -61,10 +61,11 @@ def read_run_scores(
         names = set(dataset.schema.names)
         if "is_anomaly" not in names or (with_ids and "example_id" not in names):
             raise ValueError(f"{path}: not a scores dataset (no is_anomaly or example_id column)")
-        wanted = [c for c in (score_column, "is_anomaly", "scored_at", "model_name", "model_version") if c in names]
-        if with_ids:
-            wanted.append("example_id")
-        table = dataset.to_table(columns=wanted)
+        # the per-row columns the checks need; the run's model and time from one row and a running minimum
+        wanted = [c for c in (score_column, "is_anomaly") if c in names] + (["example_id"] if with_ids else [])
+        table = dataset.to_table(columns=wanted, use_threads=False)
+        first = dataset.head(1, columns=[c for c in ("model_name", "model_version") if c in names])
+        scored_at = _earliest(dataset, "scored_at") if "scored_at" in names else None
         files = dataset.files
     except (OSError, pa.ArrowInvalid) as exc:
         raise ValueError(f"{path}: not a readable scores dataset ({exc})") from exc
@@ -78,14 +79,24 @@ def read_run_scores(
         example_ids=table.column("example_id").to_numpy(zero_copy_only=False) if with_ids else None,
         scores=scores,
         flags=flags,
-        scored_at=_first(table, "scored_at"),
+        scored_at=scored_at,
         run_ids=tuple(tags),
-        model_name=_first(table, "model_name"),
-        model_version=_first(table, "model_version"),
+        model_name=_first(first, "model_name"),
+        model_version=_first(first, "model_version"),
     )
 
 
 def _first(table: pa.Table, column: str):
     if column not in table.column_names or table.num_rows == 0:
         return None
-    return pc.min(table.column(column)).as_py() if column == "scored_at" else table.column(column)[0].as_py()
+    return table.column(column)[0].as_py()
+
+
+def _earliest(dataset, column: str):
+    """The smallest value of ``column``, a record batch at a time."""
+    smallest = None
+    for batch in dataset.to_batches(columns=[column], use_threads=False):
+        value = pc.min(batch.column(0)).as_py()
+        if value is not None and (smallest is None or value < smallest):
+            smallest = value
+    return smallest
