@@ -177,7 +177,8 @@ def task_states(env: dict[str, str], dag_id: str, day: str) -> dict[str, str]:
                 .join(DagRun, (DagRun.dag_id == TaskInstance.dag_id) & (DagRun.run_id == TaskInstance.run_id))
                 .where(TaskInstance.dag_id == {dag_id!r})
             ).all()
-        print(json.dumps({{t: str(s) for t, s, d in rows if d.date().isoformat() == {day!r}}}))
+        # (an asset-triggered run has no logical date)
+        print(json.dumps({{t: str(s) for t, s, d in rows if d is not None and d.date().isoformat() == {day!r}}}))
         """,
     )
 
