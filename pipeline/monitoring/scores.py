@@ -63,7 +63,7 @@ def read_run_scores(
             raise ValueError(f"{path}: not a scores dataset (no is_anomaly or example_id column)")
         # the per-row columns the checks need; the run's model and time from one row and a running minimum
         wanted = [c for c in (score_column, "is_anomaly") if c in names] + (["example_id"] if with_ids else [])
-        table = dataset.to_table(columns=wanted, use_threads=False)
+        table = dataset.to_table(columns=wanted)
         first = dataset.head(1, columns=[c for c in ("model_name", "model_version") if c in names])
         scored_at = _earliest(dataset, "scored_at") if "scored_at" in names else None
         files = dataset.files
@@ -95,7 +95,7 @@ def _first(table: pa.Table, column: str):
 def _earliest(dataset, column: str):
     """The smallest value of ``column``, a record batch at a time."""
     smallest = None
-    for batch in dataset.to_batches(columns=[column], use_threads=False):
+    for batch in dataset.to_batches(columns=[column]):
         value = pc.min(batch.column(0)).as_py()
         if value is not None and (smallest is None or value < smallest):
             smallest = value
