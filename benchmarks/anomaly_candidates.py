@@ -57,7 +57,8 @@ def candidate_scores(task, cfg: TrainConfig) -> tuple[dict[str, np.ndarray], dic
     import keras
     from scipy.stats import gaussian_kde
 
-    from scoring.elbo import iwae_nll, score_images
+    from scoring.detector import score_images
+    from scoring.elbo import iwae_nll
     from training.train import build_model, fit, set_seeds
 
     keras.backend.clear_session()

@@ -3,7 +3,7 @@
 For each ``--rows`` N: tile the built-in digits to N rows in a Parquet file (``pixels`` as
 list<float32>, row groups of ``--shard-rows``), then measure
 
-(a) raw: :func:`scoring.elbo.score_images` on the same rows held in memory (batched, in this process);
+(a) raw: :func:`scoring.detector.score_images` on the same rows held in memory (batched, in this process);
 (b) Beam: ``score_dataset`` on the Parquet file, end to end (worker start-up, reading, validation,
     scoring, Parquet writing, the atomic commit), on the DirectRunner (``--mode``) or on the
     DaskRunner (``--runner DaskRunner``: a local cluster of worker processes started for each run),
@@ -124,7 +124,7 @@ def quick_model(folder: Path) -> str:
 
 
 def raw_rate(model, images: np.ndarray, batch_size: int) -> tuple[float, float]:
-    from scoring.elbo import score_images
+    from scoring.detector import score_images
 
     score_images(model, images[:batch_size], num_samples=model.score_samples, seed=model.score_seed)  # warm-up
     start = time.perf_counter()

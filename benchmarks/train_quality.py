@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from scoring.elbo import score_images  # noqa: E402
+from scoring.detector import score_images  # noqa: E402
 from training import data  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.train import build_model, fit, set_seeds  # noqa: E402

@@ -1,21 +1,20 @@
-"""The default anomaly score, ``anomaly_score``, built from the VAE's own outputs.
+"""The anomaly score's maths: plain numpy on the per-example terms of a VAE, no model, no backend.
 
-Two calls, PyOD-style: :func:`fit_anomaly` fits what the score needs on the model's training
-images and stores it *inside the model* (scalars in its config, the reference latents in a
-weight), so every Beam worker computes the same score; :func:`anomaly_scores` turns the
-per-example terms of :func:`scoring.elbo.neg_elbo_terms` into the score, higher = more anomalous.
+:class:`scoring.detector.VAEDetector` fits these statistics on a model's training images and
+stores them in the model (the dict in its config, the reference latents in a weight), so every
+Beam worker computes the same score; this module only turns terms into scores.
 
-Methods (``vae evaluate`` reports each side by side, see the README):
+Methods, higher = more anomalous (``vae evaluate`` reports them side by side, README "Evaluation"):
 
 - ``neg_elbo``: the negative ELBO in nats.
 - ``elbo_latent_knn``: the negative ELBO plus the distance from the image's posterior mean to its
-  ``k``-th nearest posterior mean of the training images, each term robustly standardised on
-  the training images ((value - median) / IQR), then summed. The ELBO term catches images the
-  decoder explains badly; the latent term catches images the model explains well but places
-  away from every training image (a new class that shares strokes with the known ones, which the
-  likelihood alone ranks as normal: the complexity bias of likelihood scores).
-
-A model with no fitted statistics (saved before the score existed) scores by its negative ELBO.
+  ``k``-th nearest posterior mean of the training images, each robustly standardised on the
+  training images ((value - median) / IQR), then summed. The latent term catches new kinds of
+  image the likelihood ranks as normal (the complexity bias); it is fooled by a cluster of
+  anomalies inside the training data, whose members are each other's nearest neighbours.
+- ``elbo_or_latent_knn``: the same two standardised terms, combined as evidence that either one
+  gives: the sum of their positive parts. A term that calls an image very typical (a planted
+  cluster's latent distance, a simple image's likelihood) can no longer cancel the other's alarm.
 """
 
 from __future__ import annotations
@@ -24,10 +23,17 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("neg_elbo", "elbo_latent_knn")
-DEFAULT_METHOD = "elbo_latent_knn"
+METHODS = ("neg_elbo", "elbo_latent_knn", "elbo_or_latent_knn")
+DEFAULT_METHOD = "elbo_or_latent_knn"
+LATENT_METHODS = ("elbo_latent_knn", "elbo_or_latent_knn")  # the methods that need reference latents
 DEFAULT_K = 5
 MAX_REFERENCE = 5000  # training posterior means kept in the model for the latent term
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown anomaly score {method!r}; choose one of {', '.join(METHODS)}")
+    return method
 
 
 def reference_rows(train_rows: int) -> int:
@@ -35,54 +41,47 @@ def reference_rows(train_rows: int) -> int:
     return min(int(train_rows), MAX_REFERENCE)
 
 
-def fit_anomaly(
-    model: Any,
-    images: np.ndarray,
-    labels: np.ndarray | None = None,
-    method: str = DEFAULT_METHOD,
-    *,
-    k: int = DEFAULT_K,
-    seed: int = 0,
-) -> None:
-    """Fits the score's statistics on the training ``images`` and stores them in the model."""
-    from scoring.elbo import score_images
+def fit_statistics(
+    terms: dict[str, np.ndarray], method: str, reference: np.ndarray | None, k: int = DEFAULT_K
+) -> dict[str, Any]:
+    """The statistics ``method`` needs, fitted on the training images' ``terms``.
 
-    if method not in METHODS:
-        raise ValueError(f"unknown anomaly score {method!r}; choose one of {', '.join(METHODS)}")
-    model.anomaly = None  # score the training images by their terms alone
-    terms = score_images(model, images, labels, num_samples=model.score_samples, seed=model.score_seed)
+    ``reference``: the posterior means the latent term measures against (training images, at
+    least 2), or None for a model that keeps none (then only ``neg_elbo`` can be fitted)."""
+    check_method(method)
     stats: dict[str, Any] = {"method": method, "k": int(k)}
     stats |= _robust_scale(terms["neg_elbo"], "neg_elbo")
-    capacity = int(getattr(model, "reference_rows", 0))
-    if capacity >= 2:
-        pick = np.sort(np.random.default_rng(seed).permutation(len(images))[:capacity])
-        reference = terms["posterior_mean"][pick]
-        model.set_reference_latents(reference)
+    if reference is not None and len(reference) >= 2:
         k = min(int(k), len(reference) - 1)
         stats |= {"k": k, "reference_count": len(reference)}
         stats |= _robust_scale(knn_distance(reference, reference, k, exclude_self=True), "latent_knn")
-    elif method != "neg_elbo":
+    elif method in LATENT_METHODS:
         raise ValueError(f"{method} needs reference latents: build the model with reference_rows >= 2")
-    model.anomaly = stats
+    return stats
 
 
-def method_scores(model: Any, terms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every method's score that the model's fitted statistics support, by method name."""
-    stats = getattr(model, "anomaly", None) or {}
+def method_scores(
+    stats: dict[str, Any] | None, terms: dict[str, np.ndarray], reference: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Every method's score that ``stats`` supports, by method name (``neg_elbo`` always)."""
+    stats = stats or {}
     out = {"neg_elbo": np.asarray(terms["neg_elbo"], dtype=np.float64)}
-    if "latent_knn_center" in stats:
-        reference = model.reference_latents_array()[: int(stats["reference_count"])]
+    if "latent_knn_center" in stats and reference is not None:
+        reference = reference[: int(stats["reference_count"])]
         distance = knn_distance(terms["posterior_mean"], reference, int(stats["k"]), skip_identical=True)
-        out["elbo_latent_knn"] = _standardise(out["neg_elbo"], stats, "neg_elbo") + _standardise(
-            distance, stats, "latent_knn"
-        )
+        elbo = _standardise(out["neg_elbo"], stats, "neg_elbo")
+        latent = _standardise(distance, stats, "latent_knn")
+        out["elbo_latent_knn"] = elbo + latent
+        out["elbo_or_latent_knn"] = np.maximum(elbo, 0.0) + np.maximum(latent, 0.0)
     return out
 
 
-def anomaly_scores(model: Any, terms: dict[str, np.ndarray]) -> np.ndarray:
-    """Per-example ``anomaly_score``: the model's fitted method (``neg_elbo`` if none)."""
-    stats = getattr(model, "anomaly", None) or {}
-    return method_scores(model, terms)[stats.get("method", "neg_elbo")]
+def anomaly_scores(
+    stats: dict[str, Any] | None, terms: dict[str, np.ndarray], reference: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-example ``anomaly_score``: the fitted method's (``neg_elbo`` when nothing is fitted)."""
+    method = (stats or {}).get("method", "neg_elbo")
+    return method_scores(stats, terms, reference)[method]
 
 
 SAME_POINT = 1e-4  # a reference latent this close to the scored one is that image itself

@@ -15,7 +15,6 @@ import numpy as np
 from keras import ops
 
 from scoring import likelihoods
-from scoring.anomaly import anomaly_scores
 
 
 class ScorableModel(Protocol):
@@ -168,7 +167,7 @@ def iwae_nll(
     return -log_mean_w
 
 
-def score_images(
+def score_terms(
     model: ScorableModel,
     images: np.ndarray,
     labels: np.ndarray | None = None,
@@ -179,11 +178,10 @@ def score_images(
     batch_size: int = 1024,
     pixel_scores: bool = False,
 ) -> dict[str, np.ndarray]:
-    """All per-example scores for a data set, in batches: the library entry point.
-
-    Returns ``neg_elbo``, ``reconstruction_nll``, ``kl``, ``anomaly_score`` (see
-    :mod:`scoring.anomaly`), ``posterior_mean``, with ``iwae_k`` ``iwae_nll``, and with
-    ``pixel_scores`` ``pixel_nll`` (N, H, W, C) (see :func:`pixel_nll`)."""
+    """Every per-example term of a data set, in batches: ``neg_elbo``, ``reconstruction_nll``,
+    ``kl``, ``posterior_mean``, with ``iwae_k`` ``iwae_nll``, and with ``pixel_scores``
+    ``pixel_nll`` (N, H, W, C) (see :func:`pixel_nll`). The anomaly score built on them is
+    :func:`scoring.detector.score_images`'s."""
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, len(images), batch_size):
         stop = start + batch_size
@@ -193,10 +191,9 @@ def score_images(
         )
         if iwae_k:
             part["iwae_nll"] = iwae_nll(model, images[start:stop], batch_labels, k=iwae_k, seed=seed)
-        part["anomaly_score"] = anomaly_scores(model, part)
         parts.append(part)
     if not parts:
-        keys = ["neg_elbo", "reconstruction_nll", "kl", "anomaly_score"] + (["iwae_nll"] if iwae_k else [])
+        keys = ["neg_elbo", "reconstruction_nll", "kl"] + (["iwae_nll"] if iwae_k else [])
         empty = {key: np.empty(0) for key in keys} | {"posterior_mean": np.empty((0, model.latent_dim), np.float32)}
         if pixel_scores:
             empty["pixel_nll"] = np.empty((0, *np.shape(images)[1:]))

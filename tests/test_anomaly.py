@@ -1,4 +1,4 @@
-"""The anomaly score: its statistics live in the model, survive a save and reload, and rank."""
+"""The anomaly detector: PyOD's face, its statistics live in the model, survive a save and reload, and rank."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from scoring.anomaly import anomaly_scores, fit_anomaly, knn_distance, method_scores, reference_rows
-from scoring.elbo import score_images
+from scoring.anomaly import knn_distance, reference_rows
+from scoring.detector import VAEDetector, model_anomaly_scores, model_method_scores, score_images
 from training import data
 from training.model import VariationalAutoencoder, compile_model
 
@@ -40,29 +40,35 @@ def fitted():
     )
     compile_model(model)
     model.fit(train, np.zeros(len(train)), epochs=3, batch_size=64, verbose=0)
-    fit_anomaly(model, train)
+    VAEDetector(model).fit(train)
     return model, digits
 
 
 def test_fitted_statistics_are_stored_in_the_model(fitted):
     model, _ = fitted
     stats = model.anomaly
-    assert stats["method"] == "elbo_latent_knn" and stats["k"] == 5 and stats["reference_count"] == 300
+    assert stats["method"] == "elbo_or_latent_knn" and stats["k"] == 5 and stats["reference_count"] == 300
     assert stats["neg_elbo_scale"] > 0 and stats["latent_knn_scale"] > 0
     assert np.any(model.reference_latents_array() != 0)
 
 
-def test_the_score_is_the_sum_of_the_standardised_terms(fitted):
+def test_the_score_is_the_sum_of_the_standardised_terms_positive_parts(fitted):
     model, digits = fitted
     images = digits.images[300:400]
+    stats = dict(model.anomaly)
+    model.anomaly = stats | {"method": "elbo_latent_knn"}
     terms = score_images(model, images, num_samples=4, seed=0)
-    stats = model.anomaly
+    model.anomaly = stats
     distance = knn_distance(terms["posterior_mean"], model.reference_latents_array()[:300], 5)
     expected = (terms["neg_elbo"] - stats["neg_elbo_center"]) / stats["neg_elbo_scale"] + (
         distance - stats["latent_knn_center"]
     ) / stats["latent_knn_scale"]
     np.testing.assert_allclose(terms["anomaly_score"], expected)
-    assert set(method_scores(model, terms)) == {"neg_elbo", "elbo_latent_knn"}
+    assert set(model_method_scores(model, terms)) == {"neg_elbo", "elbo_latent_knn", "elbo_or_latent_knn"}
+    either = np.maximum((terms["neg_elbo"] - stats["neg_elbo_center"]) / stats["neg_elbo_scale"], 0) + np.maximum(
+        (distance - stats["latent_knn_center"]) / stats["latent_knn_scale"], 0
+    )
+    np.testing.assert_allclose(model_method_scores(model, terms)["elbo_or_latent_knn"], either)
 
 
 def test_an_image_far_from_the_training_latents_scores_higher(fitted):
@@ -90,9 +96,12 @@ def test_a_model_without_fitted_statistics_scores_by_its_negative_elbo():
     images = data.load_digits().images[:20]
     terms = score_images(model, images, num_samples=2, seed=0)
     np.testing.assert_array_equal(terms["anomaly_score"], terms["neg_elbo"])
-    np.testing.assert_array_equal(anomaly_scores(model, terms), terms["neg_elbo"])
+    np.testing.assert_array_equal(model_anomaly_scores(model, terms), terms["neg_elbo"])
     with pytest.raises(ValueError, match="reference latents"):
-        fit_anomaly(model, images)
+        VAEDetector(model).fit(images)
+    detector = VAEDetector(model, "neg_elbo").fit(images)
+    own = score_images(model, images, num_samples=model.score_samples, seed=model.score_seed)  # the model's settings
+    np.testing.assert_allclose(detector.decision_scores_, own["neg_elbo"], rtol=1e-6)
 
 
 def test_a_continuous_bernoulli_model_saved_before_the_density_fix_loses_its_stale_calibration():
@@ -116,3 +125,39 @@ def test_the_cli_and_the_config_offer_what_the_library_has():
     assert set(LIKELIHOOD_CHOICES) == {"auto", *LIKELIHOODS}
     architecture = next(p for p in train_command.params if p.name == "architecture")
     assert set(architecture.type.choices) == set(ARCHITECTURES)
+
+
+def test_the_detector_has_pyods_face(fitted):
+    model, digits = fitted
+    train, held_out = digits.images[:300], digits.images[300:700]
+    detector = VAEDetector(model, target_fpr=0.05).fit(train, calibration_images=held_out)
+    assert detector.decision_scores_.shape == (300,) and np.isfinite(detector.threshold_)
+    assert set(np.unique(detector.labels_)) <= {0, 1}
+    scores = detector.decision_function(held_out)
+    np.testing.assert_array_equal(detector.predict(held_out), (scores > detector.threshold_).astype(int))
+    assert np.mean(detector.predict(held_out)) <= 0.05  # the threshold's own calibration images
+    assert model.calibration["threshold"] == detector.threshold_  # stored with the model
+
+
+def test_fitting_does_not_depend_on_call_order(fitted):
+    """Fitting reads the model's raw terms, never a score an earlier fit left in it."""
+    model, digits = fitted
+    train, other = digits.images[:300], digits.images[700:800]
+    first = VAEDetector(model, "elbo_or_latent_knn").fit(train).decision_function(other)
+    VAEDetector(model, "neg_elbo").fit(digits.images[900:1000])  # a different fit in between
+    score_images(model, other, num_samples=4, seed=0)  # and scoring
+    again = VAEDetector(model, "elbo_or_latent_knn").fit(train).decision_function(other)
+    np.testing.assert_array_equal(first, again)
+    VAEDetector(model).fit(train)  # leave the fixture's default detector in place
+
+
+def test_a_detector_rebuilt_from_the_model_scores_alike(fitted, tmp_path):
+    model, digits = fitted
+    detector = VAEDetector(model, target_fpr=0.02).fit(digits.images[:300], calibration_images=digits.images[300:600])
+    model.save(tmp_path / "m.keras")
+    rebuilt = VAEDetector.from_model(keras.saving.load_model(tmp_path / "m.keras", safe_mode=True))
+    assert (rebuilt.method, rebuilt.threshold_, rebuilt.target_fpr) == (detector.method, detector.threshold_, 0.02)
+    images = digits.images[600:700]
+    np.testing.assert_allclose(rebuilt.decision_function(images), detector.decision_function(images), rtol=1e-6)
+    np.testing.assert_array_equal(rebuilt.predict(images), detector.predict(images))
+    VAEDetector(model).fit(digits.images[:300])

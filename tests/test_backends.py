@@ -14,7 +14,7 @@ SCRIPT = """
 import keras, numpy as np
 from training import data
 from training.model import VariationalAutoencoder, compile_model, model_inputs
-from scoring.elbo import score_images
+from scoring.detector import score_images
 keras.utils.set_random_seed(0)
 split = data.split(data.load_digits(), seed=0)
 for classes in (0, 10):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from scoring import elbo, likelihoods
+from scoring import detector, elbo, likelihoods
 from training.model import VariationalAutoencoder, compile_model, downsampling_steps, model_inputs
 
 
@@ -116,7 +116,7 @@ def test_each_likelihood_trains_and_gives_images_in_unit_range(name):
     drawn = likelihoods.sample_image(params, name, np.random.default_rng(0))
     for image in (mean, drawn):
         assert image.shape == (3, 8, 8, 1) and image.min() >= 0 and image.max() <= 1
-    assert np.all(np.isfinite(elbo.score_images(model, x[:5])["neg_elbo"]))
+    assert np.all(np.isfinite(detector.score_images(model, x[:5])["neg_elbo"]))
 
 
 def test_unknown_likelihood_is_refused():
@@ -188,11 +188,11 @@ def test_elbo_and_iwae_bound_the_exact_marginal_likelihood():
 def test_scores_are_deterministic_and_independent_of_batching():
     model = VariationalAutoencoder((8, 8, 1), latent_dim=3, seed=0)
     x = np.random.default_rng(4).random((23, 8, 8, 1), dtype=np.float32)
-    first = elbo.score_images(model, x, seed=7, iwae_k=5)
-    again = elbo.score_images(model, x, seed=7, iwae_k=5, batch_size=4)
+    first = detector.score_images(model, x, seed=7, iwae_k=5)
+    again = detector.score_images(model, x, seed=7, iwae_k=5, batch_size=4)
     for key in first:
         np.testing.assert_allclose(first[key], again[key], rtol=1e-5, atol=1e-6)
-    other_seed = elbo.score_images(model, x, seed=8)
+    other_seed = detector.score_images(model, x, seed=8)
     assert not np.allclose(first["reconstruction_nll"], other_seed["reconstruction_nll"])
 
 
@@ -211,7 +211,7 @@ def test_saved_model_reloads_in_safe_mode_with_identical_scores(tmp_path):
     x = np.random.default_rng(5).random((6, 8, 8, 1), dtype=np.float32)
     labels = np.arange(6)
     np.testing.assert_array_equal(
-        elbo.score_images(model, x, labels)["neg_elbo"], elbo.score_images(loaded, x, labels)["neg_elbo"]
+        detector.score_images(model, x, labels)["neg_elbo"], detector.score_images(loaded, x, labels)["neg_elbo"]
     )
     assert loaded.calibration == model.calibration and loaded.class_names == model.class_names
 
@@ -238,7 +238,7 @@ def test_pixel_nll_sums_to_the_reconstruction_nll(likelihood, levels, conditiona
     assert pixels.shape == x.shape and pixels.dtype == np.float64
     np.testing.assert_allclose(pixels.sum(axis=(1, 2, 3)), terms["reconstruction_nll"], rtol=1e-6)
     np.testing.assert_allclose(pixels, with_pixels["pixel_nll"], rtol=1e-5, atol=1e-6)
-    batched = elbo.score_images(model, x, labels, num_samples=6, seed=3, batch_size=2, pixel_scores=True)
+    batched = detector.score_images(model, x, labels, num_samples=6, seed=3, batch_size=2, pixel_scores=True)
     np.testing.assert_allclose(batched["pixel_nll"], pixels, rtol=1e-5, atol=1e-6)  # nor batching
     if likelihood == "bernoulli":  # by hand: the mean over the samples of each pixel's cross-entropy
         oh = elbo.one_hot(labels, model.num_classes)

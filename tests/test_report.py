@@ -66,7 +66,7 @@ def write_scores(folder, trained, ids_prefix: str = "digits") -> tuple[str, np.n
     import pyarrow.parquet as pq
 
     from scoring.calibration import Calibration
-    from scoring.elbo import score_images
+    from scoring.detector import score_images
 
     model, test = trained.model, trained.split.holdout
     scores = score_images(model, test.images, test.labels if model.num_classes else None, num_samples=4, seed=0)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scoring.anomaly import DEFAULT_METHOD, fit_anomaly, reference_rows
+from scoring.anomaly import DEFAULT_METHOD, reference_rows
 from scoring.calibration import Calibration, exceedances, rows_needed
-from scoring.elbo import score_images
+from scoring.detector import VAEDetector, score_images
 from scoring.latent_prior import fit_latent_prior
 from training import aliases, registry
 from training import data as data_lib
@@ -215,14 +215,17 @@ def load_training_data(cfg: TrainConfig) -> data_lib.TrainingSplit:
 
 
 def calibrate(model, split: data_lib.TrainingSplit, target_fpr: float, method: str = DEFAULT_METHOD) -> Calibration:
-    """Fits the anomaly score's statistics on the train part (:func:`scoring.anomaly.fit_anomaly`),
-    then the threshold and p-values on the calibration part's ``anomaly_score``: data that neither
-    fitted the weights nor chose the epoch. Stores both in the model."""
-    fit_anomaly(model, split.train.images, split.train.labels if model.num_classes else None, method=method)
-    scores = part_scores(model, split.calibration)["anomaly_score"]
-    calibration = Calibration.fit(scores, target_fpr, score="anomaly_score")
-    model.calibration = calibration.to_dict()
-    return calibration
+    """Fits the anomaly detector (:class:`scoring.detector.VAEDetector`): the score's statistics on
+    the train part, the threshold and p-values on the calibration part's ``anomaly_score`` (data
+    that neither fitted the weights nor chose the epoch). Stores both in the model."""
+    conditional = bool(model.num_classes)
+    detector = VAEDetector(model, method, target_fpr=target_fpr).fit(
+        split.train.images,
+        labels=split.train.labels if conditional else None,
+        calibration_images=split.calibration.images,
+        calibration_labels=split.calibration.labels if conditional else None,
+    )
+    return detector.calibration_
 
 
 def _likelihood_name(name: str, levels: int) -> str:

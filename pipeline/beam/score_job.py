@@ -112,7 +112,7 @@ class ValidateRows(beam.DoFn):
 
 
 class ScoreImages(beam.DoFn):
-    """Scores whole batches with :func:`scoring.elbo.score_images`; the model loads once per worker."""
+    """Scores whole batches with :func:`scoring.detector.score_images`; the model loads once per worker."""
 
     def __init__(
         self,
@@ -141,7 +141,7 @@ class ScoreImages(beam.DoFn):
         log.info("worker pid %d loaded %s in %.1f s", os.getpid(), self.model_ref.uri, time.perf_counter() - start)
 
     def process(self, rows: ValidRows):
-        from scoring.elbo import score_images
+        from scoring.detector import score_images
 
         scores = score_images(
             self.model,

@@ -10,7 +10,7 @@ import click
 
 from pipeline.cli.support import friendly_errors, parse_shape
 
-ANOMALY_METHODS = ("elbo_latent_knn", "neg_elbo")  # scoring.anomaly.METHODS, without importing numpy here
+ANOMALY_METHODS = ("elbo_or_latent_knn", "elbo_latent_knn", "neg_elbo")  # scoring.anomaly.METHODS, no numpy import
 LIKELIHOOD_CHOICES = ("auto", "bernoulli", "continuous_bernoulli", "gaussian")
 
 
@@ -99,8 +99,9 @@ def train_options(func):
             type=click.Choice(ANOMALY_METHODS),
             default=d.anomaly_score,
             show_default=True,
-            help="What anomaly_score is: the ELBO plus the latent distance to the training images, or the "
-            "negative ELBO alone (better when the training data hold clusters of anomalies; see the README).",
+            help="What anomaly_score is: elbo_or_latent_knn, the evidence of the ELBO or of the latent distance "
+            "to the training images (each standardised, their positive parts summed); elbo_latent_knn, their "
+            "plain sum; or the negative ELBO alone (README: Evaluation).",
         ),
         click.option(
             "--score-samples",

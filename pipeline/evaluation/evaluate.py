@@ -17,8 +17,8 @@ the seeds (:mod:`pipeline.evaluation.tables`).
 
 The VAE is the plain (unconditional) model of :mod:`training.model`, fitted fresh per task with
 :func:`training.train.fit` (settings: :func:`vae_config`), then the anomaly score is fitted on the
-task's fit images (the ``score_fit`` hook, :func:`scoring.anomaly.fit_anomaly` by default) and the
-test images are scored with :func:`scoring.elbo.score_images`; nothing is registered. The
+task's fit images (the ``score_fit`` hook, :class:`scoring.detector.VAEDetector` by default) and the
+test images are scored with :func:`scoring.detector.score_images`; nothing is registered. The
 classical detectors are PyOD's, with its defaults (:mod:`scoring.detectors`). A classical
 detector that raises or returns a non-finite score gets NaN metrics for that task and a logged
 warning; the evaluation carries on.
@@ -252,13 +252,13 @@ def score_with_vae(
     task: Task, cfg: TrainConfig, iwae_k: int | None = IWAE_K, score_fit: ScoreFit | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Fits a fresh plain VAE on the task's images, fits its anomaly score (``score_fit``, by
-    default :func:`scoring.anomaly.fit_anomaly` with ``cfg.anomaly_score``) and scores the test images: the dict of
-    :func:`scoring.elbo.score_images` (``anomaly_score``, ``neg_elbo``, ``reconstruction_nll``,
+    default :class:`scoring.detector.VAEDetector` with ``cfg.anomaly_score``) and scores the test images: the dict of
+    :func:`scoring.detector.score_images` (``anomaly_score``, ``neg_elbo``, ``reconstruction_nll``,
     ``kl``, and ``iwae_nll`` when ``iwae_k``), and a summary of the fit (epochs, seconds, the
     normal test examples' mean scores)."""
     import keras
 
-    from scoring.elbo import score_images
+    from scoring.detector import score_images
     from training.train import build_model, fit, set_seeds
 
     keras.backend.clear_session()
@@ -275,9 +275,9 @@ def score_with_vae(
         epoch_log.setLevel(level)
     fit_seconds = time.perf_counter() - started
     if score_fit is None:
-        from scoring.anomaly import fit_anomaly
+        from scoring.detector import VAEDetector
 
-        fit_anomaly(model, task.fit.images, method=cfg.anomaly_score)
+        VAEDetector(model, cfg.anomaly_score).fit(task.fit.images)
     else:
         score_fit(model, task)
     scores = score_images(
@@ -493,7 +493,7 @@ def evaluate(
     each seed override its ``epochs`` and ``seed``, and :func:`vae_config` adapts it per task.
     ``iwae_k``: samples of the IWAE bound (None or 0: no ``vae_iwae_nll``). ``max_classes``: the
     held-out and one-class tasks of the first classes only. ``score_fit``: how the anomaly score
-    is fitted after each VAE fit (by default :func:`scoring.anomaly.fit_anomaly` with the
+    is fitted after each VAE fit (by default :class:`scoring.detector.VAEDetector` with the
     config's method). ``progress``: see :class:`Progress`.
 
     Writes ``results.csv``, ``summary.csv``, ``vae_fits.csv``, ``tables.md`` and

@@ -1,0 +1,96 @@
+"""How much the anomaly threshold moves between equivalent retrains, and the false positive rate
+it gives on clean rows no run ever saw.
+
+A fixed fifth of the data (by a seed of its own) is kept aside as the measurement set; every
+retrain trains on the rest exactly as ``vae train`` does (``training_split`` by its seed: train,
+validation, calibration, holdout parts) and calibrates with :class:`scoring.detector.VAEDetector`.
+Per retrain it prints the threshold of the shipped rule (:func:`scoring.calibration.threshold_at`:
+the empirical quantile, or the tail fit when fewer than 10 calibration scores lie above it) and of
+the plain order statistic on the same calibration scores, and each one's observed false positive
+rate on the measurement set with the 95 % acceptance interval of that rate (beta-binomial, the
+monitoring bound). Then the spread over the retrains: (max - min) / median of the thresholds and
+the coefficient of variation.
+
+    .venv/bin/python benchmarks/threshold_stability.py --data digits --retrains 5
+    .venv/bin/python benchmarks/threshold_stability.py --data mnist5k-binary --retrains 5 --epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+from pipeline.monitoring.statistics import flagged_rate_bound  # noqa: E402
+from scoring.calibration import Calibration  # noqa: E402
+from training import data as data_lib  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+
+MEASUREMENT_SHARE = 0.2
+
+
+def retrain(cfg: TrainConfig, data: data_lib.ImageData) -> tuple[object, Calibration]:
+    import keras
+
+    from training.train import build_model, calibrate, fit, set_seeds
+
+    keras.backend.clear_session()
+    set_seeds(cfg.seed)
+    split = data_lib.training_split(data, seed=cfg.seed)
+    model = build_model(cfg, split.train)
+    fit(cfg, model, split)
+    return model, calibrate(model, split, cfg.target_fpr, cfg.anomaly_score)
+
+
+def spread(values: list[float]) -> str:
+    v = np.asarray(values)
+    return f"(max - min) / median {np.ptp(v) / abs(np.median(v)):.1%}, CV {np.std(v) / abs(np.mean(v)):.1%}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--retrains", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    parser.add_argument("--target-fpr", type=float, default=0.01)
+    parser.add_argument("--anomaly-score", default=TrainConfig().anomaly_score)
+    args = parser.parse_args()
+
+    from scoring.detector import VAEDetector
+
+    images = data_lib.load(args.data)
+    aside = np.random.default_rng(12345).random(len(images)) < MEASUREMENT_SHARE
+    measurement, training = images.subset(np.flatnonzero(aside)), images.subset(np.flatnonzero(~aside))
+    print(f"{args.data}: {len(training)} rows to train on, {len(measurement)} clean rows to measure the rate on")
+    shipped, order = [], []
+    for seed in range(args.retrains):
+        cfg = replace(
+            TrainConfig(), seed=seed, epochs=args.epochs, target_fpr=args.target_fpr, anomaly_score=args.anomaly_score
+        )
+        model, calibration = retrain(cfg, training)
+        plain = float(np.quantile(calibration.scores, 1 - cfg.target_fpr, method="inverted_cdf"))
+        scores = VAEDetector.from_model(model).decision_function(measurement.images)
+        line = f"retrain {seed}: {calibration.scores.size} calibration rows"
+        for name, threshold in (("shipped", calibration.threshold), ("order statistic", plain)):
+            rate = float(np.mean(scores > threshold))
+            bound = flagged_rate_bound(
+                len(scores), calibration_scores=calibration.scores, threshold=threshold, confidence=0.95
+            )
+            inside = bound.lower <= rate <= bound.upper
+            line += (
+                f"; {name} {threshold:.3f}: FPR {rate:.2%} "
+                f"(95 % interval {bound.lower:.2%}-{bound.upper:.2%}{'' if inside else ', OUTSIDE'})"
+            )
+        shipped.append(calibration.threshold)
+        order.append(plain)
+        print(line, flush=True)
+    print(f"shipped rule: thresholds {np.round(shipped, 3).tolist()}: {spread(shipped)}")
+    print(f"order statistic: thresholds {np.round(order, 3).tolist()}: {spread(order)}")
+
+
+if __name__ == "__main__":
+    main()
