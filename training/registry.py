@@ -79,15 +79,46 @@ def resolve(uri: str, work: str | os.PathLike | None = None) -> tuple[str, str]:
     from mlflow.exceptions import MlflowException
 
     name = match["name"]
-    if match["version"]:
-        return name, match["version"]
+    mlflow_client = client(work)
     try:
-        return name, str(client(work).get_model_version_by_alias(name, match["alias"]).version)
+        if match["version"]:
+            return name, str(mlflow_client.get_model_version(name, match["version"]).version)
+        return name, str(mlflow_client.get_model_version_by_alias(name, match["alias"]).version)
     except MlflowException as exc:
-        raise LookupError(
-            f"{uri}: no model version has the alias {match['alias']!r} in {tracking_uri(work)}; "
-            f"train one with `vae train --model-name {name}`"
-        ) from exc
+        raise LookupError(_not_found(uri, name, match["version"], match["alias"], mlflow_client, work)) from exc
+
+
+def _not_found(uri: str, name: str, version: str | None, alias: str | None, mlflow_client: MlflowClient, work) -> str:
+    """One line: what ``uri`` asked for, and what the store has instead (versions and aliases)."""
+    from mlflow.exceptions import MlflowException
+
+    store = tracking_uri(work)
+    try:
+        model = mlflow_client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in mlflow_client.search_registered_models(max_results=50))
+        known = f"the registered models are {', '.join(names)}" if names else "it has no registered models"
+        return f"{uri}: no registered model named {name!r} in {store}; {known}"
+    versions = sorted(
+        (int(v.version) for v in mlflow_client.search_model_versions(f"name = '{name}'", max_results=1000)),
+    )
+    aliases = ", ".join(f"@{a} (version {v})" for a, v in sorted((model.aliases or {}).items())) or "none"
+    asked = f"version {version}" if version else f"alias {alias!r}"
+    return (
+        f"{uri}: {name} has no {asked}; its versions are {_ranges(versions) or 'none'}, its aliases {aliases} "
+        f"(in {store})"
+    )
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``1-3, 5`` for [1, 2, 3, 5]."""
+    out: list[str] = []
+    for n in numbers:
+        if out and n == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
 
 
 @dataclass(frozen=True)
