@@ -68,6 +68,17 @@ def configure(work: str | os.PathLike | None = None, experiment: str = EXPERIMEN
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
+def check_uri(uri: str) -> None:
+    """Raises ValueError for a URI that is neither ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``
+    nor a ``.keras`` file, FileNotFoundError for a local ``.keras`` file that does not exist."""
+    if _MODELS_URI.match(uri):
+        return
+    if not uri.endswith(".keras"):
+        raise ValueError(f"{uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or a .keras file")
+    if "://" not in uri and not Path(uri).expanduser().exists():
+        raise FileNotFoundError(f"{uri}: no such model file")
+
+
 def resolve(uri: str, work: str | os.PathLike | None = None) -> tuple[str, str]:
     """(registered name, version) for ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``;
     (file stem, "local") for a ``.keras`` file."""

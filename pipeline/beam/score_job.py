@@ -280,6 +280,7 @@ def score_dataset(
     input_data: ImageData | None = None,
     scored_at: datetime | None = None,
     test_pipeline: beam.Pipeline | None = None,
+    started: float | None = None,
 ) -> ScoreSummary:
     """Scores ``options.input`` with ``options.model`` in a Beam pipeline; writes ``OUTPUT/scores`` and
     ``OUTPUT/rejects`` (Parquet datasets, a ``_manifest.json`` in each), replaced in one commit only
@@ -294,22 +295,28 @@ def score_dataset(
     the split ``vae train`` makes; the other parts depend on ``split_seed``); ``input_data``: images in
     memory to score instead. ``options.partition``: ``KEY=VALUE`` to write (and replace) only that hive
     partition of the outputs. ``scored_at``: the run's timestamp (default: now). ``test_pipeline``: a
-    pipeline to build into and run instead of :func:`make_pipeline`'s.
+    pipeline to build into and run instead of :func:`make_pipeline`'s. ``started``: the
+    ``time.perf_counter()`` the summary's ``seconds`` count from (default: this call's start; the
+    ``vae`` command passes its own start, imports included).
     """
     spec = input_data.source if input_data is not None else options.input or DEFAULT_INPUT
     output = output_folder(options.output) if options.output else None
     known = result_json.result("score", input=spec, output=output, partition=options.partition)
     with result_json.recorded(options.result_json, result_json.score_result, known) as record:
-        return record(_score_dataset(options, input_data, scored_at, test_pipeline))
+        return record(_score_dataset(options, input_data, scored_at, test_pipeline, started))
 
 
 def _score_dataset(
-    options: ScoreOptions, input_data: ImageData | None, scored_at: datetime | None, test_pipeline: beam.Pipeline | None
+    options: ScoreOptions,
+    input_data: ImageData | None,
+    scored_at: datetime | None,
+    test_pipeline: beam.Pipeline | None,
+    started: float | None = None,
 ) -> ScoreSummary:
     from training import registry
 
     options.check()
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     model = registry.pin(options.model, options.work_dir)
     loaded = model.load()
     calibration = model_calibration(loaded, options.fpr)
