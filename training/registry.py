@@ -6,15 +6,19 @@ Every function takes the working folder ``work`` (``vae --work-dir``); None is t
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 DEFAULT_MODEL_URI = "models:/vae-digits@champion"
@@ -148,7 +152,9 @@ class ModelRef:
         key = (self.tracking_uri, self.uri)
         with _LOADED_LOCK:
             if key not in _LOADED:
+                start = time.perf_counter()
                 _LOADED[key] = self._load()
+                log.info("pid %d loaded %s in %.1f s", os.getpid(), self.uri, time.perf_counter() - start)
             return _LOADED[key]
 
     def _load(self) -> Any:

@@ -60,7 +60,7 @@ def choose_likelihood(cfg: TrainConfig, images: np.ndarray) -> tuple[str, int, s
     if levels == 2:
         return "bernoulli", 0, "the images are binary (only 0 and 1)"
     if levels > 2:
-        return "continuous_bernoulli", levels, f"the pixels take {levels} evenly spaced grey levels"
+        return "continuous_bernoulli", levels, data_lib.levels_reason(images, levels)
     return "continuous_bernoulli", 0, "the pixels are continuous in [0, 1]"
 
 
@@ -81,6 +81,7 @@ def build_model(cfg: TrainConfig, data: data_lib.ImageData):
         architecture=cfg.architecture,
         pixel_levels=levels,
         pixel_scale=cfg.pixel_scale,
+        pixel_brightest=data_lib.typical_brightest(data.images),
         reference_rows=reference_rows(len(data)),
         filters=cfg.filters,
         hidden_units=cfg.hidden_units,

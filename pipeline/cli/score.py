@@ -10,7 +10,7 @@ from pipeline.beam.defaults import (
     DEFAULT_SHARD_ROWS,
     DEFAULT_SPLIT_SEED,
 )
-from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_ROWS
+from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_BRIGHTNESS, DEFAULT_MIN_ROWS
 from pipeline.cli import COMMAND_STARTED
 from pipeline.cli.progress import shard_progress
 from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_errors, job_options, parse_shape
@@ -110,6 +110,21 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     default=DEFAULT_MIN_ROWS,
     show_default=True,
     help="Fail (exit 1, replacing nothing) when the input has fewer rows than this (rows read, scored or not).",
+)
+@click.option(
+    "--min-brightness",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_MIN_BRIGHTNESS,
+    show_default=True,
+    help="Fail at once (exit 1, replacing nothing) when the brightest pixel of every image in the first batches "
+    "is below this share of the training images' typical brightest pixel: pixels scaled wrongly (0/1 masks "
+    "read as 0-255 values, 0-255 values in 16-bit PNGs). 0 turns the guard off.",
+)
+@click.option(
+    "--pixel-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Divide numeric pixels by this instead of the model's scale (e.g. 1 for 0/1 integer masks).",
 )
 @click.option(
     "--result-json",
