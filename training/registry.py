@@ -245,3 +245,35 @@ def log_metrics(
         batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if not math.isnan(float(v))]
         client(work).log_batch(run, metrics=batch)
     return run
+
+
+def describe(name: str, version: str, facts: dict[str, Any], work: str | os.PathLike | None = None) -> None:
+    """Writes what a registry user sees first in the MLflow UI: the version's description (its data,
+    likelihood, holdout score, threshold and why it was or was not promoted) and the registered
+    model's (what the model is, and how its champion is chosen)."""
+    f = facts
+    kind = "conditional VAE" if f.get("conditional") else "VAE"
+    mlflow_client = client(work)
+    mlflow_client.update_model_version(
+        name,
+        version,
+        description=(
+            f"A {kind} ({f['architecture']}, latent {f['latent_dim']}) trained on {f['data']}: {f['train_rows']:,} "
+            f"images of shape {f['shape']}.\n\n"
+            f"- likelihood: {f['likelihood']} ({f['likelihood_reason']})\n"
+            f"- holdout neg ELBO: {f['holdout_neg_elbo']:.3f} nats per image on holdout {f['holdout_fingerprint']} "
+            f"({f['holdout_rows']:,} rows)\n"
+            f"- anomaly threshold: {f['threshold']:.4g} on {f['score']} (target false positive rate {f['fpr']:g})\n"
+            f"- {'promoted to @champion' if f['promoted'] else 'not promoted'}: {f['promotion_reason']}"
+        ),
+    )
+    mlflow_client.update_registered_model(
+        name,
+        description=(
+            f"A {kind} on {f['data']} (images {f['shape']}) that scores images for anomalies (`vae score`, "
+            "negative ELBO in nats, a calibrated threshold and p-values) and writes synthetic images (`vae "
+            "generate`). Each version's description says its data, likelihood, holdout score and threshold. "
+            "`vae train` moves @champion to a new version only when it beats the champion's negative ELBO on "
+            "the same fixed holdout (--promote if-better)."
+        ),
+    )
