@@ -450,7 +450,7 @@ h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2e
 table { border-collapse: collapse; } th, td { padding: .25em .6em; text-align: left; }
 table.anomalies td, table.anomalies th, table.monitoring td, table.monitoring th { border-bottom: 1px solid #eee; }
 img.figure { max-width: 100%; }
-img.digit, img.heatmap { image-rendering: pixelated; width: 48px; height: 48px; }
+img.digit, img.heatmap { image-rendering: pixelated; width: 48px; height: 48px; border: 1px solid #bbb; }
 .note { color: #777; }
 """
 
