@@ -71,8 +71,11 @@ def _as_list(inputs: Input | Sequence[Input]) -> list[Input]:
     return list(inputs)
 
 
-def _first_shape(batch: pa.RecordBatch, shape_hint: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
-    """The image shape of the first row of ``batch`` that tells it (None if none does)."""
+def _first_shape(
+    batch: pa.RecordBatch, shape_hint: tuple[int, int, int] | None
+) -> tuple[tuple[int, int, int], int] | None:
+    """(the image shape, its row) of the first row of ``batch`` that tells it (None if none does).
+    An image too large to decode (:func:`~training.data.images.decode_image`) tells nothing."""
     names = batch.schema.names
     if "pixels" in names:
         if "height" in names and "width" in names:
@@ -84,16 +87,16 @@ def _first_shape(batch: pa.RecordBatch, shape_hint: tuple[int, int, int] | None)
                 except (TypeError, ValueError):
                     continue
                 if min(shape) > 0:
-                    return shape
+                    return shape, i
             return None
         if shape_hint is None:
             where = batch.column("source")[0]
             raise DataError(f"{where}: a 'pixels' column needs 'height'/'width' columns or a shape (--shape HxWxC)")
-        return tuple(shape_hint)  # type: ignore[return-value]
+        return tuple(shape_hint), 0  # type: ignore[return-value]
     if "image" in names:
-        for blob in batch.column("image").to_pylist():
+        for i, blob in enumerate(batch.column("image").to_pylist()):
             try:
-                return tuple(decode_image(blob, "image").shape)  # type: ignore[return-value]
+                return tuple(decode_image(blob, "image").shape), i  # type: ignore[return-value]
             except DataError:
                 continue
     return None
@@ -125,7 +128,7 @@ def label_classes(raw: list, classes: list[str] | None = None) -> tuple[np.ndarr
         for v, n in zip(raw, numbers, strict=True)
     ]
     named = sorted({t for t in texts if t is not None and not _is_fraction(t)})
-    if named and not classes and any(n is not None for n in numbers):
+    if named and not classes and any(n is not None and n >= 0 for n in numbers):
         raise DataError(_mixed_labels(raw, numbers, named))
     if classes:  # a data set with its own class order (Fashion-MNIST's): names and indices into it
         named = list(classes)
@@ -147,7 +150,7 @@ def label_classes(raw: list, classes: list[str] | None = None) -> tuple[np.ndarr
 
 
 def _mixed_labels(raw: list, numbers: list, named: list[str]) -> str:
-    whole = [v for v, n in zip(raw, numbers, strict=True) if n is not None]
+    whole = [v for v, n in zip(raw, numbers, strict=True) if n is not None and n >= 0]
     shown = ", ".join(repr(v) for v in list(dict.fromkeys(whole))[:5])
     names = ", ".join(repr(v) for v in named[:5]) + (", ..." if len(named) > 5 else "")
     return (
@@ -240,11 +243,12 @@ def read_images(
             for batch in shard.read(batch_rows):
                 rows_read += batch.num_rows
                 if spec is None:
-                    found = _first_shape(batch, shape)
-                    if found is None:
+                    first = _first_shape(batch, shape)
+                    if first is None:
                         pending.append(batch)
                         continue
-                    where = batch.column("source")[0].as_py()
+                    found, row = first
+                    where = batch.column("source")[row].as_py()
                     owner = f"the data set (first image: {where})"
                     spec = ModelSpec(found, pixel_scale=pixel_scale, shape_owner=owner)
                     images = _allocate((total, *found), spill_dir, memory_budget)
