@@ -293,10 +293,10 @@ def test_work_dir_names_the_store_the_model_is_looked_up_in(tmp_path, monkeypatc
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     work = tmp_path / "work"
-    args = ["--work-dir", str(work), "score", "--model", "models:/absent@champion", "--output", str(tmp_path / "o")]
-    result = CliRunner().invoke(main, args)
+    args = ["--work-dir", str(work), "score", "--model", "models:/absent@champion", "--input", "digits:holdout"]
+    result = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "o")])
     assert result.exit_code == 1, result.output
-    assert f"no model version has the alias 'champion' in sqlite:///{work / 'mlflow.db'}" in result.output
+    assert f"no registered model named 'absent' in sqlite:///{work / 'mlflow.db'}" in result.output
 
 
 def test_runner_options_and_extra_beam_flags_reach_the_pipeline():
@@ -565,7 +565,9 @@ def test_cli_scores_a_png_folder(trained_plain, mlflow_store, tmp_path):
     assert scores.column("example_id").to_pylist() == [f"digit-{i}.png" for i in range(5)]
     assert read(tmp_path / "out/rejects").column("example_id").to_pylist() == ["broken.png"]
 
-    missing = CliRunner().invoke(main, ["score", "--model", "models:/no-such-model@champion", "--output", "x"])
+    missing = CliRunner().invoke(
+        main, ["score", "--model", "models:/no-such-model@champion", "--input", "digits", "--output", "x"]
+    )
     assert missing.exit_code != 0 and "no-such-model" in missing.output
 
 
