@@ -265,8 +265,8 @@ def test_the_cli_and_beam_style_flags_build_the_same_options_with_one_set_of_def
     clicked = {p.name: p.get_default(context) for p in score_command.params if p.name not in ("beam_args", "help")}
     assert set(clicked) == (ScoreOptions.option_names() | set(RUNNER_OPTIONS)) - {"work_dir"}  # work_dir: vae's
     for name, default in clicked.items():
-        if name == "input":  # the job reads the built-in digits when no input is given
-            assert default == DEFAULT_INPUT and parsed.input is None
+        if name == "input":  # the command needs one (issue 21); the job alone reads the built-in digits
+            assert not isinstance(default, str) and parsed.input is None and DEFAULT_INPUT == "digits"
         elif name != "output":
             assert default == (runner[name] if name in RUNNER_OPTIONS else getattr(parsed, name)), name
 
@@ -731,7 +731,7 @@ def _cli_options(monkeypatch, tmp_path, *args):
         return Summary()
 
     monkeypatch.setattr(score_job, "score_dataset", fake)
-    result = CliRunner().invoke(main, ["score", "--output", str(tmp_path / "out"), *args])
+    result = CliRunner().invoke(main, ["score", "--input", "digits:holdout", "--output", str(tmp_path / "out"), *args])
     return result, (seen[0] if seen else None)
 
 
