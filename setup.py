@@ -36,7 +36,7 @@ setup(
         "airflow": ["apache-airflow==3.3.*"],
         "dask": DASK,
         # jax: backend tests; DASK: the DaskRunner tests
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "duckdb>=1.1", "ruff>=0.6", "jax>=0.4", *DASK],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "duckdb>=1.1", "ruff>=0.6", "jax>=0.4", *DASK],
     },
     entry_points={"console_scripts": ["vae=pipeline.cli.main:main"]},
 )

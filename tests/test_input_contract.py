@@ -130,9 +130,9 @@ def test_labels_mean_the_same_class_in_training_and_scoring(tmp_path):
     from training.data.load import label_classes
     from training.data.validate import ModelSpec, validate_batch
 
-    values, names, known = label_classes(["cat", "dog", 0, 1, "1", 7, -1, 2.5])
-    assert names == ["cat", "dog"] and values[known].tolist() == [0, 1, 0, 1, 1]
-    assert known.tolist() == [True, True, True, True, True, False, False, False]
+    values, names, known = label_classes(["cat", "dog", "cat", -1, 2.5])
+    assert names == ["cat", "dog"] and values[known].tolist() == [0, 1, 0]
+    assert known.tolist() == [True, True, True, False, False]
     values, names, known = label_classes([3, "10", 2.0])
     assert names == [str(i) for i in range(11)] and values.tolist() == [3, 10, 2] and known.all()
     fashion = data.FASHION_NAMES  # a data set's own class order is kept, not sorted
@@ -381,3 +381,158 @@ def test_scoring_and_training_keep_the_same_row_of_a_repeated_id(trained_plain, 
     read = read_images(str(tmp_path / "dups.parquet"))
     assert sorted(read.rejects.column("source_row").to_pylist()) == [2, 4, 5]
     assert read.rejects.column("reason").to_pylist() == rejects.column("reason").to_pylist()
+
+
+# --- inputs that cannot hurt (issue 21) ---------------------------------------------------------
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of one colour and any size, built a row at a time: a decompression bomb
+    of about 109 KB at 30000x30000 (900 million pixels), with no big array to make it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte, then the row's bits
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def image_batch(blobs: list) -> pa.RecordBatch:
+    n = len(blobs)
+    return pa.RecordBatch.from_pydict(
+        {"example_id": [f"r{i}" for i in range(n)], "source": ["t"] * n, "image": pa.array(blobs, pa.binary())}
+    )
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory) -> bytes:
+    return bomb_png(30000, 30000)
+
+
+def test_a_decompression_bomb_is_quarantined_and_the_rest_scored(bomb, tmp_path):
+    from training.data.validate import ModelSpec, validate_batch
+
+    good = png_bytes(np.full((16, 16), 200, np.uint8))
+    valid, rejected = validate_batch(image_batch([good, bomb, good]), ModelSpec((16, 16, 1)))
+    assert valid.rows.tolist() == [0, 2]
+    assert rejected.reasons.to_pylist() == ["image too large: 30000x30000, the model takes 16x16"]
+    # training: the bomb first of a PNG folder neither fixes the shape nor stops the read
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    (folder / "a-bomb.png").write_bytes(bomb)
+    for i in range(3):
+        (folder / f"d{i}.png").write_bytes(good)
+    result = read_images(str(folder))
+    assert len(result.data) == 3 and result.data.image_shape == (16, 16, 1)
+    assert result.rejects.column("reason").to_pylist() == [
+        f"image too large: 30000x30000, the data set (first image: {folder}/d0.png) takes 16x16"
+    ]
+
+
+MAX_RSS = """
+import resource, sys
+import numpy as np, pyarrow as pa
+from training.data.validate import ModelSpec, validate_batch
+blob = open(sys.argv[1], "rb").read()
+batch = pa.RecordBatch.from_pydict({"example_id": ["x"], "source": ["t"], "image": pa.array([blob], pa.binary())})
+validate_batch(batch, ModelSpec((16, 16, 1)))  # imports and warms up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for _ in range(3):
+    validate_batch(batch, ModelSpec((16, 16, 1)))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_a_decompression_bomb_costs_no_more_memory_than_a_normal_image(bomb, tmp_path):
+    """Peak memory (KiB) while validating each, in a fresh process: the bomb's 900 million pixels
+    (112 MB at one bit each, 900 MB as 8-bit grey) are never decoded."""
+    import subprocess
+    import sys
+
+    grown = {}
+    for name, blob in (("normal", png_bytes(np.full((16, 16), 9, np.uint8))), ("bomb", bomb)):
+        (tmp_path / name).write_bytes(blob)
+        run = subprocess.run(
+            [sys.executable, "-c", MAX_RSS, str(tmp_path / name)], capture_output=True, text=True, check=True
+        )
+        grown[name] = int(run.stdout.split()[-1])
+    assert grown["bomb"] <= grown["normal"] + 8 * 1024, grown
+
+
+def test_grey_palettes_read_as_grey_and_bad_bytes_say_which_problem_without_addresses():
+    from training.data.validate import ModelSpec, validate_batch
+
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    palette = Image.fromarray(grey).convert("P")
+    palette.putpalette([v for i in range(256) for v in (i, i, i)])
+    palette.putdata(grey.ravel().tolist())
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+    coloured = Image.new("P", (16, 16))
+    coloured.putpalette([255, 0, 0] * 256)
+    out = io.BytesIO()
+    coloured.save(out, format="PNG")
+    blobs = [buffer.getvalue(), png_bytes(grey), b"", b"not an image at all", out.getvalue()]
+    valid, rejected = validate_batch(image_batch(blobs), ModelSpec((16, 16, 1)))
+    assert valid.rows.tolist() == [0, 1]
+    np.testing.assert_array_equal(valid.images[0], valid.images[1])  # the palette image is its grey levels
+    reasons = rejected.reasons.to_pylist()
+    assert reasons[0] == "unreadable image: empty (0 bytes)"
+    assert reasons[1].startswith("unreadable image: not a PNG or JPEG image (19 bytes, starting 6e 6f 74")
+    assert reasons[2] == "wrong shape: 16x16x3 image, the model expects 16x16x1"
+    assert not any("0x" in r or "object at" in r for r in reasons)
+
+
+def test_labels_mixing_names_and_numbers_are_an_error_naming_both_kinds(tmp_path):
+    path = tmp_path / "mixed.parquet"
+    labels = ["cat", "dog", "bird", "fish", "frog"] * 4 + ["0", "1", "2", "3", "4"] * 4
+    pixels = pa.array([[0.5] * 4] * len(labels), pa.list_(pa.float32()))
+    pq.write_table(pa.table({"pixels": pixels, "height": [2] * 40, "width": [2] * 40, "label": labels}), path)
+    with pytest.raises(DataError) as error:
+        read_images(str(path), require_labels=True)
+    message = str(error.value)
+    assert message.startswith(f"{path}: the labels mix two kinds: 5 class name(s) ('bird', 'cat', 'dog', 'fish',")
+    assert "20 whole number(s) ('0', '1', '2', '3', '4')" in message
+    plain = read_images(str(path))  # a plain model only carries labels: it reads the rows unlabelled
+    assert len(plain.data) == 40 and plain.data.labels is None
+
+
+def test_the_likelihood_reason_of_0_1_masks_read_as_0_255_values():
+    from training.data import grey_levels, levels_reason
+
+    masks = (np.random.default_rng(0).random((50, 4, 4, 1)) > 0.5).astype(np.float32) / 255
+    levels = grey_levels(masks)
+    assert levels == 256
+    reason = levels_reason(masks, levels)
+    assert (
+        reason.startswith("the pixels take only 2 values (0, 0.003922) of a grid of 256")
+        and "--pixel-scale 1" in reason
+    )
+    digits = data.load_digits().images
+    assert levels_reason(digits, grey_levels(digits)) == "the pixels take 17 evenly spaced grey levels"
+
+
+def test_the_pixel_range_check_stops_implausibly_dark_input_before_scoring(tmp_path):
+    from pipeline.beam.guards import PixelRangeError, check_pixel_range
+    from training.data.reader import plan_input
+    from training.data.validate import ModelSpec
+
+    masks = (np.random.default_rng(0).random((20, 16)) > 0.5).astype(np.uint8)
+    path = tmp_path / "masks.parquet"
+    pq.write_table(pa.table({"pixels": pa.array(masks.tolist(), pa.list_(pa.uint8()))}), path)
+    plan, spec = plan_input(str(path)), ModelSpec((4, 4, 1))
+    with pytest.raises(
+        PixelRangeError, match=r"every one of the 20 images checked is at most 0.003922.*--pixel-scale 1"
+    ):
+        check_pixel_range(plan, spec, 0.9, 1 / 16)
+    assert check_pixel_range(plan, spec, 0.9, 1 / 16, pixel_scale=1.0) == 20  # the fix
+    assert check_pixel_range(plan, spec, 0.9, 0.0) == 0  # the guard off
+    assert check_pixel_range(plan, spec, None, 1 / 16) == 0  # a model saved before it kept its brightness
+    few = tmp_path / "few.parquet"
+    pq.write_table(pa.table({"pixels": pa.array(masks[:3].tolist(), pa.list_(pa.uint8()))}), few)
+    assert check_pixel_range(plan_input(str(few)), spec, 0.9, 1 / 16) == 3  # too few images to judge

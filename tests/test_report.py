@@ -311,3 +311,26 @@ def test_render_report_replaces_report_html_whole(trained_plain, tmp_path):
         render_report(scores_dir, uri, out, top=3, log_to_mlflow=False)
         assert reader.read() == "<p>the previous report</p>"
     assert "vae-test-plain" in out.read_text() and [p.name for p in out.parent.iterdir()] == ["report.html"]
+
+
+def test_the_report_finds_the_scored_input_the_scores_name(tmp_path):
+    """Without --input the report reads the images from where the scores say they came from: the
+    manifest's input, else the folder holding every row's source; the built-in digits by name."""
+    import json
+
+    import pandas as pd
+
+    from pipeline.report.html import scored_input
+
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for name in ("a.png", "b.png"):
+        (pngs / name).write_bytes(b"")
+    scores = tmp_path / "out" / "scores"
+    scores.mkdir(parents=True)
+    frame = pd.DataFrame({"example_id": ["a.png", "b.png"], "source": [str(pngs / "a.png"), str(pngs / "b.png")]})
+    assert scored_input(scores, frame) == str(pngs)  # no manifest: the sources' folder
+    (scores / "_manifest.json").write_text(json.dumps({"input": "digits:holdout"}))
+    assert scored_input(scores, frame) == "digits"
+    (scores / "_manifest.json").write_text(json.dumps({"input": "gone/elsewhere"}))
+    assert scored_input(scores, frame.assign(source=["gone/a.png", "gone/b.png"])) is None

@@ -362,3 +362,49 @@ def test_generate_writes_its_result_and_the_methods_manifest(trained_plain, plai
     failed = json.loads(failed_path.read_text())
     assert (failed["status"], failed["method"], failed["rows"]) == ("failed", "conditional", None)
     assert failed["reason"] and failed["output"] == str(tmp_path / "x")
+
+
+# --- issue 21: a missing model version, implausibly dark input, the registry's descriptions ------
+
+
+def test_a_missing_version_or_model_is_one_line_naming_what_exists(trained_plain, mlflow_store, tmp_path):
+    name = trained_plain.model_name
+    missing = score_cli(f"models:/{name}/99", "digits", tmp_path / "out")
+    assert missing.exit_code == 1 and "Traceback" not in missing.output
+    line = missing.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: models:/{name}/99: {name} has no version 99; its versions are ")
+    assert f"@champion (version {trained_plain.version})" in line
+    unknown = score_cli("models:/no-such-model/1", "digits", tmp_path / "out")
+    last = unknown.output.strip().splitlines()[-1]
+    assert last.startswith("Error: models:/no-such-model/1: no registered model named 'no-such-model'")
+    assert name in last
+
+
+def test_implausibly_dark_input_fails_at_once_naming_the_fix(trained_plain, plain_uri, tmp_path):
+    import numpy as np
+
+    assert 0.5 < trained_plain.model.pixel_brightest <= 1.0  # the digits' typical brightest pixel
+    masks = (load_digits().images[:30] > 0.5).reshape(30, -1).astype(np.uint8)  # 0/1 values in a uint8 column
+    path = tmp_path / "masks.parquet"
+    pq.write_table(pa.table({"pixels": pa.array(masks.tolist(), pa.list_(pa.uint8()))}), path)
+    out = tmp_path / "out"
+    failed = score_cli(plain_uri, path, out, "--result-json", str(tmp_path / "r.json"))
+    assert failed.exit_code == 1, failed.output
+    assert "the pixels look wrongly scaled" in failed.output and "--pixel-scale 1" in failed.output
+    assert not (out / "scores").exists()
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "failed"
+    fixed = score_cli(plain_uri, path, out, "--pixel-scale", "1")
+    assert fixed.exit_code == 0, fixed.output
+    assert "scored:     30" in fixed.output and not fixed.output.startswith("\n")
+
+
+def test_the_registered_model_and_its_version_say_what_they_are(trained_plain, mlflow_store):
+    from training import registry
+
+    client = registry.client()
+    version = client.get_model_version(trained_plain.model_name, trained_plain.version).description
+    assert f"holdout neg ELBO: {trained_plain.holdout_neg_elbo:.3f} nats" in version
+    assert f"anomaly threshold: {trained_plain.threshold:.4g}" in version and "promoted to @champion" in version
+    assert "trained on digits" in version and "likelihood: " in version
+    model = client.get_registered_model(trained_plain.model_name).description
+    assert "@champion" in model and "digits" in model

@@ -265,8 +265,8 @@ def test_the_cli_and_beam_style_flags_build_the_same_options_with_one_set_of_def
     clicked = {p.name: p.get_default(context) for p in score_command.params if p.name not in ("beam_args", "help")}
     assert set(clicked) == (ScoreOptions.option_names() | set(RUNNER_OPTIONS)) - {"work_dir"}  # work_dir: vae's
     for name, default in clicked.items():
-        if name == "input":  # the job reads the built-in digits when no input is given
-            assert default == DEFAULT_INPUT and parsed.input is None
+        if name == "input":  # the command needs one (issue 21); the job alone reads the built-in digits
+            assert not isinstance(default, str) and parsed.input is None and DEFAULT_INPUT == "digits"
         elif name != "output":
             assert default == (runner[name] if name in RUNNER_OPTIONS else getattr(parsed, name)), name
 
@@ -293,10 +293,10 @@ def test_work_dir_names_the_store_the_model_is_looked_up_in(tmp_path, monkeypatc
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     work = tmp_path / "work"
-    args = ["--work-dir", str(work), "score", "--model", "models:/absent@champion", "--output", str(tmp_path / "o")]
-    result = CliRunner().invoke(main, args)
+    args = ["--work-dir", str(work), "score", "--model", "models:/absent@champion", "--input", "digits:holdout"]
+    result = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "o")])
     assert result.exit_code == 1, result.output
-    assert f"no model version has the alias 'champion' in sqlite:///{work / 'mlflow.db'}" in result.output
+    assert f"no registered model named 'absent' in sqlite:///{work / 'mlflow.db'}" in result.output
 
 
 def test_runner_options_and_extra_beam_flags_reach_the_pipeline():
@@ -565,7 +565,9 @@ def test_cli_scores_a_png_folder(trained_plain, mlflow_store, tmp_path):
     assert scores.column("example_id").to_pylist() == [f"digit-{i}.png" for i in range(5)]
     assert read(tmp_path / "out/rejects").column("example_id").to_pylist() == ["broken.png"]
 
-    missing = CliRunner().invoke(main, ["score", "--model", "models:/no-such-model@champion", "--output", "x"])
+    missing = CliRunner().invoke(
+        main, ["score", "--model", "models:/no-such-model@champion", "--input", "digits", "--output", "x"]
+    )
     assert missing.exit_code != 0 and "no-such-model" in missing.output
 
 
@@ -729,7 +731,7 @@ def _cli_options(monkeypatch, tmp_path, *args):
         return Summary()
 
     monkeypatch.setattr(score_job, "score_dataset", fake)
-    result = CliRunner().invoke(main, ["score", "--output", str(tmp_path / "out"), *args])
+    result = CliRunner().invoke(main, ["score", "--input", "digits:holdout", "--output", str(tmp_path / "out"), *args])
     return result, (seen[0] if seen else None)
 
 

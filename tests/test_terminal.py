@@ -177,3 +177,49 @@ def test_a_scoring_run_on_worker_threads_moves_a_bar_by_its_shards(trained_plain
     with shard_progress("score", "pipeline.beam.score_job", bar=False) as progress:
         assert progress._bar is None
     assert not [h for h in logging.getLogger("pipeline.beam.score_job").handlers if type(h).__name__ == "_ShardLines"]
+
+
+# --- a command that answers at once (issue 21) --------------------------------------------------
+
+CHECK_BEFORE_IMPORTS = """
+import sys
+from click.testing import CliRunner
+from pipeline.cli.main import main
+result = CliRunner().invoke(main, sys.argv[1:])
+print(result.exit_code, [m for m in ("tensorflow", "keras", "mlflow", "apache_beam") if m in sys.modules])
+print(result.output.strip().splitlines()[-1])
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["score", "--model", "models:/m@champion", "--input", "no/such/path", "--output", "out"],
+        ["train", "--data", "no/such/path"],
+        ["generate", "--model", "no/such/model.keras", "--method", "prior", "--output", "out"],
+        ["score", "--model", "models:/m/not-a-version", "--input", "digits", "--output", "out"],
+        ["score", "--model", "models:/m@champion", "--output", "out"],
+    ],
+)
+def test_a_bad_path_or_option_is_an_error_before_tensorflow_or_mlflow_is_imported(argv):
+    run = subprocess.run(
+        [sys.executable, "-c", CHECK_BEFORE_IMPORTS, *argv], capture_output=True, text=True, check=True
+    )
+    status, last = run.stdout.strip().splitlines()
+    assert status in ("1 []", "2 []"), run.stdout
+    assert last.startswith("Error: ")
+
+
+def test_score_without_input_is_refused_and_names_the_demo():
+    run = _vae("score", "--output", "out")
+    assert run.returncode == 2
+    assert "--input is required for scoring" in run.stderr and "`vae run`" in run.stderr
+
+
+def test_version_and_shell_completion():
+    from importlib.metadata import version
+
+    run = _vae("--version")
+    assert run.returncode == 0 and run.stdout.strip() == f"vae {version('vae-pipeline')}"
+    completion = _vae(env={"_VAE_COMPLETE": "bash_source"})
+    assert completion.returncode == 0 and "_vae_completion" in completion.stdout

@@ -151,6 +151,7 @@ class VariationalAutoencoder(keras.Model):
         reference_rows: int = 0,
         pixel_scale: float | None = None,
         latent_prior: dict[str, Any] | None = None,
+        pixel_brightest: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -172,6 +173,9 @@ class VariationalAutoencoder(keras.Model):
         # how numeric pixels of the training data were scaled (None: the default rule,
         # training.data.validate); every job that feeds this model scales the same way
         self.pixel_scale = None if pixel_scale is None else float(pixel_scale)
+        # the training images' typical (median) brightest pixel, after scaling: vae score's check that an
+        # input's pixels are scaled as the training data's were (None: a model saved before it was kept)
+        self.pixel_brightest = None if pixel_brightest is None else float(pixel_brightest)
         self.encoder = build_encoder(
             self.image_shape, self.latent_dim, self.num_classes, self.filters, hidden_units, self.architecture
         )
@@ -291,6 +295,7 @@ class VariationalAutoencoder(keras.Model):
             "reference_rows": self.reference_rows,
             "pixel_scale": self.pixel_scale,
             "latent_prior": self.latent_prior,
+            "pixel_brightest": self.pixel_brightest,
         }
 
 

@@ -6,15 +6,19 @@ Every function takes the working folder ``work`` (``vae --work-dir``); None is t
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 DEFAULT_MODEL_URI = "models:/vae-digits@champion"
@@ -68,6 +72,17 @@ def configure(work: str | os.PathLike | None = None, experiment: str = EXPERIMEN
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
+def check_uri(uri: str) -> None:
+    """Raises ValueError for a URI that is neither ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``
+    nor a ``.keras`` file, FileNotFoundError for a local ``.keras`` file that does not exist."""
+    if _MODELS_URI.match(uri):
+        return
+    if not uri.endswith(".keras"):
+        raise ValueError(f"{uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or a .keras file")
+    if "://" not in uri and not Path(uri).expanduser().exists():
+        raise FileNotFoundError(f"{uri}: no such model file")
+
+
 def resolve(uri: str, work: str | os.PathLike | None = None) -> tuple[str, str]:
     """(registered name, version) for ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``;
     (file stem, "local") for a ``.keras`` file."""
@@ -79,15 +94,46 @@ def resolve(uri: str, work: str | os.PathLike | None = None) -> tuple[str, str]:
     from mlflow.exceptions import MlflowException
 
     name = match["name"]
-    if match["version"]:
-        return name, match["version"]
+    mlflow_client = client(work)
     try:
-        return name, str(client(work).get_model_version_by_alias(name, match["alias"]).version)
+        if match["version"]:
+            return name, str(mlflow_client.get_model_version(name, match["version"]).version)
+        return name, str(mlflow_client.get_model_version_by_alias(name, match["alias"]).version)
     except MlflowException as exc:
-        raise LookupError(
-            f"{uri}: no model version has the alias {match['alias']!r} in {tracking_uri(work)}; "
-            f"train one with `vae train --model-name {name}`"
-        ) from exc
+        raise LookupError(_not_found(uri, name, match["version"], match["alias"], mlflow_client, work)) from exc
+
+
+def _not_found(uri: str, name: str, version: str | None, alias: str | None, mlflow_client: MlflowClient, work) -> str:
+    """One line: what ``uri`` asked for, and what the store has instead (versions and aliases)."""
+    from mlflow.exceptions import MlflowException
+
+    store = tracking_uri(work)
+    try:
+        model = mlflow_client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in mlflow_client.search_registered_models(max_results=50))
+        known = f"the registered models are {', '.join(names)}" if names else "it has no registered models"
+        return f"{uri}: no registered model named {name!r} in {store}; {known}"
+    versions = sorted(
+        (int(v.version) for v in mlflow_client.search_model_versions(f"name = '{name}'", max_results=1000)),
+    )
+    aliases = ", ".join(f"@{a} (version {v})" for a, v in sorted((model.aliases or {}).items())) or "none"
+    asked = f"version {version}" if version else f"alias {alias!r}"
+    return (
+        f"{uri}: {name} has no {asked}; its versions are {_ranges(versions) or 'none'}, its aliases {aliases} "
+        f"(in {store})"
+    )
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``1-3, 5`` for [1, 2, 3, 5]."""
+    out: list[str] = []
+    for n in numbers:
+        if out and n == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
 
 
 @dataclass(frozen=True)
@@ -106,7 +152,9 @@ class ModelRef:
         key = (self.tracking_uri, self.uri)
         with _LOADED_LOCK:
             if key not in _LOADED:
+                start = time.perf_counter()
                 _LOADED[key] = self._load()
+                log.info("pid %d loaded %s in %.1f s", os.getpid(), self.uri, time.perf_counter() - start)
             return _LOADED[key]
 
     def _load(self) -> Any:
@@ -197,3 +245,35 @@ def log_metrics(
         batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if not math.isnan(float(v))]
         client(work).log_batch(run, metrics=batch)
     return run
+
+
+def describe(name: str, version: str, facts: dict[str, Any], work: str | os.PathLike | None = None) -> None:
+    """Writes what a registry user sees first in the MLflow UI: the version's description (its data,
+    likelihood, holdout score, threshold and why it was or was not promoted) and the registered
+    model's (what the model is, and how its champion is chosen)."""
+    f = facts
+    kind = "conditional VAE" if f.get("conditional") else "VAE"
+    mlflow_client = client(work)
+    mlflow_client.update_model_version(
+        name,
+        version,
+        description=(
+            f"A {kind} ({f['architecture']}, latent {f['latent_dim']}) trained on {f['data']}: {f['train_rows']:,} "
+            f"images of shape {f['shape']}.\n\n"
+            f"- likelihood: {f['likelihood']} ({f['likelihood_reason']})\n"
+            f"- holdout neg ELBO: {f['holdout_neg_elbo']:.3f} nats per image on holdout {f['holdout_fingerprint']} "
+            f"({f['holdout_rows']:,} rows)\n"
+            f"- anomaly threshold: {f['threshold']:.4g} on {f['score']} (target false positive rate {f['fpr']:g})\n"
+            f"- {'promoted to @champion' if f['promoted'] else 'not promoted'}: {f['promotion_reason']}"
+        ),
+    )
+    mlflow_client.update_registered_model(
+        name,
+        description=(
+            f"A {kind} on {f['data']} (images {f['shape']}) that scores images for anomalies (`vae score`, "
+            "negative ELBO in nats, a calibrated threshold and p-values) and writes synthetic images (`vae "
+            "generate`). Each version's description says its data, likelihood, holdout score and threshold. "
+            "`vae train` moves @champion to a new version only when it beats the champion's negative ELBO on "
+            "the same fixed holdout (--promote if-better)."
+        ),
+    )

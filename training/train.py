@@ -60,7 +60,7 @@ def choose_likelihood(cfg: TrainConfig, images: np.ndarray) -> tuple[str, int, s
     if levels == 2:
         return "bernoulli", 0, "the images are binary (only 0 and 1)"
     if levels > 2:
-        return "continuous_bernoulli", levels, f"the pixels take {levels} evenly spaced grey levels"
+        return "continuous_bernoulli", levels, data_lib.levels_reason(images, levels)
     return "continuous_bernoulli", 0, "the pixels are continuous in [0, 1]"
 
 
@@ -81,6 +81,7 @@ def build_model(cfg: TrainConfig, data: data_lib.ImageData):
         architecture=cfg.architecture,
         pixel_levels=levels,
         pixel_scale=cfg.pixel_scale,
+        pixel_brightest=data_lib.typical_brightest(data.images),
         reference_rows=reference_rows(len(data)),
         filters=cfg.filters,
         hidden_units=cfg.hidden_units,
@@ -365,7 +366,6 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
         )
         mlflow.set_tags(
             {
-                "data_fingerprint": data_lib.fingerprint(split.train),
                 "holdout_fingerprint": holdout_fingerprint,
                 "data_source": split.train.source,
                 "model_name": cfg.model_name,
@@ -446,6 +446,29 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
         if promoted:
             aliases.promote(cfg.model_name, version, registry.CHAMPION, cfg.work_dir, reason=reason, by="vae train")
         mlflow.set_tags({"promoted": str(promoted), "promotion_reason": reason, "model_version": version})
+        registry.describe(
+            cfg.model_name,
+            version,
+            {
+                "conditional": cfg.conditional,
+                "architecture": cfg.architecture,
+                "latent_dim": cfg.latent_dim,
+                "data": split.train.source,
+                "train_rows": len(split.train),
+                "shape": "x".join(map(str, split.train.image_shape)),
+                "likelihood": _likelihood_name(model.likelihood, model.pixel_levels),
+                "likelihood_reason": model.likelihood_reason,
+                "holdout_neg_elbo": summary["holdout_neg_elbo"],
+                "holdout_fingerprint": holdout_fingerprint,
+                "holdout_rows": len(holdout),
+                "threshold": calibration.threshold,
+                "score": calibration.score,
+                "fpr": cfg.target_fpr,
+                "promoted": promoted,
+                "promotion_reason": reason,
+            },
+            cfg.work_dir,
+        )
         return TrainResult(
             run_id=run.info.run_id,
             model_name=cfg.model_name,

@@ -18,6 +18,11 @@ from typing import Any
 
 DEFAULT_MAX_REJECT_RATE = 0.1  # more than 10 % of the rows rejected: the input is broken, not noisy
 DEFAULT_MIN_ROWS = 1  # an empty input is a failure, not a day with nothing to flag
+# the brightest pixel of every image checked below 1/16 of the training images' typical brightest
+# pixel: the pixels were scaled wrongly (0/1 masks read as 0-255, 0-255 values in a 16-bit PNG)
+DEFAULT_MIN_BRIGHTNESS = 1 / 16
+PIXEL_RANGE_SHARDS = 8  # the pixel-range check reads the first batch of this many shards
+PIXEL_RANGE_MIN_IMAGES = 8  # and judges only when at least this many images were scorable
 
 
 @dataclass(frozen=True)
@@ -91,3 +96,53 @@ def seal_scoring_run(summary: Any, scores_dir: str | os.PathLike, rejects_dir: s
 
 def _join(folder: str | os.PathLike, name: str) -> Path | str:
     return folder / name if isinstance(folder, Path) else f"{str(folder).rstrip('/')}/{name}"
+
+
+class PixelRangeError(ValueError):
+    """An input whose pixels are implausibly dark for the model: scaled wrongly, not anomalous."""
+
+
+def check_pixel_range(
+    plan: Any,
+    spec: Any,
+    brightest: float | None,
+    min_brightness: float,
+    *,
+    shape_hint: tuple[int, int, int] | None = None,
+    pixel_scale: float | None = None,
+    batch_size: int = 256,
+    model_name: str = "the model",
+) -> int:
+    """Reads the first batch of the first :data:`PIXEL_RANGE_SHARDS` shards of ``plan`` through the
+    validator, before any scoring; raises :class:`PixelRangeError` (naming the fix) when the
+    brightest pixel of every scorable image there is below ``min_brightness`` x ``brightest`` (the
+    training images' typical brightest pixel, stored with the model; None for older models, which
+    skips the check). Returns how many images it looked at."""
+    if not brightest or min_brightness <= 0:
+        return 0
+    import numpy as np
+
+    from training.data.validate import validate_batch
+
+    peaks: list = []
+    for shard in plan.shards[:PIXEL_RANGE_SHARDS]:
+        batch = next(iter(shard.read(batch_size)), None)
+        if batch is None:
+            continue
+        valid, _ = validate_batch(batch, spec, shape_hint, pixel_scale)
+        if valid is not None:
+            peaks.append(valid.images.reshape(len(valid), -1).max(axis=1))
+    seen = int(sum(len(p) for p in peaks))
+    if seen < PIXEL_RANGE_MIN_IMAGES:
+        return seen
+    top = float(np.concatenate(peaks).max())
+    limit = min_brightness * brightest
+    if top < limit:
+        raise PixelRangeError(
+            f"the pixels look wrongly scaled for {model_name}: the brightest pixel of every one of the {seen:,} "
+            f"images checked is at most {top:.4g} after scaling, below {min_brightness:g} of the training images' "
+            f"typical brightest pixel ({brightest:.4g}). Integer pixels are divided by 255 and 16-bit PNGs by "
+            "65,535: score 0/1 masks with --pixel-scale 1 (0-16 levels: --pixel-scale 16), save 0-255 images as "
+            "8-bit PNGs, or pass --min-brightness 0 to score them as they are. Nothing was scored or replaced"
+        )
+    return seen

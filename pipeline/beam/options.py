@@ -40,7 +40,7 @@ from pipeline.beam.defaults import (
     METHODS,
     parse_shape,
 )
-from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_ROWS
+from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_BRIGHTNESS, DEFAULT_MIN_ROWS
 
 #: Beam's own runner options that the ``vae`` commands set, and their defaults (ours, not Beam's:
 #: the local engine with worker processes). Given as leading flags, so later flags override them.
@@ -200,6 +200,17 @@ class ScoreOptions(JobOptions, PipelineOptions):
             default=DEFAULT_MIN_ROWS,
             help="fail, committing nothing, when the input has fewer rows",
         )
+        _flag(
+            parser,
+            "min_brightness",
+            type=float,
+            default=DEFAULT_MIN_BRIGHTNESS,
+            help="fail, committing nothing, when every image checked is darker than this share of the training "
+            "images' typical brightest pixel (wrongly scaled pixels); 0 turns it off",
+        )
+        _flag(
+            parser, "pixel_scale", type=float, default=None, help="divide numeric pixels by this (default: the model's)"
+        )
 
     def check(self) -> None:
         super().check()
@@ -216,6 +227,10 @@ class ScoreOptions(JobOptions, PipelineOptions):
             raise ValueError(f"--max-reject-rate must be in [0, 1], got {self.max_reject_rate}")
         if self.min_rows < 0:
             raise ValueError(f"--min-rows must be at least 0, got {self.min_rows}")
+        if not 0.0 <= self.min_brightness <= 1.0:
+            raise ValueError(f"--min-brightness must be in [0, 1], got {self.min_brightness}")
+        if self.pixel_scale is not None and not self.pixel_scale > 0:
+            raise ValueError(f"--pixel-scale must be positive, got {self.pixel_scale}")
 
 
 class GenerateOptions(JobOptions, PipelineOptions):

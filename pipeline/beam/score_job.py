@@ -35,7 +35,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions
 
 from pipeline.beam.defaults import DEFAULT_BATCH_SIZE, DEFAULT_INPUT, ONE_BRANCH_RUNNERS
-from pipeline.beam.guards import Guards, seal_scoring_run
+from pipeline.beam.guards import Guards, check_pixel_range, seal_scoring_run
 from pipeline.beam.options import ScoreOptions
 from pipeline.beam.runner import make_pipeline
 from pipeline.outputs import result_json
@@ -94,16 +94,22 @@ class ValidateRows(beam.DoFn):
     """Record batch -> scorable rows (main output) and rejected rows (the ``rejects`` output)."""
 
     def __init__(
-        self, spec: ModelSpec, shape_hint: tuple[int, int, int] | None, model: ModelRef, scored_at: datetime
+        self,
+        spec: ModelSpec,
+        shape_hint: tuple[int, int, int] | None,
+        model: ModelRef,
+        scored_at: datetime,
+        pixel_scale: float | None = None,
     ) -> None:
         self.spec = spec
         self.shape_hint = shape_hint
+        self.pixel_scale = pixel_scale  # replaces the model's scale for numeric pixels (vae score --pixel-scale)
         self.model = model
         self.scored_at = scored_at
         self.rows_rejected = Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
 
     def process(self, batch: pa.RecordBatch):
-        valid, rejected = validate_batch(batch, self.spec, self.shape_hint)
+        valid, rejected = validate_batch(batch, self.spec, self.shape_hint, self.pixel_scale)
         if rejected is not None:
             self.rows_rejected.inc(len(rejected))
             yield beam.pvalue.TaggedOutput(REJECTS, rejects_table(rejected, self.model, self.scored_at))
@@ -135,10 +141,8 @@ class ScoreImages(beam.DoFn):
 
     def setup(self) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        start = time.perf_counter()
-        self.model = self.model_ref.load()
+        self.model = self.model_ref.load()  # once per process, which says so (training.registry.ModelRef.load)
         self.calibration = model_calibration(self.model, self.fpr)
-        log.info("worker pid %d loaded %s in %.1f s", os.getpid(), self.model_ref.uri, time.perf_counter() - start)
 
     def process(self, rows: ValidRows):
         from scoring.detector import score_images
@@ -280,6 +284,7 @@ def score_dataset(
     input_data: ImageData | None = None,
     scored_at: datetime | None = None,
     test_pipeline: beam.Pipeline | None = None,
+    started: float | None = None,
 ) -> ScoreSummary:
     """Scores ``options.input`` with ``options.model`` in a Beam pipeline; writes ``OUTPUT/scores`` and
     ``OUTPUT/rejects`` (Parquet datasets, a ``_manifest.json`` in each), replaced in one commit only
@@ -294,22 +299,28 @@ def score_dataset(
     the split ``vae train`` makes; the other parts depend on ``split_seed``); ``input_data``: images in
     memory to score instead. ``options.partition``: ``KEY=VALUE`` to write (and replace) only that hive
     partition of the outputs. ``scored_at``: the run's timestamp (default: now). ``test_pipeline``: a
-    pipeline to build into and run instead of :func:`make_pipeline`'s.
+    pipeline to build into and run instead of :func:`make_pipeline`'s. ``started``: the
+    ``time.perf_counter()`` the summary's ``seconds`` count from (default: this call's start; the
+    ``vae`` command passes its own start, imports included).
     """
     spec = input_data.source if input_data is not None else options.input or DEFAULT_INPUT
     output = output_folder(options.output) if options.output else None
     known = result_json.result("score", input=spec, output=output, partition=options.partition)
     with result_json.recorded(options.result_json, result_json.score_result, known) as record:
-        return record(_score_dataset(options, input_data, scored_at, test_pipeline))
+        return record(_score_dataset(options, input_data, scored_at, test_pipeline, started))
 
 
 def _score_dataset(
-    options: ScoreOptions, input_data: ImageData | None, scored_at: datetime | None, test_pipeline: beam.Pipeline | None
+    options: ScoreOptions,
+    input_data: ImageData | None,
+    scored_at: datetime | None,
+    test_pipeline: beam.Pipeline | None,
+    started: float | None = None,
 ) -> ScoreSummary:
     from training import registry
 
     options.check()
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     model = registry.pin(options.model, options.work_dir)
     loaded = model.load()
     calibration = model_calibration(loaded, options.fpr)
@@ -318,6 +329,16 @@ def _score_dataset(
     spec = ModelSpec.of(loaded)
     source = input_data if input_data is not None else options.input or DEFAULT_INPUT
     plan = reader.plan_input(source, shard_rows=options.shard_rows, split_seed=options.split_seed)
+    check_pixel_range(
+        plan,
+        spec,
+        getattr(loaded, "pixel_brightest", None),
+        options.min_brightness,
+        shape_hint=options.shape,
+        pixel_scale=options.pixel_scale,
+        batch_size=options.batch_size,
+        model_name=f"{model.name} version {model.version}",
+    )
     fingerprint = input_fingerprint(plan)
     scored_at = scored_at or datetime.now(UTC).replace(microsecond=0)
     scores_path, rejects_path, commit = output_paths(options.output, options.partition)
@@ -345,7 +366,7 @@ def _score_dataset(
         batch_size=options.batch_size,
         pixel_scores=options.pixel_scores,
     )
-    validator = ValidateRows(spec, options.shape, model, scored_at)
+    validator = ValidateRows(spec, options.shape, model, scored_at, options.pixel_scale)
     # Locks scores and rejects (or those partitions) at once: a second run writing them is refused here.
     with commit(scores_path, rejects_path) as (scores_tmp, rejects_tmp):
         pipeline = test_pipeline or make_pipeline(options)

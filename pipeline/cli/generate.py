@@ -34,7 +34,8 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     "--method",
     type=click.Choice(METHODS),
     required=True,
-    help="prior: z ~ N(0, T^2 I) (any model); conditional: N images per label (conditional models); "
+    help="prior: z drawn from --latent-prior (default: the Gaussian fitted to the training images' posteriors), its "
+    "spread scaled by --temperature T (any model); conditional: N images per label (conditional models); "
     "posterior: encode real images from --input, sample z ~ q(z|x), decode; interpolate: decode --steps points "
     "on the straight line between the posterior means of the --input images --from and --to.",
 )

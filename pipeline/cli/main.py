@@ -19,6 +19,7 @@ from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="vae-pipeline", prog_name="vae", message="%(prog)s %(version)s")
 @click.option(
     "--work-dir",
     default=None,
@@ -45,7 +46,11 @@ from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
 )
 @click.pass_context
 def main(ctx: click.Context, work_dir: str | None, verbose: bool, log_format: str) -> None:
-    """Train VAEs on images, score data sets for anomalies, and write synthetic images."""
+    """Train VAEs on images, score data sets for anomalies, and write synthetic images.
+
+    Shell completion: eval "$(_VAE_COMPLETE=bash_source vae)" in ~/.bashrc (zsh_source, fish_source for
+    zsh and fish).
+    """
     setup_logging(verbose, log_format)  # before any command imports TensorFlow, MLflow or Beam
     ctx.ensure_object(dict)["work_dir"] = registry.work_dir(work_dir, create=False)
 

@@ -29,7 +29,7 @@ def models_command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per version, one a line, instead of a table.")
 @click.option("--no-trunc", is_flag=True, help="Full run ids.")
 @click.pass_context
-@friendly_errors
+@friendly_errors(loading="MLflow")
 def list_command(ctx: click.Context, name: str | None, as_json: bool, no_trunc: bool) -> None:
     """Every registered model (or NAME) with its versions, aliases, holdout scores and calibration.
 
@@ -73,7 +73,7 @@ def list_command(ctx: click.Context, name: str | None, as_json: bool, no_trunc: 
 @click.option("--alias", default=None, help="The version this alias points at.")
 @click.option("--json", "as_json", is_flag=True, help="Everything as one JSON object.")
 @click.pass_context
-@friendly_errors
+@friendly_errors(loading="MLflow")
 def describe_command(ctx: click.Context, name: str, version: str | None, alias: str | None, as_json: bool) -> None:
     """One version in full: source run, params, metrics, calibration, tags, signature, alias moves.
 
@@ -95,7 +95,7 @@ def describe_command(ctx: click.Context, name: str, version: str | None, alias: 
 @click.option("--alias", default=CHAMPION, show_default=True, help="The alias to move.")
 @click.option("--reason", default=None, help="Why, kept in the alias history.")
 @click.pass_context
-@friendly_errors
+@friendly_errors(loading="MLflow")
 def promote_command(ctx: click.Context, name: str, version: str, alias: str, reason: str | None) -> None:
     """Point NAME@ALIAS at VERSION; prints old -> new. Rollback moves it back."""
     from training import aliases
@@ -111,7 +111,7 @@ def promote_command(ctx: click.Context, name: str, version: str, alias: str, rea
 @click.option("--alias", default=CHAMPION, show_default=True, help="The alias to move back.")
 @click.option("--reason", default=None, help="Why, kept in the alias history.")
 @click.pass_context
-@friendly_errors
+@friendly_errors(loading="MLflow")
 def rollback_command(ctx: click.Context, name: str, alias: str, reason: str | None) -> None:
     """Point NAME@ALIAS back at the version that held it before; prints old -> new."""
     from training import aliases
@@ -125,7 +125,7 @@ def rollback_command(ctx: click.Context, name: str, alias: str, reason: str | No
 @click.argument("name")
 @click.option("--alias", default=None, help="Only this alias (default: every alias with a history).")
 @click.pass_context
-@friendly_errors
+@friendly_errors(loading="MLflow")
 def history_command(ctx: click.Context, name: str, alias: str | None) -> None:
     """The recorded alias moves of NAME, oldest first."""
     from training import aliases

@@ -21,7 +21,10 @@ def plain_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pipeline.cli.support import announce_loading
+
         try:
+            announce_loading("pandas and pyarrow")
             return func(*args, **kwargs)
         except (FileNotFoundError, ValueError, LookupError) as exc:
             from pipeline.logging_setup import is_verbose

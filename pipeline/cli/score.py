@@ -6,12 +6,12 @@ import click
 
 from pipeline.beam.defaults import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_INPUT,
     DEFAULT_MODEL_URI,
     DEFAULT_SHARD_ROWS,
     DEFAULT_SPLIT_SEED,
 )
-from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_ROWS
+from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_BRIGHTNESS, DEFAULT_MIN_ROWS
+from pipeline.cli import COMMAND_STARTED
 from pipeline.cli.progress import shard_progress
 from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_errors, job_options, parse_shape
 
@@ -31,9 +31,9 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
 )
 @click.option(
     "--input",
-    default=DEFAULT_INPUT,
-    show_default=True,
-    help="A .parquet file or folder, an .npz file, a folder of PNG/JPEG files, digits or mnist5k (built in), or "
+    callback=lambda ctx, param, value: _required_input(ctx, value),
+    help="Required (the built-in demo is `vae run`). A .parquet file or folder, an .npz file, a folder of "
+    "PNG/JPEG files, digits or mnist5k (built in), or "
     "NAME:train|validation|calibration|holdout (that part of the split vae train makes with --split-seed; "
     "the holdout, alias test, is the same for every seed).",
 )
@@ -112,6 +112,21 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     help="Fail (exit 1, replacing nothing) when the input has fewer rows than this (rows read, scored or not).",
 )
 @click.option(
+    "--min-brightness",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_MIN_BRIGHTNESS,
+    show_default=True,
+    help="Fail at once (exit 1, replacing nothing) when the brightest pixel of every image in the first batches "
+    "is below this share of the training images' typical brightest pixel: pixels scaled wrongly (0/1 masks "
+    "read as 0-255 values, 0-255 values in 16-bit PNGs). 0 turns the guard off.",
+)
+@click.option(
+    "--pixel-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Divide numeric pixels by this instead of the model's scale (e.g. 1 for 0/1 integer masks).",
+)
+@click.option(
     "--result-json",
     type=click.Path(dir_okay=False),
     default=None,
@@ -141,9 +156,8 @@ def score_command(ctx: click.Context, beam_args: tuple[str, ...], **params) -> N
     options = job_options(ctx, ScoreOptions, beam_args, params)
     try:
         with shard_progress("score", "pipeline.beam.score_job"):
-            summary = score_dataset(options)
+            summary = score_dataset(options, started=COMMAND_STARTED)
     except GuardFailed as exc:  # the result JSON is written; say what the run did, then exit 1
-        click.echo("")
         for line in exc.summary.lines():
             click.echo(line)
         raise click.ClickException(str(exc)) from exc
@@ -154,7 +168,6 @@ def score_command(ctx: click.Context, beam_args: tuple[str, ...], **params) -> N
         raise click.ClickException(
             f"the scoring pipeline failed; {options.output} was left as it was: {_cause(exc)}"
         ) from exc
-    click.echo("")
     for line in summary.lines():
         click.echo(line)
 
@@ -164,3 +177,13 @@ def _cause(exc: BaseException) -> str:
     from pipeline.outputs.result_json import error_reason
 
     return error_reason(exc)
+
+
+def _required_input(ctx: click.Context, value: str | None) -> str:
+    if value is None and not ctx.resilient_parsing:
+        raise click.UsageError(
+            "--input is required for scoring: a Parquet file or folder, an .npz file, a folder of PNGs, or a "
+            "built-in part such as digits:holdout; the demo on the built-in digits is `vae run`",
+            ctx,
+        )
+    return value

@@ -4,8 +4,10 @@ lives in :mod:`pipeline.logging_setup`)."""
 from __future__ import annotations
 
 import functools
+import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,29 +16,90 @@ from click.core import ParameterSource
 from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_RUNNING_MODE, DEFAULT_WORKERS, RUNNING_MODES
 from pipeline.beam.defaults import parse_shape as shape_of
 from pipeline.logging_setup import is_verbose
+from training.limits import BUILTIN_DATA
 
 
-def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+def friendly_errors(func: Callable[..., Any] | None = None, *, loading: str = "TensorFlow and MLflow") -> Any:
     """Turns the errors a user can fix (bad data, a missing model, divergence) into one clean line;
-    with ``vae -v`` the traceback comes first."""
+    with ``vae -v`` the traceback comes first.
+
+    Before the command runs (and imports TensorFlow, MLflow or Beam, seconds at best) its inputs are
+    checked (:func:`check_paths`: ``--input``, ``--data``, ``--model``, ``--scores``), so a mistyped
+    path is an error at once; then, at a terminal, one line says what is ``loading``."""
+    if func is None:
+        return functools.partial(friendly_errors, loading=loading)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from training.callbacks import TrainingDiverged
-        from training.data import DataError
-
         try:
+            check_paths(kwargs)
+            announce_loading(loading)
             return func(*args, **kwargs)
         except click.ClickException as exc:  # a command's own message for a failure: its cause with -v
             if is_verbose() and exc.__cause__ is not None:
                 click.echo(traceback.format_exc(), err=True, nl=False)
             raise
-        except (DataError, LookupError, TrainingDiverged, FileNotFoundError, ValueError) as exc:
+        except Exception as exc:
+            if not _user_error(exc):
+                raise
             if is_verbose():
                 click.echo(traceback.format_exc(), err=True, nl=False)
             raise click.ClickException(str(exc)) from exc
 
     return wrapper
+
+
+def _user_error(exc: BaseException) -> bool:
+    """An error with a message a user can act on (the data's ``DataError`` is a ValueError); the
+    training module is looked up, not imported: it imports Keras."""
+    if isinstance(exc, LookupError | FileNotFoundError | ValueError):
+        return True
+    callbacks = sys.modules.get("training.callbacks")
+    return callbacks is not None and isinstance(exc, callbacks.TrainingDiverged)
+
+
+def announce_loading(what: str | None) -> None:
+    """At a terminal, one line on stderr before the heavy imports (a user sees the command start)."""
+    if what and sys.stderr.isatty():
+        click.echo(f"loading {what}...", err=True)
+
+
+def check_input(spec: str) -> None:
+    """An input the reader can plan, judged without importing it: a built-in name (``digits``,
+    ``digits:test``), a URL, or a local path that exists (the reader says the rest)."""
+    if "://" in spec:
+        return
+    name = spec.partition(":")[0]
+    if Path(spec).expanduser().exists() or (name in BUILTIN_DATA and not spec.endswith((".parquet", ".npz"))):
+        return
+    raise click.ClickException(
+        f"{spec}: no such file or folder, and not a built-in data set ({', '.join(BUILTIN_DATA)}, digits:test, ...)"
+    )
+
+
+def check_model(uri: str) -> None:
+    """A model URI of the right form (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``), or a
+    ``.keras`` file that exists; whether the registry has it is asked once MLflow is loaded."""
+    from training.registry import check_uri
+
+    try:
+        check_uri(uri)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def check_paths(params: dict[str, Any]) -> None:
+    """The cheap checks of a command's parameters, before any heavy import."""
+    if isinstance(params.get("input"), str):
+        check_input(params["input"])
+    data = params.get("data")
+    for spec in (data,) if isinstance(data, str) else data or ():
+        check_input(spec)
+    if isinstance(params.get("model"), str):
+        check_model(params["model"])
+    scores = params.get("scores")
+    if isinstance(scores, str) and "://" not in scores and not Path(scores).exists():
+        raise click.ClickException(f"{scores}: no such folder (give the scores/ folder that vae score wrote)")
 
 
 def parse_shape(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int, int] | None:

@@ -219,12 +219,14 @@ def print_result(result, work_dir: str | os.PathLike | None = None) -> None:
     model = result.model
     levels = f", binned to {model.pixel_levels} grey levels" if model.pixel_levels else ""
     click.echo(f"likelihood:          {model.likelihood}{levels}  ({model.likelihood_reason})")
-    click.echo(f"validation neg ELBO: {result.validation_neg_elbo:.3f} nats")
+    samples = getattr(model, "score_samples", 1)
+    click.echo(
+        f"validation neg ELBO: {result.validation_neg_elbo:.3f} nats  (the kept epoch's weights scored with {samples} "
+        "posterior samples per image; the epoch lines' val_neg_elbo draws one, so it differs a little)"
+    )
     holdout = f"holdout {result.holdout_fingerprint}, {len(result.split.holdout)} rows"
     click.echo(f"holdout neg ELBO:    {result.holdout_neg_elbo:.3f} nats  ({holdout})")
     calibration = f"on anomaly_score, from {len(result.split.calibration)} calibration rows"
     click.echo(f"anomaly threshold:   {result.threshold:.3f}  ({calibration})")
-    if result.calibration_warning:
-        click.echo(f"warning:             {result.calibration_warning}")
     verdict = "promoted to @champion" if result.promoted else "not promoted"
     click.echo(f"alias:               {verdict} ({result.promotion_reason})")

@@ -8,6 +8,7 @@ anomalies with their images. Every image is embedded as a base64 PNG, so the pag
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import html
 import io
@@ -256,7 +257,10 @@ def build_sections(
         sections.append(Section("latent-map", "Latent map", img_tag(figure_png(latent), "latent map")))
         sections.append(Section("latent-space", "Latent space", latent_space_body(frame, model, usable, x, labels)))
     else:
-        note = "<p class='note'>The scored images were not found; pass --input with the scored data.</p>"
+        note = (
+            "<p class='note'>The scored images were not found where the scores say they came from; pass --input "
+            "with the scored data.</p>"
+        )
         sections.append(Section("reconstructions", "Reconstructions", note))
     if model.num_classes:
         grid = plots.per_label_grid(model, seed=seed)
@@ -369,6 +373,28 @@ def _label_text(label: object) -> str:
     return html.escape(str(label))
 
 
+def scored_input(scores: str | Path, frame) -> str | None:
+    """The input the scores were made from, where it can still be read: the ``input`` of the scores'
+    manifest, else the folder (or file) that holds every row's ``source``; None if neither is reachable."""
+    from pipeline.outputs.manifest import read_manifest
+
+    candidates = []
+    with contextlib.suppress(ValueError, OSError):  # no manifest, or not one this code wrote
+        candidates.append(str(read_manifest(scores).get("input") or ""))
+    if "source" in frame.columns:
+        sources = sorted({str(s) for s in frame["source"].dropna().unique()})
+        if sources and all(not data_lib.images.is_remote(s) for s in sources):
+            candidates.append(sources[0] if len(sources) == 1 else os.path.commonpath(sources))
+    for spec in candidates:
+        name = spec.partition(":")[0]
+        if name in data_lib.BUILTIN and not Path(spec).exists():
+            return name  # the ids are rows of the whole built-in set
+        if spec and Path(spec).exists():
+            log.info("the scored images are read from %s (named in the scores)", spec)
+            return spec
+    return None
+
+
 def output_of_scores(scores: str | Path) -> Path | None:
     """The output folder ``OUTPUT`` of ``OUTPUT/scores`` or ``OUTPUT/scores/KEY=VALUE``; None for a
     folder not named so."""
@@ -424,7 +450,7 @@ h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2e
 table { border-collapse: collapse; } th, td { padding: .25em .6em; text-align: left; }
 table.anomalies td, table.anomalies th, table.monitoring td, table.monitoring th { border-bottom: 1px solid #eee; }
 img.figure { max-width: 100%; }
-img.digit, img.heatmap { image-rendering: pixelated; width: 48px; height: 48px; }
+img.digit, img.heatmap { image-rendering: pixelated; width: 48px; height: 48px; border: 1px solid #bbb; }
 .note { color: #777; }
 """
 
@@ -470,6 +496,8 @@ def render_report(
     frame = read_scores(scores, ref.name, ref.version)
     run_id = registry.run_id(ref.name, ref.version, work_dir)
     top_ids = frame.sort_values(ranking_column(frame), ascending=False).head(top)["example_id"].astype(str).to_numpy()
+    if input_spec is None:
+        input_spec = scored_input(scores, frame)
     images = lookup_images(frame["example_id"].astype(str).to_numpy(), input_spec, ModelSpec.of(model))
     if images and not any(i in images for i in top_ids):
         log.warning("none of the top anomalies' images were found in the input")

@@ -4,7 +4,7 @@ turns a batch into float32 images and a reason for every row it rejects, and ``l
 a whole data set in one process."""
 
 from training.data.builtin import BUILTIN, FASHION_NAMES, load_builtin, load_digits, load_keras_dataset, load_mnist5k
-from training.data.images import IMAGE_SUFFIXES, DataError, ImageData, decode_image, parquet_files
+from training.data.images import IMAGE_SUFFIXES, DataError, ImageData, ImageProblem, decode_image, parquet_files
 from training.data.load import REJECTS_SCHEMA, ReadResult, load, read_images
 from training.data.splits import (
     HOLDOUT_FRACTION,
@@ -14,8 +14,10 @@ from training.data.splits import (
     fingerprint,
     grey_levels,
     in_holdout,
+    levels_reason,
     split,
     training_split,
+    typical_brightest,
 )
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "MIN_TRAINING_ROWS",
     "DataError",
     "ImageData",
+    "ImageProblem",
     "Split",
     "TrainingSplit",
     "decode_image",
@@ -34,6 +37,7 @@ __all__ = [
     "fingerprint",
     "grey_levels",
     "in_holdout",
+    "levels_reason",
     "load",
     "load_builtin",
     "load_digits",
@@ -43,4 +47,5 @@ __all__ = [
     "parquet_files",
     "split",
     "training_split",
+    "typical_brightest",
 ]

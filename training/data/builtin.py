@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from training.data.images import DataError, ImageData
+from training.limits import BUILTIN_DATA
 
-BUILTIN = ("digits", "mnist5k", "mnist", "fashion_mnist")
+BUILTIN = BUILTIN_DATA
 FASHION_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -75,21 +76,116 @@ def parquet_files(folder: Path) -> list[Path]:
     )
 
 
-def decode_image(data: bytes | None, where: str) -> np.ndarray:
-    """PNG/JPEG bytes to an (H, W, C) array of raw values: uint8 (0-255), or uint16 for 16-bit grey PNGs."""
-    from PIL import Image, UnidentifiedImageError
+# An image whose header declares more pixels than this is never decoded, whatever the job: its
+# pixels would cost memory (a 109 KB PNG can declare 30000x30000) for an image no model takes.
+MAX_DECODED_PIXELS = 4096 * 4096
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")  # what image bytes may hold; no exotic decoders
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageProblem(DataError):
+    """An image that cannot be used; ``reason`` is the reject reason (``category: detail``)."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason
+
+
+def _declared_png_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR chunk, read before PIL sees the bytes (None if not a PNG)."""
+    if len(data) >= 24 and data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR":
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return height, width
+    return None
+
+
+def _too_large(height: int, width: int, expected: tuple[int, ...] | None, owner: str) -> str:
+    takes = f", {owner} takes {expected[0]}x{expected[1]}" if expected else ""
+    return f"image too large: {height}x{width}{takes}"
+
+
+def _unreadable(data: bytes, exc: Exception) -> str:
+    """A reason with no Python object in it (PIL names its BytesIO: ``<_io.BytesIO object at 0x...>``)."""
+    if not data:
+        return "unreadable image: empty (0 bytes)"
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        head = data[:8].hex(" ")
+        return f"unreadable image: not a PNG or JPEG image ({len(data):,} bytes, starting {head})"
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the image", str(exc))
+    return f"unreadable image: {text or type(exc).__name__}"
+
+
+def _channels(img) -> int:
+    """The channels an image is read with: 1 for grey (a palette of greys included), 3 for colour."""
+    if img.mode in ("1", "L", "LA", "I", "F") or img.mode.startswith("I;16"):
+        return 1
+    if img.mode in ("P", "PA"):
+        return 1 if _grey_palette(img) else 3
+    return 3
+
+
+def _grey_palette(img) -> bool:
+    palette = img.palette
+    if palette is None or palette.mode not in ("RGB", "RGBA"):
+        return False
+    width = len(palette.mode)
+    entries = np.frombuffer(bytes(palette.palette), np.uint8)
+    entries = entries[: len(entries) // width * width].reshape(-1, width)[:, :3]
+    return bool((entries == entries[:, :1]).all())
+
+
+def decode_image(
+    data: bytes | None,
+    where: str,
+    expected: tuple[int, ...] | None = None,
+    owner: str = "the model",
+) -> np.ndarray:
+    """PNG/JPEG bytes to an (H, W, C) array of raw values: uint8 (0-255), or uint16 for 16-bit grey PNGs.
+    A palette image whose palette is grey is read as grey.
+
+    The header is read first: an image over :data:`MAX_DECODED_PIXELS`, or (with ``expected``, the
+    (H, W[, C]) that ``owner`` takes) of another height and width, is refused before a pixel is
+    decoded. Raises :class:`ImageProblem` with the reject reason."""
+    import warnings
+
+    from PIL import Image
 
     if data is None:
-        raise DataError(f"{where}: image is null")
+        raise ImageProblem(where, "null value: image is null")
+    declared = _declared_png_size(data)
+    if declared and declared[0] * declared[1] > MAX_DECODED_PIXELS:
+        raise ImageProblem(where, _too_large(*declared, expected, owner))
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sizes are checked here
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        with img:
+            width, height = img.size
+            if width * height > MAX_DECODED_PIXELS:
+                raise ImageProblem(where, _too_large(height, width, expected, owner))
+            if expected is not None and (height, width) != tuple(expected[:2]):
+                shape = f"{height}x{width}x{_channels(img)}"
+                want = "x".join(str(d) for d in expected)
+                raise ImageProblem(where, f"wrong shape: {shape} image, {owner} expects {want}")
             img.load()
             if img.mode.startswith("I;16"):  # 16-bit grey: keep every level (uint16)
                 array = np.asarray(img).astype(np.uint16)
             else:
                 if img.mode not in ("L", "RGB"):
-                    img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK") else "L")
+                    grey = img.mode in ("1", "LA", "I", "F") or (img.mode in ("P", "PA") and _grey_palette(img))
+                    img = img.convert("L" if grey else "RGB")
                 array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"{where}: unreadable image ({exc})") from exc
+    except ImageProblem:
+        raise
+    except Image.DecompressionBombError as exc:  # a format whose size this code could not read first
+        raise ImageProblem(where, f"image too large: {_pixels_in(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001 - a decoder may raise anything on bad bytes; the row is rejected
+        raise ImageProblem(where, _unreadable(data, exc)) from exc
     return array[..., None] if array.ndim == 2 else array
+
+
+def _pixels_in(exc: Exception) -> str:
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"{int(found[1]):,} pixels" if found else "more pixels than PIL will decode"

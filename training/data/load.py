@@ -71,8 +71,11 @@ def _as_list(inputs: Input | Sequence[Input]) -> list[Input]:
     return list(inputs)
 
 
-def _first_shape(batch: pa.RecordBatch, shape_hint: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
-    """The image shape of the first row of ``batch`` that tells it (None if none does)."""
+def _first_shape(
+    batch: pa.RecordBatch, shape_hint: tuple[int, int, int] | None
+) -> tuple[tuple[int, int, int], int] | None:
+    """(the image shape, its row) of the first row of ``batch`` that tells it (None if none does).
+    An image too large to decode (:func:`~training.data.images.decode_image`) tells nothing."""
     names = batch.schema.names
     if "pixels" in names:
         if "height" in names and "width" in names:
@@ -84,16 +87,16 @@ def _first_shape(batch: pa.RecordBatch, shape_hint: tuple[int, int, int] | None)
                 except (TypeError, ValueError):
                     continue
                 if min(shape) > 0:
-                    return shape
+                    return shape, i
             return None
         if shape_hint is None:
             where = batch.column("source")[0]
             raise DataError(f"{where}: a 'pixels' column needs 'height'/'width' columns or a shape (--shape HxWxC)")
-        return tuple(shape_hint)  # type: ignore[return-value]
+        return tuple(shape_hint), 0  # type: ignore[return-value]
     if "image" in names:
-        for blob in batch.column("image").to_pylist():
+        for i, blob in enumerate(batch.column("image").to_pylist()):
             try:
-                return tuple(decode_image(blob, "image").shape)  # type: ignore[return-value]
+                return tuple(decode_image(blob, "image").shape), i  # type: ignore[return-value]
             except DataError:
                 continue
     return None
@@ -113,17 +116,20 @@ def _whole(value) -> int | None:
 
 def label_classes(raw: list, classes: list[str] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(class index per label, class names, known mask) for labels as scoring reads them
-    (:func:`training.data.validate.validate_batch`): when any label is a name, the classes are the
-    sorted names and a whole number is an index into them; otherwise whole numbers are their own
-    class indices (names ``"0"`` .. ``"K-1"``). ``classes``: a fixed class list (a built-in or
-    in-memory data set's own order), used as the names. A label that fits neither (a negative
-    number, a fraction, an index past the names, a name not in ``classes``) is not known."""
+    (:func:`training.data.validate.validate_batch`): names make the classes (sorted); whole numbers
+    are their own class indices (names ``"0"`` .. ``"K-1"``); both kinds at once are a
+    :class:`DataError` (a number cannot say which name it means). ``classes``: a fixed class list
+    (a built-in or in-memory data set's own order), used as the names, which whole numbers index. A
+    label that fits neither (a negative number, a fraction, an index past the names, a name not in
+    ``classes``) is not known."""
     numbers = [_whole(v) for v in raw]
     texts = [
         None if n is not None or v is None else (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
         for v, n in zip(raw, numbers, strict=True)
     ]
     named = sorted({t for t in texts if t is not None and not _is_fraction(t)})
+    if named and not classes and any(n is not None and n >= 0 for n in numbers):
+        raise DataError(_mixed_labels(raw, numbers, named))
     if classes:  # a data set with its own class order (Fashion-MNIST's): names and indices into it
         named = list(classes)
     values = np.zeros(len(raw), np.int64)
@@ -141,6 +147,17 @@ def label_classes(raw: list, classes: list[str] | None = None) -> tuple[np.ndarr
             values[i], known[i] = n, True
     count = int(values[known].max()) + 1 if known.any() else 0
     return values, [str(i) for i in range(count)], known
+
+
+def _mixed_labels(raw: list, numbers: list, named: list[str]) -> str:
+    whole = [v for v, n in zip(raw, numbers, strict=True) if n is not None and n >= 0]
+    shown = ", ".join(repr(v) for v in list(dict.fromkeys(whole))[:5])
+    names = ", ".join(repr(v) for v in named[:5]) + (", ..." if len(named) > 5 else "")
+    return (
+        f"the labels mix two kinds: {len(named)} class name(s) ({names}) and {len(whole):,} whole number(s) "
+        f"({shown}{', ...' if len(set(map(str, whole))) > 5 else ''}); a number cannot say which name it means: "
+        "give every row a class name, or every row a class number"
+    )
 
 
 def _is_fraction(text: str) -> bool:
@@ -226,11 +243,12 @@ def read_images(
             for batch in shard.read(batch_rows):
                 rows_read += batch.num_rows
                 if spec is None:
-                    found = _first_shape(batch, shape)
-                    if found is None:
+                    first = _first_shape(batch, shape)
+                    if first is None:
                         pending.append(batch)
                         continue
-                    where = batch.column("source")[0].as_py()
+                    found, row = first
+                    where = batch.column("source")[row].as_py()
                     owner = f"the data set (first image: {where})"
                     spec = ModelSpec(found, pixel_scale=pixel_scale, shape_owner=owner)
                     images = _allocate((total, *found), spill_dir, memory_budget)
@@ -287,7 +305,13 @@ def read_images(
     kept_labels = label_array[index]
     encoded, names = (None, None)
     if has_label_column and all(v is not None for v in kept_labels):
-        encoded, names, known = label_classes(kept_labels.tolist(), _fixed_classes(sources))
+        try:
+            encoded, names, known = label_classes(kept_labels.tolist(), _fixed_classes(sources))
+        except DataError as exc:
+            if require_labels:
+                raise DataError(f"{_describe(sources)}: {exc}") from exc
+            log.warning("%s: %s; read as unlabelled", _describe(sources), exc)
+            encoded, names, known = None, None, np.ones(len(kept_labels), bool)
         if not known.all():
             if require_labels:
                 bad = np.zeros(filled, dtype=bool)

@@ -162,6 +162,29 @@ def grey_levels(images: np.ndarray, sample: int = 1_000_000, tolerance: float = 
     return 0
 
 
+def typical_brightest(images: np.ndarray) -> float:
+    """The median over the images of each image's brightest pixel (read in chunks: a memory map stays on disk)."""
+    peaks = [
+        np.asarray(images[start : start + CHUNK_ROWS]).reshape(min(CHUNK_ROWS, len(images) - start), -1).max(axis=1)
+        for start in range(0, len(images), CHUNK_ROWS)
+    ]
+    return float(np.median(np.concatenate(peaks))) if peaks else 0.0
+
+
+def levels_reason(images: np.ndarray, levels: int, sample: int = 1_000_000) -> str:
+    """Why the pixels sit on ``levels`` grey levels, in words that do not claim more levels than the
+    pixels use: 0/1 integers read as 0-255 values sit on the 256-level grid but take two values."""
+    flat = np.asarray(images[: max(1, sample // max(1, int(np.prod(images.shape[1:]))))]).reshape(-1)
+    used = np.unique(flat)
+    if len(used) <= 4 and levels > len(used):
+        values = ", ".join(f"{v:.4g}" for v in used)
+        return (
+            f"the pixels take only {len(used)} values ({values}) of a grid of {levels} evenly spaced grey levels; "
+            "integer pixels are divided by 255: for 0/1 masks train with --pixel-scale 1"
+        )
+    return f"the pixels take {levels} evenly spaced grey levels"
+
+
 def fingerprint(data: ImageData) -> str:
     """A content hash of the images and labels, logged with every training run."""
     digest = hashlib.sha256()

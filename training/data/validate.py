@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from training.data.images import DataError, decode_image
+from training.data.images import ImageProblem, decode_image
 
 UNIT_PIXELS = "_pixels_in_unit_range"  # training.data.reader marks batches whose pixels are in [0, 1]
 
@@ -227,10 +227,10 @@ def _image_rows(batch: pa.RecordBatch, spec: ModelSpec, verdicts: _Verdicts):
         if blob is None:
             reasons[i] = "null value: image is null"
             continue
-        try:
-            array = decode_image(blob, "image")
-        except DataError as exc:
-            reasons[i] = "unreadable image: " + str(exc).removeprefix("image: ").removeprefix("unreadable image ")
+        try:  # the header first: an image of another size is refused before its pixels are decoded
+            array = decode_image(blob, "image", spec.image_shape, spec.shape_owner)
+        except ImageProblem as exc:
+            reasons[i] = exc.reason
             continue
         if array.shape != spec.image_shape:
             shape = "x".join(map(str, array.shape))
