@@ -133,6 +133,14 @@ def test_vae_config_for_tasks(digits):
     assert (one_class.epochs, one_class.kl_warmup, one_class.early_stopping) == (6 * factor, 2 * factor, 10 * factor)
 
 
+def test_slow_pyod_detectors_are_left_out_on_large_images_by_default(digits):
+    assert ev.default_detectors(digits) == list(ev.DETECTORS)
+    big = data_lib.ImageData(np.zeros((2, 28, 28, 1), np.float32), None, np.array(["a", "b"]), None, "big")
+    kept = ev.default_detectors(big)
+    assert not set(kept) & {"kde", "ocsvm", "pca"}
+    assert {"knn", "lof", "hbos", "iforest", "ecod", "vae_anomaly_score"} <= set(kept)  # PyOD's best stay
+
+
 def test_detector_names():
     assert ev.DETECTORS[0] == "vae_anomaly_score"  # the default score leads every table
     assert ev.VAE_DETECTORS == ("vae_anomaly_score", "vae_neg_elbo", "vae_iwae_nll")
@@ -441,40 +449,73 @@ def test_evaluation_logs_summary_metrics_and_files_to_mlflow(classical_result, m
 
 @pytest.mark.slow
 def test_quick_evaluation_runs_end_to_end(tmp_path):
+    import shutil
+    from pathlib import Path
+
     from click.testing import CliRunner
 
     from pipeline.cli.main import main
 
     out = tmp_path / "evaluation"
+    out.mkdir()
+    previous = Path(__file__).parents[1] / "docs" / "evaluation" / "summary.csv"
+    shutil.copy(previous, out / "summary.csv")  # the last scorecard: the quick run compares with it
     args = ["--work-dir", str(tmp_path / "work"), "evaluate", "--quick", "--no-mlflow", "--output", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {
         "results.csv",
         "summary.csv",
+        "summary.previous.csv",
         "vae_fits.csv",
         "tables.md",
+        "comparison.md",
         "evaluation.png",
     }
-    assert "[5/5] digits seed 0 one-class 1: vae_anomaly_score AUROC" in result.output  # a line per task
+    assert "[7/7] digits seed 0 corrupted 4 kinds: vae_anomaly_score AUROC" in result.output  # a line per task
     assert "digits: held-out (2 task(s), 1 seed(s))" in result.output
+    assert "Pareto rule:" in result.output
     frame = pd.read_csv(out / "results.csv", dtype={"task": str})
     vae = frame[frame["detector"] == "vae_anomaly_score"]
-    assert sorted(zip(vae["protocol"], vae["task"], strict=True)) == [
-        ("contaminated", "0"),
+    assert list(zip(vae["protocol"], vae["task"], strict=True)) == [
         ("held-out", "0"),
         ("held-out", "1"),
+        ("contaminated-clustered-3", "0"),
+        ("contaminated-scattered-3", "mixed"),
         ("one-class", "0"),
         ("one-class", "1"),
+        ("corrupted", "blank"),
+        ("corrupted", "saturated"),
+        ("corrupted", "wrong-scale"),
+        ("corrupted", "rotated"),
     ]
     assert vae["auroc"].between(0, 1).all()
+    flagged = vae.set_index("protocol")["flagged_rate"]
+    assert flagged[["held-out", "one-class", "corrupted"]].between(0, 1).all()  # the VAE's threshold
+    assert flagged[["contaminated-clustered-3", "contaminated-scattered-3"]].isna().all()  # none: unsupervised
+    assert frame.loc[frame["detector"] != "vae_anomaly_score", "flagged_rate"].isna().all()
     assert "vae_iwae_nll" not in set(frame["detector"])  # no IWAE in --quick
     assert set(frame["detector"]) == {"vae_anomaly_score", "vae_neg_elbo", *ev.CLASSICAL}
     summary = pd.read_csv(out / "summary.csv")
-    assert summary["detector"].iloc[0] == "vae_anomaly_score" and len(summary) == 3 * 10
+    assert summary["detector"].iloc[0] == "vae_anomaly_score" and len(summary) == 5 * 10
     fits = pd.read_csv(out / "vae_fits.csv")
-    assert len(fits) == 5 and (fits["epochs_run"] > 0).all()
-    assert "| vae_anomaly_score |" in (out / "tables.md").read_text()
+    assert len(fits) == 7 and (fits["epochs_run"] > 0).all()
+    assert (
+        fits.set_index("protocol")["threshold"].notna().to_dict()
+        == {
+            "held-out": True,
+            "contaminated-clustered-3": False,
+            "contaminated-scattered-3": False,
+            "one-class": True,
+            "corrupted": True,
+        }
+        or fits["threshold"].notna().sum() == 5
+    )
+    text = (out / "tables.md").read_text()
+    assert "| vae_anomaly_score |" in text and "## Against the previous scorecard" in text
+    assert "| digits | held-out | vae_anomaly_score | 0.953 ± 0.006 |" in text  # the previous scorecard's cell
+    assert "| digits | corrupted |" in text and "flagged at the default threshold" in text
+    assert "| digits | contaminated | vae_anomaly_score | 0.571 ± 0.095 | n/a | n/a | 0.095 | not run |" in text
     assert (out / "evaluation.png").read_bytes()[:8] == PNG
 
 
@@ -485,7 +526,9 @@ def test_evaluate_command_rejects_bad_options():
 
     result = CliRunner().invoke(main, ["evaluate", "--protocols", "held-out,bogus"])
     assert result.exit_code == 2
-    assert "choose one or more of" in result.output
+    assert "choose one or more of" in result.output and "contaminated-scattered" in result.output
+    result = CliRunner().invoke(main, ["evaluate", "--corruptions", "blank,jpeg"])
+    assert result.exit_code == 2 and "half-occluded" in result.output
     result = CliRunner().invoke(main, ["evaluate", "--seeds", "0,one"])
     assert result.exit_code == 2
     assert "comma-separated integers" in result.output

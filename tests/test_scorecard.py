@@ -46,6 +46,8 @@ def test_corruptions_keep_shape_range_and_binariness_and_follow_the_seed(kind, d
             assert not np.array_equal(out, corruptions.corrupt(x, kind, seed=4))
     binary = corruptions.corrupt(binary_digits.images[:40], kind, seed=3)
     assert corruptions.is_binary(binary) == (kind != "wrong-scale")  # wrong-scale stays x / 255: the point
+    grey = corruptions.corrupt(digits.images[:40], kind, seed=3, levels=17)  # the digits' 0-16 levels
+    assert np.allclose(grey * 16, np.round(grey * 16), atol=1e-4) == (kind != "wrong-scale")
 
 
 def test_what_each_corruption_does(digits):
@@ -74,7 +76,7 @@ def test_what_each_corruption_does(digits):
     assert (halves.sum(axis=(1, 2, 3)) == 32).all()
     dot = np.zeros((1, 21, 21, 1), np.float32)
     dot[0, 10, 20] = 1.0  # a dot right of the centre goes 60 degrees round, counter-clockwise
-    turned = corruptions.corrupt(dot, "rotated", binary=False)
+    turned = corruptions.corrupt(dot, "rotated", levels=0)
     row, col = np.unravel_index(np.argmax(turned[0, ..., 0]), (21, 21))
     assert abs(row - (10 - 10 * math.sin(math.radians(60)))) <= 1 and col == 10 + 10 * math.cos(math.radians(60))
     blurred = corruptions.corrupt(x, "blurred")

@@ -3,8 +3,11 @@
 Every function takes a batch ``(N, H, W, C)`` of pixels in [0, 1] and returns a new batch of the
 same shape and dtype, pixels still in [0, 1]. Random choices (noise, the direction of a shift,
 which half is occluded) come from ``rng``, so :func:`corrupt` with the same seed gives the same
-images. Binary images (only 0 and 1) stay binary wherever that makes sense: blurred, rotated and
-noisy ones are thresholded at 0.5; ``wrong-scale`` stays ``x / 255``, as the bug it mimics would.
+images. Images on a grid of grey levels (``levels``: 2 for binary, 17 for the digits, 256 for
+8-bit images) stay on it, as a broken image decoded from a PNG would: blurred, rotated and noisy
+pixels are rounded to the nearest level (binary ones thresholded at 0.5), so a corruption does not
+change the likelihood the VAE's ``auto`` setting picks from the grid. ``wrong-scale`` stays
+``x / 255``, off the grid, as the bug it mimics would.
 
 Sizes scale with the width W: a shift of round(W / 4) pixels (2 on 8x8, 7 on 28x28), a stripe
 round(3 W / 28) pixels wide (1 on 8x8, 3 on 28x28), a blur of sigma W / 8 (1 on 8x8, 3.5 on 28x28).
@@ -143,36 +146,44 @@ def check_kinds(kinds: object) -> list[str]:
     return [k for k in KINDS if k in wanted]
 
 
-def corrupt(images: np.ndarray, kind: str, seed: int = 0, binary: bool | None = None) -> np.ndarray:
+def on_grid(images: np.ndarray, levels: int) -> np.ndarray:
+    """Pixels rounded to the nearest of ``levels`` evenly spaced grey levels (half up: binary
+    images are thresholded at 0.5); unchanged for ``levels`` < 2 (continuous pixels)."""
+    if levels < 2:
+        return images
+    steps = levels - 1
+    return (np.floor(images * steps + 0.5) / steps).astype(images.dtype)
+
+
+def corrupt(images: np.ndarray, kind: str, seed: int = 0, levels: int | None = None) -> np.ndarray:
     """``images`` broken by ``kind`` (one of :data:`KINDS`), seeded by ``seed``; clipped to [0, 1].
 
-    ``binary``: whether the data set is binary (default: whether ``images`` are); binary images
-    come back binary (thresholded at 0.5), except for ``wrong-scale``."""
+    ``levels``: the data set's grey levels (:func:`training.data.grey_levels`; 0: continuous;
+    default: 2 if ``images`` are binary, else 0); the broken images are put back on that grid,
+    except for ``wrong-scale``."""
     if kind not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {kind!r}; choose from {', '.join(KINDS)}")
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"expected a batch (N, H, W, C), got shape {images.shape}")
-    binary = is_binary(images) if binary is None else binary
+    levels = (2 if is_binary(images) else 0) if levels is None else levels
     out = np.clip(CORRUPTIONS[kind](images, np.random.default_rng(seed)), 0.0, 1.0).astype(images.dtype)
-    if binary and kind not in KEPT_GREY:
-        out = (out >= 0.5).astype(images.dtype)
-    return out
+    return out if kind in KEPT_GREY else on_grid(out, levels)
 
 
 def corrupt_mixed(
-    images: np.ndarray, kinds: list[str], seed: int = 0, binary: bool | None = None
+    images: np.ndarray, kinds: list[str], seed: int = 0, levels: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each image broken by one of ``kinds``, assigned in turn after a seeded shuffle (so every
     kind gets ``len(images) / len(kinds)`` images, give or take one); returns the images and
     the kind of each."""
     images = np.asarray(images)
-    binary = is_binary(images) if binary is None else binary
+    levels = (2 if is_binary(images) else 0) if levels is None else levels
     rng = np.random.default_rng(seed)
     assigned = np.array(kinds)[rng.permutation(len(images)) % len(kinds)] if len(images) else np.array([], str)
     out = images.copy()
     for j, kind in enumerate(kinds):
         rows = np.flatnonzero(assigned == kind)
         if rows.size:
-            out[rows] = corrupt(images[rows], kind, seed=seed * 1000 + j, binary=binary)
+            out[rows] = corrupt(images[rows], kind, seed=seed * 1000 + j, levels=levels)
     return out, assigned

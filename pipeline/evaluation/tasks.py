@@ -160,7 +160,7 @@ def scattered_task(
     n = len(data)
     rows = np.sort(np.random.default_rng(seed).permutation(n)[: max(1, round(contamination * n))])
     broken, _ = corruptions.corrupt_mixed(
-        np.asarray(data.images[rows]), list(kinds), seed=seed, binary=corruptions.is_binary(data.images)
+        np.asarray(data.images[rows]), list(kinds), seed=seed, levels=data_lib.grey_levels(data.images)
     )
     images = np.array(data.images)
     images[rows] = broken
@@ -190,12 +190,12 @@ def corrupted_task(
     n = len(clean)
     replaced = np.sort(np.random.default_rng(seed).permutation(n)[: max(1, round(share * n))])
     kept = np.setdiff1d(np.arange(n), replaced)
-    binary = corruptions.is_binary(data.images)
+    levels = data_lib.grey_levels(data.images)
     source = np.asarray(clean.images[replaced])
     images, ids, parts = [np.asarray(clean.images)], [clean.example_ids], []
     for j, kind in enumerate(kinds):
         start = n + j * len(replaced)
-        images.append(corruptions.corrupt(source, kind, seed=seed * 1000 + j, binary=binary))
+        images.append(corruptions.corrupt(source, kind, seed=seed * 1000 + j, levels=levels))
         ids.append(np.char.add(clean.example_ids[replaced].astype(str), f"#{kind}"))
         parts.append((kind, np.concatenate([kept, np.arange(start, start + len(replaced))])))
     labels = None if clean.labels is None else np.concatenate([clean.labels] + [clean.labels[replaced]] * len(kinds))
