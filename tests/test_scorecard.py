@@ -128,6 +128,8 @@ def test_clustered_cells_plant_the_rate_of_each_planted_class(digits):
         assert set(task.test.labels[task.is_anomaly].tolist()) == {c}
         assert np.array_equal(task.is_anomaly, task.test.labels == c)
         assert task.unsupervised and task.fit is task.test
+        assert len(task.validation) == 256  # only logged (no early stopping): a sample, not every image again
+        assert set(task.validation.example_ids) <= set(task.fit.example_ids)
         planted[(task.protocol, c)] = set(task.test.example_ids[task.is_anomaly].tolist())
     for c in (1, 4, 8):  # nested: the 1% of a class is among its 3%, which is among its 10%
         assert planted[(tasks.CLUSTERED[0], c)] <= planted[(tasks.CLUSTERED[1], c)] <= planted[(tasks.CLUSTERED[2], c)]
@@ -300,3 +302,16 @@ def test_evaluate_compares_with_the_summary_already_in_the_folder(digits, tmp_pa
     assert alone.comparison is None
     with pytest.raises(ValueError, match="not an evaluation summary"):
         ev.evaluate(small, **run, previous=tmp_path / "results.csv", progress="off")
+
+
+# --- the plan that keeps the full scorecard's time in bounds ---------------------------------
+
+
+def test_large_images_get_fewer_classes_and_planted_classes_by_default(digits):
+    big = data_lib.ImageData(np.zeros((20, 28, 28, 1), np.float32), np.arange(20) % 10, np.arange(20), ["x"], "big")
+    assert ev.task_plan(digits, None, None) == (None, tasks.PLANTED_CLASSES)  # the 8x8 digits: everything
+    assert ev.task_plan(big, None, None) == (ev.LARGE_CLASSES, ev.LARGE_PLANTED) == (3, 1)
+    assert ev.task_plan(big, 0, 3) == (None, 3)  # asked for: every class, 3 planted
+    rotated = tasks.build_tasks(digits, ["held-out", "one-class"], seed=1, rotate=3)
+    assert [(t.protocol, t.target) for t in rotated] == [(p, c) for p in ("held-out", "one-class") for c in "148"]
+    assert tasks.count_tasks(digits, ["held-out", "one-class", "contaminated-clustered-3"], planted=1, rotate=3) == 7

@@ -48,6 +48,7 @@ SHORTHANDS = {
     "contaminated-scattered": SCATTERED,
 }
 PLANTED_CLASSES = 3  # clustered cells: planted classes per seed
+UNSUPERVISED_VALIDATION = 256  # images of an unsupervised fit's validation sample (only logged)
 CORRUPTED_SHARE = 0.10
 
 
@@ -91,8 +92,12 @@ def _labels(data: data_lib.ImageData) -> np.ndarray:
     return data.labels
 
 
-def _classes(labels: np.ndarray, max_classes: int | None) -> np.ndarray:
+def _classes(labels: np.ndarray, max_classes: int | None, rotate: int | None = None, seed: int = 0) -> np.ndarray:
+    """The classes of held-out and one-class tasks: ``rotate`` of them chosen by
+    :func:`planted_classes` for ``seed`` when given, else the first ``max_classes`` (all if None)."""
     classes = np.unique(labels)
+    if rotate:
+        return classes[planted_classes(len(classes), rotate, seed)]
     return classes if max_classes is None else classes[:max_classes]
 
 
@@ -108,9 +113,21 @@ def contamination_of(protocol: str) -> float:
     return int(protocol.rsplit("-", 1)[1]) / 100.0
 
 
-def held_out_tasks(data: data_lib.ImageData, seed: int = 0, max_classes: int | None = None) -> list[Task]:
-    """Per class c (the first ``max_classes`` only, if given): fit on the train split without c,
-    score the whole test split; anomalies = c."""
+def _unsupervised(
+    protocol: str, target: str, everything: data_lib.ImageData, is_anomaly: np.ndarray, seed: int
+) -> Task:
+    """Fit and score ``everything``; the validation images, which only the VAE's epoch log reads
+    here (no early stopping: :func:`pipeline.evaluation.evaluate.vae_config`), are a seeded
+    sample of :data:`UNSUPERVISED_VALIDATION` of them, not all (a third of each epoch's time)."""
+    sample = np.sort(np.random.default_rng(seed).permutation(len(everything))[:UNSUPERVISED_VALIDATION])
+    return Task(protocol, target, everything, everything.subset(sample), everything, is_anomaly)
+
+
+def held_out_tasks(
+    data: data_lib.ImageData, seed: int = 0, max_classes: int | None = None, rotate: int | None = None
+) -> list[Task]:
+    """Per class c (the first ``max_classes`` only, or ``rotate`` classes rotating with the seed,
+    if given): fit on the train split without c, score the whole test split; anomalies = c."""
     labels = _labels(data)
     parts = data_lib.split(data, seed=seed)
     return [
@@ -122,7 +139,7 @@ def held_out_tasks(data: data_lib.ImageData, seed: int = 0, max_classes: int | N
             test=parts.test,
             is_anomaly=parts.test.labels == c,
         )
-        for c in _classes(labels, max_classes)
+        for c in _classes(labels, max_classes, rotate, seed)
     ]
 
 
@@ -138,14 +155,9 @@ def contaminated_task(
     n_anomalous = min(len(candidates), max(1, round(contamination * len(normal) / (1.0 - contamination))))
     planted = np.random.default_rng(seed).permutation(candidates)[:n_anomalous]
     everything = data.subset(np.sort(np.concatenate([normal, planted])))
-    return Task(
-        protocol=f"contaminated-clustered-{contamination * 100:g}",
-        target=data.class_names[anomaly_class],
-        fit=everything,
-        validation=everything,
-        test=everything,
-        is_anomaly=everything.labels == anomaly_class,
-    )
+    protocol = f"contaminated-clustered-{contamination * 100:g}"
+    is_anomaly = everything.labels == anomaly_class
+    return _unsupervised(protocol, data.class_names[anomaly_class], everything, is_anomaly, seed)
 
 
 def scattered_task(
@@ -167,14 +179,7 @@ def scattered_task(
     everything = replace(data, images=images)
     is_anomaly = np.zeros(n, bool)
     is_anomaly[rows] = True
-    return Task(
-        protocol=f"contaminated-scattered-{contamination * 100:g}",
-        target="mixed",
-        fit=everything,
-        validation=everything,
-        test=everything,
-        is_anomaly=is_anomaly,
-    )
+    return _unsupervised(f"contaminated-scattered-{contamination * 100:g}", "mixed", everything, is_anomaly, seed)
 
 
 def corrupted_task(
@@ -204,9 +209,11 @@ def corrupted_task(
     return Task("corrupted", f"{len(kinds)} kinds", split.train, split.validation, test, is_anomaly, tuple(parts))
 
 
-def one_class_tasks(data: data_lib.ImageData, seed: int = 0, max_classes: int | None = None) -> list[Task]:
-    """Per class c (the first ``max_classes`` only, if given): fit on the train split of c only,
-    score the whole test split; anomalies = not c."""
+def one_class_tasks(
+    data: data_lib.ImageData, seed: int = 0, max_classes: int | None = None, rotate: int | None = None
+) -> list[Task]:
+    """Per class c (the first ``max_classes`` only, or ``rotate`` classes rotating with the seed,
+    if given): fit on the train split of c only, score the whole test split; anomalies = not c."""
     labels = _labels(data)
     parts = data_lib.split(data, seed=seed)
     return [
@@ -218,7 +225,7 @@ def one_class_tasks(data: data_lib.ImageData, seed: int = 0, max_classes: int | 
             test=parts.test,
             is_anomaly=parts.test.labels != c,
         )
-        for c in _classes(labels, max_classes)
+        for c in _classes(labels, max_classes, rotate, seed)
     ]
 
 
@@ -242,15 +249,17 @@ def build_tasks(
     max_classes: int | None = None,
     planted: int = PLANTED_CLASSES,
     kinds: Sequence[str] = corruptions.KINDS,
+    rotate: int | None = None,
 ) -> list[Task]:
     """The tasks of ``protocols`` on ``data`` for one seed, in :data:`PROTOCOLS` order whatever
     order they were asked in. ``max_classes``: held-out and one-class for the first classes only;
+    ``rotate``: for that many classes chosen like the planted ones (:func:`planted_classes`);
     ``planted``: planted classes per clustered cell; ``kinds``: the corruptions."""
     labels = _labels(data)
     tasks: list[Task] = []
     for protocol in check_protocols(protocols):
         if protocol == "held-out":
-            tasks += held_out_tasks(data, seed, max_classes)
+            tasks += held_out_tasks(data, seed, max_classes, rotate)
         elif protocol in CLUSTERED:
             rate = contamination_of(protocol)
             for c in planted_classes(len(np.unique(labels)), planted, seed):
@@ -258,7 +267,7 @@ def build_tasks(
         elif protocol in SCATTERED:
             tasks.append(scattered_task(data, seed, contamination_of(protocol), kinds))
         elif protocol == "one-class":
-            tasks += one_class_tasks(data, seed, max_classes)
+            tasks += one_class_tasks(data, seed, max_classes, rotate)
         else:
             tasks.append(corrupted_task(data, seed, kinds))
     return tasks
@@ -269,10 +278,11 @@ def count_tasks(
     protocols: Sequence[str] = PROTOCOLS,
     max_classes: int | None = None,
     planted: int = PLANTED_CLASSES,
+    rotate: int | None = None,
 ) -> int:
     """How many tasks (fits) :func:`build_tasks` makes per seed, without building them."""
     n_classes = len(np.unique(_labels(data)))
-    classes = len(_classes(_labels(data), max_classes))
+    classes = len(_classes(_labels(data), max_classes, rotate))
     per = {"held-out": classes, "one-class": classes, "corrupted": 1}
     per |= {p: max(1, min(planted, n_classes)) for p in CLUSTERED} | dict.fromkeys(SCATTERED, 1)
     return sum(per[p] for p in check_protocols(protocols))
