@@ -515,7 +515,7 @@ def test_quick_evaluation_runs_end_to_end(tmp_path):
     assert "| vae_anomaly_score |" in text and "## Against the previous scorecard" in text
     assert "| digits | held-out | vae_anomaly_score | 0.953 ± 0.006 |" in text  # the previous scorecard's cell
     assert "| digits | corrupted |" in text and "flagged at the default threshold" in text
-    assert "| digits | contaminated | vae_anomaly_score | 0.571 ± 0.095 | n/a | n/a | 0.095 | not run |" in text
+    assert "| digits | contaminated | vae_anomaly_score | 0.571 ± 0.095 | n/a | n/a | n/a | not run |" in text
     assert (out / "evaluation.png").read_bytes()[:8] == PNG
 
 

@@ -108,7 +108,8 @@ def comparison_table(table: pd.DataFrame, detectors: list[str] | None = None) ->
         lines.append(
             f"| {row['data']} | {row['protocol']} | {row['detector']} "
             f"| {_mean_std(row['previous_mean'], row['previous_std'])} | {_mean_std(row['new_mean'], row['new_std'])} "
-            f"| {_fmt(row['change'], sign=True)} | {_fmt(row['spread'])} | {verdict} |"
+            f"| {_fmt(row['change'], sign=True)} "
+            f"| {'n/a' if row['verdict'] in ('new cell', 'not run') else _fmt(row['spread'])} | {verdict} |"
         )
     return "\n".join(lines)
 

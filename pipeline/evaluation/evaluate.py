@@ -596,15 +596,15 @@ def _header(
     plans: dict[str, tuple[int | None, int]] | None = None,
     kinds: Sequence[str] = corruptions.KINDS,
 ) -> str:
+    first = f"the first {max_classes} classes" if max_classes else "every class"
     plan = "; ".join(
-        f"{n}: held-out and one-class on {f'{r} classes per seed' if r else 'every class'}, {p} planted class(es) "
+        f"{n}: held-out and one-class on {f'{r} classes per seed' if r else first}, {p} planted class(es) "
         "per clustered cell"
         for n, (r, p) in (plans or {}).items()
     )
     return (
         "# VAE against PyOD detectors\n\n"
         f"Data sets: {', '.join(names)}; seeds: {', '.join(map(str, seeds))}"
-        + (f"; the first {max_classes} classes only (held-out, one-class)" if max_classes else "")
         + (f". {plan}" if plan else "")
         + f"; corruptions: {', '.join(kinds)}"
         + f"; {seconds:.0f} s.\n\nVAE settings: {vae_settings(cfg)}, IWAE K = {iwae_k or 'none'} "

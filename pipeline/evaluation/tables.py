@@ -149,7 +149,12 @@ def _natural(value: Any) -> tuple:
 
 
 def per_task_table(
-    results: pd.DataFrame, data: str, protocol: str, metric: str = "auroc", detectors: Sequence[str] | None = None
+    results: pd.DataFrame,
+    data: str,
+    protocol: str,
+    metric: str = "auroc",
+    detectors: Sequence[str] | None = None,
+    bold: bool = True,
 ) -> str:
     """A markdown table of ``metric`` per task (rows) and detector (columns), the mean over seeds,
     with a last row of the mean over tasks; the best of each row in bold. Empty for a protocol
@@ -168,7 +173,7 @@ def per_task_table(
     label = TASK_LABELS.get(protocol, "planted class" if "clustered" in protocol else "task")
     lines = ["| " + " | ".join([label, *table.columns]) + " |", "|" + "---|" * (len(table.columns) + 1)]
     for index, values in table.iterrows():
-        best = _best(values)
+        best = _best(values) if bold else None
         cells = [f"**{_fmt(v)}**" if best is not None and _fmt(v) == best else _fmt(v) for v in values]
         name = f"**{index}**" if index == "mean" else str(index)
         lines.append("| " + " | ".join([name, *cells]) + " |")
@@ -263,7 +268,7 @@ def markdown_report(
             out.append(f"### {data}: {protocol}, AUROC per task (mean over seeds)\n\n{table}\n")
         if protocol == "corrupted" and "flagged_rate" in results.columns:
             vae = [d for d in (detectors or []) if d.startswith("vae_")][:1] or ["vae_anomaly_score"]
-            flagged = per_task_table(results, data, protocol, "flagged_rate", vae)
+            flagged = per_task_table(results, data, protocol, "flagged_rate", vae, bold=False)
             if flagged:
                 out.append(
                     f"### {data}: corrupted, share of the broken images flagged at the default threshold "
