@@ -15,7 +15,7 @@ round(3 W / 28) pixels wide (1 on 8x8, 3 on 28x28), a blur of sigma W / 8 (1 on 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -137,9 +137,9 @@ KINDS = tuple(CORRUPTIONS)
 KEPT_GREY = ("wrong-scale",)  # not thresholded back to binary: the grey is the point
 
 
-def check_kinds(kinds: object) -> list[str]:
+def check_kinds(kinds: Iterable[str]) -> list[str]:
     """The kinds in :data:`KINDS` order; raises ``ValueError`` on an unknown one."""
-    wanted = list(kinds)  # type: ignore[call-overload]
+    wanted = list(kinds)
     unknown = [k for k in wanted if k not in CORRUPTIONS]
     if unknown:
         raise ValueError(f"unknown corruption(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
