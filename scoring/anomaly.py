@@ -12,9 +12,12 @@ Methods, higher = more anomalous (``vae evaluate`` reports them side by side, RE
   training images ((value - median) / IQR), then summed. The latent term catches new kinds of
   image the likelihood ranks as normal (the complexity bias); it is fooled by a cluster of
   anomalies inside the training data, whose members are each other's nearest neighbours.
-- ``elbo_or_latent_knn``: the same two standardised terms, combined as evidence that either one
-  gives: the sum of their positive parts. A term that calls an image very typical (a planted
-  cluster's latent distance, a simple image's likelihood) can no longer cancel the other's alarm.
+- ``elbo_or_latent_knn`` (the default): the same two standardised terms, combined as evidence that
+  either one gives: the sum of their positive parts. A term that calls an image very typical (a
+  planted cluster's members are each other's nearest latents; a simple image, a "1", has a high
+  likelihood) can no longer cancel the other's alarm. Measured against the plain sum on digits and
+  mnist5k (held-out and contaminated, every class planted in turn) it is as good or better in
+  every cell (README "How the defaults were chosen").
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def digits() -> data_lib.ImageData:
     return data_lib.load_digits()
 
 
-@pytest.fixture(scope="module", params=["digits", "mnist5k"])
+@pytest.fixture(scope="module", params=["digits", "mnist5k", "mnist5k-binary"])
 def dataset(request) -> data_lib.ImageData:
     """Every data set the evaluation runs by default, loaded once per module."""
     return data_lib.load(request.param)
@@ -58,10 +58,11 @@ def test_held_out_leaves_one_class_out_of_training(dataset):
 def test_contaminated_plants_about_three_percent_of_the_first_class(dataset):
     task = ev.contaminated_task(dataset, seed=0)
     normals = int((dataset.labels != 0).sum())
-    expected = {"digits": (1619, 50), "mnist5k": (4500, 139)}[dataset.source]
+    expected = {"digits": (1619, 50), "mnist5k": (4500, 139), "mnist5k-binary": (4500, 139)}[dataset.source]
     assert (normals, task.counts["n_anomalous"]) == expected
     assert task.counts == {"n_fit": normals + expected[1], "n_normal": normals, "n_anomalous": expected[1]}
     assert task.counts["n_anomalous"] / len(task.test) == pytest.approx(0.03, abs=0.001)
+    assert task.protocol == "contaminated-clustered-3"
     assert task.unsupervised and np.array_equal(task.fit.example_ids, task.test.example_ids)
     assert np.array_equal(task.is_anomaly, task.test.labels == 0)
     again = ev.contaminated_task(dataset, seed=0)
@@ -85,7 +86,8 @@ def test_one_class_trains_on_one_class(dataset):
 
 def test_tasks_depend_on_the_seed_only(dataset):
     first, again, other = (ev.build_tasks(dataset, seed=s) for s in (0, 0, 1))
-    assert len(first) == ev.count_tasks(dataset) == 2 * len(dataset.class_names) + 1
+    # held-out and one-class: a task per class; clustered: 3 rates x 3 planted classes; scattered: 3; corrupted: 1
+    assert len(first) == ev.count_tasks(dataset) == 2 * len(dataset.class_names) + 9 + 3 + 1
     for a, b in zip(first, again, strict=True):
         assert np.array_equal(a.fit.example_ids, b.fit.example_ids)
         assert np.array_equal(a.test.example_ids, b.test.example_ids)
@@ -96,17 +98,24 @@ def test_tasks_depend_on_the_seed_only(dataset):
 
 
 def test_build_tasks_in_table_order_limits_classes_and_rejects_unknown(digits):
-    tasks = ev.build_tasks(digits, ["one-class", "contaminated"])
-    assert [t.protocol for t in tasks] == ["contaminated"] + ["one-class"] * 10
-    limited = ev.build_tasks(digits, seed=0, max_classes=2)
+    tasks = ev.build_tasks(digits, ["one-class", "contaminated-clustered-3"])
+    assert [t.protocol for t in tasks] == ["contaminated-clustered-3"] * 3 + ["one-class"] * 10
+    limited = ev.build_tasks(digits, ["corrupted", "contaminated", "held-out", "one-class"], 1, 2, 1, ["blank"])
     assert [(t.protocol, t.target) for t in limited] == [
         ("held-out", "0"),
         ("held-out", "1"),
-        ("contaminated", "0"),
+        ("contaminated-clustered-1", "1"),  # one planted class: the seed's first (seed 1: class 1)
+        ("contaminated-clustered-3", "1"),
+        ("contaminated-clustered-10", "1"),
+        ("contaminated-scattered-1", "mixed"),
+        ("contaminated-scattered-3", "mixed"),
+        ("contaminated-scattered-10", "mixed"),
         ("one-class", "0"),
         ("one-class", "1"),
+        ("corrupted", "1 kinds"),
     ]
-    assert ev.count_tasks(digits, max_classes=2) == 5
+    assert ev.count_tasks(digits, ["contaminated", "held-out", "one-class", "corrupted"], 2, 1) == 11
+    assert ev.count_tasks(digits, max_classes=2) == 2 + 9 + 3 + 2 + 1
     with pytest.raises(ValueError, match="unknown protocol"):
         ev.build_tasks(digits, ["leave-one-out"])
     unlabelled = data_lib.ImageData(digits.images[:20], None, digits.example_ids[:20], None, "x")
@@ -122,6 +131,14 @@ def test_vae_config_for_tasks(digits):
     one_class = ev.vae_config(base, ev.one_class_tasks(digits)[0])
     factor = ev.ONE_CLASS_EPOCH_FACTOR
     assert (one_class.epochs, one_class.kl_warmup, one_class.early_stopping) == (6 * factor, 2 * factor, 10 * factor)
+
+
+def test_slow_pyod_detectors_are_left_out_on_large_images_by_default(digits):
+    assert ev.default_detectors(digits) == list(ev.DETECTORS)
+    big = data_lib.ImageData(np.zeros((2, 28, 28, 1), np.float32), None, np.array(["a", "b"]), None, "big")
+    kept = ev.default_detectors(big)
+    assert not set(kept) & {"kde", "ocsvm", "pca"}
+    assert {"knn", "lof", "hbos", "iforest", "ecod", "vae_anomaly_score"} <= set(kept)  # PyOD's best stay
 
 
 def test_detector_names():
@@ -291,26 +308,30 @@ def test_markdown_tables_bold_the_best_mean():
 
 
 def test_headline_sets_the_default_vae_score_against_the_best_pyod_detector():
-    summary = tables.summarise(
-        pd.DataFrame(
-            [
-                {
-                    "data": "d",
-                    "seed": seed,
-                    "protocol": "held-out",
-                    "target": "0",
-                    "detector": det,
-                    "auroc": v,
-                    "average_precision": 0.5,
-                }
-                for seed, values in ((0, (0.90, 0.70, 0.95, 0.80)), (1, (0.94, 0.72, 0.93, 0.82)))
-                for det, v in zip(("vae_anomaly_score", "vae_neg_elbo", "knn", "iforest"), values, strict=True)
-            ]
-        )
+    values = {0: (0.90, 0.70, 0.95, 0.80), 1: (0.94, 0.72, 0.93, 0.82)}  # per seed: the mean of two tasks
+    results = pd.DataFrame(
+        [
+            {
+                "data": "d",
+                "seed": seed,
+                "protocol": "held-out",
+                "task": task,
+                "detector": det,
+                "auroc": v + shift,
+                "average_precision": 0.5,
+            }
+            for seed, row in values.items()
+            for task, shift in (("0", 0.05), ("1", -0.05))
+            for det, v in zip(("vae_anomaly_score", "vae_neg_elbo", "knn", "iforest"), row, strict=True)
+        ]
     )
-    lines = tables.headline_table(summary).splitlines()
+    summary = tables.summarise(results)
+    lines = tables.headline_table(summary, results).splitlines()
     assert len(lines) == 3
-    assert lines[2] == "| d | held-out | 0.920 ± 0.028 (0.900) | 0.710 ± 0.014 | knn 0.940 ± 0.014 | -0.020 |"
+    assert lines[2] == (
+        "| d | held-out | 0.920 ± 0.028 (0.900) | 0.710 ± 0.014 | knn 0.940 ± 0.014 | -0.020 | 1 0.870 |  |"
+    )
+    assert tables.headline_table(summary).splitlines()[2].endswith("| -0.020 |  |  |")  # no results: no worst task
 
 
 # --- the evaluation, without the VAE ----------------------------------------------------------
@@ -323,7 +344,15 @@ def classical_result(digits, tmp_path_factory):
     lines: list[str] = []
     every_third = digits.subset(np.arange(0, len(digits), 3))
     result = ev.evaluate(
-        every_third, seeds=(0, 1), detectors=ev.CLASSICAL, max_classes=2, output_dir=folder, progress=lines.append
+        every_third,
+        ["held-out", "contaminated-clustered-3", "one-class", "corrupted"],
+        seeds=(0, 1),
+        detectors=ev.CLASSICAL,
+        max_classes=2,
+        planted=1,
+        kinds=["rotated", "blank"],
+        output_dir=folder,
+        progress=lines.append,
     )
     return result, folder, lines
 
@@ -333,21 +362,28 @@ def test_classical_evaluation_writes_results_summary_tables_and_plot(classical_r
     assert {p.name for p in folder.iterdir()} == {"results.csv", "summary.csv", "tables.md", "evaluation.png"}
     frame = pd.read_csv(folder / "results.csv", dtype={"task": str})
     assert list(frame.columns) == list(ev.RESULT_COLUMNS)
-    assert len(frame) == 2 * 5 * len(ev.CLASSICAL)  # seeds x tasks x detectors
-    assert frame["auroc"].between(0, 1).all() and frame["average_precision"].between(0, 1).all()
+    assert len(frame) == 2 * 7 * len(ev.CLASSICAL)  # seeds x tasks (two of them corruption kinds) x detectors
+    assert frame["auroc"].between(0, 1).all()
+    assert frame["average_precision"].between(0, 1 + 1e-12).all()  # scikit-learn's AP may be 1 + 2e-16
+    assert frame["flagged_rate"].isna().all()  # PyOD's detectors have no threshold here
+    corrupted = frame[frame["protocol"] == "corrupted"]
+    assert list(corrupted["task"].unique()) == ["blank", "rotated"]  # KINDS order
+    blank = corrupted[corrupted["task"] == "blank"].set_index(["seed", "detector"])
+    assert (blank["n_anomalous"] / (blank["n_anomalous"] + blank["n_normal"])).round(2).eq(0.1).all()
     assert set(frame["data"]) == {"digits"} and set(frame["seed"]) == {0, 1}
     summary = pd.read_csv(folder / "summary.csv")
-    assert len(summary) == 3 * len(ev.CLASSICAL)
+    assert len(summary) == 4 * len(ev.CLASSICAL)
     assert list(summary["detector"][: len(ev.CLASSICAL)]) == list(ev.CLASSICAL)
     assert (summary["n_seeds"] == 2).all() and summary["auroc_std"].notna().all()
     held_out = summary[summary["protocol"] == "held-out"].set_index("detector")
     assert (held_out["auroc_mean"] > 0.5).all()  # every baseline beats chance on held-out digits
     assert (held_out["auroc_worst"] <= held_out["auroc_mean"]).all()
     text = (folder / "tables.md").read_text()
-    assert text.count("| detector | AUROC mean ± std | worst seed | AP mean ± std |") == 3
+    assert text.count("| detector | AUROC mean ± std | worst seed | AP mean ± std |") == 4
     assert "## digits: held-out" in text and "## digits: one-class" in text
     assert (folder / "evaluation.png").read_bytes()[:8] == PNG
-    assert len(lines) == 10 and lines[0].startswith("[1/10] digits seed 0 held-out 0:")
+    assert len(lines) == 12 and lines[0].startswith("[1/12] digits seed 0 held-out 0:")
+    assert "[6/12] digits seed 0 corrupted 2 kinds: best " in lines[5]
     assert ev.summary_metrics(result.summary)["eval.digits.held-out.knn.auroc_mean"] == pytest.approx(
         held_out.loc["knn", "auroc_mean"]
     )
@@ -399,7 +435,7 @@ def test_evaluation_logs_summary_metrics_and_files_to_mlflow(classical_result, m
     assert run.data.metrics["eval.digits.one-class.iforest.auroc_mean"] == pytest.approx(
         result.summary.set_index(["protocol", "detector"]).loc[("one-class", "iforest"), "auroc_mean"]
     )
-    assert "eval.digits.contaminated.ecod.average_precision_worst" in run.data.metrics
+    assert "eval.digits.contaminated-clustered-3.ecod.average_precision_worst" in run.data.metrics
     assert {a.path for a in MlflowClient().list_artifacts(run_id, "evaluation")} >= {
         "evaluation/results.csv",
         "evaluation/summary.csv",
@@ -413,40 +449,73 @@ def test_evaluation_logs_summary_metrics_and_files_to_mlflow(classical_result, m
 
 @pytest.mark.slow
 def test_quick_evaluation_runs_end_to_end(tmp_path):
+    import shutil
+    from pathlib import Path
+
     from click.testing import CliRunner
 
     from pipeline.cli.main import main
 
     out = tmp_path / "evaluation"
+    out.mkdir()
+    previous = Path(__file__).parents[1] / "docs" / "evaluation" / "summary.csv"
+    shutil.copy(previous, out / "summary.csv")  # the last scorecard: the quick run compares with it
     args = ["--work-dir", str(tmp_path / "work"), "evaluate", "--quick", "--no-mlflow", "--output", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {
         "results.csv",
         "summary.csv",
+        "summary.previous.csv",
         "vae_fits.csv",
         "tables.md",
+        "comparison.md",
         "evaluation.png",
     }
-    assert "[5/5] digits seed 0 one-class 1: vae_anomaly_score AUROC" in result.output  # a line per task
+    assert "[7/7] digits seed 0 corrupted 4 kinds: vae_anomaly_score AUROC" in result.output  # a line per task
     assert "digits: held-out (2 task(s), 1 seed(s))" in result.output
+    assert "Pareto rule:" in result.output
     frame = pd.read_csv(out / "results.csv", dtype={"task": str})
     vae = frame[frame["detector"] == "vae_anomaly_score"]
-    assert sorted(zip(vae["protocol"], vae["task"], strict=True)) == [
-        ("contaminated", "0"),
+    assert list(zip(vae["protocol"], vae["task"], strict=True)) == [
         ("held-out", "0"),
         ("held-out", "1"),
+        ("contaminated-clustered-3", "0"),
+        ("contaminated-scattered-3", "mixed"),
         ("one-class", "0"),
         ("one-class", "1"),
+        ("corrupted", "blank"),
+        ("corrupted", "saturated"),
+        ("corrupted", "wrong-scale"),
+        ("corrupted", "rotated"),
     ]
     assert vae["auroc"].between(0, 1).all()
+    flagged = vae.set_index("protocol")["flagged_rate"]
+    assert flagged[["held-out", "one-class", "corrupted"]].between(0, 1).all()  # the VAE's threshold
+    assert flagged[["contaminated-clustered-3", "contaminated-scattered-3"]].isna().all()  # none: unsupervised
+    assert frame.loc[frame["detector"] != "vae_anomaly_score", "flagged_rate"].isna().all()
     assert "vae_iwae_nll" not in set(frame["detector"])  # no IWAE in --quick
     assert set(frame["detector"]) == {"vae_anomaly_score", "vae_neg_elbo", *ev.CLASSICAL}
     summary = pd.read_csv(out / "summary.csv")
-    assert summary["detector"].iloc[0] == "vae_anomaly_score" and len(summary) == 3 * 10
+    assert summary["detector"].iloc[0] == "vae_anomaly_score" and len(summary) == 5 * 10
     fits = pd.read_csv(out / "vae_fits.csv")
-    assert len(fits) == 5 and (fits["epochs_run"] > 0).all()
-    assert "| vae_anomaly_score |" in (out / "tables.md").read_text()
+    assert len(fits) == 7 and (fits["epochs_run"] > 0).all()
+    assert (
+        fits.set_index("protocol")["threshold"].notna().to_dict()
+        == {
+            "held-out": True,
+            "contaminated-clustered-3": False,
+            "contaminated-scattered-3": False,
+            "one-class": True,
+            "corrupted": True,
+        }
+        or fits["threshold"].notna().sum() == 5
+    )
+    text = (out / "tables.md").read_text()
+    assert "| vae_anomaly_score |" in text and "## Against the previous scorecard" in text
+    assert "| digits | held-out | vae_anomaly_score | 0.953 ± 0.006 |" in text  # the previous scorecard's cell
+    assert "| digits | corrupted |" in text and "flagged at the default threshold" in text
+    assert "| digits | contaminated | vae_anomaly_score | 0.571 ± 0.095 | n/a | n/a | n/a | not run |" in text
     assert (out / "evaluation.png").read_bytes()[:8] == PNG
 
 
@@ -457,7 +526,9 @@ def test_evaluate_command_rejects_bad_options():
 
     result = CliRunner().invoke(main, ["evaluate", "--protocols", "held-out,bogus"])
     assert result.exit_code == 2
-    assert "choose one or more of" in result.output
+    assert "choose one or more of" in result.output and "contaminated-scattered" in result.output
+    result = CliRunner().invoke(main, ["evaluate", "--corruptions", "blank,jpeg"])
+    assert result.exit_code == 2 and "half-occluded" in result.output
     result = CliRunner().invoke(main, ["evaluate", "--seeds", "0,one"])
     assert result.exit_code == 2
     assert "comma-separated integers" in result.output

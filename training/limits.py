@@ -5,4 +5,4 @@ imports numpy and pyarrow.)"""
 
 DEFAULT_SHARD_ROWS = 50_000  # rows per unit of work of an input (Parquet: whole row groups)
 
-BUILTIN_DATA = ("digits", "mnist5k", "mnist", "fashion_mnist")  # training.data.builtin's names
+BUILTIN_DATA = ("digits", "mnist5k", "mnist5k-binary", "mnist", "fashion_mnist")  # training.data.builtin's names

