@@ -47,7 +47,7 @@ def fitted():
 def test_fitted_statistics_are_stored_in_the_model(fitted):
     model, _ = fitted
     stats = model.anomaly
-    assert stats["method"] == "elbo_or_latent_knn" and stats["k"] == 5 and stats["reference_count"] == 300
+    assert stats["method"] == "elbo_or_latent_knn_mass" and stats["k"] == 5 and stats["reference_count"] == 300
     assert stats["neg_elbo_scale"] > 0 and stats["latent_knn_scale"] > 0
     assert np.any(model.reference_latents_array() != 0)
 
@@ -64,11 +64,17 @@ def test_the_score_is_the_sum_of_the_standardised_terms_positive_parts(fitted):
         distance - stats["latent_knn_center"]
     ) / stats["latent_knn_scale"]
     np.testing.assert_allclose(terms["anomaly_score"], expected)
-    assert set(model_method_scores(model, terms)) == {"neg_elbo", "elbo_latent_knn", "elbo_or_latent_knn"}
+    methods = model_method_scores(model, terms)
+    assert set(methods) == {"neg_elbo", "elbo_latent_knn", "elbo_or_latent_knn", "elbo_or_latent_knn_mass"}
     either = np.maximum((terms["neg_elbo"] - stats["neg_elbo_center"]) / stats["neg_elbo_scale"], 0) + np.maximum(
         (distance - stats["latent_knn_center"]) / stats["latent_knn_scale"], 0
     )
-    np.testing.assert_allclose(model_method_scores(model, terms)["elbo_or_latent_knn"], either)
+    np.testing.assert_allclose(methods["elbo_or_latent_knn"], either)
+    # rarity: the distance to the k_mass-th nearest reference latent, beyond one IQR above its median
+    far = knn_distance(terms["posterior_mean"], model.reference_latents_array()[:300], stats["k_mass"])
+    rare = np.maximum((far - stats["latent_mass_center"]) / stats["latent_mass_scale"] - 1.0, 0)
+    assert stats["k_mass"] == 9  # 3 % of the 300 reference latents
+    np.testing.assert_allclose(methods["elbo_or_latent_knn_mass"], either + rare)
 
 
 def test_an_image_far_from_the_training_latents_scores_higher(fitted):

@@ -10,7 +10,12 @@ import click
 
 from pipeline.cli.support import friendly_errors, parse_shape
 
-ANOMALY_METHODS = ("elbo_or_latent_knn", "elbo_latent_knn", "neg_elbo")  # scoring.anomaly.METHODS, no numpy import
+ANOMALY_METHODS = (
+    "elbo_or_latent_knn_mass",
+    "elbo_or_latent_knn",
+    "elbo_latent_knn",
+    "neg_elbo",
+)  # scoring.anomaly.METHODS
 LIKELIHOOD_CHOICES = ("auto", "bernoulli", "continuous_bernoulli", "gaussian")
 
 

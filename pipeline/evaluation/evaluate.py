@@ -64,6 +64,7 @@ from pipeline.evaluation.tasks import (  # noqa: F401  (re-exported: the evaluat
 )
 from pipeline.outputs.files import write_atomically
 from scoring import metrics
+from scoring.anomaly import METHODS as ANOMALY_METHODS
 from scoring.detectors import DETECTOR_NAMES, classical_detectors
 from training import data as data_lib
 from training.config import TrainConfig
@@ -72,7 +73,8 @@ log = logging.getLogger(__name__)
 
 DATA_SETS = ("digits", "mnist5k", "mnist5k-binary")
 DEFAULT_SEEDS = (0, 1, 2)
-VAE_SCORES = ("anomaly_score", "neg_elbo", "iwae_nll")  # the default score first
+#: the default score first; then every other method of scoring.anomaly, from the same fit
+VAE_SCORES = ("anomaly_score", "neg_elbo", "iwae_nll", *(m for m in ANOMALY_METHODS if m != "neg_elbo"))
 VAE_DETECTORS = tuple(f"vae_{s}" for s in VAE_SCORES)
 CLASSICAL = DETECTOR_NAMES
 DETECTORS = VAE_DETECTORS + CLASSICAL
@@ -168,7 +170,7 @@ def score_with_vae(
     validation images, as ``vae train`` calibrates, where they are unseen by the fit)."""
     import keras
 
-    from scoring.detector import score_images
+    from scoring.detector import model_method_scores, score_images
     from training.train import build_model, fit, set_seeds
 
     keras.backend.clear_session()
@@ -196,6 +198,7 @@ def score_with_vae(
     scores = score_images(
         model, task.test.images, num_samples=cfg.score_samples, seed=cfg.seed, iwae_k=iwae_k or None, batch_size=128
     )
+    scores |= {m: v for m, v in model_method_scores(model, scores).items() if m != "neg_elbo"}  # every method
     normal = ~task.is_anomaly
     summary: dict[str, Any] = {
         "protocol": task.protocol,
@@ -291,7 +294,8 @@ def evaluate_task(
         k = iwae_k if "vae_iwae_nll" in vae_wanted else None
         vae_scores, summary = score_with_vae(task, cfg, k, score_fit)
         for name in vae_wanted:
-            whole = _finite_or_none(name, task, vae_scores[name.removeprefix("vae_")])
+            whole = vae_scores.get(name.removeprefix("vae_"))
+            whole = None if whole is None else _finite_or_none(name, task, whole)
             scores[name] = {part: None if whole is None else whole[rows] for part, rows in task.subtasks}
             seconds[name] = summary["seconds"]
         if summary.get("threshold") is not None:
