@@ -312,3 +312,31 @@ def test_large_images_get_fewer_classes_and_planted_classes_by_default(digits):
     rotated = tasks.build_tasks(digits, ["held-out", "one-class"], seed=1, rotate=3)
     assert [(t.protocol, t.target) for t in rotated] == [(p, c) for p in ("held-out", "one-class") for c in "148"]
     assert tasks.count_tasks(digits, ["held-out", "one-class", "contaminated-clustered-3"], planted=1, rotate=3) == 7
+
+
+def _results(seed: int, auroc: float) -> pd.DataFrame:
+    rows = [
+        {"data": "digits", "seed": seed, "protocol": "held-out", "task": t, "detector": d, "auroc": auroc,
+         "average_precision": 0.5, "flagged_rate": math.nan, "seconds": 1.0, "n_fit": 10, "n_normal": 9,
+         "n_anomalous": 1}
+        for t in ("0", "1")
+        for d in ("vae_anomaly_score", "knn")
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=list(ev.RESULT_COLUMNS))
+
+
+def test_a_scorecard_run_in_pieces_is_combined_into_one(tmp_path):
+    first, second = tmp_path / "seed0", tmp_path / "seeds12"
+    for folder, frames in (
+        (first, [_results(0, 0.8), _results(1, 0.1)]),
+        (second, [_results(1, 0.9), _results(2, 1.0)]),
+    ):
+        folder.mkdir()
+        pd.concat(frames).to_csv(folder / "results.csv", index=False)
+    result = ev.combine_runs([first, second], tmp_path / "all", note="digits in two runs")
+    assert len(result.results) == 12  # seed 1 of the second run replaced the first run's
+    row = result.summary.set_index(["protocol", "detector"]).loc[("held-out", "vae_anomaly_score")]
+    assert row["auroc_mean"] == pytest.approx(0.9) and row["auroc_worst"] == pytest.approx(0.8)
+    written = pd.read_csv(tmp_path / "all" / "summary.csv")
+    assert set(written["detector"]) == {"vae_anomaly_score", "knn"}
+    assert "digits in two runs" in (tmp_path / "all" / "tables.md").read_text()

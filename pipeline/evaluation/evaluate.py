@@ -578,6 +578,46 @@ def _previous_summary(
     return f"`{path}`", comparison.read_summary(path)
 
 
+def combine_runs(
+    folders: Sequence[str | Path],
+    output_dir: str | Path,
+    previous: str | Path | pd.DataFrame | None = None,
+    note: str = "",
+) -> EvaluationResult:
+    """One scorecard from runs made in pieces (other data sets or seeds, same settings): their
+    ``results.csv`` and ``vae_fits.csv`` concatenated (a later folder's rows replace an earlier
+    one's for the same data set, seed, protocol, task and detector), summarised and written to
+    ``output_dir`` as :func:`evaluate` writes, against ``previous`` when given. ``note`` heads the
+    tables (what ran, how long)."""
+    keys = ["data", "seed", "protocol", "task", "detector"]
+    results = pd.concat([pd.read_csv(Path(f) / "results.csv") for f in folders], ignore_index=True)
+    results = results.drop_duplicates(keys, keep="last").reset_index(drop=True)
+    fit_files = [Path(f) / "vae_fits.csv" for f in folders if (Path(f) / "vae_fits.csv").is_file()]
+    fits = pd.concat([pd.read_csv(f) for f in fit_files], ignore_index=True) if fit_files else pd.DataFrame()
+    summary = tables.summarise(results, DETECTORS, PROTOCOLS)
+    names = list(dict.fromkeys(results["data"]))
+    seeds = sorted(int(s) for s in results["seed"].unique())
+    header = f"# VAE against PyOD detectors\n\nData sets: {', '.join(names)}; seeds: {', '.join(map(str, seeds))}.\n"
+    header += f"\n{note}\n" if note else ""
+    folder = Path(output_dir)
+    before = _previous_summary(previous, None) if previous is not None else None
+    against, section, whole = None, "", ""
+    if before is not None:
+        against = comparison.compare(before[1], summary)
+        whole, section = comparison.comparison_markdown(before[1], summary, before[0])
+    result = EvaluationResult(
+        results=results,
+        summary=summary,
+        fits=fits,
+        markdown=tables.markdown_report(results, summary, header, DETECTORS, section),
+        comparison=against,
+        comparison_markdown=whole,
+        previous=None if before is None else before[1],
+    )
+    write_outputs(result, folder)
+    return result
+
+
 def vae_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The VAE settings worth recording (no paths, no registry settings)."""
     skip = ("work_dir", "promote", "model_name", "data", "shape", "target_fpr", "seed", "conditional")
