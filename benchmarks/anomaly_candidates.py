@@ -40,14 +40,24 @@ FLAGGED_KINDS = ("blank", "saturated", "wrong-scale")
 MASS_SHARE = 0.03
 
 
-def fitted_terms(task, cfg: TrainConfig, cache: Path | None) -> dict:
-    """The fit, test and validation images' terms from one VAE fit (cached by task and settings)."""
-    key = hashlib.sha256(
-        repr(
-            (task.protocol, task.target, task.fit.example_ids.tolist()[:50], len(task.fit), len(task.test), cfg)
-        ).encode()
+def _key(task, cfg: TrainConfig) -> str:
+    fit_ids = task.fit.example_ids.tolist()[:50]
+    return hashlib.sha256(
+        repr((task.protocol, task.target, fit_ids, len(task.fit), len(task.test), cfg)).encode()
     ).hexdigest()[:16]
-    path = None if cache is None else cache / f"{key}.pkl"
+
+
+def fitted_terms(task, cfg: TrainConfig, cache: Path | None) -> dict:
+    """The fit, test and validation images' terms from one VAE fit (cached by task and the fit's
+    settings; the anomaly score's method does not change the fit)."""
+    from scoring.anomaly import METHODS
+
+    path = None if cache is None else cache / f"{_key(task, replace(cfg, anomaly_score=''))}.pkl"
+    if path is not None and not path.exists():  # cached under a key that still held the method
+        for legacy in (cache / f"{_key(task, replace(cfg, anomaly_score=m))}.pkl" for m in METHODS):
+            if legacy.exists():
+                legacy.rename(path)
+                break
     if path is not None and path.exists():
         return pickle.loads(path.read_bytes())
     import keras
@@ -103,6 +113,9 @@ def candidate_scores(terms: dict, unsupervised: bool) -> dict[str, dict[str, np.
             "R(elbo)+R(knn5)+low": r(e, 0) + r(knn[5], 0) + low,
             "R(elbo)+R(knn5)+R(mass-1)+low": r(e, 0) + r(knn[5], 0) + r(knn[k_mass] - 1, 0) + low,
             "elbo+knn_mass": e + knn[k_mass],
+            "C1(elbo)+C1(knn5)+R(mass-1)": r(e, -1) + r(knn[5], -1) + r(knn[k_mass] - 1, 0),
+            "C2(elbo)+C2(knn5)+R(mass-1)": r(e, -2) + r(knn[5], -2) + r(knn[k_mass] - 1, 0),
+            "C1(elbo)+C1(knn5)": r(e, -1) + r(knn[5], -1),
         }
 
     test = parts(terms["test"], unsupervised)

@@ -12,17 +12,17 @@ Methods, higher = more anomalous (``vae evaluate`` reports them side by side, RE
   training images ((value - median) / IQR), then summed. The latent term catches new kinds of
   image the likelihood ranks as normal (the complexity bias); it is fooled by a cluster of
   anomalies inside the training data, whose members are each other's nearest neighbours.
-- ``elbo_or_latent_knn`` (the default): the same two standardised terms, combined as evidence that
-  either one gives: the sum of their positive parts. A term that calls an image very typical (a
-  planted cluster's members are each other's nearest latents; a simple image, a "1", has a high
-  likelihood) can no longer cancel the other's alarm. Measured against the plain sum on digits and
-  mnist5k (held-out and contaminated, every class planted in turn) it is as good or better in
-  every cell (README "How the defaults were chosen").
-- ``elbo_or_latent_knn_mass``: that, plus a third kind of evidence, rarity: the distance to the
-  posterior mean ``k_mass``-th nearest (3 % of the reference latents), standardised, counted only
-  beyond one IQR above its median. An image of a mode that holds less than about 3 % of the
-  training images (a small cluster of anomalies inside the training data, a batch of identical
-  broken images) has no such neighbour near it, however tight its own cluster.
+- ``elbo_latent_knn_rarity`` (the default): three kinds of evidence, each robustly standardised
+  on the training images. The image is *improbable* (the negative ELBO) or *new* (the latent
+  distance to the 5th-nearest training image), summed as in ``elbo_latent_knn`` but each floored
+  at -1 IQR, so a term that calls an image extremely typical (a blank image has a high
+  likelihood; a planted cluster's members are each other's nearest latents) cannot cancel the
+  other's alarm; plus *rare*: the distance to the posterior mean ``k_mass``-th nearest (3 % of
+  the reference latents), counted beyond one IQR above its median. An image of a mode holding
+  less than about 3 % of the training images (anomalies clustered inside the training data, a
+  batch of identical broken images) has no such neighbour near it, however tight its own cluster.
+  Chosen by ``vae evaluate`` and ``benchmarks/anomaly_candidates.py`` (README "How the defaults
+  were chosen").
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("neg_elbo", "elbo_latent_knn", "elbo_or_latent_knn", "elbo_or_latent_knn_mass")
-DEFAULT_METHOD = "elbo_or_latent_knn_mass"
+METHODS = ("neg_elbo", "elbo_latent_knn", "elbo_latent_knn_rarity")
+DEFAULT_METHOD = "elbo_latent_knn_rarity"
 LATENT_METHODS = METHODS[1:]  # the methods that need reference latents
 DEFAULT_K = 5
 MASS_SHARE = 0.03  # the mass term's neighbour: 3 % of the reference latents (at least DEFAULT_K)
-MASS_MARGIN = 1.0  # the mass term speaks only this many IQRs above its median
+MASS_MARGIN = 1.0  # the rarity term speaks only this many IQRs above its median
+FLOOR = -1.0  # how far (in IQRs) a term that calls an image typical can pull the score down
 MAX_REFERENCE = 5000  # training posterior means kept in the model for the latent term
 
 
@@ -84,11 +85,10 @@ def method_scores(
         elbo = _standardise(out["neg_elbo"], stats, "neg_elbo")
         latent = _standardise(distance, stats, "latent_knn")
         out["elbo_latent_knn"] = elbo + latent
-        out["elbo_or_latent_knn"] = np.maximum(elbo, 0.0) + np.maximum(latent, 0.0)
         if "latent_mass_center" in stats:
             far = knn_distance(terms["posterior_mean"], reference, int(stats["k_mass"]), skip_identical=True)
             rare = np.maximum(_standardise(far, stats, "latent_mass") - MASS_MARGIN, 0.0)
-            out["elbo_or_latent_knn_mass"] = out["elbo_or_latent_knn"] + rare
+            out["elbo_latent_knn_rarity"] = np.maximum(elbo, FLOOR) + np.maximum(latent, FLOOR) + rare
     return out
 
 

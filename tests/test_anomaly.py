@@ -47,12 +47,12 @@ def fitted():
 def test_fitted_statistics_are_stored_in_the_model(fitted):
     model, _ = fitted
     stats = model.anomaly
-    assert stats["method"] == "elbo_or_latent_knn_mass" and stats["k"] == 5 and stats["reference_count"] == 300
+    assert stats["method"] == "elbo_latent_knn_rarity" and stats["k"] == 5 and stats["reference_count"] == 300
     assert stats["neg_elbo_scale"] > 0 and stats["latent_knn_scale"] > 0
     assert np.any(model.reference_latents_array() != 0)
 
 
-def test_the_score_is_the_sum_of_the_standardised_terms_positive_parts(fitted):
+def test_the_scores_are_sums_of_the_standardised_terms(fitted):
     model, digits = fitted
     images = digits.images[300:400]
     stats = dict(model.anomaly)
@@ -65,16 +65,15 @@ def test_the_score_is_the_sum_of_the_standardised_terms_positive_parts(fitted):
     ) / stats["latent_knn_scale"]
     np.testing.assert_allclose(terms["anomaly_score"], expected)
     methods = model_method_scores(model, terms)
-    assert set(methods) == {"neg_elbo", "elbo_latent_knn", "elbo_or_latent_knn", "elbo_or_latent_knn_mass"}
-    either = np.maximum((terms["neg_elbo"] - stats["neg_elbo_center"]) / stats["neg_elbo_scale"], 0) + np.maximum(
-        (distance - stats["latent_knn_center"]) / stats["latent_knn_scale"], 0
+    assert set(methods) == {"neg_elbo", "elbo_latent_knn", "elbo_latent_knn_rarity"}
+    floored = np.maximum((terms["neg_elbo"] - stats["neg_elbo_center"]) / stats["neg_elbo_scale"], -1) + np.maximum(
+        (distance - stats["latent_knn_center"]) / stats["latent_knn_scale"], -1
     )
-    np.testing.assert_allclose(methods["elbo_or_latent_knn"], either)
     # rarity: the distance to the k_mass-th nearest reference latent, beyond one IQR above its median
     far = knn_distance(terms["posterior_mean"], model.reference_latents_array()[:300], stats["k_mass"])
     rare = np.maximum((far - stats["latent_mass_center"]) / stats["latent_mass_scale"] - 1.0, 0)
     assert stats["k_mass"] == 9  # 3 % of the 300 reference latents
-    np.testing.assert_allclose(methods["elbo_or_latent_knn_mass"], either + rare)
+    np.testing.assert_allclose(methods["elbo_latent_knn_rarity"], floored + rare)
 
 
 def test_an_image_far_from_the_training_latents_scores_higher(fitted):
@@ -149,10 +148,10 @@ def test_fitting_does_not_depend_on_call_order(fitted):
     """Fitting reads the model's raw terms, never a score an earlier fit left in it."""
     model, digits = fitted
     train, other = digits.images[:300], digits.images[700:800]
-    first = VAEDetector(model, "elbo_or_latent_knn").fit(train).decision_function(other)
+    first = VAEDetector(model, "elbo_latent_knn_rarity").fit(train).decision_function(other)
     VAEDetector(model, "neg_elbo").fit(digits.images[900:1000])  # a different fit in between
     score_images(model, other, num_samples=4, seed=0)  # and scoring
-    again = VAEDetector(model, "elbo_or_latent_knn").fit(train).decision_function(other)
+    again = VAEDetector(model, "elbo_latent_knn_rarity").fit(train).decision_function(other)
     np.testing.assert_array_equal(first, again)
     VAEDetector(model).fit(train)  # leave the fixture's default detector in place
 

@@ -10,12 +10,7 @@ import click
 
 from pipeline.cli.support import friendly_errors, parse_shape
 
-ANOMALY_METHODS = (
-    "elbo_or_latent_knn_mass",
-    "elbo_or_latent_knn",
-    "elbo_latent_knn",
-    "neg_elbo",
-)  # scoring.anomaly.METHODS
+ANOMALY_METHODS = ("elbo_latent_knn_rarity", "elbo_latent_knn", "neg_elbo")  # scoring.anomaly.METHODS
 LIKELIHOOD_CHOICES = ("auto", "bernoulli", "continuous_bernoulli", "gaussian")
 
 
@@ -104,9 +99,10 @@ def train_options(func):
             type=click.Choice(ANOMALY_METHODS),
             default=d.anomaly_score,
             show_default=True,
-            help="What anomaly_score is: elbo_or_latent_knn, the evidence of the ELBO or of the latent distance "
-            "to the training images (each standardised, their positive parts summed); elbo_latent_knn, their "
-            "plain sum; or the negative ELBO alone (README: Evaluation).",
+            help="What anomaly_score is: elbo_latent_knn_rarity, the evidence that an image is improbable (its "
+            "ELBO), new (far from the training images' latents) or rare (far at the scale of 3%% of them); "
+            "elbo_latent_knn, the plain sum of the first two (the previous default); or the negative ELBO "
+            "alone (README: Evaluation).",
         ),
         click.option(
             "--score-samples",
