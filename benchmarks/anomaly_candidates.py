@@ -29,15 +29,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from pipeline.evaluation.evaluate import vae_config  # noqa: E402
+from pipeline.evaluation.tables import FLAGGED_KINDS  # noqa: E402
 from pipeline.evaluation.tasks import PROTOCOLS, build_tasks  # noqa: E402
 from scoring import metrics  # noqa: E402
-from scoring.anomaly import knn_distance  # noqa: E402
+from scoring.anomaly import MASS_SHARE, knn_distance  # noqa: E402
 from scoring.calibration import threshold_at  # noqa: E402
 from training import data as data_lib  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
-
-FLAGGED_KINDS = ("blank", "saturated", "wrong-scale")
-MASS_SHARE = 0.03
 
 
 def _key(task, cfg: TrainConfig) -> str:

@@ -57,7 +57,9 @@ def first_line(argv: list[str], env: dict[str, str], limit: float = 120.0) -> tu
                 break
         return time.perf_counter() - start, seen.decode(errors="replace").strip()
     finally:
-        process.wait()
+        if process.poll() is None:  # the first line came (or never will): the rest is not measured
+            process.terminate()
+        process.wait(timeout=10)
         os.close(main)
 
 

@@ -81,13 +81,13 @@ def method_scores(
     out = {"neg_elbo": np.asarray(terms["neg_elbo"], dtype=np.float64)}
     if "latent_knn_center" in stats and reference is not None:
         reference = reference[: int(stats["reference_count"])]
-        distance = knn_distance(terms["posterior_mean"], reference, int(stats["k"]), skip_identical=True)
+        k, k_mass = int(stats["k"]), int(stats.get("k_mass", 0))  # no k_mass: saved before the rarity term
+        distance = knn_distances(terms["posterior_mean"], reference, (k, k_mass) if k_mass else (k,))
         elbo = _standardise(out["neg_elbo"], stats, "neg_elbo")
-        latent = _standardise(distance, stats, "latent_knn")
+        latent = _standardise(distance[k], stats, "latent_knn")
         out["elbo_latent_knn"] = elbo + latent
-        if "latent_mass_center" in stats:
-            far = knn_distance(terms["posterior_mean"], reference, int(stats["k_mass"]), skip_identical=True)
-            rare = np.maximum(_standardise(far, stats, "latent_mass") - MASS_MARGIN, 0.0)
+        if k_mass:
+            rare = np.maximum(_standardise(distance[k_mass], stats, "latent_mass") - MASS_MARGIN, 0.0)
             out["elbo_latent_knn_rarity"] = np.maximum(elbo, FLOOR) + np.maximum(latent, FLOOR) + rare
     return out
 
@@ -97,10 +97,21 @@ def anomaly_scores(
 ) -> np.ndarray:
     """Per-example ``anomaly_score``: the fitted method's (``neg_elbo`` when nothing is fitted)."""
     method = (stats or {}).get("method", "neg_elbo")
-    return method_scores(stats, terms, reference)[method]
+    scores = method_scores(stats, terms, reference)
+    if method not in scores:
+        raise ValueError(
+            f"the model's anomaly score {method!r} cannot be computed from what it stores (this version computes "
+            f"{', '.join(scores)} for it): retrain it with --anomaly-score {DEFAULT_METHOD}"
+        )
+    return scores[method]
 
 
 SAME_POINT = 1e-4  # a reference latent this close to the scored one is that image itself
+
+
+def knn_distances(points: np.ndarray, reference: np.ndarray, ks: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """:func:`knn_distance` with ``skip_identical`` for several ``k`` from one distance matrix."""
+    return dict(zip(ks, _knn(points, reference, ks, exclude_self=False, skip_identical=True), strict=True))
 
 
 def knn_distance(
@@ -112,22 +123,31 @@ def knn_distance(
     a reference point at (numerically) zero distance is taken to be the scored image itself (a
     training image scored again) and skipped, so training images are scored leave-one-out, as the
     statistics were fitted, and new images as usual."""
+    return _knn(points, reference, (k,), exclude_self, skip_identical)[0]
+
+
+def _knn(
+    points: np.ndarray, reference: np.ndarray, ks: tuple[int, ...], exclude_self: bool, skip_identical: bool
+) -> list[np.ndarray]:
     points = np.asarray(points, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     squared_norms = np.sum(reference**2, axis=1)
-    out = np.empty(len(points))
+    out = [np.empty(len(points)) for _ in ks]
+    top = max(ks)
     for start in range(0, len(points), 1024):
         chunk = points[start : start + 1024]
         squared = np.maximum(np.sum(chunk**2, axis=1)[:, None] + squared_norms[None] - 2.0 * chunk @ reference.T, 0.0)
         if exclude_self:
             rows = np.arange(len(chunk))
             squared[rows, start + rows] = np.inf
-        last = min(k, squared.shape[1] - 1)  # the k+1 nearest, in order, when there are that many
+        last = min(top, squared.shape[1] - 1)  # the top+1 nearest, in order, when there are that many
         nearest = np.sort(np.partition(squared, last, axis=1)[:, : last + 1], axis=1)
-        kth = nearest[:, k - 1]
-        if skip_identical:
-            kth = np.where(nearest[:, 0] < SAME_POINT**2, nearest[:, last], kth)
-        out[start : start + len(chunk)] = np.sqrt(kth)
+        same = nearest[:, 0] < SAME_POINT**2 if skip_identical else None
+        for i, k in enumerate(ks):
+            kth = nearest[:, k - 1]
+            if same is not None:
+                kth = np.where(same, nearest[:, min(k, last)], kth)
+            out[i][start : start + len(chunk)] = np.sqrt(kth)
     return out
 
 

@@ -42,6 +42,11 @@ class Calibration:
         at_least = self.scores.size - np.searchsorted(self.scores, scores, side="left")
         return (1.0 + at_least) / (self.scores.size + 1.0)
 
+    @property
+    def above(self) -> int:
+        """How many calibration scores lie above the threshold."""
+        return int(np.count_nonzero(self.scores > self.threshold))
+
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
 
@@ -78,8 +83,12 @@ def threshold_at(sorted_scores: np.ndarray, target_fpr: float) -> float:
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"the false positive rate must be in (0, 1), got {target_fpr}")
     sorted_scores = np.asarray(sorted_scores, dtype=np.float64)
-    if exceedances(sorted_scores.size, target_fpr) < MIN_EXCEEDANCES and sorted_scores.size > 2 * MIN_EXCEEDANCES:
-        return tail_threshold(sorted_scores, target_fpr)
+    n = sorted_scores.size
+    if exceedances(n, target_fpr) < MIN_EXCEEDANCES and n > 2 * MIN_EXCEEDANCES:
+        # never below the empirical threshold with MIN_EXCEEDANCES above it: a looser rate never
+        # gives a higher threshold where the two rules meet
+        floor = np.quantile(sorted_scores, 1.0 - MIN_EXCEEDANCES / n, method="inverted_cdf")
+        return max(tail_threshold(sorted_scores, target_fpr), float(floor))
     # the inverted empirical CDF: index n - floor(n * fpr) - 1, so exactly floor(n * fpr) scores lie above
     return float(np.quantile(sorted_scores, 1.0 - target_fpr, method="inverted_cdf"))
 
@@ -127,9 +136,14 @@ def size_warning(n: int, target_fpr: float) -> str | None:
             f"rows are needed ({MIN_EXCEEDANCES} above the threshold)"
         )
     if above < MIN_EXCEEDANCES:
+        how = (
+            "so it is extrapolated from the upper tail of the scores"
+            if n > 2 * MIN_EXCEEDANCES
+            else "and too few scores to fit their tail"
+        )
         return (
             f"only {above} of {n} calibration scores lie above the threshold at a false positive rate of "
-            f"{target_fpr:g}, fewer than {MIN_EXCEEDANCES}: the threshold is noisy, so it is extrapolated from the "
-            f"upper tail of the scores; about {needed} calibration rows are needed for an empirical one"
+            f"{target_fpr:g}, fewer than {MIN_EXCEEDANCES}: the threshold is noisy, {how}; about {needed} "
+            "calibration rows are needed for an empirical one"
         )
     return None

@@ -138,8 +138,9 @@ class VAEDetector:
     ) -> VAEDetector:
         """Fits the score's statistics on ``images`` (the model's training images) and the
         threshold on ``calibration_images`` (normal images that fitted neither the weights nor
-        these statistics); stores both in the model. ``y`` is ignored, as in PyOD; ``labels`` are
-        the class labels a conditional model needs."""
+        these statistics); stores both *in the model* (its ``anomaly`` and ``calibration`` and the
+        reference weight), so fit a model of your own, not one a running job shares. ``y`` is
+        ignored, as in PyOD; ``labels`` are the class labels a conditional model needs."""
         terms = self._terms(images, labels)
         capacity = int(getattr(self.model, "reference_rows", 0))
         reference = None

@@ -96,3 +96,18 @@ def test_size_warning_when_the_threshold_is_the_largest_score():
     assert exceedances(50, 0.01) == 0 and exceedances(100, 0.01) == 1 and rows_needed(0.05) == 200
     with pytest.raises(ValueError, match="false positive rate"):
         size_warning(100, 0.0)
+
+
+def test_a_looser_rate_never_gives_a_higher_threshold_where_the_rules_meet():
+    """Around n * fpr = 10 the empirical rule takes over from the tail fit; the threshold must not jump up."""
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        scores = np.sort(rng.standard_t(3, size=270))
+        rates = np.linspace(0.002, 0.06, 80)
+        thresholds = [Calibration.fit(scores, r).threshold for r in rates]
+        assert np.all(np.diff(thresholds) <= 1e-12)
+
+
+def test_the_warning_says_how_the_threshold_was_found():
+    assert "extrapolated from the upper tail" in size_warning(270, 0.01)
+    assert "too few scores to fit their tail" in size_warning(15, 0.1)  # 1 above, no tail fit

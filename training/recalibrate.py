@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scoring.calibration import Calibration, exceedances, rows_needed
+from scoring.calibration import Calibration, rows_needed
 from training import aliases, registry
 from training import data as data_lib
 from training.catalog import RECALIBRATED_FROM
@@ -286,7 +286,7 @@ def _log_and_register(
         metrics |= {
             "threshold": calibration.threshold,
             "calibration_rows": rows,
-            "calibration_above_threshold": exceedances(rows, calibration.target_fpr),
+            "calibration_above_threshold": calibration.above,
             "calibration_rows_needed": rows_needed(calibration.target_fpr),
         }
         if flagged is not None:

@@ -271,8 +271,9 @@ def describe(name: str, version: str, facts: dict[str, Any], work: str | os.Path
         name,
         description=(
             f"A {kind} on {f['data']} (images {f['shape']}) that scores images for anomalies (`vae score`, "
-            "negative ELBO in nats, a calibrated threshold and p-values) and writes synthetic images (`vae "
-            "generate`). Each version's description says its data, likelihood, holdout score and threshold. "
+            "the anomaly_score built on the negative ELBO, a calibrated threshold and p-values) and writes "
+            "synthetic images (`vae generate`). Each version's description says its data, likelihood, holdout "
+            "score and threshold. "
             "`vae train` moves @champion to a new version only when it beats the champion's negative ELBO on "
             "the same fixed holdout (--promote if-better)."
         ),

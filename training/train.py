@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from scoring.anomaly import DEFAULT_METHOD, reference_rows
-from scoring.calibration import Calibration, exceedances, rows_needed
+from scoring.calibration import Calibration, rows_needed
 from scoring.detector import VAEDetector, score_images
 from scoring.latent_prior import fit_latent_prior
 from training import aliases, registry
@@ -366,6 +366,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
         )
         mlflow.set_tags(
             {
+                "data_fingerprint": data_lib.fingerprint(split.train),
                 "holdout_fingerprint": holdout_fingerprint,
                 "data_source": split.train.source,
                 "model_name": cfg.model_name,
@@ -395,7 +396,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
             "threshold": calibration.threshold,
             "holdout_flagged_rate": float(calibration.is_anomaly(holdout_scores[calibration.score]).mean()),
             "calibration_rows": len(split.calibration),
-            "calibration_above_threshold": exceedances(len(split.calibration), cfg.target_fpr),
+            "calibration_above_threshold": calibration.above,
             "calibration_rows_needed": rows_needed(cfg.target_fpr),
             "seconds_per_epoch": seconds_per_epoch,
         }
@@ -446,29 +447,32 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
         if promoted:
             aliases.promote(cfg.model_name, version, registry.CHAMPION, cfg.work_dir, reason=reason, by="vae train")
         mlflow.set_tags({"promoted": str(promoted), "promotion_reason": reason, "model_version": version})
-        registry.describe(
-            cfg.model_name,
-            version,
-            {
-                "conditional": cfg.conditional,
-                "architecture": cfg.architecture,
-                "latent_dim": cfg.latent_dim,
-                "data": split.train.source,
-                "train_rows": len(split.train),
-                "shape": "x".join(map(str, split.train.image_shape)),
-                "likelihood": _likelihood_name(model.likelihood, model.pixel_levels),
-                "likelihood_reason": model.likelihood_reason,
-                "holdout_neg_elbo": summary["holdout_neg_elbo"],
-                "holdout_fingerprint": holdout_fingerprint,
-                "holdout_rows": len(holdout),
-                "threshold": calibration.threshold,
-                "score": calibration.score,
-                "fpr": cfg.target_fpr,
-                "promoted": promoted,
-                "promotion_reason": reason,
-            },
-            cfg.work_dir,
-        )
+        try:  # the registry's descriptions: after the promotion, so a failure here is a warning
+            registry.describe(
+                cfg.model_name,
+                version,
+                {
+                    "conditional": cfg.conditional,
+                    "architecture": cfg.architecture,
+                    "latent_dim": cfg.latent_dim,
+                    "data": split.train.source,
+                    "train_rows": len(split.train),
+                    "shape": "x".join(map(str, split.train.image_shape)),
+                    "likelihood": _likelihood_name(model.likelihood, model.pixel_levels),
+                    "likelihood_reason": model.likelihood_reason,
+                    "holdout_neg_elbo": summary["holdout_neg_elbo"],
+                    "holdout_fingerprint": holdout_fingerprint,
+                    "holdout_rows": len(holdout),
+                    "threshold": calibration.threshold,
+                    "score": calibration.score,
+                    "fpr": cfg.target_fpr,
+                    "promoted": promoted,
+                    "promotion_reason": reason,
+                },
+                cfg.work_dir,
+            )
+        except Exception as exc:  # noqa: BLE001 - MLflow's errors vary by store
+            log.warning("could not write the registry's description of %s v%s: %s", cfg.model_name, version, exc)
         return TrainResult(
             run_id=run.info.run_id,
             model_name=cfg.model_name,

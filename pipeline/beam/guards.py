@@ -143,6 +143,7 @@ def check_pixel_range(
             f"images checked is at most {top:.4g} after scaling, below {min_brightness:g} of the training images' "
             f"typical brightest pixel ({brightest:.4g}). Integer pixels are divided by 255 and 16-bit PNGs by "
             "65,535: score 0/1 masks with --pixel-scale 1 (0-16 levels: --pixel-scale 16), save 0-255 images as "
-            "8-bit PNGs, or pass --min-brightness 0 to score them as they are. Nothing was scored or replaced"
+            "8-bit PNGs, or, if the images really are blank or dark, pass --min-brightness 0 to score them as they are "
+            "(a blank image gets a high anomaly_score). Nothing was scored or replaced"
         )
     return seen

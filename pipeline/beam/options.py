@@ -79,7 +79,12 @@ class JobOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         _flag(parser, "model", default=DEFAULT_MODEL_URI, help="models:/NAME@ALIAS, models:/NAME/VERSION or .keras")
-        _flag(parser, "input", default=None, help="the images to read (see `vae score --help`); default digits")
+        _flag(
+            parser,
+            "input",
+            default=None,
+            help="the images to read (see `vae score --help`; `vae score` requires it); default digits",
+        )
         _flag(parser, "output", default=None, help="output folder (required)")
         _flag(parser, "shape", type=_shape, default=None, help="image shape HxWxC of a Parquet 'pixels' column")
         _flag(parser, "work_dir", default=None, help="working folder: the MLflow store (default: vae's)")

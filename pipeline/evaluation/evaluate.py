@@ -11,8 +11,8 @@ take a seed), so a table is reproducible. Per seed, a detector's AUROC and avera
 averaged over the tasks of a protocol cell; the summary gives the mean, standard deviation and
 worst of those over the seeds (:mod:`pipeline.evaluation.tables`). ``flagged_rate`` is the share
 of a task's anomalies above a detector's threshold: the VAE's default score has one (the product's
-rule: the 99th percentile of its scores on the task's validation images, normal and unseen by the
-weights; none in the unsupervised cells, whose validation images are fit images); PyOD's
+rule, :class:`scoring.detector.VAEDetector` at 1 % on the task's validation images, normal and
+unseen by the weights; none in the unsupervised cells, whose validation images are fit images); PyOD's
 detectors get NaN.
 
 The VAE is the plain (unconditional) model of :mod:`training.model`, fitted fresh per task with

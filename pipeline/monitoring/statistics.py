@@ -1,8 +1,10 @@
 """The numbers a monitoring row holds about one run's scores: the acceptance bound of its flagged
 rate, the drift of its scores from the model's calibration scores, and their quantiles.
 
-**The rate bound.** The threshold is an order statistic of the model's ``n`` calibration scores with
-``k`` of them above it (:func:`scoring.calibration.threshold_at`). For exchangeable scores (nothing
+**The rate bound.** The threshold has ``k`` of the model's ``n`` calibration scores above it (an
+order statistic with enough rows; on small data a tail fit that falls between two of them,
+:func:`scoring.calibration.threshold_at`: ``k`` is then counted, and the bound below is the one of
+the order statistic just under it, a close and slightly wide approximation). For exchangeable scores (nothing
 changed since calibration) the probability ``p`` that a new score lies above it is itself random,
 ``Beta(k + 1, n - k)`` (the mass above the (n-k)-th of n order statistics), so the flagged count of
 ``m`` new scores follows ``BetaBinomial(m, k + 1, n - k)`` exactly, whatever the score's

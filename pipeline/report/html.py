@@ -384,7 +384,8 @@ def scored_input(scores: str | Path, frame) -> str | None:
     if "source" in frame.columns:
         sources = sorted({str(s) for s in frame["source"].dropna().unique()})
         if sources and all(not data_lib.images.is_remote(s) for s in sources):
-            candidates.append(sources[0] if len(sources) == 1 else os.path.commonpath(sources))
+            with contextlib.suppress(ValueError):  # absolute and relative sources mixed: no common folder
+                candidates.append(sources[0] if len(sources) == 1 else os.path.commonpath(sources))
     for spec in candidates:
         name = spec.partition(":")[0]
         if name in data_lib.BUILTIN and not Path(spec).exists():

@@ -179,6 +179,8 @@ def decode_image(
                 array = np.asarray(img)
     except ImageProblem:
         raise
+    except MemoryError:
+        raise
     except Image.DecompressionBombError as exc:  # a format whose size this code could not read first
         raise ImageProblem(where, f"image too large: {_pixels_in(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - a decoder may raise anything on bad bytes; the row is rejected
