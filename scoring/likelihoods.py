@@ -53,11 +53,6 @@ def _cb_log_norm(logits):
     return ops.where(small, series, exact)
 
 
-def _log1mexp(t):
-    """log(1 - exp(-t)) for t > 0, accurate for small and large t."""
-    return ops.where(t < 0.6931, ops.log(-ops.expm1(-t)), ops.log1p(-ops.exp(-t)))
-
-
 def _binned_cb_log_mass(x, logits, levels: int):
     """log P(bin of x) under the continuous Bernoulli, for pixels quantised to ``levels`` grey levels.
 
@@ -66,6 +61,10 @@ def _binned_cb_log_mass(x, logits, levels: int):
     the levels k / (levels - 1) (half-width at 0 and 1), so their masses sum to one: a proper
     probability for quantised pixels, bounded above by zero nats, where a density on quantised
     data is unbounded (the fitted density can pile onto the blank background).
+
+    Measured from the heavy end (the mass of [a, b] at l equals that of [1 - b, 1 - a] at -l), with
+    t = |l| the log mass is -t gap + log(expm1(-t (b - a)) / expm1(-t)): two expm1 and one log per
+    pixel, each term accurate to float precision (both expm1 are in [-1, 0), their ratio in (0, 1]).
     """
     half = 0.5 / (levels - 1)
     a = ops.maximum(x - half, 0.0)
@@ -73,9 +72,8 @@ def _binned_cb_log_mass(x, logits, levels: int):
     t = ops.abs(logits)
     near_zero = t < 1e-4
     safe = ops.where(near_zero, ops.ones_like(t), t)
-    # mass of [a, b] at logit l equals that of [1 - b, 1 - a] at -l: measure from the heavy end
     gap = ops.where(logits > 0, 1.0 - b, a)
-    exact = -safe * gap + _log1mexp(safe * (b - a)) - _log1mexp(safe)
+    exact = ops.log(ops.expm1(-safe * (b - a)) / ops.expm1(-safe)) - safe * gap
     return ops.where(near_zero, ops.log(b - a), exact)
 
 
