@@ -215,8 +215,8 @@ def test_calibrate_errors_are_one_clean_line(two_versions, tmp_path):
         ("--model", f"models:/{NAME}/{first.version}", "--fpr", "1.5"): "--fpr must be in (0, 1), got 1.5",
         ("--model", f"models:/{NAME}/{first.version}", "--fpr", "0"): "--fpr must be in (0, 1)",
         ("--model", f"models:/{NAME}/999", "--fpr", "0.05"): "has no version 999",
-        ("--model", f"models:/{NAME}@nowhere", "--fpr", "0.05"): "no model version has the alias 'nowhere'",
-        ("--model", "models:/no-such-model/1", "--fpr", "0.05"): "no registered model 'no-such-model'",
+        ("--model", f"models:/{NAME}@nowhere", "--fpr", "0.05"): "has no alias 'nowhere'",
+        ("--model", "models:/no-such-model/1", "--fpr", "0.05"): "no registered model named 'no-such-model'",
         ("--model", f"models:/{NAME}/{first.version}", "--fpr", "0.05", "--data", str(tmp_path / "missing")): (
             "no such file or folder"
         ),

@@ -51,7 +51,7 @@ def test_user_error_is_one_line_and_a_traceback_with_verbose(tmp_path):
     """A ValueError a user can fix (a bad --partition, found once Beam's options are built) is one
     line; with -v its traceback comes first. Neither TensorFlow's start-up lines nor Beam's import
     warning (apitools) show by default; -v shows everything."""
-    args = ["score", "--output", str(tmp_path / "out"), "--partition", "not-a-pair"]
+    args = ["score", "--input", "digits:test", "--output", str(tmp_path / "out"), "--partition", "not-a-pair"]
     quiet = _vae("--work-dir", str(tmp_path), *args)
     assert quiet.returncode == 1, quiet.stderr
     assert "Error: --partition 'not-a-pair': expected KEY=VALUE" in quiet.stderr
