@@ -115,6 +115,8 @@ def candidate_scores(terms: dict, unsupervised: bool) -> dict[str, dict[str, np.
             "C2(elbo)+C2(knn5)+R(mass-1)": r(e, -2) + r(knn[5], -2) + r(knn[k_mass] - 1, 0),
             "C1(elbo)+C1(knn5)": r(e, -1) + r(knn[5], -1),
             "C1(elbo)+C1(knn5)+R(mass-1)+low": r(e, -1) + r(knn[5], -1) + r(knn[k_mass] - 1, 0) + low,
+            "C1(elbo)+C1(knn5)+R(mass-1)+R(-elbo-2)": r(e, -1) + r(knn[5], -1) + r(knn[k_mass] - 1, 0) + r(-e - 2, 0),
+            "C1(elbo)+C1(knn5)+R(mass-1)+R(-elbo-3)": r(e, -1) + r(knn[5], -1) + r(knn[k_mass] - 1, 0) + r(-e - 3, 0),
         }
 
     test = parts(terms["test"], unsupervised)
