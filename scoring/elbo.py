@@ -9,8 +9,12 @@ a notebook agree to float precision.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -75,9 +79,136 @@ def _decode_chunks(model: ScorableModel, images: np.ndarray, z: np.ndarray, oh: 
 
 def _decode_nll(model: ScorableModel, images: np.ndarray, z: np.ndarray, oh: np.ndarray | None) -> np.ndarray:
     """-log p(x|z) for S latents per example: ``z`` is (S, N, D); returns (S, N)."""
+    steps = _compiled(model)
+    if steps is not None:
+        return _compiled_latent_nll(steps, images, z, oh)
     out = np.empty(z.shape[:2], dtype=np.float32)
     for start, nll, _ in _decode_chunks(model, images, z, oh, per_pixel=False):
         out[start : start + len(nll)] = nll
+    return out
+
+
+COMPILED = True  # score Keras models on TensorFlow and JAX with one compiled (XLA) step per block
+
+
+def _latent_nll(model: ScorableModel, images, oh, z):
+    """-log p(x|z) of latents ``z`` (k, r, D) for ``r`` images, (k, r); traced, never eager."""
+    k, r, d = z.shape
+    flat_oh = None if oh is None else ops.reshape(ops.broadcast_to(oh[None], (k, *oh.shape)), (k * r, oh.shape[-1]))
+    params = ops.cast(model.decode(ops.reshape(z, (k * r, d)), flat_oh), "float32")
+    params = ops.reshape(params, (k, r, *params.shape[1:]))
+    levels = getattr(model, "pixel_levels", 0)
+    pixels = likelihoods.pixel_negative_log_likelihood(images[None], params, model.likelihood, levels)
+    return ops.sum(pixels, axis=tuple(range(2, len(pixels.shape))))
+
+
+def _elbo_block(model: ScorableModel, images, oh, eps):
+    """Encode, sample with the common noise ``eps`` (k, D), decode, likelihood: ((k, r) nll, mean, log_var)."""
+    mean, log_var = (ops.cast(t, "float32") for t in model.encode(images, oh))
+    z = mean[None] + ops.exp(0.5 * log_var)[None] * eps[:, None, :]
+    return _latent_nll(model, images, oh, z), mean, log_var
+
+
+class _Compiled:
+    """A model's two scoring steps, compiled for its backend: ``elbo(images, oh, eps)`` and
+    ``latent(images, oh, z)`` (see :func:`_elbo_block`, :func:`_latent_nll`). They read the
+    model's variables at each call, so training after scoring is seen."""
+
+    def __init__(self, model: keras.Model) -> None:
+        ref = weakref.ref(model)  # the cache must not keep the model alive
+        self.elbo = self._compile(model, lambda images, oh, eps: _elbo_block(ref(), images, oh, eps))
+        self.latent = self._compile(model, lambda images, oh, z: _latent_nll(ref(), images, oh, z))
+
+    @staticmethod
+    def _compile(model: keras.Model, fn: Callable) -> Callable:
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            return tf.function(fn, jit_compile=True)
+        import jax
+
+        variables = list(model.encoder.variables) + list(model.decoder.variables)
+
+        def pure(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+                return fn(*args)
+
+        jitted = jax.jit(pure)
+        return lambda *args: jitted([v.value for v in variables], *args)
+
+
+_COMPILED_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPILE_LOCK = threading.Lock()
+
+
+def _compiled(model: ScorableModel) -> _Compiled | None:
+    """The model's compiled steps (built once per model), or None where scoring stays eager: not a
+    Keras VAE, a backend other than TensorFlow or JAX, or :data:`COMPILED` off."""
+    if not (COMPILED and isinstance(model, keras.Model) and keras.backend.backend() in ("tensorflow", "jax")):
+        return None
+    with _COMPILE_LOCK:
+        steps = _COMPILED_STEPS.get(model)
+        if steps is None:
+            steps = _COMPILED_STEPS[model] = _Compiled(model)
+        return steps
+
+
+def _block_shape(num_samples: int) -> tuple[int, int]:
+    """(posterior samples, rows) per compiled call: at most :data:`MAX_DECODE` latents."""
+    k = max(1, min(num_samples, MAX_DECODE))
+    return k, max(1, MAX_DECODE // k)
+
+
+def _bucket(rows: int, block: int) -> int:
+    """Rows a call of ``rows`` real rows is padded to: a quarter, a half or all of ``block``, so
+    that the compiled steps see at most three shapes, each compiled once (about 0.5 s each)."""
+    return next(size for size in (max(1, block // 4), max(1, block // 2), block) if rows <= size)
+
+
+def _pad(a: np.ndarray | None, rows: int) -> np.ndarray | None:
+    """``a`` with zero rows appended up to ``rows`` (itself, not a copy, when it has them)."""
+    if a is None or len(a) == rows:
+        return a
+    out = np.zeros((rows, *a.shape[1:]), a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+def _compiled_terms(
+    steps: _Compiled, images: np.ndarray, oh: np.ndarray | None, eps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(nll (S, N) float32, mean, log_var) of ``images`` with the common noise ``eps`` (S, D)."""
+    n, s = len(images), len(eps)
+    k, r = _block_shape(s)
+    nll = np.empty((s, n), np.float32)
+    mean = np.empty((n, eps.shape[1]), np.float32)
+    log_var = np.empty_like(mean)
+    for start in range(0, n, r):
+        stop = min(start + r, n)
+        rows = _bucket(stop - start, r)
+        x, o = _pad(images[start:stop], rows), _pad(None if oh is None else oh[start:stop], rows)
+        for first in range(0, s, k):
+            last = min(first + k, s)
+            block, m, lv = steps.elbo(x, o, _pad(eps[first:last], k))
+            nll[first:last, start:stop] = np.asarray(block)[: last - first, : stop - start]
+        mean[start:stop], log_var[start:stop] = np.asarray(m)[: stop - start], np.asarray(lv)[: stop - start]
+    return nll, mean, log_var
+
+
+def _compiled_latent_nll(steps: _Compiled, images: np.ndarray, z: np.ndarray, oh: np.ndarray | None) -> np.ndarray:
+    """-log p(x|z) for latents ``z`` (S, N, D), (S, N), with the compiled step."""
+    s, n, _ = z.shape
+    k, r = _block_shape(s)
+    out = np.empty((s, n), np.float32)
+    for start in range(0, n, r):
+        stop = min(start + r, n)
+        rows = _bucket(stop - start, r)
+        x, o = _pad(images[start:stop], rows), _pad(None if oh is None else oh[start:stop], rows)
+        for first in range(0, s, k):
+            last = min(first + k, s)
+            block = np.zeros((k, rows, z.shape[2]), np.float32)
+            block[: last - first, : stop - start] = z[first:last, start:stop]
+            out[first:last, start:stop] = np.asarray(steps.latent(x, o, block))[: last - first, : stop - start]
     return out
 
 
@@ -98,18 +229,24 @@ def neg_elbo_terms(
     posterior samples), float64 (N, H, W, C), summing over the pixels to it (see :func:`pixel_nll`)."""
     images = np.asarray(images, dtype=np.float32)
     oh = one_hot(labels, model.num_classes)
-    mean, log_var = (_np(t) for t in model.encode(images, oh))
     eps = posterior_noise(seed, num_samples, model.latent_dim)
-    z = mean[None] + np.exp(0.5 * log_var)[None] * eps[:, None, :]
+    steps = _compiled(model)
+    if steps is not None:
+        nll, mean, log_var = _compiled_terms(steps, images, oh, eps)
+    else:
+        mean, log_var = (_np(t) for t in model.encode(images, oh))
     out: dict[str, np.ndarray] = {}
-    if pixel_scores:
-        nll = np.empty(z.shape[:2], dtype=np.float32)
+    if pixel_scores or steps is None:
+        z = mean[None] + np.exp(0.5 * log_var)[None] * eps[:, None, :]
+    if pixel_scores:  # eager; the scores stay those of the compiled step where there is one
+        eager_nll = np.empty(z.shape[:2], dtype=np.float32)
         pixel_sum = np.zeros(images.shape, dtype=np.float64)
         for start, chunk_nll, pixels in _decode_chunks(model, images, z, oh, per_pixel=True):
-            nll[start : start + len(chunk_nll)] = chunk_nll
+            eager_nll[start : start + len(chunk_nll)] = chunk_nll
             pixel_sum += pixels.astype(np.float64).sum(axis=0)
         out["pixel_nll"] = pixel_sum / num_samples
-    else:
+        nll = eager_nll if steps is None else nll
+    elif steps is None:
         nll = _decode_nll(model, images, z, oh)
     reconstruction = nll.astype(np.float64).mean(axis=0)
     mean64, log_var64 = mean.astype(np.float64), log_var.astype(np.float64)

@@ -14,6 +14,7 @@ SCRIPT = """
 import keras, numpy as np
 from training import data
 from training.model import VariationalAutoencoder, compile_model, model_inputs
+from scoring import elbo
 from scoring.detector import score_images
 keras.utils.set_random_seed(0)
 split = data.split(data.load_digits(), seed=0)
@@ -29,6 +30,10 @@ for classes in (0, 10):
     a = score_images(model, split.test.images, labels)["neg_elbo"]
     b = score_images(loaded, split.test.images, labels)["neg_elbo"]
     np.testing.assert_allclose(a, b, rtol=1e-6)
+    elbo.COMPILED = False  # the jitted scoring step against the eager ops
+    eager = score_images(model, split.test.images, labels)["neg_elbo"]
+    elbo.COMPILED = True
+    np.testing.assert_allclose(a, eager, rtol=1e-5)
 print("backend", keras.backend.backend(), "ok")
 """
 

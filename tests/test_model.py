@@ -236,7 +236,8 @@ def test_pixel_nll_sums_to_the_reconstruction_nll(likelihood, levels, conditiona
     monkeypatch.setattr(elbo, "MAX_DECODE", 10)  # several decoder calls: the running sum over samples
     pixels = elbo.pixel_nll(model, x, labels, num_samples=6, seed=3)
     assert pixels.shape == x.shape and pixels.dtype == np.float64
-    np.testing.assert_allclose(pixels.sum(axis=(1, 2, 3)), terms["reconstruction_nll"], rtol=1e-6)
+    # the pixels come from eager ops, the scores from the compiled step: float32 sums of 64 terms of order 1
+    np.testing.assert_allclose(pixels.sum(axis=(1, 2, 3)), terms["reconstruction_nll"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(pixels, with_pixels["pixel_nll"], rtol=1e-5, atol=1e-6)
     batched = detector.score_images(model, x, labels, num_samples=6, seed=3, batch_size=2, pixel_scores=True)
     np.testing.assert_allclose(batched["pixel_nll"], pixels, rtol=1e-5, atol=1e-6)  # nor batching
