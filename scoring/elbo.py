@@ -116,8 +116,8 @@ class _Compiled:
 
     def __init__(self, model: keras.Model) -> None:
         ref = weakref.ref(model)  # the cache must not keep the model alive
-        self.elbo = self._compile(model, lambda images, oh, eps: _elbo_block(ref(), images, oh, eps))
-        self.latent = self._compile(model, lambda images, oh, z: _latent_nll(ref(), images, oh, z))
+        self.elbo = _FirstCallLock(self._compile(model, lambda images, oh, eps: _elbo_block(ref(), images, oh, eps)))
+        self.latent = _FirstCallLock(self._compile(model, lambda images, oh, z: _latent_nll(ref(), images, oh, z)))
 
     @staticmethod
     def _compile(model: keras.Model, fn: Callable) -> Callable:
@@ -135,6 +135,26 @@ class _Compiled:
 
         jitted = jax.jit(pure)
         return lambda *args: jitted([v.value for v in variables], *args)
+
+
+class _FirstCallLock:
+    """A compiled step whose first call per argument shape runs alone: two scoring threads (the
+    DirectRunner's, Dask's) must not trace and compile the same step at once. Later calls with a
+    shape already compiled run concurrently, unlocked."""
+
+    def __init__(self, step: Callable) -> None:
+        self._step = step
+        self._lock = threading.Lock()
+        self._compiled: set[tuple] = set()
+
+    def __call__(self, *args: Any) -> Any:
+        shape = tuple(None if a is None else np.shape(a) for a in args)
+        if shape in self._compiled:
+            return self._step(*args)
+        with self._lock:
+            out = self._step(*args)
+            self._compiled.add(shape)
+            return out
 
 
 _COMPILED_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
