@@ -114,3 +114,45 @@ def test_binned_log_mass_matches_float64_down_to_logit_zero(levels):
     exact = np.where(t == 0, np.log(b - a), exact)
     # float32 carries about 6e-8 * t in -t * gap whatever the formula
     np.testing.assert_array_less(np.abs(got - exact), 1e-5 * np.abs(exact) + 1e-6 * np.maximum(1.0, t))
+
+
+def test_threads_scoring_a_fresh_model_at_once_compile_each_step_once_and_agree(monkeypatch):
+    """Two scoring threads (the DirectRunner's) start on a model no one has scored: the first call of a
+    step and shape runs alone, and both threads get the single-threaded scores."""
+    import threading
+
+    model = VariationalAutoencoder((8, 8, 1), latent_dim=3, seed=0, architecture="dense", likelihood="bernoulli")
+    images = np.round(np.random.default_rng(3).random((50, 8, 8, 1), dtype=np.float32))
+    steps = elbo._compiled(model)
+    running, most = [0], [0]
+    counter = threading.Lock()
+    step = steps.elbo._step
+
+    def watched(*args):
+        with counter:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return step(*args)
+        finally:
+            with counter:
+                running[0] -= 1
+
+    monkeypatch.setattr(steps.elbo, "_step", watched)
+    barrier = threading.Barrier(4)
+    results: list = [None] * 4
+
+    def score(i: int) -> None:
+        barrier.wait()
+        results[i] = elbo.neg_elbo_terms(model, images, num_samples=4, seed=1)["neg_elbo"]
+
+    threads = [threading.Thread(target=score, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1  # every call here is a first call of its shape, so none overlapped
+    assert len(steps.elbo._compiled) == 1
+    _, eager = both_paths(monkeypatch, elbo.neg_elbo_terms, model, images, num_samples=4, seed=1)
+    for got in results:
+        np.testing.assert_allclose(got, eager["neg_elbo"], rtol=1e-5)
