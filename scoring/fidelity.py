@@ -1,6 +1,7 @@
-"""How faithful and how varied synthetic images are: improved precision and recall, and diversity.
+"""How faithful and how varied synthetic images are: precision, recall, density, coverage, diversity.
 
-Plain numpy, in pixel space with Euclidean distances, computed in blocks of rows so that memory stays
+Plain numpy, with Euclidean distances between the rows given (pixels, or an independent
+classifier's features: :mod:`scoring.judge`), computed in blocks of rows so that memory stays
 bounded (a block of ``BLOCK_ROWS`` rows against the other set at a time) whatever the set sizes.
 
 - **Precision and recall** are the "improved" ones of Kynkäänniemi, Karras, Laine, Lehtinen and Aila,
@@ -11,6 +12,8 @@ bounded (a block of ``BLOCK_ROWS`` rows against the other set at a time) whateve
   real manifold (are the samples realistic?); **recall** is the share of real images that fall inside
   the synthetic manifold (do the samples cover what the real images do?). Both lie in [0, 1]. A
   generator that collapses onto a few good images keeps a high precision but loses its recall.
+- **Density and coverage** (Naeem et al., 2020; :func:`prdc`) count only the real balls, so
+  outlying samples cannot inflate them: coverage is the share of real images with a sample nearby.
 - **Diversity** is the mean pairwise distance between synthetic images over the mean pairwise
   distance between real ones: 1 when the samples vary as much as the real images, 0 when they are all
   the same image, above 1 when they vary more (e.g. noise).
@@ -18,6 +21,9 @@ bounded (a block of ``BLOCK_ROWS`` rows against the other set at a time) whateve
 :func:`per_label_fidelity` measures each label's samples against the real images of that label and
 averages over the labels (the headline figures). The sets should be of comparable size: a smaller
 set has larger k-NN radii, which inflates the share of the other set's points that fall inside it.
+The real set should also be *dense* (hundreds of images per label): with a few dozen, the balls are
+so wide that speckled noise around a digit counts as realistic. Read every figure beside the same
+figure for real images against the same reference (``benchmarks/synthetic_quality.py``).
 """
 
 from __future__ import annotations
@@ -91,6 +97,41 @@ def improved_precision_recall(
     return precision, recall
 
 
+def balls_containing(
+    points: np.ndarray, manifold: np.ndarray, radii: np.ndarray, block: int = BLOCK_ROWS
+) -> np.ndarray:
+    """(len(points), len(manifold)) booleans: point i lies in the ball of manifold point j (distance
+    <= its squared radius ``radii[j]``). Memory: one block of rows at a time, then the whole table of
+    booleans, which is 1 byte per pair."""
+    p, m = _flat(points), _flat(manifold)
+    norms = (m * m).sum(axis=1)
+    out = np.empty((len(p), len(m)), dtype=bool)
+    for start, d2 in _squared_distances(p, m, norms, block):
+        out[start : start + len(d2)] = d2 <= radii[None, :]
+    return out
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = DEFAULT_K, block: int = BLOCK_ROWS) -> dict[str, float]:
+    """Precision, recall, density and coverage of ``fake`` against ``real``.
+
+    Precision and recall as in :func:`improved_precision_recall`. **Density** and **coverage** are
+    those of Naeem, Oh, Uh, Choi and Yoo, *Reliable Fidelity and Diversity Metrics for Generative
+    Models*, ICML 2020 (arXiv:2002.09797), built on the real balls only, so a few outlying samples
+    cannot inflate them the way they inflate the fake manifold of recall: density is the mean number
+    of real balls a sample falls in, over ``k`` (about 1 for samples spread like the real images,
+    above 1 where they crowd into dense real regions, 0 for samples outside every ball); coverage is
+    the share of real images whose ball holds at least one sample."""
+    real_radii = knn_radii(real, k, block)
+    fake_radii = knn_radii(fake, k, block)
+    inside_real = balls_containing(fake, real, real_radii, block)
+    return {
+        "precision": float(inside_real.any(axis=1).mean()),
+        "recall": float(inside_manifold(real, fake, fake_radii, block).mean()),
+        "density": float(inside_real.sum() / (k * len(inside_real))),
+        "coverage": float(inside_real.any(axis=0).mean()),
+    }
+
+
 def mean_pairwise_distance(images: np.ndarray, block: int = BLOCK_ROWS) -> float:
     """The mean Euclidean distance over all pairs of distinct images of a set (at least two)."""
     x = _flat(images)
@@ -113,6 +154,9 @@ def diversity(real: np.ndarray, fake: np.ndarray, block: int = BLOCK_ROWS) -> fl
     return mean_pairwise_distance(fake, block) / spread if spread > 0 else float("nan")
 
 
+METRICS = ("precision", "recall", "density", "coverage", "diversity")
+
+
 def per_label_fidelity(
     real_images: np.ndarray,
     real_labels: np.ndarray | None,
@@ -121,14 +165,14 @@ def per_label_fidelity(
     k: int = DEFAULT_K,
     block: int = BLOCK_ROWS,
 ) -> dict:
-    """Precision, recall (:func:`improved_precision_recall`) and :func:`diversity` of each label's
+    """Precision, recall, density, coverage (:func:`prdc`) and :func:`diversity` of each label's
     synthetic images against the real images of the same label, and their means over the labels.
 
     Without labels on either side (``None``) the sets are compared whole, as one label ``None``. A
     label whose real or synthetic images are too few (``k`` or fewer) is left out and listed in
-    ``skipped``. Returns ``{"k", "labels": {label: {"precision", "recall", "diversity", "real",
-    "fake"}}, "precision", "recall", "diversity" (means over labels), "worst": {metric: (label,
-    value)} (the lowest), "skipped": [labels]}``; the means are NaN when no label could be measured."""
+    ``skipped``. Returns ``{"k", "labels": {label: {metric: value for each of METRICS, "real",
+    "fake"}}, metric: the mean over labels for each of METRICS, "worst": {metric: (label, value)} (the
+    lowest), "skipped": [labels]}``; the means are NaN when no label could be measured."""
     real_images, fake_images = np.asarray(real_images), np.asarray(fake_images)
     if real_labels is None or fake_labels is None:
         real_labels = np.zeros(len(real_images), dtype=np.int64)
@@ -147,16 +191,14 @@ def per_label_fidelity(
         if len(real) <= k or len(fake) <= k:
             skipped.append(label)
             continue
-        precision, recall = improved_precision_recall(real, fake, k, block)
         per_label[label] = {
-            "precision": precision,
-            "recall": recall,
+            **prdc(real, fake, k, block),
             "diversity": diversity(real, fake, block),
             "real": len(real),
             "fake": len(fake),
         }
     out: dict = {"k": k, "labels": per_label, "skipped": skipped, "worst": {}}
-    for metric in ("precision", "recall", "diversity"):
+    for metric in METRICS:
         values = {label: v[metric] for label, v in per_label.items()}
         out[metric] = float(np.mean(list(values.values()))) if values else float("nan")
         if values:

@@ -15,9 +15,10 @@ from scoring.latent_prior import LatentPrior
 LATENT_PRIORS = ("fitted", "standard")
 DEFAULT_LATENT_PRIOR = "fitted"
 #: Pixels of a synthetic image are drawn from the likelihood tempered to p(x|z)^(1/T), T this
-#: temperature; 0 gives the likelihood's mean instead (smooth, prototypical images), 1 a plain draw.
+#: temperature, 1 a plain draw; 0 (the default) decodes to the likelihood's mean on the data's grid of
+#: grey levels, so that the variety of the samples comes from the latent, not from pixel noise.
 #: README "Synthetic images" for the measurements behind the default.
-DEFAULT_PIXEL_TEMPERATURE = 0.7
+DEFAULT_PIXEL_TEMPERATURE = 0.0
 
 
 def decode_images(
@@ -33,8 +34,9 @@ def decode_images(
     plain draw, T < 1 a sharper one with less speckle).
 
     A model of quantised pixels (``pixel_levels`` grey levels, the binned likelihood) gives its
-    images on those levels too, in the form of the data it learnt from: synthetic images that go
-    back into training (augmentation) keep the data's grid."""
+    images on those levels too, and a Bernoulli model (binary pixels) gives binary images, the mean
+    rounded to 0 or 1 (the most probable image): in the form of the data it learnt from, so that
+    synthetic images that go back into training (augmentation) keep the data's grid."""
     if pixel_temperature < 0.0:
         raise ValueError(f"the pixel temperature must be non-negative, got {pixel_temperature}")
     params = ops.cast(model.decode(np.asarray(z, np.float32), one_hot(labels, model.num_classes)), "float32")
@@ -43,6 +45,8 @@ def decode_images(
         tempered = likelihoods.temper(params, model.likelihood, pixel_temperature)
         return likelihoods.sample_image(tempered, model.likelihood, rng or np.random.default_rng(0), levels)
     mean = np.asarray(ops.convert_to_numpy(likelihoods.mean_image(params, model.likelihood)), dtype=np.float32)
+    if model.likelihood == "bernoulli":
+        levels = 2
     if levels > 1:
         steps = np.float32(levels - 1)
         mean = np.round(mean * steps) / steps

@@ -12,6 +12,7 @@ from scoring.fidelity import (
     knn_radii,
     mean_pairwise_distance,
     per_label_fidelity,
+    prdc,
 )
 
 # 1-D, by hand. k = 1: real radii 2, 2, 2, 6; fake radii 2, 2, 1, 1, 13.
@@ -91,7 +92,10 @@ def test_per_label_figures_average_over_labels_and_name_the_worst():
     fake_labels = np.array([0] * 10 + [1] * 5)
     out = per_label_fidelity(real, real_labels, fake, fake_labels, k=1)
     assert out["labels"][0]["precision"] == out["labels"][0]["recall"] == 1.0
-    assert out["labels"][1] == {"precision": 0.6, "recall": 0.75, "diversity": pytest.approx(2.7), "real": 4, "fake": 5}
+    assert out["labels"][1] == {
+        **{"precision": 0.6, "recall": 0.75, "density": 1.0, "coverage": 1.0, "diversity": pytest.approx(2.7)},
+        **{"real": 4, "fake": 5},
+    }
     assert out["precision"] == pytest.approx(0.8) and out["recall"] == pytest.approx(0.875)
     assert out["diversity"] == pytest.approx((1.0 + 2.7) / 2)
     assert out["worst"]["precision"] == (1, 0.6) and out["worst"]["recall"] == (1, 0.75)
@@ -105,3 +109,62 @@ def test_per_label_skips_labels_with_too_few_images_and_pools_without_labels():
     pooled = per_label_fidelity(real, None, fake, None, k=3)
     assert list(pooled["labels"]) == [None]
     assert (pooled["precision"], pooled["recall"]) == improved_precision_recall(real, fake, k=3)
+
+
+def test_density_and_coverage_by_hand():
+    # k = 1, real radii 2, 2, 2, 6: fake 1 lies in the balls of 0 and 2, fake 3 in those of 2 and 4, fake 16
+    # on the edge of 10's; 17 and 30 in none. 5 memberships / (k * 5 fakes) = 1; every real ball holds a fake
+    assert prdc(REAL_1D, FAKE_1D, k=1) == {"precision": 0.6, "recall": 0.75, "density": 1.0, "coverage": 1.0}
+    # one fake at 2 (in the balls of 0, 2 and 4, each of radius 2) and one far out (in none):
+    # density 3 / (k * 2 fakes) = 1.5, coverage 3 of the 4 real balls
+    figures = prdc(REAL_1D, np.array([[2.0], [100.0]]), k=1)
+    assert figures["density"] == 1.5 and figures["coverage"] == 0.75
+
+
+def test_outliers_inflate_recall_but_not_coverage():
+    """Recall counts real images inside the *fake* balls: a few samples far out have huge balls and cover
+    everything. Coverage counts real balls with a sample inside, so those samples do not help it."""
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 2))
+    fake = np.concatenate([rng.normal(size=(5, 2)) * 0.1, rng.normal(size=(5, 2)) * 50])
+    figures = prdc(real, fake, k=3)
+    assert figures["recall"] > 0.9
+    assert figures["coverage"] < 0.2
+
+
+@pytest.fixture(scope="module")
+def dense_digits():
+    """Half of scikit-learn's digits as a dense reference (about 90 per digit) and a judge trained on a
+    quarter, clean real digits from the last quarter, and the same digits with speckle."""
+    from scoring.judge import Judge
+    from training.data import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits))
+    reference, judge_rows, clean = np.array_split(order, [len(order) // 2, 3 * len(order) // 4])
+    judge = Judge(digits.images[judge_rows], digits.labels[judge_rows], seed=0)
+    images, labels = digits.images[clean], digits.labels[clean]
+    rng = np.random.default_rng(1)
+    speckled = np.where(rng.random(images.shape) < 0.15, rng.integers(0, 17, images.shape) / 16.0, images)
+    return digits.images[reference], digits.labels[reference], images, speckled.astype(np.float32), labels, judge
+
+
+def test_the_measure_ranks_speckled_samples_below_clean_ones(dense_digits):
+    """The trick of the last round: pixel noise on top of digits. Against a dense reference, precision,
+    density and coverage all fall, in pixel space and in the judge's feature space."""
+    reference, reference_labels, clean, speckled, labels, judge = dense_digits
+    for space in (lambda x: x, judge.features):
+        real_side = space(reference)
+        good = per_label_fidelity(real_side, reference_labels, space(clean), labels)
+        noisy = per_label_fidelity(real_side, reference_labels, space(speckled), labels)
+        for metric in ("precision", "density", "coverage"):
+            assert noisy[metric] < good[metric] - 0.1, (metric, noisy[metric], good[metric])
+    assert judge.accuracy(clean, labels) > 0.9
+
+
+def test_the_judge_is_a_classifier_of_real_images_with_a_feature_space(dense_digits):
+    reference, reference_labels, clean, _, labels, judge = dense_digits
+    assert judge.accuracy(reference, reference_labels) > 0.9  # images it never saw
+    features = judge.features(clean)
+    assert features.shape == (len(clean), 128) and (features >= 0).all() and features.std() > 0
+    np.testing.assert_array_equal(features, judge.features(clean.copy()))

@@ -181,13 +181,30 @@ def test_sparse_continuous_images_are_not_taken_for_binary_ones():
 
 def test_a_repeated_id_is_judged_after_the_label_checks_as_in_scoring(tmp_path):
     pixels = pa.array([[0.5] * 4] * 2, pa.list_(pa.float32()))
+    table = pa.table({"example_id": ["a", "a"], "pixels": pixels, "height": [2, 2], "width": [2, 2], "label": [-3, 1]})
+    pq.write_table(table, tmp_path / "l.parquet")
+    result = read_images(str(tmp_path / "l.parquet"), require_labels=True)
+    assert result.data.labels.tolist() == [1]  # row 1 stays: row 0 was rejected for its unknown label
+    assert [r.split(":")[0] for r in result.rejects.column("reason").to_pylist()] == ["unknown label"]
+
+
+def test_a_conditional_read_keeps_rows_without_a_label_as_unlabelled(tmp_path):
+    """Semi-supervised training: a row with no label is kept, with label -1, not rejected; a label that
+    names no class is still a reject; a data set with no label at all cannot train a conditional model."""
+    pixels = pa.array([[0.5] * 4] * 4, pa.list_(pa.float32()))
     table = pa.table(
-        {"example_id": ["a", "a"], "pixels": pixels, "height": [2, 2], "width": [2, 2], "label": [None, 1]}
+        {"example_id": list("abcd"), "pixels": pixels, "height": [2] * 4, "width": [2] * 4, "label": [None, 1, 0, -3]}
     )
     pq.write_table(table, tmp_path / "l.parquet")
     result = read_images(str(tmp_path / "l.parquet"), require_labels=True)
-    assert result.data.labels.tolist() == [1]  # row 1 stays: row 0 was rejected for its missing label
-    assert result.rejects.column("reason").to_pylist()[0].startswith("missing label")
+    assert result.data.labels.tolist() == [data.UNLABELLED, 1, 0]
+    assert result.rejects.column("example_id").to_pylist() == ["d"]
+    assert result.rejects.column("reason").to_pylist()[0].startswith("unknown label")
+    plain = read_images(str(tmp_path / "l.parquet"))  # not conditional: labels that cannot all be read
+    assert plain.data.labels is None and plain.rejects.num_rows == 0
+    pq.write_table(table.set_column(4, "label", pa.array([None] * 4, pa.int64())), tmp_path / "none.parquet")
+    with pytest.raises(DataError, match="no row has one"):
+        read_images(str(tmp_path / "none.parquet"), require_labels=True)
 
 
 @pytest.fixture

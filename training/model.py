@@ -122,6 +122,16 @@ def build_decoder(
     return keras.Model(inputs if num_classes else z, params, name="decoder")
 
 
+def build_classifier(image_shape: tuple[int, int, int], num_classes: int, hidden_units: int) -> keras.Model:
+    """q(y|x) of a semi-supervised conditional VAE: the logits of each class from the image alone."""
+    image = keras.Input(shape=image_shape, name="image")
+    h = layers.Flatten(name="flatten")(image)
+    h = layers.Dense(2 * hidden_units, activation="relu", name="dense_0")(h)
+    h = layers.Dense(hidden_units, activation="relu", name="hidden")(h)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(h)
+    return keras.Model(image, logits, name="classifier")
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class VariationalAutoencoder(keras.Model):
     """A VAE; with ``num_classes > 0`` a conditional VAE whose encoder and decoder see the label.
@@ -152,6 +162,9 @@ class VariationalAutoencoder(keras.Model):
         pixel_scale: float | None = None,
         latent_prior: dict[str, Any] | None = None,
         pixel_brightest: float | None = None,
+        beta: float = 1.0,
+        semi_supervised: bool = False,
+        classifier_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -188,6 +201,15 @@ class VariationalAutoencoder(keras.Model):
             self.likelihood,
             self.architecture,
         )
+        # the KL term's weight in the training loss once warm-up ends: 1 trains on the ELBO; below 1 the
+        # latent carries more of each image (training.config.TrainConfig.beta). Scores always use the ELBO.
+        self.beta = float(beta)
+        # M2 of Kingma et al. (2014): rows whose label is -1 (unknown) are explained by every label,
+        # weighted by the classifier q(y|x), which also learns from the labelled rows
+        self.semi_supervised = bool(semi_supervised) and self.num_classes > 0
+        self.classifier_weight = float(classifier_weight)
+        if self.semi_supervised:
+            self.classifier = build_classifier(self.image_shape, self.num_classes, hidden_units)
         self.sampling = Sampling(seed, name="sampling")
         self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
         # posterior means of training images, for the anomaly score's latent term (scoring.anomaly)
@@ -261,7 +283,43 @@ class VariationalAutoencoder(keras.Model):
             return self.decoder([z, ops.convert_to_tensor(one_hot, dtype="float32")])
         return self.decoder(z)
 
+    def classify(self, images):
+        """q(y|x), (N, num_classes) class probabilities, of a semi-supervised model."""
+        if not self.semi_supervised:
+            raise ValueError("only a semi-supervised conditional VAE has a classifier q(y|x)")
+        return ops.softmax(self.classifier(ops.convert_to_tensor(images, dtype="float32")))
+
+    def _semi_supervised_terms(self, images, labels):
+        """Per row [reconstruction, kl, kl of z, classifier cross-entropy, 1 if labelled]. A labelled row: its label's
+        terms. An unlabelled row (label -1): the terms of every label weighted by q(y|x), and in the KL
+        column also KL(q(y|x) || uniform), so that reconstruction + kl bounds -log p(x)."""
+        k = self.num_classes
+        labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
+        known = labels >= 0
+        logits = ops.cast(self.classifier(images), "float32")
+        log_q = ops.log_softmax(logits, axis=-1)
+        q = ops.exp(log_q)
+        n = ops.shape(images)[0]
+        every = ops.repeat(images, k, axis=0)  # row i with each label in turn
+        one_hots = ops.tile(ops.eye(k, dtype="float32"), (n, 1))
+        mean, log_var = self.encode(every, one_hots)
+        params = self.decode(self.sampling([mean, log_var]), one_hots)
+        rec = ops.reshape(
+            likelihoods.negative_log_likelihood(every, ops.cast(params, "float32"), self.likelihood, self.pixel_levels),
+            (n, k),
+        )
+        kl_z = ops.reshape(kl_divergence(mean, log_var), (n, k))
+        given = ops.one_hot(ops.maximum(labels, 0), k)
+        weights = ops.where(known[:, None], given, q)
+        label_kl = ops.where(known, 0.0, ops.sum(q * log_q, axis=-1) + float(np.log(k)))
+        cross_entropy = ops.where(known, -ops.sum(given * log_q, axis=-1), 0.0)
+        kl = ops.sum(weights * kl_z, axis=-1)
+        terms = [ops.sum(weights * rec, axis=-1), kl + label_kl, kl, cross_entropy, ops.cast(known, "float32")]
+        return ops.stack(terms, axis=-1)
+
     def call(self, inputs, training=False):
+        if self.semi_supervised and isinstance(inputs, dict):
+            return self._semi_supervised_terms(inputs["image"], inputs["label"])
         images, one_hot = self.split_inputs(inputs)
         mean, log_var = self.encode(images, one_hot)
         z = self.sampling([mean, log_var])
@@ -273,7 +331,12 @@ class VariationalAutoencoder(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         y_pred = ops.cast(y_pred, "float32")
-        return ops.mean(y_pred[:, 0] + self.kl_weight * y_pred[:, 1])
+        if self.semi_supervised:  # the label's KL at full weight; the classifier's loss per labelled row
+            reconstruction, kl, kl_z, cross_entropy, known = (y_pred[:, i] for i in range(5))
+            labelled = ops.maximum(ops.sum(known), 1.0)
+            elbo = ops.mean(reconstruction + (self.beta * self.kl_weight) * kl_z + (kl - kl_z))
+            return elbo + self.classifier_weight * ops.sum(cross_entropy) / labelled
+        return ops.mean(y_pred[:, 0] + (self.beta * self.kl_weight) * y_pred[:, 1])
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -296,6 +359,9 @@ class VariationalAutoencoder(keras.Model):
             "pixel_scale": self.pixel_scale,
             "latent_prior": self.latent_prior,
             "pixel_brightest": self.pixel_brightest,
+            "beta": self.beta,
+            "semi_supervised": self.semi_supervised,
+            "classifier_weight": self.classifier_weight,
         }
 
 

@@ -42,7 +42,9 @@ class TrainResult:
     holdout_fingerprint: str
     calibration_warning: str | None  # scoring.calibration.size_warning, or None
     model: object = field(repr=False)
-    split: data_lib.TrainingSplit = field(repr=False)
+    split: data_lib.TrainingSplit = field(repr=False)  # a semi-supervised model's: the labelled rows
+    unlabelled_rows: int = 0  # rows without a label that a conditional model learnt from (semi-supervised)
+    classifier_accuracy: float | None = None  # q(y|x) on the labelled holdout, for a semi-supervised model
 
 
 def choose_likelihood(cfg: TrainConfig, images: np.ndarray) -> tuple[str, int, str]:
@@ -88,6 +90,9 @@ def build_model(cfg: TrainConfig, data: data_lib.ImageData):
         seed=cfg.seed,
         score_samples=cfg.score_samples,
         score_seed=cfg.seed,
+        beta=cfg.kl_beta(),
+        semi_supervised=cfg.conditional and data.labels is not None and bool((data.labels < 0).any()),
+        classifier_weight=cfg.classifier_loss_weight(data.image_shape),
     )
     compile_model(model, cfg.learning_rate, jit_compile=True if cfg.xla else "auto")
     model.likelihood_reason = why
@@ -331,6 +336,35 @@ def _running(pid: int) -> bool:
     return True
 
 
+PARTS = ("train", "validation", "calibration", "holdout")
+
+
+def unlabelled_rows(part: data_lib.ImageData) -> int:
+    return 0 if part.labels is None else int((part.labels == data_lib.UNLABELLED).sum())
+
+
+def labelled_parts(split: data_lib.TrainingSplit) -> data_lib.TrainingSplit:
+    """The labelled rows of every part: what a conditional model's scores, calibration and latent prior
+    need once semi-supervised training has learnt from all of them. Raises if a part has none."""
+    parts = {}
+    for name in PARTS:
+        part = getattr(split, name)
+        index = np.flatnonzero(part.labels != data_lib.UNLABELLED)
+        if not len(index):
+            raise data_lib.DataError(
+                f"{part.source}: the {name} part ({len(part)} rows) has no labelled row, and a conditional model "
+                "is calibrated and measured on labelled rows: label more rows or add more data"
+            )
+        parts[name] = part.subset(index)
+    return data_lib.TrainingSplit(**parts)
+
+
+def classifier_accuracy(model, part: data_lib.ImageData) -> float:
+    """The share of ``part`` that a semi-supervised model's q(y|x) labels right."""
+    predicted = np.asarray(model.classify(part.images)).argmax(axis=1)
+    return float((predicted == part.labels).mean())
+
+
 def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
     import mlflow
 
@@ -343,7 +377,17 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
     champion = registry.champion_version(cfg.model_name, cfg.work_dir)
     model = build_model(cfg, split.train)
     holdout_fingerprint = data_lib.fingerprint(split.holdout)
-    rows = {f"{part}_rows": len(getattr(split, part)) for part in ("train", "validation", "calibration", "holdout")}
+    rows = {f"{part}_rows": len(getattr(split, part)) for part in PARTS}
+    unlabelled = sum(unlabelled_rows(getattr(split, part)) for part in PARTS)
+    if unlabelled:
+        rows["unlabelled_rows"] = unlabelled
+        log.info(
+            "%d of %d rows have no label: the conditional VAE learns from them too (semi-supervised, Kingma et "
+            "al. 2014's M2, with a classifier q(y|x)); calibration, the holdout and the latent prior use the "
+            "labelled rows",
+            unlabelled,
+            sum(len(getattr(split, part)) for part in PARTS),
+        )
     log.info(
         "training %s on %s: %d train / %d validation / %d calibration / %d holdout images of shape %s",
         cfg.model_name,
@@ -354,6 +398,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
 
     with mlflow.start_run() as run:
         params = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "pixel_levels", "data")}
+        params["beta"] = cfg.kl_beta()
         params["data"] = " + ".join([cfg.data] if isinstance(cfg.data, str) else cfg.data)
         mlflow.log_params(
             params
@@ -381,6 +426,12 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
             _log_rejects(read)
         mlflow.set_tag("likelihood_reason", model.likelihood_reason)
         history, seconds_per_epoch = fit(cfg, model, split, sink=lambda logs, step: mlflow.log_metrics(logs, step=step))
+        accuracy = None
+        if model.semi_supervised:  # every row taught the model; scores and the prior need a label
+            split = labelled_parts(split)
+            accuracy = classifier_accuracy(model, split.holdout)
+            log.info("the classifier q(y|x) labels %.1f%% of the labelled holdout right", 100 * accuracy)
+            mlflow.log_metric("classifier_holdout_accuracy", accuracy)
 
         validation_neg_elbo = float(neg_elbo_scores(model, split.validation).mean())
         calibration = calibrate(model, split, cfg.target_fpr, cfg.anomaly_score)
@@ -488,6 +539,8 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
             calibration_warning=warning,
             model=model,
             split=split,
+            unlabelled_rows=unlabelled,
+            classifier_accuracy=accuracy,
         )
 
 

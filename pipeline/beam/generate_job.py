@@ -51,6 +51,7 @@ from pipeline.beam.runner import make_pipeline
 from pipeline.outputs import result_json, synthetic
 from pipeline.outputs.atomic import STAGING, atomic_dataset_dir, output_folder
 from pipeline.outputs.manifest import MANIFEST, build_manifest, fingerprint_of, write_manifest
+from scoring.fidelity import METRICS as FIDELITY_METRICS
 from training.data import ImageData
 from training.data.validate import ModelSpec
 from training.registry import ModelRef
@@ -58,6 +59,8 @@ from training.registry import ModelRef
 log = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "vae_generate"
+# real images per label below which --compare-with's printout warns that they are too few
+DENSE_REFERENCE = 300
 
 
 @dataclass(frozen=True)
@@ -211,13 +214,13 @@ class GenerateSummary:
     manifest_path: Path | None = None  # FOLDER/_manifest.json
 
     def fidelity_metrics(self) -> dict[str, float]:
-        """The figures as MLflow metrics: ``fidelity_METHOD_{precision,recall,diversity}`` (means over
-        labels), ``..._worst`` (the lowest label's) and ``..._label_L`` (label index L's)."""
+        """The figures as MLflow metrics: ``fidelity_METHOD_{precision,recall,density,coverage,diversity}``
+        (means over labels), ``..._worst`` (the lowest label's) and ``..._label_L`` (label index L's)."""
         if not self.fidelity:
             return {}
         prefix = f"fidelity_{self.method}"
         out: dict[str, float] = {}
-        for metric in ("precision", "recall", "diversity"):
+        for metric in FIDELITY_METRICS:
             out[f"{prefix}_{metric}"] = self.fidelity[metric]
             if metric in self.fidelity["worst"]:
                 out[f"{prefix}_{metric}_worst"] = self.fidelity["worst"][metric][1]
@@ -260,10 +263,18 @@ class GenerateSummary:
         real = sum(v["real"] for v in f["labels"].values())
         out = [
             f"compared:     with {real:,} real images of {self.compare_with}: improved precision and recall "
-            f"(Kynkaanniemi et al. 2019, k = {f['k']}, pixel space); diversity = mean pairwise distance of "
-            f"the samples / of the real images" + ("; per label" if labelled else "; all samples pooled"),
+            f"(Kynkaanniemi et al. 2019), density and coverage (Naeem et al. 2020), k = {f['k']}, pixel space; "
+            "diversity = mean pairwise distance of the samples / of the real images"
+            + ("; per label" if labelled else "; all samples pooled"),
         ]
-        for metric in ("precision", "recall", "diversity"):
+        fewest = min((v["real"] for v in f["labels"].values()), default=0)
+        if 0 < fewest < DENSE_REFERENCE:
+            out.append(
+                f"caution:      {fewest} real images in the smallest group: with fewer than about "
+                f"{DENSE_REFERENCE} the k-NN balls grow so wide that pixel noise counts as realistic; "
+                "compare with a denser set (benchmarks/synthetic_quality.py)"
+            )
+        for metric in FIDELITY_METRICS:
             line = f"{metric + ':':<14}{f[metric]:.3f}"
             if labelled and metric in f["worst"]:
                 label, value = f["worst"][metric]
@@ -273,7 +284,8 @@ class GenerateSummary:
             out.append(
                 "by label:     "
                 + ", ".join(
-                    f"{self.label_name(k)}: P {v['precision']:.2f} R {v['recall']:.2f} D {v['diversity']:.2f}"
+                    f"{self.label_name(k)}: P {v['precision']:.2f} R {v['recall']:.2f} C {v['coverage']:.2f} "
+                    f"D {v['diversity']:.2f}"
                     for k, v in f["labels"].items()
                 )
             )

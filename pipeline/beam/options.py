@@ -268,7 +268,7 @@ class GenerateOptions(JobOptions, PipelineOptions):
             "pixel_temperature",
             type=float,
             default=None,
-            help=f"pixels drawn from p(x|z)^(1/T); 0: its mean [{DEFAULT_PIXEL_TEMPERATURE}; interpolate: 0]",
+            help=f"pixels drawn from p(x|z)^(1/T); 0: its mean on the grey levels [{DEFAULT_PIXEL_TEMPERATURE:g}]",
         )
         _flag(parser, "sample_pixels", action="store_true", help="the same as --pixel_temperature 1")
         _flag(
@@ -283,8 +283,8 @@ class GenerateOptions(JobOptions, PipelineOptions):
             parser,
             "compare_with",
             default=None,
-            help="real labelled images (e.g. digits:holdout) to measure the samples against: precision, recall, "
-            "diversity per label",
+            help="real labelled images, at least 300 per label, that the model never trained on, to measure the "
+            "samples against: precision, recall, density, coverage, diversity per label",
         )
 
     def pixels(self) -> float:

@@ -90,8 +90,8 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     type=click.FloatRange(0),
     default=None,
     help=f"Draw the pixels from p(x|z)^(1/T), the likelihood tempered by T: 1 is a plain draw, below 1 a "
-    f"sharper one, 0 the likelihood's mean (smooth, prototypical images) [{DEFAULT_PIXEL_TEMPERATURE}; "
-    "interpolate: 0]. README 'Synthetic images'.",
+    f"sharper one with less speckle, 0 the likelihood's mean on the data's grey levels, an image a person "
+    f"would draw, whose variety comes from the latent [{DEFAULT_PIXEL_TEMPERATURE:g}]. README 'Synthetic images'.",
 )
 @click.option("--sample-pixels", is_flag=True, help="The same as --pixel-temperature 1.")
 @click.option(
@@ -127,11 +127,13 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     "--compare-with",
     default=None,
     metavar="INPUT",
-    help="Real labelled images to measure the samples against, e.g. digits:holdout (never trained on), or a "
-    "Parquet file or folder, .npz, PNG folder, read with the model's pixel scale. Prints improved precision "
-    f"and recall (Kynkaanniemi et al. 2019, k = {DEFAULT_FIDELITY_K}, pixel space) and diversity (mean "
+    help="Real labelled images to measure the samples against, never trained on and dense (300 or more per "
+    "label: with fewer, pixel noise passes for realistic), e.g. a Parquet file or folder, .npz, PNG folder, "
+    "read with the model's pixel scale. Prints improved precision and recall (Kynkaanniemi et al. 2019), "
+    f"density and coverage (Naeem et al. 2020), k = {DEFAULT_FIDELITY_K}, pixel space, and diversity (mean "
     "pairwise distance of the samples / of the real images) per label and their means, and logs them as "
-    "MLflow metrics fidelity_METHOD_* to the model version's run [none].",
+    "MLflow metrics fidelity_METHOD_* to the model version's run [none]. benchmarks/synthetic_quality.py "
+    "prints the same beside real images against the same reference.",
 )
 @click.option(
     "--result-json",

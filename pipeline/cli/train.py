@@ -16,7 +16,7 @@ LIKELIHOOD_CHOICES = ("auto", "bernoulli", "continuous_bernoulli", "gaussian")
 
 def train_options(func):
     """The options shared by ``vae train`` and ``vae run``."""
-    from training.config import PROMOTE_CHOICES, TrainConfig
+    from training.config import CONDITIONAL_BETA, PROMOTE_CHOICES, TrainConfig
 
     d = TrainConfig()
     options = [
@@ -68,7 +68,15 @@ def train_options(func):
             type=click.IntRange(0),
             default=d.kl_warmup,
             show_default=True,
-            help="Epochs over which the KL weight rises linearly to 1 (0: no warm-up).",
+            help="Epochs over which the KL weight rises linearly to --beta (0: no warm-up).",
+        ),
+        click.option(
+            "--beta",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Weight of the KL term in the training loss after warm-up. Default: 1 (the ELBO) for a plain "
+            f"model, {CONDITIONAL_BETA:g} for a --conditional one, whose latent then keeps more of each image's "
+            "style and whose samples vary more (README: Synthetic images). Scores always use the full ELBO.",
         ),
         click.option(
             "--early-stopping",
@@ -229,5 +237,11 @@ def print_result(result, work_dir: str | os.PathLike | None = None) -> None:
     click.echo(f"holdout neg ELBO:    {result.holdout_neg_elbo:.3f} nats  ({holdout})")
     calibration = f"on anomaly_score, from {len(result.split.calibration)} calibration rows"
     click.echo(f"anomaly threshold:   {result.threshold:.3f}  ({calibration})")
+    if result.unlabelled_rows:
+        click.echo(
+            f"unlabelled rows:     {result.unlabelled_rows:,} learnt from (semi-supervised); their classifier q(y|x) "
+            f"labels {result.classifier_accuracy:.1%} of the labelled holdout right. Scores, the threshold and the "
+            "holdout use the labelled rows"
+        )
     verdict = "promoted to @champion" if result.promoted else "not promoted"
     click.echo(f"alias:               {verdict} ({result.promotion_reason})")

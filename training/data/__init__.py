@@ -4,7 +4,15 @@ turns a batch into float32 images and a reason for every row it rejects, and ``l
 a whole data set in one process."""
 
 from training.data.builtin import BUILTIN, FASHION_NAMES, load_builtin, load_digits, load_keras_dataset, load_mnist5k
-from training.data.images import IMAGE_SUFFIXES, DataError, ImageData, ImageProblem, decode_image, parquet_files
+from training.data.images import (
+    IMAGE_SUFFIXES,
+    UNLABELLED,
+    DataError,
+    ImageData,
+    ImageProblem,
+    decode_image,
+    parquet_files,
+)
 from training.data.load import REJECTS_SCHEMA, ReadResult, load, read_images
 from training.data.splits import (
     HOLDOUT_FRACTION,
@@ -31,6 +39,7 @@ __all__ = [
     "ImageProblem",
     "Split",
     "TrainingSplit",
+    "UNLABELLED",
     "decode_image",
     "REJECTS_SCHEMA",
     "ReadResult",

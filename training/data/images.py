@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+UNLABELLED = -1  # the label of a row without one, in a data set read for a conditional (semi-supervised) model
 
 
 SPILL_CHUNK_ROWS = 8192
@@ -45,7 +46,7 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class ImageData:
     images: np.ndarray  # float32 (N, H, W, C) in [0, 1]
-    labels: np.ndarray | None  # int64 (N,) indices into class_names
+    labels: np.ndarray | None  # int64 (N,) indices into class_names; UNLABELLED (-1) where a row has none
     example_ids: np.ndarray  # str (N,)
     class_names: list[str] | None
     source: str

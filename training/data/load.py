@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from training.data.images import DataError, ImageData, decode_image, take_rows
+from training.data.images import UNLABELLED, DataError, ImageData, decode_image, take_rows
 from training.data.reader import plan_input
 from training.data.validate import ModelSpec, duplicate_rows, validate_batch
 
@@ -290,10 +290,10 @@ def read_images(
                 f"{_describe(sources)}: --conditional needs labels, and this data set has none "
                 "(add a 'label' column, a 'y' array, or sub-folders named by label)"
             )
-        missing = keep & np.asarray([v is None for v in labels], dtype=bool)
-        if missing.any():
-            quarantine(
-                missing, ["missing label: the model is conditional and this row has no label"] * int(missing.sum())
+        if not any(v is not None for v in labels):
+            raise DataError(
+                f"{_describe(sources)}: --conditional needs labels, and no row has one "
+                "(rows without a label are learnt from alongside labelled ones, but not alone)"
             )
 
     if rows_read == 0:
@@ -304,9 +304,11 @@ def read_images(
         raise _nothing_usable(sources, rows_read, rejects_table)
     kept_labels = label_array[index]
     encoded, names = (None, None)
-    if has_label_column and all(v is not None for v in kept_labels):
+    present = np.asarray([v is not None for v in kept_labels], dtype=bool)
+    # a conditional model learns from rows without a label too (semi-supervised): label -1
+    if has_label_column and (present.all() or (require_labels and present.any())):
         try:
-            encoded, names, known = label_classes(kept_labels.tolist(), _fixed_classes(sources))
+            encoded, names, known = _labels_of_present(kept_labels, present, _fixed_classes(sources))
         except DataError as exc:
             if require_labels:
                 raise DataError(f"{_describe(sources)}: {exc}") from exc
@@ -371,6 +373,19 @@ def _allocate(shape: tuple[int, ...], spill_dir, memory_budget: int | None) -> n
     path = folder / f"images-{uuid.uuid4().hex[:8]}.npy"
     log.info("%.1f GB of images exceed the memory budget: reading them into %s", size / 1e9, path)
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+
+
+def _labels_of_present(
+    labels: np.ndarray, present: np.ndarray, classes: list[str] | None
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """:func:`label_classes` of the rows that have a label; the others get -1 (unlabelled) and count
+    as known."""
+    values, names, known = label_classes(labels[present].tolist(), classes)
+    encoded = np.full(len(labels), UNLABELLED, np.int64)
+    encoded[present] = values
+    all_known = np.ones(len(labels), bool)
+    all_known[present] = known
+    return encoded, names, all_known
 
 
 def _fixed_classes(sources: list[Input]) -> list[str] | None:

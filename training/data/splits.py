@@ -41,7 +41,7 @@ def split(data: ImageData, seed: int = 0, validation: float = 0.15, test: float 
     if n < 10:
         raise DataError(f"{data.source}: {n} images are too few to split into train, validation and test")
     index = np.arange(n)
-    stratify = data.labels if data.labels is not None and np.bincount(data.labels).min() >= 3 else None
+    stratify = _stratify_by(data.labels)
     rest, test_idx = train_test_split(index, test_size=test, random_state=seed, stratify=stratify)
     rest_stratify = None if stratify is None else stratify[rest]
     train_idx, val_idx = train_test_split(
