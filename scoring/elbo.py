@@ -269,10 +269,60 @@ def neg_elbo_terms(
     elif steps is None:
         nll = _decode_nll(model, images, z, oh)
     reconstruction = nll.astype(np.float64).mean(axis=0)
-    mean64, log_var64 = mean.astype(np.float64), log_var.astype(np.float64)
-    kl = 0.5 * np.sum(np.exp(log_var64) + mean64**2 - 1.0 - log_var64, axis=-1)
+    kl = prior_kl(model, mean.astype(np.float64), log_var.astype(np.float64), labels)
     terms = {"neg_elbo": reconstruction + kl, "reconstruction_nll": reconstruction, "kl": kl, "posterior_mean": mean}
     return terms | out
+
+
+def scoring_prior(model: ScorableModel) -> tuple[np.ndarray, np.ndarray] | None:
+    """(means (G, D), Cholesky factors (G, D, D)) of the prior p(z|y) that the KL term of a model's
+    scores is taken against, or None for N(0, I).
+
+    A conditional model trained since its per-label fitted prior (:mod:`scoring.latent_prior`, the
+    aggregate posterior of each label) joined the score (``score_prior == "fitted"``) is scored
+    against it: a learnt prior p(z|y), so an image whose latent is typical of another label costs
+    KL even when the decoder reconstructs it well. Everything else, plain models included, keeps N(0, I)."""
+    if getattr(model, "score_prior", "standard") != "fitted" or not getattr(model, "latent_prior", None):
+        return None
+    return np.asarray(model.latent_prior["means"], np.float64), np.asarray(model.latent_prior["cholesky"], np.float64)
+
+
+def prior_kl(model: ScorableModel, mean: np.ndarray, log_var: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """KL(q(z|x) || p(z|y)) per row, float64, analytic: against N(0, I) or :func:`scoring_prior`'s Gaussians."""
+    prior = scoring_prior(model)
+    if prior is None or labels is None:
+        return 0.5 * np.sum(np.exp(log_var) + mean**2 - 1.0 - log_var, axis=-1)
+    means, cholesky = prior
+    groups = np.asarray(labels, np.int64)
+    out = np.empty(len(mean))
+    for g in np.unique(groups):
+        rows = groups == g
+        inverse = np.linalg.inv(cholesky[g])  # L^-1: Sigma^-1 = L^-T L^-1
+        trace = np.exp(log_var[rows]) @ np.sum(inverse**2, axis=0)  # sum_j s_j^2 (Sigma^-1)_jj
+        whitened = (mean[rows] - means[g]) @ inverse.T
+        log_det = 2.0 * np.sum(np.log(np.diag(cholesky[g])))
+        out[rows] = 0.5 * (
+            trace + np.sum(whitened**2, axis=-1) - mean.shape[1] + log_det - np.sum(log_var[rows], axis=-1)
+        )
+    return out
+
+
+def prior_log_density(model: ScorableModel, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """log p(z|y) of latents ``z`` (..., N, D), float64: N(0, I) or :func:`scoring_prior`'s Gaussians."""
+    prior = scoring_prior(model)
+    log_2pi = math.log(2.0 * math.pi)
+    if prior is None or labels is None:
+        return -0.5 * np.sum(z**2 + log_2pi, axis=-1)
+    means, cholesky = prior
+    groups = np.asarray(labels, np.int64)
+    out = np.empty(z.shape[:-1])
+    for g in np.unique(groups):
+        rows = groups == g
+        inverse = np.linalg.inv(cholesky[g])
+        whitened = (z[..., rows, :] - means[g]) @ inverse.T
+        log_det = 2.0 * np.sum(np.log(np.diag(cholesky[g])))
+        out[..., rows] = -0.5 * (np.sum(whitened**2, axis=-1) + z.shape[-1] * log_2pi + log_det)
+    return out
 
 
 def pixel_nll(
@@ -315,7 +365,7 @@ def iwae_nll(
     for start in range(0, k, chunk):
         e = eps[start : start + chunk, None, :]
         z = mean[None] + std[None] * e
-        log_pz = -0.5 * np.sum(z**2 + log_2pi, axis=-1)
+        log_pz = prior_log_density(model, z, labels)
         log_qz = -0.5 * np.sum(e**2 + log_2pi + log_var[None], axis=-1)
         log_px = -_decode_nll(model, images, z.astype(np.float32), oh).astype(np.float64)
         log_w[start : start + chunk] = log_px + log_pz - log_qz

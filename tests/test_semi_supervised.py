@@ -116,3 +116,42 @@ def test_the_loss_weighs_the_kl_by_beta_and_the_metrics_keep_the_elbo():
         losses[beta] = float(model.compute_loss(y_pred=terms))
         reconstruction, kl = (np.asarray(ops.convert_to_numpy(terms))[:, i] for i in (0, 1))
         assert losses[beta] == pytest.approx(float(np.mean(reconstruction + beta * kl)), rel=1e-5)
+
+
+def test_the_fitted_prior_kl_is_the_standard_one_for_a_standard_prior_and_matches_monte_carlo():
+    from types import SimpleNamespace
+
+    from scoring.elbo import prior_kl, prior_log_density
+
+    rng = np.random.default_rng(0)
+    mean, log_var = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) * 0.3
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    standard = SimpleNamespace(score_prior="standard", latent_prior=None)
+    identity = SimpleNamespace(
+        score_prior="fitted", latent_prior={"means": np.zeros((2, 3)), "cholesky": np.repeat(np.eye(3)[None], 2, 0)}
+    )
+    np.testing.assert_allclose(prior_kl(identity, mean, log_var, labels), prior_kl(standard, mean, log_var, labels))
+    z = rng.normal(size=(4, 6, 3))
+    np.testing.assert_allclose(prior_log_density(identity, z, labels), prior_log_density(standard, z, labels))
+    # a full-covariance prior per label: the analytic KL against a Monte Carlo estimate
+    cholesky = np.array([[[1.5, 0, 0], [0.4, 0.7, 0], [-0.2, 0.1, 1.1]], [[0.8, 0, 0], [0, 1.2, 0], [0.3, 0, 0.5]]])
+    fitted = SimpleNamespace(
+        score_prior="fitted", latent_prior={"means": rng.normal(size=(2, 3)), "cholesky": cholesky}
+    )
+    draws = mean[None] + np.exp(0.5 * log_var)[None] * rng.normal(size=(200_000, 6, 3))
+    log_q = -0.5 * np.sum((draws - mean) ** 2 / np.exp(log_var) + log_var + np.log(2 * np.pi), axis=-1)
+    monte_carlo = (log_q - prior_log_density(fitted, draws, labels)).mean(axis=0)
+    np.testing.assert_allclose(prior_kl(fitted, mean, log_var, labels), monte_carlo, rtol=0.02, atol=0.02)
+
+
+def test_a_conditional_model_is_scored_against_its_fitted_prior_and_a_wrong_label_costs(trained_conditional):
+    from scoring.elbo import neg_elbo_terms
+    from training.data import load_digits
+
+    model = trained_conditional.model
+    assert model.score_prior == "fitted" and model.latent_prior
+    digits = load_digits().subset(np.arange(400))
+    right = neg_elbo_terms(model, digits.images, digits.labels, num_samples=4)
+    wrong = neg_elbo_terms(model, digits.images, (digits.labels + 3) % 10, num_samples=4)
+    assert (wrong["kl"] > right["kl"]).mean() > 0.75  # a latent typical of another label is far from this label's prior
+    assert wrong["neg_elbo"].mean() > right["neg_elbo"].mean()

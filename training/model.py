@@ -165,6 +165,7 @@ class VariationalAutoencoder(keras.Model):
         beta: float = 1.0,
         semi_supervised: bool = False,
         classifier_weight: float = 1.0,
+        score_prior: str = "standard",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -183,6 +184,9 @@ class VariationalAutoencoder(keras.Model):
         self.pixel_levels = int(pixel_levels)  # grey levels of the training data (0: continuous)
         self.anomaly = anomaly  # the anomaly score's fitted statistics (scoring.anomaly)
         self.latent_prior = latent_prior  # generation's fitted latent distribution (scoring.latent_prior)
+        # the prior p(z|y) of the scores' KL term: "standard" N(0, I), or "fitted", the latent prior above
+        # (a conditional model trained since it was introduced; scoring.elbo.scoring_prior)
+        self.score_prior = str(score_prior)
         # how numeric pixels of the training data were scaled (None: the default rule,
         # training.data.validate); every job that feeds this model scales the same way
         self.pixel_scale = None if pixel_scale is None else float(pixel_scale)
@@ -361,6 +365,7 @@ class VariationalAutoencoder(keras.Model):
             "pixel_brightest": self.pixel_brightest,
             "beta": self.beta,
             "semi_supervised": self.semi_supervised,
+            "score_prior": self.score_prior,
             "classifier_weight": self.classifier_weight,
         }
 

@@ -433,9 +433,11 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
             log.info("the classifier q(y|x) labels %.1f%% of the labelled holdout right", 100 * accuracy)
             mlflow.log_metric("classifier_holdout_accuracy", accuracy)
 
+        model.latent_prior = fit_latent_prior(model, split.train.images, split.train.labels).to_config()
+        if cfg.conditional:  # scored against its learnt p(z|y) (scoring.elbo.scoring_prior): before any score
+            model.score_prior = "fitted"
         validation_neg_elbo = float(neg_elbo_scores(model, split.validation).mean())
         calibration = calibrate(model, split, cfg.target_fpr, cfg.anomaly_score)
-        model.latent_prior = fit_latent_prior(model, split.train.images, split.train.labels).to_config()
         warning = calibration.size_warning()
         if warning:
             log.warning("%s: %s", cfg.model_name, warning)
