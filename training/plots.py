@@ -107,8 +107,10 @@ def latent_grid_figure(model, images: np.ndarray, labels: np.ndarray | None, n: 
     """Decoder outputs on an ``n x n`` grid over the latent (its two leading principal directions when
     it is wider than 2), spanning the 5th to 95th percentiles of the posterior means of ``images``."""
     grid = latent_space.latent_grid(model, images, labels if model.num_classes else None, n=n)
-    rows, cols, height, width, channels = grid.images.shape
-    mosaic = grid.images.transpose(0, 2, 1, 3, 4).reshape(rows * height, cols * width, channels)
+    # a one-pixel grey line after each tile, so that neighbouring digits read as separate images
+    tiles = np.pad(grid.images, ((0, 0), (0, 0), (0, 1), (0, 1), (0, 0)), constant_values=0.5)
+    rows, cols, height, width, channels = tiles.shape
+    mosaic = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * height, cols * width, channels)
     fig, ax = new_figure(figsize=(6, 6 * rows / cols + 0.6))
     top, bottom = (grid.y[0], grid.y[-1]) if len(grid.y) else (0.5, -0.5)
     ax.imshow(
