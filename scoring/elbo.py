@@ -45,7 +45,11 @@ def one_hot(labels: np.ndarray | None, num_classes: int) -> np.ndarray | None:
         return None
     if labels is None:
         raise ValueError("this is a conditional VAE: scores need the labels")
-    return np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+        raise ValueError(f"label {bad} is not one of this model's {num_classes} classes (-1: a row without a label)")
+    return np.eye(num_classes, dtype=np.float32)[labels]
 
 
 def _np(t) -> np.ndarray:

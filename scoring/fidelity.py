@@ -97,20 +97,6 @@ def improved_precision_recall(
     return precision, recall
 
 
-def balls_containing(
-    points: np.ndarray, manifold: np.ndarray, radii: np.ndarray, block: int = BLOCK_ROWS
-) -> np.ndarray:
-    """(len(points), len(manifold)) booleans: point i lies in the ball of manifold point j (distance
-    <= its squared radius ``radii[j]``). Memory: one block of rows at a time, then the whole table of
-    booleans, which is 1 byte per pair."""
-    p, m = _flat(points), _flat(manifold)
-    norms = (m * m).sum(axis=1)
-    out = np.empty((len(p), len(m)), dtype=bool)
-    for start, d2 in _squared_distances(p, m, norms, block):
-        out[start : start + len(d2)] = d2 <= radii[None, :]
-    return out
-
-
 def prdc(real: np.ndarray, fake: np.ndarray, k: int = DEFAULT_K, block: int = BLOCK_ROWS) -> dict[str, float]:
     """Precision, recall, density and coverage of ``fake`` against ``real``.
 
@@ -123,12 +109,19 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = DEFAULT_K, block: int = BL
     the share of real images whose ball holds at least one sample."""
     real_radii = knn_radii(real, k, block)
     fake_radii = knn_radii(fake, k, block)
-    inside_real = balls_containing(fake, real, real_radii, block)
+    r, f = _flat(real), _flat(fake)
+    norms = (r * r).sum(axis=1)
+    in_some_ball, memberships, covered = 0, 0, np.zeros(len(r), dtype=bool)
+    for _, d2 in _squared_distances(f, r, norms, block):  # a block of samples against every real ball
+        inside = d2 <= real_radii[None, :]
+        in_some_ball += int(inside.any(axis=1).sum())
+        memberships += int(inside.sum())
+        covered |= inside.any(axis=0)
     return {
-        "precision": float(inside_real.any(axis=1).mean()),
+        "precision": in_some_ball / len(f),
         "recall": float(inside_manifold(real, fake, fake_radii, block).mean()),
-        "density": float(inside_real.sum() / (k * len(inside_real))),
-        "coverage": float(inside_real.any(axis=0).mean()),
+        "density": memberships / (k * len(f)),
+        "coverage": float(covered.mean()),
     }
 
 

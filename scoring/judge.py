@@ -21,9 +21,7 @@ class Judge:
     def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int = 0, hidden: tuple[int, ...] = HIDDEN) -> None:
         from sklearn.neural_network import MLPClassifier
 
-        self._net = MLPClassifier(
-            hidden_layer_sizes=hidden, alpha=1e-2, max_iter=500, random_state=seed
-        )
+        self._net = MLPClassifier(hidden_layer_sizes=hidden, alpha=1e-2, max_iter=500, random_state=seed)
         self._net.fit(_flat(images), np.asarray(labels))
 
     def predict(self, images: np.ndarray) -> np.ndarray:

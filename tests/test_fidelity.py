@@ -74,6 +74,7 @@ def test_blocks_do_not_change_the_figures():
     real, fake = digits_like(70, 0), digits_like(90, 1) * 0.9
     whole = improved_precision_recall(real, fake, k=3, block=4096)
     assert improved_precision_recall(real, fake, k=3, block=7) == whole
+    assert prdc(real, fake, k=3, block=7) == prdc(real, fake, k=3, block=4096)
     assert diversity(real, fake, block=7) == pytest.approx(diversity(real, fake, block=4096))
     assert 0.0 < whole[0] <= 1.0 and 0.0 < whole[1] <= 1.0
 

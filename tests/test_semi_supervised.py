@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -155,3 +157,30 @@ def test_a_conditional_model_is_scored_against_its_fitted_prior_and_a_wrong_labe
     wrong = neg_elbo_terms(model, digits.images, (digits.labels + 3) % 10, num_samples=4)
     assert (wrong["kl"] > right["kl"]).mean() > 0.75  # a latent typical of another label is far from this label's prior
     assert wrong["neg_elbo"].mean() > right["neg_elbo"].mean()
+
+
+def test_a_row_without_a_label_is_never_scored_as_some_class():
+    from scoring.elbo import one_hot
+
+    with pytest.raises(ValueError, match="label -1 is not one of"):
+        one_hot(np.array([0, -1, 2]), 10)
+    with pytest.raises(ValueError, match="label 10 is not one of"):
+        one_hot(np.array([10]), 10)
+
+
+def test_every_part_needs_labelled_rows_and_gets_only_them():
+    from training.data import UNLABELLED, DataError, load_digits, training_split
+    from training.train import labelled_parts
+
+    digits = load_digits()
+    labels = digits.labels.copy()
+    labels[::3] = UNLABELLED
+    split = training_split(replace(digits, labels=labels))
+    parts = labelled_parts(split)
+    for name in ("train", "validation", "calibration", "holdout"):
+        assert (getattr(parts, name).labels >= 0).all()
+        assert len(getattr(parts, name)) == int((getattr(split, name).labels >= 0).sum())
+    labels[np.isin(digits.example_ids, split.holdout.example_ids)] = UNLABELLED
+    unlabelled_holdout = training_split(replace(digits, labels=labels))
+    with pytest.raises(DataError, match="the holdout part .* has no labelled row"):
+        labelled_parts(unlabelled_holdout)

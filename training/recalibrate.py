@@ -141,7 +141,7 @@ def _training_parts(
     way ``vae train`` read it and split with its seed, after checking that the train part is the
     one the run fitted (its ``data_fingerprint``): otherwise the "calibration part" could hold rows
     the weights were fitted on."""
-    from training.train import read_training_data
+    from training.train import labelled_parts, read_training_data, unlabelled_rows
 
     if "data" not in params:
         raise LookupError("the version's MLflow run does not say what data it was trained on; pass --data INPUT")
@@ -170,6 +170,8 @@ def _training_parts(
                 f"the run's {expected}): its calibration part may hold rows the weights were fitted on; "
                 "pass --data with held-out normal images"
             )
+        if cfg.conditional and any(unlabelled_rows(part) for part in (split.calibration, split.holdout)):
+            split = labelled_parts(split)  # a semi-supervised model is calibrated on its labelled rows
         # copies in memory: the spill folder is removed when this block ends
         return _in_memory(split.calibration), _in_memory(split.holdout), described
 

@@ -66,7 +66,7 @@ def choose_likelihood(cfg: TrainConfig, images: np.ndarray) -> tuple[str, int, s
     return "continuous_bernoulli", 0, "the pixels are continuous in [0, 1]"
 
 
-def build_model(cfg: TrainConfig, data: data_lib.ImageData):
+def build_model(cfg: TrainConfig, data: data_lib.ImageData, semi_supervised: bool | None = None):
     import keras
 
     from training.model import VariationalAutoencoder, compile_model
@@ -74,6 +74,8 @@ def build_model(cfg: TrainConfig, data: data_lib.ImageData):
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     likelihood, levels, why = choose_likelihood(cfg, data.images)
+    if semi_supervised is None:  # some row of ``data`` has no label (the caller may know of other parts)
+        semi_supervised = bool(cfg.conditional and data.labels is not None and unlabelled_rows(data))
     model = VariationalAutoencoder(
         data.image_shape,
         latent_dim=cfg.latent_dim,
@@ -91,7 +93,7 @@ def build_model(cfg: TrainConfig, data: data_lib.ImageData):
         score_samples=cfg.score_samples,
         score_seed=cfg.seed,
         beta=cfg.kl_beta(),
-        semi_supervised=cfg.conditional and data.labels is not None and bool((data.labels < 0).any()),
+        semi_supervised=semi_supervised,
         classifier_weight=cfg.classifier_loss_weight(data.image_shape),
     )
     compile_model(model, cfg.learning_rate, jit_compile=True if cfg.xla else "auto")
@@ -285,6 +287,11 @@ def decide_promotion(
         )
     if bool(current.num_classes) != cfg.conditional:
         return False, f"one of the two models is conditional (log p(x|y) against log p(x)), not comparable; {keep}"
+    if getattr(current, "score_prior", "standard") != ("fitted" if cfg.conditional else "standard"):
+        return False, (
+            f"champion v{champion} was scored against another prior p(z|y) (N(0, I); this model's fitted "
+            f"per-label prior), so their nats are not comparable; {keep}"
+        )
     if stored != fingerprint:
         note = f"; the holdout changed since champion v{champion} (fingerprints {stored} -> {fingerprint}): new data"
     else:
@@ -375,10 +382,13 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
     read = replace(read, data=None)  # the parts are copies: let the whole array go
     registry.configure(cfg.work_dir)
     champion = registry.champion_version(cfg.model_name, cfg.work_dir)
-    model = build_model(cfg, split.train)
+    unlabelled = sum(unlabelled_rows(getattr(split, part)) for part in PARTS)
+    # a conditional model learns from rows without a label, then needs labelled ones in every part
+    # (checked before training: data_lib.DataError if a part has none)
+    labelled = labelled_parts(split) if cfg.conditional and unlabelled else None
+    model = build_model(cfg, split.train, semi_supervised=labelled is not None)
     holdout_fingerprint = data_lib.fingerprint(split.holdout)
     rows = {f"{part}_rows": len(getattr(split, part)) for part in PARTS}
-    unlabelled = sum(unlabelled_rows(getattr(split, part)) for part in PARTS)
     if unlabelled:
         rows["unlabelled_rows"] = unlabelled
         log.info(
@@ -392,7 +402,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
         "training %s on %s: %d train / %d validation / %d calibration / %d holdout images of shape %s",
         cfg.model_name,
         split.train.source,
-        *rows.values(),
+        *(rows[f"{part}_rows"] for part in PARTS),
         split.train.image_shape,
     )
 
@@ -427,8 +437,8 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
         mlflow.set_tag("likelihood_reason", model.likelihood_reason)
         history, seconds_per_epoch = fit(cfg, model, split, sink=lambda logs, step: mlflow.log_metrics(logs, step=step))
         accuracy = None
-        if model.semi_supervised:  # every row taught the model; scores and the prior need a label
-            split = labelled_parts(split)
+        if labelled is not None:  # every row taught the model; scores and the prior need a label
+            split = labelled
             accuracy = classifier_accuracy(model, split.holdout)
             log.info("the classifier q(y|x) labels %.1f%% of the labelled holdout right", 100 * accuracy)
             mlflow.log_metric("classifier_holdout_accuracy", accuracy)

@@ -175,7 +175,12 @@ def train_options(func):
     "--data real/ --data OUT/synthetic (vae generate's output) for augmentation.",
 )
 @click.option("--model-name", default="vae-digits", show_default=True, help="Registered model name in MLflow.")
-@click.option("--conditional", is_flag=True, help="Train a label-conditioned VAE (the data needs labels).")
+@click.option(
+    "--conditional",
+    is_flag=True,
+    help="Train a label-conditioned VAE. The data need labels; rows without one are learnt from too "
+    "(semi-supervised, with a classifier q(y|x)), and every part of the split needs some labelled rows.",
+)
 @click.option(
     "--result-json",
     type=click.Path(dir_okay=False, writable=True),
@@ -237,7 +242,7 @@ def print_result(result, work_dir: str | os.PathLike | None = None) -> None:
     click.echo(f"holdout neg ELBO:    {result.holdout_neg_elbo:.3f} nats  ({holdout})")
     calibration = f"on anomaly_score, from {len(result.split.calibration)} calibration rows"
     click.echo(f"anomaly threshold:   {result.threshold:.3f}  ({calibration})")
-    if result.unlabelled_rows:
+    if result.unlabelled_rows and result.classifier_accuracy is not None:
         click.echo(
             f"unlabelled rows:     {result.unlabelled_rows:,} learnt from (semi-supervised); their classifier q(y|x) "
             f"labels {result.classifier_accuracy:.1%} of the labelled holdout right. Scores, the threshold and the "

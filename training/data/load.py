@@ -183,7 +183,9 @@ def read_images(
 
     The first image read fixes the shape; later rows of another shape are rejected. ``example_id``
     must be unique across all inputs: a repeated id rejects every row after its first. With
-    ``require_labels`` (a conditional model) a row without a label is rejected. Labels that are all
+    ``require_labels`` (a conditional model) a row without a label is kept with label ``UNLABELLED``
+    (-1; semi-supervised training), a label that names no class is rejected, and a data set without
+    any label is a :class:`DataError`. Labels that are all
     whole numbers keep their values, otherwise classes are the sorted label names. Memory: one
     float32 array of the usable images (4 bytes a pixel), no Python object per pixel; with
     ``spill_dir``, when that array would exceed ``memory_budget`` bytes (or always, if no budget
