@@ -141,6 +141,8 @@ def run_seed(name: str, seed: int, settings: list[str], epochs: int, grids: Path
         | {"setting": "real", "label_fidelity": judge.accuracy(reference.images, reference.labels)}
         | figures(reference, train_rows.images[real], train_rows.labels[real], judge)
     ]
+    if grids is not None and seed == 0:
+        save_grid(train_rows.images[real], train_rows.labels[real], grids / f"{name}_real.png")
     for setting in settings:
         knobs = SETTINGS[setting]
         model, seconds = train_generator(train_rows, seed, knobs["beta"], epochs)
@@ -209,14 +211,16 @@ def augmentation(name: str, seed: int, epochs: int, per_label: int = 100) -> lis
 def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, per_row: int = 10) -> None:
     from PIL import Image
 
+    scale = max(1, 32 // images.shape[1])  # tiles of about 32 pixels
     tiles = []
     for k in np.unique(labels):
-        row = images[labels == k][:per_row, ..., 0]
+        row = np.clip(images[labels == k][:per_row, ..., 0], 0.0, 1.0)
         row = np.concatenate([row, np.zeros((per_row - len(row), *row.shape[1:]), row.dtype)])
+        row = np.pad(row, ((0, 0), (0, 1), (0, 1)), constant_values=0.5)  # a grey line between images
         tiles.append(np.concatenate(list(row), axis=1))
-    grid = np.clip(np.concatenate(tiles, axis=0), 0.0, 1.0)
-    scale = max(1, 280 // images.shape[1])
-    picture = Image.fromarray((grid * 255).astype(np.uint8)).resize((grid.shape[1] * scale, grid.shape[0] * scale))
+    grid = np.concatenate(tiles, axis=0)
+    picture = Image.fromarray((grid * 255).astype(np.uint8))
+    picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
 
