@@ -538,11 +538,12 @@ def test_cli_compares_the_samples_with_held_out_digits_and_logs_the_figures(
     assert (
         "compared:     with 5" in result.output and "of digits:holdout: improved precision and recall" in result.output
     )
-    for metric in ("precision", "recall", "diversity"):
+    assert re.search(r"^caution:      \d+ real images in the smallest group", result.output, re.M)  # too few
+    for metric in ("precision", "recall", "density", "coverage", "diversity"):
         assert re.search(
             rf"^{metric}:\s+\d+\.\d{{3}} \(mean over 2 labels; worst [25]: \d+\.\d{{3}}\)$", result.output, re.M
         )
-    assert re.search(r"^by label:     2: P \d\.\d\d R \d\.\d\d D \d+\.\d\d, 5: P ", result.output, re.M)
+    assert re.search(r"^by label:     2: P \d\.\d\d R \d\.\d\d C \d\.\d\d D \d+\.\d\d, 5: P ", result.output, re.M)
 
     # the same figures as scoring.fidelity gives on the written samples and the holdout, logged to the model's run
     real = read_images("digits:holdout").data
@@ -551,7 +552,7 @@ def test_cli_compares_the_samples_with_held_out_digits_and_logs_the_figures(
     run_id = MlflowClient().get_model_version(trained_conditional.model_name, trained_conditional.version).run_id
     assert f"fidelity_conditional_* metrics to MLflow run {run_id}" in result.output
     logged = MlflowClient().get_run(run_id).data.metrics
-    for metric in ("precision", "recall", "diversity"):
+    for metric in ("precision", "recall", "density", "coverage", "diversity"):
         assert logged[f"fidelity_conditional_{metric}"] == pytest.approx(expected[metric])
         assert logged[f"fidelity_conditional_{metric}_worst"] == pytest.approx(expected["worst"][metric][1])
         for label in (2, 5):
@@ -564,11 +565,17 @@ def test_cli_compares_the_samples_with_held_out_digits_and_logs_the_figures(
 def test_summary_of_unlabelled_samples_compares_them_pooled():
     figures = {
         "k": 3,
-        "labels": {None: {"precision": 0.5, "recall": 0.25, "diversity": 0.75, "real": 40, "fake": 100}},
+        "labels": {
+            None: {"precision": 0.5, "recall": 0.25, "density": 0.4, "coverage": 0.3, "diversity": 0.75}
+            | {"real": 400, "fake": 100}
+        },
         "skipped": [],
-        "worst": {"precision": (None, 0.5), "recall": (None, 0.25), "diversity": (None, 0.75)},
+        "worst": {"precision": (None, 0.5), "recall": (None, 0.25), "density": (None, 0.4)}
+        | {"coverage": (None, 0.3), "diversity": (None, 0.75)},
         "precision": 0.5,
         "recall": 0.25,
+        "density": 0.4,
+        "coverage": 0.3,
         "diversity": 0.75,
     }
     summary = gp.GenerateSummary(
@@ -577,13 +584,18 @@ def test_summary_of_unlabelled_samples_compares_them_pooled():
     )  # fmt: skip
     lines = summary.lines()
     assert "precision:    0.500" in lines and "recall:       0.250" in lines and "diversity:    0.750" in lines
-    assert any(line.startswith("compared:     with 40 real images of real.npz") for line in lines)
-    assert not any(line.startswith("by label:") for line in lines)
+    assert "density:      0.400" in lines and "coverage:     0.300" in lines
+    assert any(line.startswith("compared:     with 400 real images of real.npz") for line in lines)
+    assert not any(line.startswith("by label:") or line.startswith("caution:") for line in lines)  # 400: dense
     assert summary.fidelity_metrics() == {
         "fidelity_prior_precision": 0.5,
         "fidelity_prior_precision_worst": 0.5,
         "fidelity_prior_recall": 0.25,
         "fidelity_prior_recall_worst": 0.25,
+        "fidelity_prior_density": 0.4,
+        "fidelity_prior_density_worst": 0.4,
+        "fidelity_prior_coverage": 0.3,
+        "fidelity_prior_coverage_worst": 0.3,
         "fidelity_prior_diversity": 0.75,
         "fidelity_prior_diversity_worst": 0.75,
     }

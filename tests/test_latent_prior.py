@@ -92,7 +92,7 @@ def test_the_prior_survives_the_models_config_and_falls_back_to_n01_without_one(
 def test_pixels_are_the_mean_or_a_draw_from_the_tempered_likelihood():
     model = GaussianEncoder(2000)
     z = np.full((1, 2000), 0.5, np.float32)  # logits 0.5 everywhere: p = 0.62
-    np.testing.assert_allclose(decode_images(model, z), 1 / (1 + np.exp(-0.5)), rtol=1e-6)
+    np.testing.assert_array_equal(decode_images(model, z), 1.0)  # binary pixels: the mean on the grid, 0.62 -> 1
     plain = decode_images(model, z, pixel_temperature=1.0, rng=np.random.default_rng(0))
     expected = sample_image(z[:, None, :, None], "bernoulli", np.random.default_rng(0))
     np.testing.assert_array_equal(plain, expected)
@@ -122,7 +122,9 @@ def test_a_trained_model_stores_its_prior_and_generation_uses_it(trained_conditi
     images, z = synthesize(model, "conditional", len(labels), seed=0, labels=labels, pixel_temperature=0.0)
     np.testing.assert_allclose(z, prior.sample(labels, seed=0), rtol=1e-6)
     np.testing.assert_array_equal(images, decode_images(model, z, labels))
-    drawn, _ = synthesize(model, "conditional", len(labels), seed=0, labels=labels)  # the default: drawn pixels
-    again, _ = synthesize(model, "conditional", len(labels), seed=0, labels=labels)
+    default, _ = synthesize(model, "conditional", len(labels), seed=0, labels=labels)  # the default: the mean
+    np.testing.assert_array_equal(default, images)
+    drawn, _ = synthesize(model, "conditional", len(labels), seed=0, labels=labels, pixel_temperature=0.7)
+    again, _ = synthesize(model, "conditional", len(labels), seed=0, labels=labels, pixel_temperature=0.7)
     np.testing.assert_array_equal(drawn, again)
     assert not np.array_equal(drawn, images)
