@@ -375,8 +375,6 @@ def classifier_accuracy(model, part: data_lib.ImageData) -> float:
 def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
     import mlflow
 
-    from training import plots
-
     read = read_training_data(cfg, spill)
     split = data_lib.training_split(read.data, seed=cfg.seed)
     read = replace(read, data=None)  # the parts are copies: let the whole array go
@@ -388,6 +386,44 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
     labelled = labelled_parts(split) if cfg.conditional and unlabelled else None
     model = build_model(cfg, split.train, semi_supervised=labelled is not None)
     holdout_fingerprint = data_lib.fingerprint(split.holdout)
+    rows = _describe_parts(cfg, split, unlabelled)
+
+    with mlflow.start_run() as run:
+        _log_inputs(cfg, model, read, split, rows, holdout_fingerprint)
+        history, seconds_per_epoch = fit(cfg, model, split, sink=lambda logs, step: mlflow.log_metrics(logs, step=step))
+        accuracy = None
+        if labelled is not None:  # every row taught the model; scores and the prior need a label
+            split = labelled
+            accuracy = classifier_accuracy(model, split.holdout)
+            log.info("the classifier q(y|x) labels %.1f%% of the labelled holdout right", 100 * accuracy)
+            mlflow.log_metric("classifier_holdout_accuracy", accuracy)
+        calibration, summary = _fit_scoring(cfg, model, split, seconds_per_epoch)
+        _log_figures(cfg, model, history, split.holdout, calibration)
+        version, promoted, reason = _register_and_promote(
+            cfg, model, split, champion, summary, calibration, holdout_fingerprint
+        )
+        return TrainResult(
+            run_id=run.info.run_id,
+            model_name=cfg.model_name,
+            version=version,
+            promoted=promoted,
+            promotion_reason=reason,
+            validation_neg_elbo=summary["validation_neg_elbo"],
+            holdout_neg_elbo=summary["holdout_neg_elbo"],
+            threshold=calibration.threshold,
+            seconds_per_epoch=seconds_per_epoch,
+            epochs_run=len(history.get("loss", [])),
+            holdout_fingerprint=holdout_fingerprint,
+            calibration_warning=calibration.size_warning(),
+            model=model,
+            split=split,
+            unlabelled_rows=unlabelled,
+            classifier_accuracy=accuracy,
+        )
+
+
+def _describe_parts(cfg: TrainConfig, split: data_lib.TrainingSplit, unlabelled: int) -> dict[str, int]:
+    """The rows of each part (the MLflow params ``*_rows``), logged as a line."""
     rows = {f"{part}_rows": len(getattr(split, part)) for part in PARTS}
     if unlabelled:
         rows["unlabelled_rows"] = unlabelled
@@ -405,155 +441,161 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
         *(rows[f"{part}_rows"] for part in PARTS),
         split.train.image_shape,
     )
+    return rows
 
-    with mlflow.start_run() as run:
-        params = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "pixel_levels", "data")}
-        params["beta"] = cfg.kl_beta()
-        params["data"] = " + ".join([cfg.data] if isinstance(cfg.data, str) else cfg.data)
-        mlflow.log_params(
-            params
-            | rows
-            | {
-                "image_shape": str(split.train.image_shape),
-                "backend": _backend(),
-                "holdout_fraction": data_lib.HOLDOUT_FRACTION,
-            }
-        )
-        mlflow.set_tags(
-            {
-                "data_fingerprint": data_lib.fingerprint(split.train),
-                "holdout_fingerprint": holdout_fingerprint,
-                "data_source": split.train.source,
-                "model_name": cfg.model_name,
-            }
-        )
-        log.info("likelihood: %s (%s)", _likelihood_name(model.likelihood, model.pixel_levels), model.likelihood_reason)
-        mlflow.log_params({"chosen_likelihood": model.likelihood, "pixel_levels": model.pixel_levels})
-        mlflow.log_metrics(
-            {"rows_read": read.rows_read, "rows_rejected": read.rejects.num_rows, "reject_rate": read.reject_rate}
-        )
-        if read.rejects.num_rows:
-            _log_rejects(read)
-        mlflow.set_tag("likelihood_reason", model.likelihood_reason)
-        history, seconds_per_epoch = fit(cfg, model, split, sink=lambda logs, step: mlflow.log_metrics(logs, step=step))
-        accuracy = None
-        if labelled is not None:  # every row taught the model; scores and the prior need a label
-            split = labelled
-            accuracy = classifier_accuracy(model, split.holdout)
-            log.info("the classifier q(y|x) labels %.1f%% of the labelled holdout right", 100 * accuracy)
-            mlflow.log_metric("classifier_holdout_accuracy", accuracy)
 
-        model.latent_prior = fit_latent_prior(model, split.train.images, split.train.labels).to_config()
-        if cfg.conditional:  # scored against its learnt p(z|y) (scoring.elbo.scoring_prior): before any score
-            model.score_prior = "fitted"
-        validation_neg_elbo = float(neg_elbo_scores(model, split.validation).mean())
-        calibration = calibrate(model, split, cfg.target_fpr, cfg.anomaly_score)
-        warning = calibration.size_warning()
-        if warning:
-            log.warning("%s: %s", cfg.model_name, warning)
-            mlflow.set_tag("calibration_warning", warning)
-        holdout_scores = part_scores(model, split.holdout)
-        summary = {
-            "validation_neg_elbo": validation_neg_elbo,
-            "holdout_neg_elbo": float(holdout_scores["neg_elbo"].mean()),
-            "threshold": calibration.threshold,
-            "holdout_flagged_rate": float(calibration.is_anomaly(holdout_scores[calibration.score]).mean()),
-            "calibration_rows": len(split.calibration),
-            "calibration_above_threshold": calibration.above,
-            "calibration_rows_needed": rows_needed(cfg.target_fpr),
-            "seconds_per_epoch": seconds_per_epoch,
+def _log_inputs(cfg: TrainConfig, model, read, split: data_lib.TrainingSplit, rows: dict, holdout_fingerprint: str):
+    """The run's params, tags and input metrics, and its rejects, before training."""
+    import mlflow
+
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "pixel_levels", "data")}
+    params["beta"] = cfg.kl_beta()
+    params["data"] = " + ".join([cfg.data] if isinstance(cfg.data, str) else cfg.data)
+    mlflow.log_params(
+        params
+        | rows
+        | {
+            "image_shape": str(split.train.image_shape),
+            "backend": _backend(),
+            "holdout_fraction": data_lib.HOLDOUT_FRACTION,
         }
-        mlflow.log_metrics(summary)
-        mlflow.log_dict(calibration.to_dict(), "calibration.json")
-
-        holdout = split.holdout
-        figures = {
-            "learning_curves": plots.learning_curves(history),
-            "reconstructions": plots.reconstructions(
-                model, holdout.images, holdout.labels if cfg.conditional else None
-            ),
-            "prior_samples": plots.prior_grid(model, seed=cfg.seed),
-            "latent_map": plots.latent_map(
-                model,
-                holdout.images[:LATENT_MAP_ROWS],
-                None if holdout.labels is None else holdout.labels[:LATENT_MAP_ROWS],
-            ),
-            "latent_grid": plots.latent_grid_figure(model, *_first_rows(holdout, LATENT_MAP_ROWS)),
-            "score_histogram": plots.score_histogram(
-                calibration.scores, calibration.threshold, title=f"calibration {calibration.score}"
-            ),
+    )
+    mlflow.set_tags(
+        {
+            "data_fingerprint": data_lib.fingerprint(split.train),
+            "holdout_fingerprint": holdout_fingerprint,
+            "data_source": split.train.source,
+            "model_name": cfg.model_name,
         }
-        if cfg.conditional:
-            figures["samples_per_label"] = plots.per_label_grid(model, seed=cfg.seed)
-        for name, figure in figures.items():
-            mlflow.log_figure(figure, f"plots/{name}.png")
+    )
+    log.info("likelihood: %s (%s)", _likelihood_name(model.likelihood, model.pixel_levels), model.likelihood_reason)
+    mlflow.log_params({"chosen_likelihood": model.likelihood, "pixel_levels": model.pixel_levels})
+    mlflow.log_metrics(
+        {"rows_read": read.rows_read, "rows_rejected": read.rejects.num_rows, "reject_rate": read.reject_rate}
+    )
+    if read.rejects.num_rows:
+        _log_rejects(read)
+    mlflow.set_tag("likelihood_reason", model.likelihood_reason)
 
-        version = _log_and_register(model, cfg, split)
-        registry.set_version_tags(
+
+def _fit_scoring(cfg: TrainConfig, model, split: data_lib.TrainingSplit, seconds_per_epoch: float):
+    """After training: the latent prior, the anomaly calibration and the run's summary metrics
+    (logged); returns (calibration, summary)."""
+    import mlflow
+
+    model.latent_prior = fit_latent_prior(model, split.train.images, split.train.labels).to_config()
+    if cfg.conditional:  # scored against its learnt p(z|y) (scoring.elbo.scoring_prior): before any score
+        model.score_prior = "fitted"
+    validation_neg_elbo = float(neg_elbo_scores(model, split.validation).mean())
+    calibration = calibrate(model, split, cfg.target_fpr, cfg.anomaly_score)
+    warning = calibration.size_warning()
+    if warning:
+        log.warning("%s: %s", cfg.model_name, warning)
+        mlflow.set_tag("calibration_warning", warning)
+    holdout_scores = part_scores(model, split.holdout)
+    summary = {
+        "validation_neg_elbo": validation_neg_elbo,
+        "holdout_neg_elbo": float(holdout_scores["neg_elbo"].mean()),
+        "threshold": calibration.threshold,
+        "holdout_flagged_rate": float(calibration.is_anomaly(holdout_scores[calibration.score]).mean()),
+        "calibration_rows": len(split.calibration),
+        "calibration_above_threshold": calibration.above,
+        "calibration_rows_needed": rows_needed(cfg.target_fpr),
+        "seconds_per_epoch": seconds_per_epoch,
+    }
+    mlflow.log_metrics(summary)
+    mlflow.log_dict(calibration.to_dict(), "calibration.json")
+    return calibration, summary
+
+
+def _log_figures(cfg: TrainConfig, model, history: dict, holdout: data_lib.ImageData, calibration) -> None:
+    """The run's pictures, under ``plots/``."""
+    import mlflow
+
+    from training import plots
+
+    figures = {
+        "learning_curves": plots.learning_curves(history),
+        "reconstructions": plots.reconstructions(model, holdout.images, holdout.labels if cfg.conditional else None),
+        "prior_samples": plots.prior_grid(model, seed=cfg.seed),
+        "latent_map": plots.latent_map(
+            model,
+            holdout.images[:LATENT_MAP_ROWS],
+            None if holdout.labels is None else holdout.labels[:LATENT_MAP_ROWS],
+        ),
+        "latent_grid": plots.latent_grid_figure(model, *_first_rows(holdout, LATENT_MAP_ROWS)),
+        "score_histogram": plots.score_histogram(
+            calibration.scores, calibration.threshold, title=f"calibration {calibration.score}"
+        ),
+    }
+    if cfg.conditional:
+        figures["samples_per_label"] = plots.per_label_grid(model, seed=cfg.seed)
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"plots/{name}.png")
+
+
+def _register_and_promote(
+    cfg: TrainConfig,
+    model,
+    split: data_lib.TrainingSplit,
+    champion: str | None,
+    summary: dict,
+    calibration,
+    holdout_fingerprint: str,
+) -> tuple[str, bool, str]:
+    """Registers the model, tags the version, moves the champion alias if it wins; (version, promoted, why)."""
+    import mlflow
+
+    holdout = split.holdout
+    version = _log_and_register(model, cfg, split)
+    registry.set_version_tags(
+        cfg.model_name,
+        version,
+        {
+            "holdout_fingerprint": holdout_fingerprint,
+            "holdout_rows": len(holdout),
+            "holdout_neg_elbo": repr(summary["holdout_neg_elbo"]),
+        },
+        work=cfg.work_dir,
+    )
+    promoted, reason = decide_promotion(
+        cfg,
+        champion,
+        summary["holdout_neg_elbo"],
+        holdout,
+        holdout_fingerprint,
+        likelihood=(model.likelihood, model.pixel_levels),
+    )
+    if promoted:
+        aliases.promote(cfg.model_name, version, registry.CHAMPION, cfg.work_dir, reason=reason, by="vae train")
+    mlflow.set_tags({"promoted": str(promoted), "promotion_reason": reason, "model_version": version})
+    try:  # the registry's descriptions: after the promotion, so a failure here is a warning
+        registry.describe(
             cfg.model_name,
             version,
             {
+                "conditional": cfg.conditional,
+                "architecture": cfg.architecture,
+                "latent_dim": cfg.latent_dim,
+                "data": split.train.source,
+                "train_rows": len(split.train),
+                "shape": "x".join(map(str, split.train.image_shape)),
+                "likelihood": _likelihood_name(model.likelihood, model.pixel_levels),
+                "likelihood_reason": model.likelihood_reason,
+                "holdout_neg_elbo": summary["holdout_neg_elbo"],
                 "holdout_fingerprint": holdout_fingerprint,
                 "holdout_rows": len(holdout),
-                "holdout_neg_elbo": repr(summary["holdout_neg_elbo"]),
+                "threshold": calibration.threshold,
+                "score": calibration.score,
+                "fpr": cfg.target_fpr,
+                "promoted": promoted,
+                "promotion_reason": reason,
             },
-            work=cfg.work_dir,
+            cfg.work_dir,
         )
-        promoted, reason = decide_promotion(
-            cfg,
-            champion,
-            summary["holdout_neg_elbo"],
-            holdout,
-            holdout_fingerprint,
-            likelihood=(model.likelihood, model.pixel_levels),
-        )
-        if promoted:
-            aliases.promote(cfg.model_name, version, registry.CHAMPION, cfg.work_dir, reason=reason, by="vae train")
-        mlflow.set_tags({"promoted": str(promoted), "promotion_reason": reason, "model_version": version})
-        try:  # the registry's descriptions: after the promotion, so a failure here is a warning
-            registry.describe(
-                cfg.model_name,
-                version,
-                {
-                    "conditional": cfg.conditional,
-                    "architecture": cfg.architecture,
-                    "latent_dim": cfg.latent_dim,
-                    "data": split.train.source,
-                    "train_rows": len(split.train),
-                    "shape": "x".join(map(str, split.train.image_shape)),
-                    "likelihood": _likelihood_name(model.likelihood, model.pixel_levels),
-                    "likelihood_reason": model.likelihood_reason,
-                    "holdout_neg_elbo": summary["holdout_neg_elbo"],
-                    "holdout_fingerprint": holdout_fingerprint,
-                    "holdout_rows": len(holdout),
-                    "threshold": calibration.threshold,
-                    "score": calibration.score,
-                    "fpr": cfg.target_fpr,
-                    "promoted": promoted,
-                    "promotion_reason": reason,
-                },
-                cfg.work_dir,
-            )
-        except Exception as exc:  # noqa: BLE001 - MLflow's errors vary by store
-            log.warning("could not write the registry's description of %s v%s: %s", cfg.model_name, version, exc)
-        return TrainResult(
-            run_id=run.info.run_id,
-            model_name=cfg.model_name,
-            version=version,
-            promoted=promoted,
-            promotion_reason=reason,
-            validation_neg_elbo=validation_neg_elbo,
-            holdout_neg_elbo=summary["holdout_neg_elbo"],
-            threshold=calibration.threshold,
-            seconds_per_epoch=seconds_per_epoch,
-            epochs_run=len(history.get("loss", [])),
-            holdout_fingerprint=holdout_fingerprint,
-            calibration_warning=warning,
-            model=model,
-            split=split,
-            unlabelled_rows=unlabelled,
-            classifier_accuracy=accuracy,
-        )
+    except Exception as exc:  # noqa: BLE001 - MLflow's errors vary by store
+        log.warning("could not write the registry's description of %s v%s: %s", cfg.model_name, version, exc)
+    return version, promoted, reason
 
 
 def _log_and_register(model, cfg: TrainConfig, split: data_lib.TrainingSplit) -> str:

@@ -19,7 +19,6 @@ Run it through ``vae score`` or, Beam-examples style, ``python -m pipeline.beam.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import uuid
@@ -29,15 +28,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions
 
-from pipeline.beam.defaults import DEFAULT_BATCH_SIZE, DEFAULT_INPUT, ONE_BRANCH_RUNNERS
+from pipeline.beam.defaults import DEFAULT_INPUT, ONE_BRANCH_RUNNERS
 from pipeline.beam.guards import Guards, check_pixel_range, seal_scoring_run
 from pipeline.beam.options import ScoreOptions
 from pipeline.beam.runner import make_pipeline
+from pipeline.beam.score_steps import (
+    Counters,
+    Scorer,
+    Validator,
+    model_calibration,
+    read_batches,
+)
 from pipeline.outputs import result_json
 from pipeline.outputs.atomic import output_folder
 from pipeline.outputs.manifest import input_fingerprint
@@ -47,21 +51,17 @@ from pipeline.outputs.score_tables import (
     count_output,
     output_paths,
     reject_duplicates,
-    rejects_table,
-    scores_table,
 )
 from training.data import ImageData, reader
 from training.data.reader import InputPlan
-from training.data.validate import ModelSpec, ValidRows, validate_batch
-from training.registry import ModelRef
+from training.data.validate import ModelSpec, ValidRows
 
 log = logging.getLogger(__name__)
 
-METRICS_NAMESPACE = "vae_score"
 REJECTS = "rejects"
 
 
-# --- the DoFns ----------------------------------------------------------------------------------
+# --- the DoFns: thin shells over pipeline.beam.score_steps --------------------------------------
 
 
 class ReadShard(beam.DoFn):
@@ -69,117 +69,47 @@ class ReadShard(beam.DoFn):
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
-        self.rows_read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
+        self.counters = Counters()
 
     def process(self, shard: reader.Shard):
-        start = time.perf_counter()
-        rows = 0
-        for batch in shard.read(self.batch_size):
-            rows += batch.num_rows
-            yield batch
-        self.rows_read.inc(rows)
-        seconds = time.perf_counter() - start
-        log.info(
-            "shard %d/%d done: %s rows in %.1f s (%s rows/s, worker pid %d)",
-            shard.index + 1,
-            shard.total,
-            f"{rows:,}",
-            seconds,
-            f"{rows / max(seconds, 1e-9):,.0f}",
-            os.getpid(),
-        )
+        yield from read_batches(shard, self.batch_size, self.counters)
 
 
 class ValidateRows(beam.DoFn):
     """Record batch -> scorable rows (main output) and rejected rows (the ``rejects`` output)."""
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        shape_hint: tuple[int, int, int] | None,
-        model: ModelRef,
-        scored_at: datetime,
-        pixel_scale: float | None = None,
-    ) -> None:
-        self.spec = spec
-        self.shape_hint = shape_hint
-        self.pixel_scale = pixel_scale  # replaces the model's scale for numeric pixels (vae score --pixel-scale)
-        self.model = model
-        self.scored_at = scored_at
-        self.rows_rejected = Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
+    def __init__(self, validator: Validator) -> None:
+        self.validator = validator
+        self.counters = Counters()
 
     def process(self, batch: pa.RecordBatch):
-        valid, rejected = validate_batch(batch, self.spec, self.shape_hint, self.pixel_scale)
-        if rejected is not None:
-            self.rows_rejected.inc(len(rejected))
-            yield beam.pvalue.TaggedOutput(REJECTS, rejects_table(rejected, self.model, self.scored_at))
+        valid, rejects = self.validator(batch, self.counters)
+        if rejects is not None:
+            yield beam.pvalue.TaggedOutput(REJECTS, rejects)
         if valid is not None:
             yield valid
 
 
 class ScoreImages(beam.DoFn):
-    """Scores whole batches with :func:`scoring.detector.score_images`; the model loads once per worker."""
+    """Scores whole batches (:class:`~pipeline.beam.score_steps.Scorer`); the model loads once per worker."""
 
-    def __init__(
-        self,
-        model: ModelRef,
-        scored_at: datetime,
-        *,
-        iwae_k: int | None = None,
-        fpr: float | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        pixel_scores: bool = False,
-    ) -> None:
-        self.model_ref = model
-        self.scored_at = scored_at
-        self.iwae_k = iwae_k
-        self.fpr = fpr
-        self.batch_size = batch_size
-        self.pixel_scores = pixel_scores
-        self.rows_scored = Metrics.counter(METRICS_NAMESPACE, "rows_scored")
-        self.anomalies = Metrics.counter(METRICS_NAMESPACE, "anomalies")
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self.counters = Counters()
 
     def setup(self) -> None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        self.model = self.model_ref.load()  # once per process, which says so (training.registry.ModelRef.load)
-        self.calibration = model_calibration(self.model, self.fpr)
+        self.scorer.load()
 
     def process(self, rows: ValidRows):
-        from scoring.detector import score_images
-
-        scores = score_images(
-            self.model,
-            rows.images,
-            rows.labels,
-            num_samples=self.model.score_samples,
-            seed=self.model.score_seed,
-            iwae_k=self.iwae_k,
-            batch_size=self.batch_size,
-            pixel_scores=self.pixel_scores,
-        )
-        table = scores_table(rows, scores, self.calibration, self.model_ref, self.scored_at)
-        self.rows_scored.inc(len(rows))
-        if self.calibration is not None:
-            self.anomalies.inc(int(np.count_nonzero(self.calibration.is_anomaly(scores[self.calibration.score]))))
-        yield table
-
-
-def model_calibration(model, fpr: float | None):
-    """The model's stored calibration, re-thresholded at ``fpr`` if given; None if it has none."""
-    from scoring.calibration import Calibration
-
-    if not getattr(model, "calibration", None):
-        return None
-    calibration = Calibration.from_dict(model.calibration)
-    return calibration.with_fpr(fpr) if fpr is not None else calibration
+        yield self.scorer(rows, self.counters)
 
 
 def build_pipeline(
     p: beam.Pipeline,
     plan: InputPlan,
     *,
-    scorer: ScoreImages,
-    validator: ValidateRows,
+    scorer: Scorer,
+    validator: Validator,
     scores_prefix: str,
     rejects_prefix: str,
     batch_size: int,
@@ -190,11 +120,11 @@ def build_pipeline(
         | "ListShards" >> beam.Create(plan.shards, reshuffle=False)
         | "Distribute" >> beam.Reshuffle()
         | "ReadImages" >> beam.ParDo(ReadShard(batch_size))
-        | "Validate" >> beam.ParDo(validator).with_outputs(REJECTS, main="valid")
+        | "Validate" >> beam.ParDo(ValidateRows(validator)).with_outputs(REJECTS, main="valid")
     )
     (
         checked.valid
-        | "Score" >> beam.ParDo(scorer)
+        | "Score" >> beam.ParDo(ScoreImages(scorer))
         | "WriteScores"
         >> beam.io.WriteToParquetBatched(
             scores_prefix, schema=SCORES_SCHEMA, file_name_suffix=".parquet", codec="snappy"
@@ -358,7 +288,7 @@ def _score_dataset(
         if options.runner != "DirectRunner"
         else f"DirectRunner ({direct.direct_running_mode}, {direct.direct_num_workers} workers)",
     )
-    scorer = ScoreImages(
+    scorer = Scorer(
         model,
         scored_at,
         iwae_k=options.iwae_k,
@@ -366,7 +296,7 @@ def _score_dataset(
         batch_size=options.batch_size,
         pixel_scores=options.pixel_scores,
     )
-    validator = ValidateRows(spec, options.shape, model, scored_at, options.pixel_scale)
+    validator = Validator(spec, options.shape, model, scored_at, options.pixel_scale)
     # Locks scores and rejects (or those partitions) at once: a second run writing them is refused here.
     with commit(scores_path, rejects_path) as (scores_tmp, rejects_tmp):
         pipeline = test_pipeline or make_pipeline(options)

@@ -2,8 +2,8 @@
 
     ListShards -> Distribute -> ScoreShard (read, validate, score; write scores/ and rejects/)
 
-Each shard's rows go through the same DoFns as :func:`pipeline.beam.score_job.build_pipeline`
-(:class:`~pipeline.beam.score_job.ReadShard`, ``ValidateRows``, ``ScoreImages``), in one worker, a
+Each shard's rows go through the same steps as :func:`pipeline.beam.score_job.build_pipeline`
+(:mod:`pipeline.beam.score_steps`: ``read_batches``, ``Validator``, ``Scorer``), in one worker, a
 record batch at a time, and are streamed into two Parquet files named after the shard,
 ``PREFIX-SSSSS-of-NNNNN.parquet`` in ``scores/`` and in ``rejects/``: the same rows as the two-sink
 pipeline, only cut into files per shard rather than per bundle. A shard with no rows for a dataset
@@ -25,11 +25,11 @@ import apache_beam as beam
 import pyarrow as pa
 
 from pipeline.beam.defaults import ONE_BRANCH_RUNNERS
-from pipeline.beam.score_job import ReadShard, ScoreImages, ValidateRows
+from pipeline.beam.score_steps import Counters, Scorer, Validator, read_batches
 from pipeline.outputs.score_tables import REJECTS_SCHEMA, SCORES_SCHEMA
 from training.data import reader
-from training.data.images import is_remote
 from training.data.reader import InputPlan
+from training.paths import is_remote
 
 __all__ = ["ONE_BRANCH_RUNNERS", "ScoreShard", "build_pipeline"]
 
@@ -104,34 +104,29 @@ class ScoreShard(beam.DoFn):
     ``(shard index, rows scored, rows rejected)``."""
 
     def __init__(
-        self,
-        read: ReadShard,
-        validate: ValidateRows,
-        score: ScoreImages,
-        scores_prefix: str,
-        rejects_prefix: str,
+        self, batch_size: int, validator: Validator, scorer: Scorer, scores_prefix: str, rejects_prefix: str
     ) -> None:
-        self.read = read
-        self.validate = validate
-        self.score = score
+        self.batch_size = batch_size
+        self.validator = validator
+        self.scorer = scorer
         self.scores_prefix = scores_prefix
         self.rejects_prefix = rejects_prefix
+        self.counters = Counters()
 
     def setup(self) -> None:
-        self.score.setup()  # once per partition on Dask: the model itself is loaded once per process
+        self.scorer.load()  # once per partition on Dask: the model itself is loaded once per process
 
     def process(self, shard: reader.Shard) -> Iterator[tuple[int, int, int]]:
         suffix = f"-{shard.index:05d}-of-{shard.total:05d}.parquet"
         scores = _ParquetFile(self.scores_prefix + suffix, SCORES_SCHEMA, always=shard.index == 0)
         rejects = _ParquetFile(self.rejects_prefix + suffix, REJECTS_SCHEMA, always=shard.index == 0)
         try:
-            for batch in self.read.process(shard):
-                for out in self.validate.process(batch):
-                    if isinstance(out, beam.pvalue.TaggedOutput):
-                        rejects.write(out.value)
-                        continue
-                    for table in self.score.process(out):
-                        scores.write(table)
+            for batch in read_batches(shard, self.batch_size, self.counters):
+                valid, rejected = self.validator(batch, self.counters)
+                if rejected is not None:
+                    rejects.write(rejected)
+                if valid is not None:
+                    scores.write(self.scorer(valid, self.counters))
             scores.close()
             rejects.close()
         except BaseException:
@@ -145,8 +140,8 @@ def build_pipeline(
     p: beam.Pipeline,
     plan: InputPlan,
     *,
-    scorer: ScoreImages,
-    validator: ValidateRows,
+    scorer: Scorer,
+    validator: Validator,
     scores_prefix: str,
     rejects_prefix: str,
     batch_size: int,
@@ -156,6 +151,5 @@ def build_pipeline(
         p
         | "ListShards" >> beam.Create(plan.shards, reshuffle=False)
         | "Distribute" >> beam.Reshuffle()
-        | "ScoreShard"
-        >> beam.ParDo(ScoreShard(ReadShard(batch_size), validator, scorer, scores_prefix, rejects_prefix))
+        | "ScoreShard" >> beam.ParDo(ScoreShard(batch_size, validator, scorer, scores_prefix, rejects_prefix))
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -15,8 +15,20 @@ from pipeline.monitoring.scores import read_run_scores
 from pipeline.monitoring.store import append_row
 from pipeline.outputs.atomic import output_folder
 
-if TYPE_CHECKING:
-    from pipeline.beam.score_job import ScoreSummary
+
+class ScoringRun(Protocol):
+    """What a scoring run's monitoring row needs of its summary (``pipeline.beam.score_job.ScoreSummary``;
+    monitoring never imports the Beam job). ``status``, ``reason``, ``calibrated_score``, ``target_fpr``
+    and ``run_id`` are read when present."""
+
+    rows_scored: int
+    rows_read: int
+    rows_rejected: int
+    threshold: float | None
+    model_name: str
+    model_version: str
+    input: str
+
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +45,7 @@ def model_calibration(model: Any) -> dict[str, Any] | None:
 
 
 def record_scoring_run(
-    summary: ScoreSummary,
+    summary: ScoringRun,
     *,
     output: str | os.PathLike,
     partition: str | None,

@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.outputs.png import to_uint8
 from training import data as data_lib
 from training.data.validate import ModelSpec
+from training.paths import is_remote
 
 if TYPE_CHECKING:
     from training.registry import ModelRef
@@ -383,7 +384,7 @@ def scored_input(scores: str | Path, frame) -> str | None:
         candidates.append(str(read_manifest(scores).get("input") or ""))
     if "source" in frame.columns:
         sources = sorted({str(s) for s in frame["source"].dropna().unique()})
-        if sources and all(not data_lib.images.is_remote(s) for s in sources):
+        if sources and all(not is_remote(s) for s in sources):
             with contextlib.suppress(ValueError):  # absolute and relative sources mixed: no common folder
                 candidates.append(sources[0] if len(sources) == 1 else os.path.commonpath(sources))
     for spec in candidates:

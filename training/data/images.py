@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,11 +31,6 @@ def take_rows(images: np.ndarray, index: np.ndarray) -> np.ndarray:
         out[start : start + len(rows)] = chunk
     out.flush()
     return out
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    """True for URLs such as ``gs://bucket/x`` (any scheme), False for local paths."""
-    return "://" in str(path)
 
 
 class DataError(ValueError):

@@ -25,9 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from training.data.builtin import BUILTIN
-from training.data.images import IMAGE_SUFFIXES, DataError, ImageData, is_remote, parquet_files
+from training.data.images import IMAGE_SUFFIXES, DataError, ImageData, parquet_files
 from training.data.validate import UNIT_PIXELS
 from training.limits import DEFAULT_SHARD_ROWS  # also vae score's default (pipeline.beam.defaults)
+from training.paths import is_remote
 
 PIXEL_COLUMNS = ("image", "pixels")
 INPUT_COLUMNS = ("example_id", "image", "pixels", "height", "width", "channels", "label")

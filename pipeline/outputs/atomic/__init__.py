@@ -149,7 +149,7 @@ from pipeline.outputs.atomic.versions import (
     snapshot,
     snapshots,
 )
-from training.data.images import is_remote
+from training.paths import is_remote
 
 DatasetLockedError.__module__ = __name__  # its public name: pipeline.outputs.atomic.DatasetLockedError
 

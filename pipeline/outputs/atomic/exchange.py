@@ -20,10 +20,19 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from pipeline.outputs.atomic.locks import _Run
+
+class CommittingRun(Protocol):
+    """What the fallback commit needs of a writer (:class:`pipeline.outputs.atomic.locks._Run`)."""
+
+    id: str
+    switched: bool  # set here: a public folder was switched
+    keep_dir: bool  # set here: a half-done commit that could not be undone
+
+    @property
+    def dir(self) -> Path: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +136,7 @@ def replace_dir(src: str | os.PathLike, dst: str | os.PathLike, staging: str | o
 # The fallback commit, one folder at a time, with a journal
 
 
-def _commit(run: _Run, finals: list[Path], tmps: list[Path]) -> None:
+def _commit(run: CommittingRun, finals: list[Path], tmps: list[Path]) -> None:
     """The fallback: each folder switched into place on its own, with a journal."""
     entries = [
         {"target": str(final), "new": str(tmp), "aside": str(run.dir / f"{i}-old"), "ident": _identity(tmp)}

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from pipeline.outputs.atomic.remote import _match, _mkdirs
-from training.data.images import is_remote
+from training.paths import is_remote
 
 FAILED = "_failed"  # OUTPUT/_failed/RUN_ID/...: folders of runs that failed, kept for inspection
 

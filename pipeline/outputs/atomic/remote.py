@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.outputs.atomic.locks import _RUN, _best_effort, _clean_leftovers, _host, _release, _Run, _try_lock
 from pipeline.outputs.atomic.versions import STAGING, _check_layout
-from training.data.images import is_remote
+from training.paths import is_remote
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from pipeline.outputs.atomic.locks import (
     _Run,
     _try_lock,
 )
-from training.data.images import is_remote
+from training.paths import is_remote
 
 log = logging.getLogger(__name__)
 
