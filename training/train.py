@@ -375,6 +375,8 @@ def classifier_accuracy(model, part: data_lib.ImageData) -> float:
 def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
     import mlflow
 
+    from training import plots  # noqa: F401 - drawing fails here, before training, if it cannot work
+
     read = read_training_data(cfg, spill)
     split = data_lib.training_split(read.data, seed=cfg.seed)
     read = replace(read, data=None)  # the parts are copies: let the whole array go

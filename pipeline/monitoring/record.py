@@ -17,17 +17,24 @@ from pipeline.outputs.atomic import output_folder
 
 
 class ScoringRun(Protocol):
-    """What a scoring run's monitoring row needs of its summary (``pipeline.beam.score_job.ScoreSummary``;
-    monitoring never imports the Beam job). ``status``, ``reason``, ``calibrated_score``, ``target_fpr``
-    and ``run_id`` are read when present."""
+    """What a scoring run's monitoring row needs of its summary (``pipeline.beam.score_job.ScoreSummary``,
+    a frozen dataclass; monitoring never imports the Beam job). ``status``, ``reason``,
+    ``calibrated_score``, ``target_fpr`` and ``run_id`` are read when present."""
 
-    rows_scored: int
-    rows_read: int
-    rows_rejected: int
-    threshold: float | None
-    model_name: str
-    model_version: str
-    input: str
+    @property
+    def rows_scored(self) -> int: ...
+    @property
+    def rows_read(self) -> int: ...
+    @property
+    def rows_rejected(self) -> int: ...
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
+    @property
+    def input(self) -> str: ...
 
 
 log = logging.getLogger(__name__)
