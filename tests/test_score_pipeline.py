@@ -738,6 +738,7 @@ def _cli_options(monkeypatch, tmp_path, *args):
 def test_beam_flags_after_the_double_dash_replace_the_defaults_of_the_cli(monkeypatch, tmp_path):
     from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, StandardOptions
 
+    from pipeline.beam.defaults import DEFAULT_BATCH_SIZE
     from pipeline.beam.runner import make_pipeline
 
     after = ["--direct_num_workers=3", "--batch_size", "7", "--direct_running_mode=in_memory", "--job_name=nightly"]
@@ -758,7 +759,7 @@ def test_beam_flags_after_the_double_dash_replace_the_defaults_of_the_cli(monkey
     assert (options.runner, options.view_as(DirectOptions).direct_num_workers, options.batch_size) == (
         "DirectRunner",
         2,
-        1024,
+        DEFAULT_BATCH_SIZE,
     )
 
 
