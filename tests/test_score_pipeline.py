@@ -798,3 +798,12 @@ def test_the_shard_size_default_is_written_once_and_the_cli_defaults_stay_light(
     code = "import sys, pipeline.beam.defaults; print(sorted({'numpy', 'pyarrow'} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_the_default_batch_holds_a_fixed_number_of_pixels_between_two_bounds():
+    from pipeline.beam.defaults import DEFAULT_BATCH_PIXELS, MAX_BATCH_ROWS, MIN_BATCH_ROWS, batch_rows
+
+    assert batch_rows(None, (8, 8, 1)) == MAX_BATCH_ROWS == DEFAULT_BATCH_PIXELS // 64  # small images: many rows
+    assert batch_rows(None, (16, 16, 1)) == 2048
+    assert batch_rows(None, (28, 28, 1)) == batch_rows(None, (64, 64, 3)) == MIN_BATCH_ROWS  # memory first
+    assert batch_rows(7, (28, 28, 1)) == 7  # --batch-size wins

@@ -3,11 +3,14 @@ start-up and :mod:`pipeline.beam.options` declares its flags with them, so each 
 
 from __future__ import annotations
 
+import math
+
 from training.limits import DEFAULT_SHARD_ROWS
 from training.registry import DEFAULT_MODEL_URI
 
 __all__ = [
     "DASK_RUNNER",
+    "DEFAULT_BATCH_PIXELS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_FIDELITY_K",
     "DEFAULT_INPUT",
@@ -44,9 +47,14 @@ ONE_BRANCH_RUNNERS = (DASK_RUNNER,)  # they compute one sink per pipeline: vae s
 DEFAULT_INPUT = "digits"
 
 # vae score
-# rows per record batch and per model call: a call costs more per row the fewer rows it has (the
-# Beam/raw ratio, benchmarks/score_throughput.py: 0.67 at 1,024 rows, 0.86 at 8,192, peak 1.24 GiB)
-DEFAULT_BATCH_SIZE = 8192
+# rows per record batch and per model call, unless --batch-size says: as many as hold
+# DEFAULT_BATCH_PIXELS pixels, between 1,024 and 8,192 (8x8 images: 8,192; 28x28: 1,024). A model
+# call costs more per row the fewer rows it has (benchmarks/score_throughput.py, 8x8: Beam/raw 0.67
+# at 1,024 rows, 0.86 at 8,192, peak 1.24 GiB); larger images need the memory (28x28 at 8,192 rows:
+# 1.37 GiB against 1.23 at 1,024). See batch_rows.
+DEFAULT_BATCH_SIZE = None
+DEFAULT_BATCH_PIXELS = 8192 * 64
+MIN_BATCH_ROWS, MAX_BATCH_ROWS = 1024, 8192
 # DEFAULT_SHARD_ROWS: the input reader's (training.limits)
 DEFAULT_SPLIT_SEED = 0
 
@@ -76,3 +84,12 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     if len(parts) != 3 or min(parts) < 1:
         raise ValueError(f"{text!r}: give the image shape as HxW or HxWxC, e.g. 28x28x1")
     return parts[0], parts[1], parts[2]
+
+
+def batch_rows(batch_size: int | None, image_shape: tuple[int, ...]) -> int:
+    """Rows per record batch and model call: ``batch_size``, or for None as many images of
+    ``image_shape`` as hold :data:`DEFAULT_BATCH_PIXELS` pixels, between the two bounds."""
+    if batch_size is not None:
+        return int(batch_size)
+    pixels = max(1, math.prod(image_shape))
+    return max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, DEFAULT_BATCH_PIXELS // pixels))

@@ -187,7 +187,13 @@ class ScoreOptions(JobOptions, PipelineOptions):
         _flag(parser, "partition", default=None, help="KEY=VALUE: write and replace only this hive partition")
         _flag(parser, "iwae_k", type=int, default=None, help="also the IWAE bound with K samples")
         _flag(parser, "fpr", type=float, default=None, help="re-threshold at this false positive rate")
-        _flag(parser, "batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per batch and model call")
+        _flag(
+            parser,
+            "batch_size",
+            type=int,
+            default=DEFAULT_BATCH_SIZE,
+            help="rows per batch and model call (default: 8,192 rows of 8x8 images, fewer of larger ones, >= 1,024)",
+        )
         _flag(parser, "split_seed", type=int, default=DEFAULT_SPLIT_SEED, help="seed of NAME:train|validation|...")
         _flag(parser, "shard_rows", type=int, default=DEFAULT_SHARD_ROWS, help="rows per unit of work")
         _flag(parser, "pixel_scores", action="store_true", help="also each pixel's NLL, the pixel_nll column")
@@ -226,7 +232,7 @@ class ScoreOptions(JobOptions, PipelineOptions):
         if self.fpr is not None and not 0.0 < self.fpr < 1.0:
             raise ValueError(f"--fpr must be in (0, 1), got {self.fpr}")
         for name in ("batch_size", "shard_rows"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.max_reject_rate <= 1.0:
             raise ValueError(f"--max-reject-rate must be in [0, 1], got {self.max_reject_rate}")

@@ -31,7 +31,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.options.pipeline_options import DirectOptions
 
-from pipeline.beam.defaults import DEFAULT_INPUT, ONE_BRANCH_RUNNERS
+from pipeline.beam.defaults import DEFAULT_INPUT, ONE_BRANCH_RUNNERS, batch_rows
 from pipeline.beam.guards import Guards, check_pixel_range, seal_scoring_run
 from pipeline.beam.options import ScoreOptions
 from pipeline.beam.runner import make_pipeline
@@ -257,6 +257,7 @@ def _score_dataset(
     if calibration is None:
         log.warning("%s has no stored calibration: threshold, p_value and is_anomaly will be null", options.model)
     spec = ModelSpec.of(loaded)
+    batch_size = batch_rows(options.batch_size, spec.image_shape)
     source = input_data if input_data is not None else options.input or DEFAULT_INPUT
     plan = reader.plan_input(source, shard_rows=options.shard_rows, split_seed=options.split_seed)
     check_pixel_range(
@@ -266,7 +267,7 @@ def _score_dataset(
         options.min_brightness,
         shape_hint=options.shape,
         pixel_scale=options.pixel_scale,
-        batch_size=options.batch_size,
+        batch_size=batch_size,
         model_name=f"{model.name} version {model.version}",
     )
     fingerprint = input_fingerprint(plan)
@@ -293,7 +294,7 @@ def _score_dataset(
         scored_at,
         iwae_k=options.iwae_k,
         fpr=options.fpr,
-        batch_size=options.batch_size,
+        batch_size=batch_size,
         pixel_scores=options.pixel_scores,
     )
     validator = Validator(spec, options.shape, model, scored_at, options.pixel_scale)
@@ -312,7 +313,7 @@ def _score_dataset(
                 validator=validator,
                 scores_prefix=f"{scores_tmp}/part-{run_tag}",
                 rejects_prefix=f"{rejects_tmp}/part-{run_tag}",
-                batch_size=options.batch_size,
+                batch_size=batch_size,
             )
         pipeline_seconds = time.perf_counter() - pipeline_started
         if options.runner in ONE_BRANCH_RUNNERS:

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline.beam.defaults import DEFAULT_BATCH_SIZE
+from pipeline.beam.defaults import MIN_BATCH_ROWS
 from pipeline.outputs.score_tables import rejects_table, scores_table
 from training.data import reader
 from training.data.validate import ModelSpec, ValidRows, validate_batch
@@ -97,7 +97,7 @@ class Scorer:
     scored_at: datetime
     iwae_k: int | None = None
     fpr: float | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int = MIN_BATCH_ROWS
     pixel_scores: bool = False
     model: object = field(default=None, repr=False)
     calibration: object = field(default=None, repr=False)
