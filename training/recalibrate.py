@@ -261,7 +261,6 @@ def _log_and_register(
 ) -> tuple[str, str]:
     """Logs the recalibrated model in a new run (a child of the source run) and registers it as a
     new version of ``name``; returns (version, run id)."""
-    import keras
     import mlflow
     import mlflow.keras
 
@@ -301,15 +300,14 @@ def _log_and_register(
             calibration.scores, calibration.threshold, title=f"calibration {calibration.score}"
         )
         mlflow.log_figure(figure, "plots/score_histogram.png")
-        info = mlflow.keras.log_model(
-            model,
-            name="model",
-            signature=signature,
-            registered_model_name=name,
-            pip_requirements=[f"keras=={keras.__version__}", f"numpy=={np.__version__}"],
-        )
-        version = str(info.registered_model_version)
+        version = registry.log_and_register(model, name, signature)
         mlflow.set_tag("model_version", version)
+    _describe_version(name, version, source, calibration, before, rows, described, work)
+    return version, new_run.info.run_id
+
+
+def _describe_version(name: str, version: str, source, calibration: Calibration, before, rows: int, described, work):
+    """The recalibrated version's tags (the source's, carried) and its registry description."""
     carried = {k: v for k, v in (source.tags or {}).items() if k not in (RECALIBRATED_FROM, "calibration_data")}
     registry.set_version_tags(
         name,
@@ -333,4 +331,3 @@ def _log_and_register(
             "Same weights, no retraining."
         ),
     )
-    return version, new_run.info.run_id

@@ -210,6 +210,24 @@ def version_tags(name: str, version: str, work: str | os.PathLike | None = None)
     return dict(client(work).get_model_version(name, version).tags)
 
 
+def log_and_register(model, name: str, signature) -> str:
+    """Logs ``model`` (a Keras model) to the active MLflow run as ``model``, with ``signature`` and the
+    Keras and numpy it was saved with, and registers it as a new version of ``name``; returns the
+    version. The one way ``vae train`` and ``vae calibrate`` put a model in the registry."""
+    import keras
+    import mlflow.keras
+    import numpy as np
+
+    info = mlflow.keras.log_model(
+        model,
+        name="model",
+        signature=signature,
+        registered_model_name=name,
+        pip_requirements=[f"keras=={keras.__version__}", f"numpy=={np.__version__}"],
+    )
+    return str(info.registered_model_version)
+
+
 def set_version_tags(name: str, version: str, tags: dict[str, object], work: str | os.PathLike | None = None) -> None:
     """Sets tags on one registered model version; values are stored as strings."""
     mlflow_client = client(work)

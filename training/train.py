@@ -602,7 +602,6 @@ def _register_and_promote(
 
 def _log_and_register(model, cfg: TrainConfig, split: data_lib.TrainingSplit) -> str:
     import keras
-    import mlflow.keras
     from mlflow.models import infer_signature
 
     from training.model import model_inputs
@@ -610,14 +609,7 @@ def _log_and_register(model, cfg: TrainConfig, split: data_lib.TrainingSplit) ->
     example = split.validation.subset(np.arange(min(4, len(split.validation))))
     x = model_inputs(example.images, example.labels, cfg.conditional)
     signature = infer_signature(x, np.asarray(keras.ops.convert_to_numpy(model(x))))
-    info = mlflow.keras.log_model(
-        model,
-        name="model",
-        signature=signature,
-        registered_model_name=cfg.model_name,
-        pip_requirements=[f"keras=={keras.__version__}", f"numpy=={np.__version__}"],
-    )
-    return str(info.registered_model_version)
+    return registry.log_and_register(model, cfg.model_name, signature)
 
 
 def _first_rows(part: data_lib.ImageData, n: int) -> tuple[np.ndarray, np.ndarray | None]:
