@@ -278,17 +278,38 @@ def neg_elbo_terms(
     return terms | out
 
 
-def scoring_prior(model: ScorableModel) -> tuple[np.ndarray, np.ndarray] | None:
-    """(means (G, D), Cholesky factors (G, D, D)) of the prior p(z|y) that the KL term of a model's
-    scores is taken against, or None for N(0, I).
+_PRIOR_FACTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def scoring_prior(model: ScorableModel) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(means (G, D), inverse Cholesky factors L^-1 (G, D, D), log-determinants of the covariances
+    (G,)) of the prior p(z|y) that the KL term of a model's scores is taken against, or None for N(0, I).
 
     A conditional model trained since its per-label fitted prior (:mod:`scoring.latent_prior`, the
     aggregate posterior of each label) joined the score (``score_prior == "fitted"``) is scored
     against it: a learnt prior p(z|y), so an image whose latent is typical of another label costs
-    KL even when the decoder reconstructs it well. Everything else, plain models included, keeps N(0, I)."""
-    if getattr(model, "score_prior", "standard") != "fitted" or not getattr(model, "latent_prior", None):
+    KL even when the decoder reconstructs it well. Everything else, plain models included, keeps N(0, I).
+    Computed once per model and stored prior (not per batch)."""
+    config = getattr(model, "latent_prior", None)
+    if getattr(model, "score_prior", "standard") != "fitted" or not config:
         return None
-    return np.asarray(model.latent_prior["means"], np.float64), np.asarray(model.latent_prior["cholesky"], np.float64)
+    cached = _PRIOR_FACTORS.get(model) if _weakly_referable(model) else None
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    means = np.asarray(config["means"], np.float64)
+    cholesky = np.asarray(config["cholesky"], np.float64)
+    factors = (means, np.linalg.inv(cholesky), 2.0 * np.log(np.diagonal(cholesky, axis1=1, axis2=2)).sum(axis=1))
+    if _weakly_referable(model):
+        _PRIOR_FACTORS[model] = (config, factors)
+    return factors
+
+
+def _weakly_referable(obj: object) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
 
 
 def prior_kl(model: ScorableModel, mean: np.ndarray, log_var: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
@@ -296,17 +317,15 @@ def prior_kl(model: ScorableModel, mean: np.ndarray, log_var: np.ndarray, labels
     prior = scoring_prior(model)
     if prior is None or labels is None:
         return 0.5 * np.sum(np.exp(log_var) + mean**2 - 1.0 - log_var, axis=-1)
-    means, cholesky = prior
+    means, inverses, log_dets = prior
     groups = np.asarray(labels, np.int64)
     out = np.empty(len(mean))
     for g in np.unique(groups):
         rows = groups == g
-        inverse = np.linalg.inv(cholesky[g])  # L^-1: Sigma^-1 = L^-T L^-1
-        trace = np.exp(log_var[rows]) @ np.sum(inverse**2, axis=0)  # sum_j s_j^2 (Sigma^-1)_jj
-        whitened = (mean[rows] - means[g]) @ inverse.T
-        log_det = 2.0 * np.sum(np.log(np.diag(cholesky[g])))
+        trace = np.exp(log_var[rows]) @ np.sum(inverses[g] ** 2, axis=0)  # sum_j s_j^2 (Sigma^-1)_jj
+        whitened = (mean[rows] - means[g]) @ inverses[g].T
         out[rows] = 0.5 * (
-            trace + np.sum(whitened**2, axis=-1) - mean.shape[1] + log_det - np.sum(log_var[rows], axis=-1)
+            trace + np.sum(whitened**2, axis=-1) - mean.shape[1] + log_dets[g] - np.sum(log_var[rows], axis=-1)
         )
     return out
 
@@ -317,15 +336,13 @@ def prior_log_density(model: ScorableModel, z: np.ndarray, labels: np.ndarray | 
     log_2pi = math.log(2.0 * math.pi)
     if prior is None or labels is None:
         return -0.5 * np.sum(z**2 + log_2pi, axis=-1)
-    means, cholesky = prior
+    means, inverses, log_dets = prior
     groups = np.asarray(labels, np.int64)
     out = np.empty(z.shape[:-1])
     for g in np.unique(groups):
         rows = groups == g
-        inverse = np.linalg.inv(cholesky[g])
-        whitened = (z[..., rows, :] - means[g]) @ inverse.T
-        log_det = 2.0 * np.sum(np.log(np.diag(cholesky[g])))
-        out[..., rows] = -0.5 * (np.sum(whitened**2, axis=-1) + z.shape[-1] * log_2pi + log_det)
+        whitened = (z[..., rows, :] - means[g]) @ inverses[g].T
+        out[..., rows] = -0.5 * (np.sum(whitened**2, axis=-1) + z.shape[-1] * log_2pi + log_dets[g])
     return out
 
 

@@ -90,11 +90,8 @@ def improved_precision_recall(
     real image reaching its ``k``-th nearest real neighbour); recall: the share of ``real`` images
     inside the fake manifold, built the same way from the fake images. Each set needs more than ``k``
     images."""
-    real_radii = knn_radii(real, k, block)
-    fake_radii = knn_radii(fake, k, block)
-    precision = float(inside_manifold(fake, real, real_radii, block).mean())
-    recall = float(inside_manifold(real, fake, fake_radii, block).mean())
-    return precision, recall
+    figures = prdc(real, fake, k, block)
+    return figures["precision"], figures["recall"]
 
 
 def prdc(real: np.ndarray, fake: np.ndarray, k: int = DEFAULT_K, block: int = BLOCK_ROWS) -> dict[str, float]:

@@ -399,7 +399,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
             accuracy = classifier_accuracy(model, split.holdout)
             log.info("the classifier q(y|x) labels %.1f%% of the labelled holdout right", 100 * accuracy)
             mlflow.log_metric("classifier_holdout_accuracy", accuracy)
-        calibration, summary = _fit_scoring(cfg, model, split, seconds_per_epoch)
+        calibration, summary, warning = _fit_scoring(cfg, model, split, seconds_per_epoch)
         _log_figures(cfg, model, history, split.holdout, calibration)
         version, promoted, reason = _register_and_promote(
             cfg, model, split, champion, summary, calibration, holdout_fingerprint
@@ -416,7 +416,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
             seconds_per_epoch=seconds_per_epoch,
             epochs_run=len(history.get("loss", [])),
             holdout_fingerprint=holdout_fingerprint,
-            calibration_warning=calibration.size_warning(),
+            calibration_warning=warning,
             model=model,
             split=split,
             unlabelled_rows=unlabelled,
@@ -482,7 +482,7 @@ def _log_inputs(cfg: TrainConfig, model, read, split: data_lib.TrainingSplit, ro
 
 def _fit_scoring(cfg: TrainConfig, model, split: data_lib.TrainingSplit, seconds_per_epoch: float):
     """After training: the latent prior, the anomaly calibration and the run's summary metrics
-    (logged); returns (calibration, summary)."""
+    (logged); returns (calibration, summary, the calibration's size warning or None)."""
     import mlflow
 
     model.latent_prior = fit_latent_prior(model, split.train.images, split.train.labels).to_config()
@@ -507,7 +507,7 @@ def _fit_scoring(cfg: TrainConfig, model, split: data_lib.TrainingSplit, seconds
     }
     mlflow.log_metrics(summary)
     mlflow.log_dict(calibration.to_dict(), "calibration.json")
-    return calibration, summary
+    return calibration, summary, warning
 
 
 def _log_figures(cfg: TrainConfig, model, history: dict, holdout: data_lib.ImageData, calibration) -> None:

@@ -128,16 +128,33 @@ def held_out_tasks(
 ) -> list[Task]:
     """Per class c (the first ``max_classes`` only, or ``rotate`` classes rotating with the seed,
     if given): fit on the train split without c, score the whole test split; anomalies = c."""
+    return _per_class_tasks("held-out", data, seed, max_classes, rotate, normal_is_c=False)
+
+
+def _per_class_tasks(
+    protocol: str,
+    data: data_lib.ImageData,
+    seed: int,
+    max_classes: int | None,
+    rotate: int | None,
+    normal_is_c: bool,
+) -> list[Task]:
+    """A task per class c: fit on the train split's images of c (``normal_is_c``) or of every other
+    class, score the whole test split; anomalies are the rest."""
     labels = _labels(data)
     parts = data_lib.split(data, seed=seed)
+
+    def normal(part: data_lib.ImageData, c: int) -> np.ndarray:
+        return (part.labels == c) == normal_is_c
+
     return [
         Task(
-            protocol="held-out",
+            protocol=protocol,
             target=data.class_names[c],
-            fit=parts.train.subset(np.flatnonzero(parts.train.labels != c)),
-            validation=parts.validation.subset(np.flatnonzero(parts.validation.labels != c)),
+            fit=parts.train.subset(np.flatnonzero(normal(parts.train, c))),
+            validation=parts.validation.subset(np.flatnonzero(normal(parts.validation, c))),
             test=parts.test,
-            is_anomaly=parts.test.labels == c,
+            is_anomaly=~normal(parts.test, c),
         )
         for c in _classes(labels, max_classes, rotate, seed)
     ]
@@ -214,19 +231,7 @@ def one_class_tasks(
 ) -> list[Task]:
     """Per class c (the first ``max_classes`` only, or ``rotate`` classes rotating with the seed,
     if given): fit on the train split of c only, score the whole test split; anomalies = not c."""
-    labels = _labels(data)
-    parts = data_lib.split(data, seed=seed)
-    return [
-        Task(
-            protocol="one-class",
-            target=data.class_names[c],
-            fit=parts.train.subset(np.flatnonzero(parts.train.labels == c)),
-            validation=parts.validation.subset(np.flatnonzero(parts.validation.labels == c)),
-            test=parts.test,
-            is_anomaly=parts.test.labels != c,
-        )
-        for c in _classes(labels, max_classes, rotate, seed)
-    ]
+    return _per_class_tasks("one-class", data, seed, max_classes, rotate, normal_is_c=True)
 
 
 def check_protocols(protocols: Iterable[str]) -> list[str]:
