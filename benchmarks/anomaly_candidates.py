@@ -57,7 +57,9 @@ def fitted_terms(task, cfg: TrainConfig, cache: Path | None) -> dict:
                 legacy.rename(path)
                 break
     if path is not None and path.exists():
-        return pickle.loads(path.read_bytes())
+        cached = pickle.loads(path.read_bytes())
+        if "kl" in cached["test"]:  # cached before the rate was kept: fit again
+            return cached
     import keras
 
     from scoring.elbo import score_terms
@@ -70,7 +72,7 @@ def fitted_terms(task, cfg: TrainConfig, cache: Path | None) -> dict:
 
     def terms(images):
         out = score_terms(model, images, num_samples=cfg.score_samples, seed=cfg.seed)
-        return {"neg_elbo": out["neg_elbo"], "mean": out["posterior_mean"].astype(np.float64)}
+        return {"neg_elbo": out["neg_elbo"], "kl": out["kl"], "mean": out["posterior_mean"].astype(np.float64)}
 
     test = terms(task.test.images)
     result = {
@@ -97,12 +99,15 @@ def candidate_scores(terms: dict, unsupervised: bool) -> dict[str, dict[str, np.
     fence = np.quantile(fit["neg_elbo"], 0.01)
     iqr = max(np.subtract(*np.percentile(fit["neg_elbo"], [75, 25])), 1e-9)
     fit_knn = {k: knn_distance(fit["mean"], fit["mean"], k, exclude_self=True) for k in (5, k_mass)}
+    fit_log_rate = np.log(np.maximum(fit["kl"], 1e-3))
 
     def parts(t, same):
         e = robust_z(t["neg_elbo"], fit["neg_elbo"])
         knn = {k: robust_z(knn_distance(t["mean"], fit["mean"], k, exclude_self=same), fit_knn[k]) for k in fit_knn}
         low = np.maximum((fence - t["neg_elbo"]) / iqr, 0.0)
+        empty = -robust_z(np.log(np.maximum(t["kl"], 1e-3)), fit_log_rate)  # the rate below its median, in IQRs
         r = np.maximum
+        rarity = r(e, -1) + r(knn[5], -1) + r(knn[k_mass] - 1, 0)
         return {
             "neg_elbo": t["neg_elbo"],
             "elbo+knn5 (elbo_latent_knn)": e + knn[5],
@@ -117,6 +122,13 @@ def candidate_scores(terms: dict, unsupervised: bool) -> dict[str, dict[str, np.
             "C1(elbo)+C1(knn5)+R(mass-1)+low": r(e, -1) + r(knn[5], -1) + r(knn[k_mass] - 1, 0) + low,
             "C1(elbo)+C1(knn5)+R(mass-1)+R(-elbo-2)": r(e, -1) + r(knn[5], -1) + r(knn[k_mass] - 1, 0) + r(-e - 2, 0),
             "C1(elbo)+C1(knn5)+R(mass-1)+R(-elbo-3)": r(e, -1) + r(knn[5], -1) + r(knn[k_mass] - 1, 0) + r(-e - 3, 0),
+            "rarity+R(empty-1)": rarity + r(empty - 1, 0),
+            "rarity+R(empty-2)": rarity + r(empty - 2, 0),
+            "rarity+2R(empty-1)": rarity + 2 * r(empty - 1, 0),
+            "rarity+2R(empty-2) (elbo_latent_knn_rarity_rate)": rarity + 2 * r(empty - 2, 0),
+            "rarity+2R(empty-3)": rarity + 2 * r(empty - 3, 0),
+            "rarity+3R(empty-2)": rarity + 3 * r(empty - 2, 0),
+            "max(rarity, empty-1)": r(rarity, empty - 1),
         }
 
     test = parts(terms["test"], unsupervised)

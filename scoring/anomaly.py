@@ -21,8 +21,15 @@ Methods, higher = more anomalous (``vae evaluate`` reports them side by side, RE
   the reference latents), counted beyond one IQR above its median. An image of a mode holding
   less than about 3 % of the training images (anomalies clustered inside the training data, a
   batch of identical broken images) has no such neighbour near it, however tight its own cluster.
-  Chosen by ``vae evaluate`` and ``benchmarks/anomaly_candidates.py`` (README "How the defaults
-  were chosen").
+- ``elbo_latent_knn_rarity_rate`` (the default): ``elbo_latent_knn_rarity`` plus an *empty*
+  alarm: the image's rate (its KL term, the nats the encoder needs to describe it) far below every
+  training image's, measured on a log scale and robustly standardised, counted beyond
+  ``RATE_MARGIN`` IQRs and weighted ``RATE_WEIGHT``. A blank image, or 0/1 pixels divided by 255
+  once too often, is the likeliest image there is under a Bernoulli decoder and its encoding sits
+  among the training latents, but the encoder finds almost nothing in it to encode.
+
+Chosen by ``vae evaluate`` and ``benchmarks/anomaly_candidates.py`` (docs/detection.md, "How the
+defaults were chosen").
 """
 
 from __future__ import annotations
@@ -31,13 +38,16 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("neg_elbo", "elbo_latent_knn", "elbo_latent_knn_rarity")
-DEFAULT_METHOD = "elbo_latent_knn_rarity"
+METHODS = ("neg_elbo", "elbo_latent_knn", "elbo_latent_knn_rarity", "elbo_latent_knn_rarity_rate")
+DEFAULT_METHOD = "elbo_latent_knn_rarity_rate"
 LATENT_METHODS = METHODS[1:]  # the methods that need reference latents
 DEFAULT_K = 5
 MASS_SHARE = 0.03  # the mass term's neighbour: 3 % of the reference latents (at least DEFAULT_K)
 MASS_MARGIN = 1.0  # the rarity term speaks only this many IQRs above its median
 FLOOR = -1.0  # how far (in IQRs) a term that calls an image typical can pull the score down
+RATE_MARGIN = 2.0  # the empty alarm speaks only this many IQRs below the median log-rate
+RATE_WEIGHT = 2.0
+MIN_RATE = 1.0  # nats: a model whose median training image costs less has no rate to compare
 MAX_REFERENCE = 5000  # training posterior means kept in the model for the latent term
 
 
@@ -62,6 +72,8 @@ def fit_statistics(
     check_method(method)
     stats: dict[str, Any] = {"method": method, "k": int(k)}
     stats |= _robust_scale(terms["neg_elbo"], "neg_elbo")
+    if "kl" in terms and np.median(terms["kl"]) >= MIN_RATE:
+        stats |= _robust_scale(_log_rate(terms["kl"]), "log_rate")
     if reference is not None and len(reference) >= 2:
         k = min(int(k), len(reference) - 1)
         k_mass = min(max(k, int(MASS_SHARE * len(reference))), len(reference) - 1)
@@ -89,6 +101,11 @@ def method_scores(
         if k_mass:
             rare = np.maximum(_standardise(distance[k_mass], stats, "latent_mass") - MASS_MARGIN, 0.0)
             out["elbo_latent_knn_rarity"] = np.maximum(elbo, FLOOR) + np.maximum(latent, FLOOR) + rare
+            empty = 0.0
+            if "log_rate_center" in stats:  # absent: the model's rate is too small to compare
+                below = -_standardise(_log_rate(terms["kl"]), stats, "log_rate")
+                empty = RATE_WEIGHT * np.maximum(below - RATE_MARGIN, 0.0)
+            out["elbo_latent_knn_rarity_rate"] = out["elbo_latent_knn_rarity"] + empty
     return out
 
 
@@ -149,6 +166,10 @@ def _knn(
                 kth = np.where(same, nearest[:, min(k, last)], kth)
             out[i][start : start + len(chunk)] = np.sqrt(kth)
     return out
+
+
+def _log_rate(kl: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(np.asarray(kl, dtype=np.float64), 1e-3))
 
 
 def _robust_scale(values: np.ndarray, name: str) -> dict[str, float]:

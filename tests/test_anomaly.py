@@ -47,7 +47,7 @@ def fitted():
 def test_fitted_statistics_are_stored_in_the_model(fitted):
     model, _ = fitted
     stats = model.anomaly
-    assert stats["method"] == "elbo_latent_knn_rarity" and stats["k"] == 5 and stats["reference_count"] == 300
+    assert stats["method"] == "elbo_latent_knn_rarity_rate" and stats["k"] == 5 and stats["reference_count"] == 300
     assert stats["neg_elbo_scale"] > 0 and stats["latent_knn_scale"] > 0
     assert np.any(model.reference_latents_array() != 0)
 
@@ -65,7 +65,7 @@ def test_the_scores_are_sums_of_the_standardised_terms(fitted):
     ) / stats["latent_knn_scale"]
     np.testing.assert_allclose(terms["anomaly_score"], expected)
     methods = model_method_scores(model, terms)
-    assert set(methods) == {"neg_elbo", "elbo_latent_knn", "elbo_latent_knn_rarity"}
+    assert set(methods) == {"neg_elbo", "elbo_latent_knn", "elbo_latent_knn_rarity", "elbo_latent_knn_rarity_rate"}
     floored = np.maximum((terms["neg_elbo"] - stats["neg_elbo_center"]) / stats["neg_elbo_scale"], -1) + np.maximum(
         (distance - stats["latent_knn_center"]) / stats["latent_knn_scale"], -1
     )
@@ -74,6 +74,51 @@ def test_the_scores_are_sums_of_the_standardised_terms(fitted):
     rare = np.maximum((far - stats["latent_mass_center"]) / stats["latent_mass_scale"] - 1.0, 0)
     assert stats["k_mass"] == 9  # 3 % of the 300 reference latents
     np.testing.assert_allclose(methods["elbo_latent_knn_rarity"], floored + rare)
+
+
+def _synthetic_terms(rng: np.random.Generator, n: int, rate: float) -> dict[str, np.ndarray]:
+    return {
+        "neg_elbo": rng.normal(100.0, 10.0, n),
+        "kl": rate * np.exp(rng.normal(0.0, 0.2, n)),
+        "posterior_mean": rng.normal(size=(n, 4)),
+    }
+
+
+def test_the_default_adds_an_empty_alarm_for_a_rate_far_below_the_training_images():
+    from scoring.anomaly import RATE_MARGIN, RATE_WEIGHT, fit_statistics, method_scores
+
+    rng = np.random.default_rng(0)
+    train = _synthetic_terms(rng, 400, rate=20.0)
+    stats = fit_statistics(train, "elbo_latent_knn_rarity_rate", train["posterior_mean"])
+    assert stats["log_rate_scale"] > 0
+    scored = _synthetic_terms(rng, 50, rate=20.0)
+    scored["kl"][0] = 2.0  # the encoder found almost nothing to encode: a blank image
+    scored["kl"][1] = 200.0  # a rate far *above* the training images' is no alarm of this term
+    methods = method_scores(stats, scored, train["posterior_mean"])
+    added = methods["elbo_latent_knn_rarity_rate"] - methods["elbo_latent_knn_rarity"]
+    below = (stats["log_rate_center"] - np.log(2.0)) / stats["log_rate_scale"]
+    np.testing.assert_allclose(added[0], RATE_WEIGHT * (below - RATE_MARGIN))
+    assert added[0] > 10 and np.all(added[1:] == 0)
+
+
+def test_no_empty_alarm_for_a_model_without_rate_or_saved_before_the_term():
+    from scoring.anomaly import fit_statistics, method_scores
+
+    rng = np.random.default_rng(1)
+    collapsed = _synthetic_terms(rng, 300, rate=0.05)  # a posterior that carries nothing: no rate to compare
+    stats = fit_statistics(collapsed, "elbo_latent_knn_rarity_rate", collapsed["posterior_mean"])
+    assert "log_rate_center" not in stats
+    scored = _synthetic_terms(rng, 30, rate=0.001)
+    methods = method_scores(stats, scored, collapsed["posterior_mean"])
+    np.testing.assert_array_equal(methods["elbo_latent_knn_rarity_rate"], methods["elbo_latent_knn_rarity"])
+
+    train = _synthetic_terms(rng, 300, rate=20.0)
+    stats = fit_statistics(train, "elbo_latent_knn_rarity_rate", train["posterior_mean"])
+    saved_before = {k: v for k, v in stats.items() if not k.startswith("log_rate")}  # an older model's statistics
+    now, before = (method_scores(s, scored, train["posterior_mean"]) for s in (stats, saved_before))
+    assert np.all(now["elbo_latent_knn_rarity_rate"] > now["elbo_latent_knn_rarity"])
+    np.testing.assert_array_equal(before["elbo_latent_knn_rarity_rate"], before["elbo_latent_knn_rarity"])
+    np.testing.assert_array_equal(before["elbo_latent_knn_rarity"], now["elbo_latent_knn_rarity"])
 
 
 def test_an_image_far_from_the_training_latents_scores_higher(fitted):

@@ -496,7 +496,8 @@ def test_quick_evaluation_runs_end_to_end(tmp_path):
     assert flagged[["contaminated-clustered-3", "contaminated-scattered-3"]].isna().all()  # none: unsupervised
     assert frame.loc[frame["detector"] != "vae_anomaly_score", "flagged_rate"].isna().all()
     assert "vae_iwae_nll" not in set(frame["detector"])  # no IWAE in --quick
-    vae_methods = {"vae_elbo_latent_knn", "vae_elbo_latent_knn_rarity"}  # every method, from the same fit
+    # every method, from the same fit
+    vae_methods = {"vae_elbo_latent_knn", "vae_elbo_latent_knn_rarity", "vae_elbo_latent_knn_rarity_rate"}
     assert set(frame["detector"]) == {"vae_anomaly_score", "vae_neg_elbo", *vae_methods, *ev.CLASSICAL}
     summary = pd.read_csv(out / "summary.csv")
     assert summary["detector"].iloc[0] == "vae_anomaly_score" and len(summary) == 5 * len(set(frame["detector"]))

@@ -365,7 +365,7 @@ def test_pipeline_scores_equal_score_images(trained_plain, plain_uri, tmp_path):
         # atol: anomaly_score is a sum of standardised terms, often near zero
         np.testing.assert_allclose(table.column(name).to_numpy(), expected[name], rtol=1e-5, atol=1e-5, err_msg=name)
     # the default anomaly_score is not the ELBO alone: it adds the latent term the model stores
-    assert model.anomaly["method"] == "elbo_latent_knn_rarity"
+    assert model.anomaly["method"] == "elbo_latent_knn_rarity_rate" and "log_rate_center" in model.anomaly
     assert not np.allclose(expected["anomaly_score"], expected["neg_elbo"])
     calibration = Calibration.from_dict(model.calibration).with_fpr(0.2)
     assert calibration.score == "anomaly_score"

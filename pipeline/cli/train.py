@@ -10,7 +10,8 @@ import click
 
 from pipeline.cli.support import friendly_errors, parse_shape
 
-ANOMALY_METHODS = ("elbo_latent_knn_rarity", "elbo_latent_knn", "neg_elbo")  # scoring.anomaly.METHODS
+# scoring.anomaly.METHODS, the default first
+ANOMALY_METHODS = ("elbo_latent_knn_rarity_rate", "elbo_latent_knn_rarity", "elbo_latent_knn", "neg_elbo")
 LIKELIHOOD_CHOICES = ("auto", "bernoulli", "continuous_bernoulli", "gaussian")
 
 
@@ -107,10 +108,11 @@ def train_options(func):
             type=click.Choice(ANOMALY_METHODS),
             default=d.anomaly_score,
             show_default=True,
-            help="What anomaly_score is: elbo_latent_knn_rarity, the evidence that an image is improbable (its "
-            "ELBO), new (far from the training images' latents) or rare (far at the scale of 3%% of them); "
-            "elbo_latent_knn, the plain sum of the first two (the previous default); or the negative ELBO "
-            "alone (README: Evaluation).",
+            help="What anomaly_score is: elbo_latent_knn_rarity_rate, the evidence that an image is improbable "
+            "(its ELBO), new (far from the training images' latents), rare (far at the scale of 3%% of them) or "
+            "empty (its rate, the KL term, far below every training image's); elbo_latent_knn_rarity, the same "
+            "without the last (the previous default); elbo_latent_knn, the plain sum of the first two; or the "
+            "negative ELBO alone (docs/detection.md).",
         ),
         click.option(
             "--score-samples",
