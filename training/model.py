@@ -193,6 +193,20 @@ class VariationalAutoencoder(keras.Model):
         # the training images' typical (median) brightest pixel, after scaling: vae score's check that an
         # input's pixels are scaled as the training data's were (None: a model saved before it was kept)
         self.pixel_brightest = None if pixel_brightest is None else float(pixel_brightest)
+        # the KL term's weight in the training loss once warm-up ends: 1 trains on the ELBO; below 1 the
+        # latent carries more of each image (training.config.TrainConfig.beta). Scores always use the ELBO.
+        self.beta = float(beta)
+        # M2 of Kingma et al. (2014): rows whose label is -1 (unknown) are explained by every label,
+        # weighted by the classifier q(y|x), which also learns from the labelled rows
+        self.semi_supervised = bool(semi_supervised) and self.num_classes > 0
+        self.classifier_weight = float(classifier_weight)
+        # posterior means of training images, for the anomaly score's latent term (scoring.anomaly)
+        self.reference_rows = int(reference_rows)
+        self._build_layers(hidden_units, seed)
+        self.built = True
+
+    def _build_layers(self, hidden_units: int, seed: int | None) -> None:
+        """The networks (encoder, decoder, and q(y|x) when semi-supervised) and the non-trainable weights."""
         self.encoder = build_encoder(
             self.image_shape, self.latent_dim, self.num_classes, self.filters, hidden_units, self.architecture
         )
@@ -205,19 +219,10 @@ class VariationalAutoencoder(keras.Model):
             self.likelihood,
             self.architecture,
         )
-        # the KL term's weight in the training loss once warm-up ends: 1 trains on the ELBO; below 1 the
-        # latent carries more of each image (training.config.TrainConfig.beta). Scores always use the ELBO.
-        self.beta = float(beta)
-        # M2 of Kingma et al. (2014): rows whose label is -1 (unknown) are explained by every label,
-        # weighted by the classifier q(y|x), which also learns from the labelled rows
-        self.semi_supervised = bool(semi_supervised) and self.num_classes > 0
-        self.classifier_weight = float(classifier_weight)
         if self.semi_supervised:
             self.classifier = build_classifier(self.image_shape, self.num_classes, hidden_units)
         self.sampling = Sampling(seed, name="sampling")
         self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
-        # posterior means of training images, for the anomaly score's latent term (scoring.anomaly)
-        self.reference_rows = int(reference_rows)
         if self.reference_rows:
             self.reference_latents = self.add_weight(
                 shape=(self.reference_rows, self.latent_dim),
@@ -225,7 +230,6 @@ class VariationalAutoencoder(keras.Model):
                 trainable=False,
                 name="reference_latents",
             )
-        self.built = True
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> VariationalAutoencoder:

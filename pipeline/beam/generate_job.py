@@ -40,6 +40,7 @@ from apache_beam.metrics import Metrics
 from pipeline.beam.defaults import DEFAULT_FIDELITY_K, DEFAULT_INPUT
 from pipeline.beam.generate_plan import (
     GenerateError,
+    Plan,
     Shard,
     indices_only,
     make_shards,
@@ -367,39 +368,67 @@ def generate_dataset(
         return record(_generate_dataset(options, input_data, test_pipeline))
 
 
-def _generate_dataset(
-    options: GenerateOptions, input_data: ImageData | None, test_pipeline: beam.Pipeline | None
-) -> GenerateSummary:
-    from training import data as data_lib
-    from training import registry
-
-    options.check()
-    output = Path(output_folder(options.output))  # as vae score resolves it (local only: options.check)
-    root = output / synthetic.DATASET
+def _refuse_legacy_layout(root: Path) -> None:
     legacy = synthetic.legacy_partitions(root)
     if legacy:
         raise GenerateError(
             f"{root} holds {', '.join(p.name for p in legacy)}, written in the older layout (method and label "
             "only in hive folder names), which cannot be read together with this one: move or delete them"
         )
+
+
+def _reads_input(method: str) -> bool:
+    return method in ("posterior", "interpolate")
+
+
+def _plan(options: GenerateOptions, model: ModelRef, spec: ModelSpec, vae: Any, input_data: ImageData | None) -> Plan:
+    """The samples to draw: an interpolation's steps, or :func:`plan_samples`' draws (reading the
+    input images for ``posterior``)."""
+    from training import data as data_lib
+
+    data = input_data
+    if data is None and _reads_input(options.method):
+        data = data_lib.load(options.input or DEFAULT_INPUT, options.shape, pixel_scale=spec.pixel_scale)
+    if options.method == "interpolate":
+        return plan_interpolation(model, spec, vae, data, options.from_id, options.to_id, options.steps)
+    return plan_samples(
+        model,
+        spec,
+        options.method,
+        n=options.n,
+        per_label=options.per_label,
+        labels=options.class_labels,
+        data=data,
+    )
+
+
+def _write_run_manifest(
+    tmp: Path, options: GenerateOptions, input_data: ImageData | None, model: ModelRef, run: str, rows: int
+) -> None:
+    """The method folder's ``_manifest.json``: the model, the run and, for methods that read
+    images, the input and its fingerprint."""
+    source = None
+    if _reads_input(options.method):
+        source = input_data if input_data is not None else options.input or DEFAULT_INPUT
+    about = {"model": model, "run_id": run, "rows": rows, "partition": options.method}
+    fingerprint = None if source is None else fingerprint_of(source)
+    named = source if isinstance(source, str | None) else source.source
+    write_manifest(tmp, build_manifest(dataset=synthetic.DATASET, input=named, input_fingerprint=fingerprint, **about))
+
+
+def _generate_dataset(
+    options: GenerateOptions, input_data: ImageData | None, test_pipeline: beam.Pipeline | None
+) -> GenerateSummary:
+    from training import registry
+
+    options.check()
+    output = Path(output_folder(options.output))  # as vae score resolves it (local only: options.check)
+    root = output / synthetic.DATASET
+    _refuse_legacy_layout(root)
     model = registry.pin(options.model, options.work_dir)
     vae = model.load()
     spec = ModelSpec.of(vae)
-    data = input_data
-    if data is None and options.method in ("posterior", "interpolate"):
-        data = data_lib.load(options.input or DEFAULT_INPUT, options.shape, pixel_scale=spec.pixel_scale)
-    if options.method == "interpolate":
-        plan = plan_interpolation(model, spec, vae, data, options.from_id, options.to_id, options.steps)
-    else:
-        plan = plan_samples(
-            model,
-            spec,
-            options.method,
-            n=options.n,
-            per_label=options.per_label,
-            labels=options.class_labels,
-            data=data,
-        )
+    plan = _plan(options, model, spec, vae, input_data)
     work = make_shards(plan, options.shards)
     request = Request(
         model=model,
@@ -430,14 +459,7 @@ def _generate_dataset(
         files, counts = synthetic.inventory(tmp)
         if sum(counts.values()) != len(plan):
             raise RuntimeError(f"the pipeline wrote {sum(counts.values())} samples, {len(plan)} were planned")
-        reads = options.method in ("posterior", "interpolate")
-        source = (input_data if input_data is not None else options.input or DEFAULT_INPUT) if reads else None
-        about = {"model": model, "run_id": request.run, "rows": len(plan), "partition": options.method}
-        fingerprint = None if source is None else fingerprint_of(source)
-        named = source if isinstance(source, str | None) else source.source
-        write_manifest(
-            tmp, build_manifest(dataset=synthetic.DATASET, input=named, input_fingerprint=fingerprint, **about)
-        )
+        _write_run_manifest(tmp, options, input_data, model, request.run, len(plan))
     summary = GenerateSummary(
         output=root,
         folder=folder,

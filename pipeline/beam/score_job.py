@@ -260,35 +260,14 @@ def _score_dataset(
     batch_size = batch_rows(options.batch_size, spec.image_shape)
     source = input_data if input_data is not None else options.input or DEFAULT_INPUT
     plan = reader.plan_input(source, shard_rows=options.shard_rows, split_seed=options.split_seed)
-    check_pixel_range(
-        plan,
-        spec,
-        getattr(loaded, "pixel_brightest", None),
-        options.min_brightness,
-        shape_hint=options.shape,
-        pixel_scale=options.pixel_scale,
-        batch_size=batch_size,
-        model_name=f"{model.name} version {model.version}",
-    )
+    _check_pixel_range(options, plan, spec, model, loaded, batch_size)
     fingerprint = input_fingerprint(plan)
     scored_at = scored_at or datetime.now(UTC).replace(microsecond=0)
     scores_path, rejects_path, commit = output_paths(options.output, options.partition)
     # File names carry the run: a read that overlaps the commit may find files it listed gone (and
     # should be retried), but never combines files of two runs (see pipeline.outputs.atomic).
     run_tag = uuid.uuid4().hex[:8]
-    direct = options.view_as(DirectOptions)
-    log.info(
-        "scoring %s with %s version %s (%s, image %s): %d shard(s) on %s",
-        plan.description,
-        model.name,
-        model.version,
-        "conditional" if spec.num_classes else "plain",
-        spec.shape_text,
-        len(plan.shards),
-        options.runner
-        if options.runner != "DirectRunner"
-        else f"DirectRunner ({direct.direct_running_mode}, {direct.direct_num_workers} workers)",
-    )
+    _log_start(options, plan, model, spec)
     scorer = Scorer(
         model,
         scored_at,
@@ -302,38 +281,15 @@ def _score_dataset(
     with commit(scores_path, rejects_path) as (scores_tmp, rejects_tmp):
         pipeline = test_pipeline or make_pipeline(options)
         pipeline_started = time.perf_counter()
-        build = build_pipeline
-        if options.runner in ONE_BRANCH_RUNNERS:  # they compute one sink: pipeline.beam.score_shards
-            from pipeline.beam.score_shards import build_pipeline as build
-        with pipeline as p:
-            build(
-                p,
-                plan,
-                scorer=scorer,
-                validator=validator,
-                scores_prefix=f"{scores_tmp}/part-{run_tag}",
-                rejects_prefix=f"{rejects_tmp}/part-{run_tag}",
-                batch_size=batch_size,
-            )
+        _run_pipeline(pipeline, options.runner, plan, scorer, validator, scores_tmp, rejects_tmp, run_tag, batch_size)
         pipeline_seconds = time.perf_counter() - pipeline_started
-        if options.runner in ONE_BRANCH_RUNNERS:
-            from pipeline.beam.score_shards import remove_unfinished
-
-            if removed := remove_unfinished(scores_tmp, rejects_tmp):
-                log.info("removed %d unfinished file(s) of retried shards", removed)
-        reject_duplicates(scores_tmp, rejects_tmp, run_tag)  # the contract's rule for a repeated example_id
-        rows_scored, rows_rejected, anomalies, reasons = count_output(scores_tmp, rejects_tmp)
-        rows_read = rows_scored + rows_rejected
-        if rows_read != plan.total_rows:
-            raise RuntimeError(
-                f"{plan.description}: {plan.total_rows} rows in the input but {rows_read} in the output "
-                f"({rows_scored} scored + {rows_rejected} rejected); nothing was written"
-            )
+        _remove_unfinished(options.runner, scores_tmp, rejects_tmp)
+        rows_scored, rows_rejected, anomalies, reasons = _counted(plan, scores_tmp, rejects_tmp, run_tag)
         summary = ScoreSummary(
             model_name=model.name,
             model_version=model.version,
             input=plan.description,
-            rows_read=rows_read,
+            rows_read=rows_scored + rows_rejected,
             rows_scored=rows_scored,
             rows_rejected=rows_rejected,
             anomalies=anomalies,
@@ -358,6 +314,86 @@ def _score_dataset(
     log.info("done: %d scored, %d rejected, %d anomalies", rows_scored, rows_rejected, anomalies)
     record_monitoring(summary, options, model)
     return summary
+
+
+def _check_pixel_range(options: ScoreOptions, plan: InputPlan, spec: ModelSpec, model, loaded, batch_size: int) -> None:
+    check_pixel_range(
+        plan,
+        spec,
+        getattr(loaded, "pixel_brightest", None),
+        options.min_brightness,
+        shape_hint=options.shape,
+        pixel_scale=options.pixel_scale,
+        batch_size=batch_size,
+        model_name=f"{model.name} version {model.version}",
+    )
+
+
+def _remove_unfinished(runner: str, scores_tmp: str, rejects_tmp: str) -> None:
+    """Deletes what shards of a one-branch runner that were retried elsewhere left behind."""
+    if runner in ONE_BRANCH_RUNNERS:
+        from pipeline.beam.score_shards import remove_unfinished
+
+        if removed := remove_unfinished(scores_tmp, rejects_tmp):
+            log.info("removed %d unfinished file(s) of retried shards", removed)
+
+
+def _counted(plan: InputPlan, scores_tmp: str, rejects_tmp: str, run_tag: str) -> tuple[int, int, int, dict]:
+    """(rows scored, rows rejected, anomalies, rejects by reason) of the written run, after moving a
+    repeated example_id's later rows to the rejects; raises if a row of the input went missing."""
+    reject_duplicates(scores_tmp, rejects_tmp, run_tag)  # the contract's rule for a repeated example_id
+    rows_scored, rows_rejected, anomalies, reasons = count_output(scores_tmp, rejects_tmp)
+    rows_read = rows_scored + rows_rejected
+    if rows_read != plan.total_rows:
+        raise RuntimeError(
+            f"{plan.description}: {plan.total_rows} rows in the input but {rows_read} in the output "
+            f"({rows_scored} scored + {rows_rejected} rejected); nothing was written"
+        )
+    return rows_scored, rows_rejected, anomalies, reasons
+
+
+def _log_start(options: ScoreOptions, plan: InputPlan, model, spec: ModelSpec) -> None:
+    direct = options.view_as(DirectOptions)
+    log.info(
+        "scoring %s with %s version %s (%s, image %s): %d shard(s) on %s",
+        plan.description,
+        model.name,
+        model.version,
+        "conditional" if spec.num_classes else "plain",
+        spec.shape_text,
+        len(plan.shards),
+        options.runner
+        if options.runner != "DirectRunner"
+        else f"DirectRunner ({direct.direct_running_mode}, {direct.direct_num_workers} workers)",
+    )
+
+
+def _run_pipeline(
+    pipeline: beam.Pipeline,
+    runner: str,
+    plan: InputPlan,
+    scorer: Scorer,
+    validator: Validator,
+    scores_tmp: str,
+    rejects_tmp: str,
+    run_tag: str,
+    batch_size: int,
+) -> None:
+    """Builds the scoring graph into ``pipeline`` and runs it, writing into the scores' and the
+    rejects' temporary folders, files named after the run's tag."""
+    build = build_pipeline
+    if runner in ONE_BRANCH_RUNNERS:  # they compute one sink: pipeline.beam.score_shards
+        from pipeline.beam.score_shards import build_pipeline as build
+    with pipeline as p:
+        build(
+            p,
+            plan,
+            scorer=scorer,
+            validator=validator,
+            scores_prefix=f"{scores_tmp}/part-{run_tag}",
+            rejects_prefix=f"{rejects_tmp}/part-{run_tag}",
+            batch_size=batch_size,
+        )
 
 
 def record_monitoring(summary: ScoreSummary, options: ScoreOptions, model) -> None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pipeline.cli.support import friendly_errors, parse_shape
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 # scoring.anomaly.METHODS, the default first
 ANOMALY_METHODS = ("elbo_latent_knn_rarity_rate", "elbo_latent_knn_rarity", "elbo_latent_knn", "neg_elbo")
@@ -17,10 +21,18 @@ LIKELIHOOD_CHOICES = ("auto", "bernoulli", "continuous_bernoulli", "gaussian")
 
 def train_options(func):
     """The options shared by ``vae train`` and ``vae run``."""
-    from training.config import CONDITIONAL_BETA, PROMOTE_CHOICES, TrainConfig
+    from training.config import TrainConfig
 
     d = TrainConfig()
-    options = [
+    options = [*_model_options(d), *_fit_options(d), *_detector_options(d), *_data_options(d), *_compute_options()]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _model_options(d: TrainConfig) -> list:
+    """The model: its latent, networks and likelihood."""
+    return [
         click.option(
             "--latent-dim",
             type=click.IntRange(1),
@@ -43,6 +55,14 @@ def train_options(func):
             help="Decoder likelihood p(x|z); auto: Bernoulli for binary images, the continuous Bernoulli binned "
             "to the grey levels of quantised pixels, else its density. Scores are in nats per example.",
         ),
+    ]
+
+
+def _fit_options(d: TrainConfig) -> list:
+    """How the model is fitted."""
+    from training.config import CONDITIONAL_BETA
+
+    return [
         click.option(
             "--epochs",
             type=click.IntRange(1),
@@ -94,6 +114,14 @@ def train_options(func):
             show_default=True,
             help="Seed for the split, initialisation, sampling and scoring.",
         ),
+    ]
+
+
+def _detector_options(d: TrainConfig) -> list:
+    """The anomaly detector fitted after training, and promotion."""
+    from training.config import PROMOTE_CHOICES
+
+    return [
         click.option(
             "--fpr",
             "target_fpr",
@@ -129,6 +157,12 @@ def train_options(func):
             help="Move the 'champion' alias to the new version: if it beats the champion's negative ELBO "
             "on the fixed, fingerprinted holdout (scored for both), always, or never.",
         ),
+    ]
+
+
+def _data_options(d: TrainConfig) -> list:
+    """How the training images are read."""
+    return [
         click.option(
             "--shape",
             callback=parse_shape,
@@ -158,12 +192,15 @@ def train_options(func):
             help="Images beyond this many MiB are read into a memory-mapped file in the work folder and "
             "streamed from disk batch by batch (default: half the machine's memory).",
         ),
+    ]
+
+
+def _compute_options() -> list:
+    """How the training step is computed (for GPUs)."""
+    return [
         click.option("--mixed-precision", is_flag=True, help="mixed_float16 compute (for GPUs)."),
         click.option("--xla", is_flag=True, help="Compile the train step with XLA."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
 
 
 @click.command("train")

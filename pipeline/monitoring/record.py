@@ -51,6 +51,50 @@ def model_calibration(model: Any) -> dict[str, Any] | None:
     return calibration or None
 
 
+def _score_column(calibration: dict[str, Any] | None, summary: ScoringRun) -> str:
+    """The scores column the run was thresholded on (the one its calibration names)."""
+    if calibration and "score" not in calibration:
+        return "neg_elbo"  # calibrated before the score was named (scoring.calibration.LEGACY_SCORE)
+    return (calibration or {}).get("score") or getattr(summary, "calibrated_score", None) or "anomaly_score"
+
+
+def _target_fpr(given: float | None, summary: ScoringRun, calibration: dict[str, Any] | None) -> float | None:
+    """The rate the run was thresholded at: ``given``, else the summary's, else the calibration's."""
+    if given is None:
+        given = getattr(summary, "target_fpr", None)
+    if given is None and calibration:
+        given = float(calibration["target_fpr"])
+    return given
+
+
+def _checks(
+    rows_scored: int,
+    scores: np.ndarray,
+    reference: np.ndarray | None,
+    threshold: float,
+    target_fpr: float | None,
+    confidence: float,
+    min_drift: float,
+) -> dict[str, Any]:
+    """The row's rate bound and drift columns (those that can be computed); ``scores``: the finite ones."""
+    out: dict[str, Any] = {}
+    bound = statistics.flagged_rate_bound(
+        rows_scored, calibration_scores=reference, threshold=threshold, target_fpr=target_fpr, confidence=confidence
+    )
+    if bound is not None:
+        out |= {
+            "expected_rate": bound.expected,
+            "rate_lower": bound.lower,
+            "rate_upper": bound.upper,
+            "rate_confidence": bound.confidence,
+            "bound_method": bound.method,
+        }
+    drift = statistics.score_drift(scores, reference, confidence=confidence, min_drift=min_drift)
+    if drift is not None:
+        out |= {"drift_statistic": drift.statistic, "drift_p_value": drift.p_value, "drift_limit": drift.limit}
+    return out
+
+
 def record_scoring_run(
     summary: ScoringRun,
     *,
@@ -83,9 +127,7 @@ def record_scoring_run(
     if getattr(summary, "status", "ok") != "ok":
         raise ValueError(f"the scoring run did not commit ({getattr(summary, 'reason', None)}): nothing to record")
     calibration = model_calibration(model)
-    column = (calibration or {}).get("score") or getattr(summary, "calibrated_score", None) or "anomaly_score"
-    if calibration and "score" not in calibration:
-        column = "neg_elbo"  # calibrated before the score was named (scoring.calibration.LEGACY_SCORE)
+    column = _score_column(calibration, summary)
     run = read_run_scores(output, partition, column)
     if len(run) != summary.rows_scored:
         log.warning(
@@ -97,10 +139,8 @@ def record_scoring_run(
         )
     threshold = summary.threshold
     reference = np.asarray(calibration["scores"], dtype=np.float64) if calibration and threshold is not None else None
-    if target_fpr is None:
-        target_fpr = getattr(summary, "target_fpr", None)
-    if target_fpr is None and calibration and threshold is not None:
-        target_fpr = float(calibration["target_fpr"])
+    # the calibration's rate counts only when the run was thresholded
+    target_fpr = _target_fpr(target_fpr, summary, calibration if threshold is not None else None)
     rows_scored = len(run)
     anomalies = run.anomalies if threshold is not None else None
     scores = statistics.finite(run.scores)
@@ -127,20 +167,7 @@ def record_scoring_run(
         **statistics.score_quantiles(scores),
     }
     if threshold is not None:
-        bound = statistics.flagged_rate_bound(
-            rows_scored, calibration_scores=reference, threshold=threshold, target_fpr=target_fpr, confidence=confidence
-        )
-        if bound is not None:
-            row |= {
-                "expected_rate": bound.expected,
-                "rate_lower": bound.lower,
-                "rate_upper": bound.upper,
-                "rate_confidence": bound.confidence,
-                "bound_method": bound.method,
-            }
-        drift = statistics.score_drift(scores, reference, confidence=confidence, min_drift=min_drift)
-        if drift is not None:
-            row |= {"drift_statistic": drift.statistic, "drift_p_value": drift.p_value, "drift_limit": drift.limit}
+        row |= _checks(rows_scored, scores, reference, threshold, target_fpr, confidence, min_drift)
     row["status"], row["reason"] = judge(row)
     if log_to_mlflow:
         row["mlflow_run_id"] = tracking.log_row_quietly(row, tracking.resolve_tracking_uri(model, work_dir))

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.outputs.atomic import STAGING, atomic_datasets, atomic_filesystem_datasets, is_remote, output_folder
+from training.data.validate import REJECTS_SCHEMA as ROW_REJECTS_SCHEMA
 
 if TYPE_CHECKING:
     from scoring.calibration import Calibration
@@ -42,16 +43,13 @@ SCORES_SCHEMA = pa.schema(
         ("pixel_nll", pa.list_(pa.float32())),
     ]
 )
+#: the reader's rejected rows (training.data.validate.REJECTS_SCHEMA) and the run that rejected them
 REJECTS_SCHEMA = pa.schema(
     [
-        ("example_id", pa.string()),
-        ("source", pa.string()),
-        ("source_row", pa.int64()),
-        ("reason", pa.string()),
-        ("raw", pa.string()),
-        ("model_name", pa.string()),
-        ("model_version", pa.string()),
-        ("scored_at", pa.timestamp("us", tz="UTC")),
+        *ROW_REJECTS_SCHEMA,
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("scored_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 

@@ -21,21 +21,12 @@ import pyarrow as pa
 
 from training.data.images import UNLABELLED, DataError, ImageData, decode_image, take_rows
 from training.data.reader import plan_input
-from training.data.validate import ModelSpec, duplicate_rows, validate_batch
+from training.data.validate import REJECTS_SCHEMA, ModelSpec, duplicate_rows, validate_batch
 
 log = logging.getLogger(__name__)
 
 READ_BATCH_ROWS = 4096
 RAW_KEPT = 10_000  # rejected rows whose raw value is kept; later ones keep their id, source and reason
-REJECTS_SCHEMA = pa.schema(
-    [
-        pa.field("example_id", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("source_row", pa.int64()),
-        pa.field("reason", pa.string()),
-        pa.field("raw", pa.string()),
-    ]
-)
 Input = str | ImageData
 
 
@@ -201,26 +192,120 @@ def read_images(
     # so its rows stay in or out of the hash-chosen holdout whatever is added after it)
     spaces = [f"{s}/" if i and isinstance(s, str) else "" for i, s in enumerate(sources)]
     plans = [plan_input(s, split_seed=split_seed, id_namespace=ns) for s, ns in zip(sources, spaces, strict=True)]
-    total = sum(p.total_rows for p in plans)
-    spec: ModelSpec | None = None
-    images: np.ndarray | None = None
-    filled = 0
-    ids: list[pa.Array] = []
-    row_sources: list[pa.Array] = []
-    source_rows: list[pa.Array] = []
-    labels: list = []
-    has_label_column = False
-    rejects: list[pa.Table] = []
-    rows_read = 0
-    pending: list[pa.RecordBatch] = []
+    rows = _Rows(sum(p.total_rows for p in plans), shape, pixel_scale, spill_dir, memory_budget)
+    for plan in plans:
+        for shard in plan.shards:
+            for batch in shard.read(batch_rows):
+                rows.add(batch)
+    rows.finish()
+    if require_labels:
+        _check_some_labels(rows, sources)
+    if rows.rows_read == 0:
+        raise DataError(f"{_describe(sources)}: the data set is empty")
+    index = np.arange(rows.filled)
+    if not len(index):
+        raise _nothing_usable(sources, rows.rows_read, rows.rejects_table())
+    index, encoded, names = _encode_labels(rows, index, sources, require_labels)
+    # a repeated example_id, over the rows scoring would score too (label problems first, as there)
+    source_rows = rows.source_rows.take(pa.array(index)).to_pylist()
+    repeated, reasons = duplicate_rows(rows.ids[index], rows.sources[index], source_rows)
+    if repeated.any():
+        rows.quarantine(index[repeated], reasons)
+        index = index[~repeated]
+        encoded = None if encoded is None else encoded[~repeated]
+        if not len(index):
+            raise _nothing_usable(sources, rows.rows_read, rows.rejects_table())
+    kept = rows.images[: rows.filled]
+    if len(index) < rows.filled:
+        kept = take_rows(rows.images, index)  # a memory map stays on disk
+    data = ImageData(kept, encoded, rows.ids[index].astype(str), names, _describe(sources))
+    return ReadResult(data, rows.rejects_table(), rows.rows_read, pixel_scale)
 
-    def take(batch: pa.RecordBatch) -> None:
-        nonlocal filled, has_label_column
-        valid, rejected = validate_batch(batch, spec, shape, pixel_scale)
+
+class _Rows:
+    """What :func:`read_images` has read: the valid images in one float32 array (allocated once the
+    first image tells the shape), their ids, sources, source rows and labels, and the rejects."""
+
+    def __init__(
+        self,
+        total: int,
+        shape: tuple[int, int, int] | None,
+        pixel_scale: float | None,
+        spill_dir: str | os.PathLike | None,
+        memory_budget: int | None,
+    ) -> None:
+        self.total, self.shape, self.pixel_scale = total, shape, pixel_scale
+        self.spill_dir, self.memory_budget = spill_dir, memory_budget
+        self.spec: ModelSpec | None = None
+        self.images = np.empty((0, 1, 1, 1), dtype=np.float32)
+        self.filled = 0
+        self.rows_read = 0
+        self.has_label_column = False
+        self.labels: list = []
+        self._pending: list[pa.RecordBatch] = []  # batches read before any row told the shape
+        self._ids: list[pa.Array] = []
+        self._sources: list[pa.Array] = []
+        self._source_rows: list[pa.Array] = []
+        self._rejects: list[pa.Table] = []
+        # the valid rows' columns, joined by finish()
+        self.ids = np.empty(0, dtype=object)
+        self.sources = np.empty(0, dtype=object)
+        self.source_rows = pa.array([], pa.int64())
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.rows_read += batch.num_rows
+        if self.spec is None:
+            first = _first_shape(batch, self.shape)
+            if first is None:
+                self._pending.append(batch)
+                return
+            found, row = first
+            owner = f"the data set (first image: {batch.column('source')[row].as_py()})"
+            self.spec = ModelSpec(found, pixel_scale=self.pixel_scale, shape_owner=owner)
+            self.images = _allocate((self.total, *found), self.spill_dir, self.memory_budget)
+            self._take_pending()
+        self._take(batch)
+
+    def finish(self) -> None:
+        """Takes what is left and joins the columns (``ids``, ``sources``: numpy objects;
+        ``source_rows``: Arrow int64)."""
+        if self.spec is None:  # no row told a shape: every row is rejected for its own reason
+            self.spec = ModelSpec(self.shape or (1, 1, 1), pixel_scale=self.pixel_scale)
+            self.images = np.empty((0, *self.spec.image_shape), dtype=np.float32)
+            self._take_pending()
+        self.ids = np.asarray(pa.concat_arrays(self._ids).to_pylist() if self._ids else [], dtype=object)
+        self.sources = np.asarray(pa.concat_arrays(self._sources).to_pylist() if self._sources else [], dtype=object)
+        self.source_rows = pa.concat_arrays(self._source_rows) if self._source_rows else pa.array([], pa.int64())
+
+    def quarantine(self, rows: np.ndarray, reasons: list[str]) -> None:
+        """Rejects valid ``rows`` (indices into the images) for ``reasons``, after :meth:`finish`."""
+        self._rejects.append(
+            pa.table(
+                [
+                    pa.array(self.ids[rows].tolist(), pa.string()),
+                    pa.array(self.sources[rows].tolist(), pa.string()),
+                    self.source_rows.take(pa.array(rows, pa.int64())),
+                    pa.array(reasons, pa.string()),
+                    pa.nulls(len(rows), pa.string()),
+                ],
+                schema=REJECTS_SCHEMA,
+            )
+        )
+
+    def rejects_table(self) -> pa.Table:
+        return pa.concat_tables(self._rejects) if self._rejects else REJECTS_SCHEMA.empty_table()
+
+    def _take_pending(self) -> None:
+        for held in self._pending:
+            self._take(held)
+        self._pending = []
+
+    def _take(self, batch: pa.RecordBatch) -> None:
+        valid, rejected = validate_batch(batch, self.spec, self.shape, self.pixel_scale)
         if rejected is not None:
-            kept_raw = sum(r.num_rows for r in rejects)
+            kept_raw = sum(r.num_rows for r in self._rejects)
             raws = rejected.raws if kept_raw < RAW_KEPT else pa.nulls(len(rejected), pa.string())
-            rejects.append(
+            self._rejects.append(
                 pa.table(
                     [rejected.example_ids, rejected.sources, rejected.source_rows, rejected.reasons, raws],
                     schema=REJECTS_SCHEMA,
@@ -229,135 +314,65 @@ def read_images(
         if valid is None:
             return
         k = len(valid)
-        images[filled : filled + k] = valid.images
-        filled += k
-        ids.append(valid.example_ids)
-        row_sources.append(valid.sources)
-        source_rows.append(valid.source_rows)
+        self.images[self.filled : self.filled + k] = valid.images
+        self.filled += k
+        self._ids.append(valid.example_ids)
+        self._sources.append(valid.sources)
+        self._source_rows.append(valid.source_rows)
         if "label" in batch.schema.names:
-            has_label_column = True
-            labels.extend(batch.column("label").take(pa.array(valid.rows)).to_pylist())
+            self.has_label_column = True
+            self.labels.extend(batch.column("label").take(pa.array(valid.rows)).to_pylist())
         else:
-            labels.extend([None] * k)
+            self.labels.extend([None] * k)
 
-    for plan in plans:
-        for shard in plan.shards:
-            for batch in shard.read(batch_rows):
-                rows_read += batch.num_rows
-                if spec is None:
-                    first = _first_shape(batch, shape)
-                    if first is None:
-                        pending.append(batch)
-                        continue
-                    found, row = first
-                    where = batch.column("source")[row].as_py()
-                    owner = f"the data set (first image: {where})"
-                    spec = ModelSpec(found, pixel_scale=pixel_scale, shape_owner=owner)
-                    images = _allocate((total, *found), spill_dir, memory_budget)
-                    for held in pending:
-                        take(held)
-                    pending = []
-                take(batch)
-    if spec is None:  # no row told a shape: every row is rejected for its own reason
-        spec = ModelSpec(shape or (1, 1, 1), pixel_scale=pixel_scale)
-        images = np.empty((0, *spec.image_shape), dtype=np.float32)
-        for held in pending:
-            take(held)
 
-    all_ids = np.asarray(pa.concat_arrays(ids).to_pylist() if ids else [], dtype=object)
-    all_sources = np.asarray(pa.concat_arrays(row_sources).to_pylist() if row_sources else [], dtype=object)
-    all_rows = pa.concat_arrays(source_rows) if source_rows else pa.array([], pa.int64())
-    keep = np.ones(filled, dtype=bool)
-
-    def quarantine(mask: np.ndarray, reasons: list[str], raws: list[str | None] | None = None) -> None:
-        rows = np.flatnonzero(mask)
-        rejects.append(
-            pa.table(
-                [
-                    pa.array(all_ids[rows].tolist(), pa.string()),
-                    pa.array(all_sources[rows].tolist(), pa.string()),
-                    all_rows.take(pa.array(rows, pa.int64())),
-                    pa.array(reasons, pa.string()),
-                    pa.array(raws or [None] * len(rows), pa.string()),
-                ],
-                schema=REJECTS_SCHEMA,
-            )
+def _check_some_labels(rows: _Rows, sources: list[Input]) -> None:
+    if not rows.has_label_column:
+        raise DataError(
+            f"{_describe(sources)}: --conditional needs labels, and this data set has none "
+            "(add a 'label' column, a 'y' array, or sub-folders named by label)"
         )
-        keep[rows] = False
+    if not any(v is not None for v in rows.labels):
+        raise DataError(
+            f"{_describe(sources)}: --conditional needs labels, and no row has one "
+            "(rows without a label are learnt from alongside labelled ones, but not alone)"
+        )
 
-    label_array = np.asarray(labels, dtype=object)
-    if require_labels:
-        if not has_label_column:
-            raise DataError(
-                f"{_describe(sources)}: --conditional needs labels, and this data set has none "
-                "(add a 'label' column, a 'y' array, or sub-folders named by label)"
-            )
-        if not any(v is not None for v in labels):
-            raise DataError(
-                f"{_describe(sources)}: --conditional needs labels, and no row has one "
-                "(rows without a label are learnt from alongside labelled ones, but not alone)"
-            )
 
-    if rows_read == 0:
-        raise DataError(f"{_describe(sources)}: the data set is empty")
-    rejects_table = pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table()
-    index = np.flatnonzero(keep)
-    if not len(index):
-        raise _nothing_usable(sources, rows_read, rejects_table)
-    kept_labels = label_array[index]
-    encoded, names = (None, None)
+def _encode_labels(
+    rows: _Rows, index: np.ndarray, sources: list[Input], require_labels: bool
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """(the rows kept, their encoded labels, the class names); both None for unlabelled data. A
+    conditional model (``require_labels``) learns from rows without a label too (label -1) and
+    rejects a label that names no class; otherwise such labels make the data set unlabelled."""
+    kept_labels = np.asarray(rows.labels, dtype=object)[index]
     present = np.asarray([v is not None for v in kept_labels], dtype=bool)
-    # a conditional model learns from rows without a label too (semi-supervised): label -1
-    if has_label_column and (present.all() or (require_labels and present.any())):
-        try:
-            encoded, names, known = _labels_of_present(kept_labels, present, _fixed_classes(sources))
-        except DataError as exc:
-            if require_labels:
-                raise DataError(f"{_describe(sources)}: {exc}") from exc
-            log.warning("%s: %s; read as unlabelled", _describe(sources), exc)
-            encoded, names, known = None, None, np.ones(len(kept_labels), bool)
-        if not known.all():
-            if require_labels:
-                bad = np.zeros(filled, dtype=bool)
-                bad[index[~known]] = True
-                quarantine(
-                    bad,
-                    [
-                        f"unknown label: {v!r} is neither a class name nor a class index of {names[:12]}"
-                        for v in kept_labels[~known]
-                    ],
-                )
-                rejects_table = pa.concat_tables(rejects)
-                index, encoded = index[known], encoded[known]
-                if not len(index):
-                    raise _nothing_usable(sources, rows_read, rejects_table)
-            else:
-                log.info("%s: some labels are not class names or indices; read as unlabelled", _describe(sources))
-                encoded, names = None, None
-    elif has_label_column:
-        log.info("%s: some rows have no label; the data set is read as unlabelled", _describe(sources))
-    # a repeated example_id, over the rows scoring would score too (label problems first, as there)
-    repeated, reasons = duplicate_rows(all_ids[index], all_sources[index], all_rows.take(pa.array(index)).to_pylist())
-    if repeated.any():
-        mask = np.zeros(filled, dtype=bool)
-        mask[index[repeated]] = True
-        quarantine(mask, reasons)
-        rejects_table = pa.concat_tables(rejects)
-        index = index[~repeated]
-        encoded = None if encoded is None else encoded[~repeated]
-        if not len(index):
-            raise _nothing_usable(sources, rows_read, rejects_table)
-    kept = images[:filled]
-    if len(index) < filled:
-        kept = take_rows(images, index)  # a memory map stays on disk
-    data = ImageData(
-        kept,
-        encoded,
-        all_ids[index].astype(str),
-        names,
-        _describe(sources),
+    if not (rows.has_label_column and (present.all() or (require_labels and present.any()))):
+        if rows.has_label_column:
+            log.info("%s: some rows have no label; the data set is read as unlabelled", _describe(sources))
+        return index, None, None
+    try:
+        encoded, names, known = _labels_of_present(kept_labels, present, _fixed_classes(sources))
+    except DataError as exc:
+        if require_labels:
+            raise DataError(f"{_describe(sources)}: {exc}") from exc
+        log.warning("%s: %s; read as unlabelled", _describe(sources), exc)
+        return index, None, None
+    if known.all():
+        return index, encoded, names
+    if not require_labels:
+        log.info("%s: some labels are not class names or indices; read as unlabelled", _describe(sources))
+        return index, None, None
+    rows.quarantine(
+        index[~known],
+        [
+            f"unknown label: {v!r} is neither a class name nor a class index of {names[:12]}"
+            for v in kept_labels[~known]
+        ],
     )
-    return ReadResult(data, rejects_table, rows_read, pixel_scale)
+    if not known.any():
+        raise _nothing_usable(sources, rows.rows_read, rows.rejects_table())
+    return index[known], encoded[known], names
 
 
 def _allocate(shape: tuple[int, ...], spill_dir, memory_budget: int | None) -> np.ndarray:

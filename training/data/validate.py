@@ -28,6 +28,18 @@ import pyarrow.compute as pc
 
 from training.data.images import ImageProblem, decode_image
 
+#: a rejected row: where it came from and why (``raw``: its value, shortened, or null); the rejects
+#: of ``vae score`` add the run's columns (pipeline.outputs.score_tables.REJECTS_SCHEMA)
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("example_id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("source_row", pa.int64()),
+        pa.field("reason", pa.string()),
+        pa.field("raw", pa.string()),
+    ]
+)
+
 UNIT_PIXELS = "_pixels_in_unit_range"  # training.data.reader marks batches whose pixels are in [0, 1]
 
 RAW_TEXT_LIMIT = 2_000
