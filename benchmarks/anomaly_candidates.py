@@ -91,24 +91,41 @@ def robust_z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (values - median) / max(q75 - q25, 1e-9)
 
 
-def candidate_scores(terms: dict, unsupervised: bool) -> dict[str, dict[str, np.ndarray]]:
-    """Per candidate, its scores of the test images and (where there are any) of the validation images."""
+def candidate_scores(terms: dict, unsupervised: bool, task=None) -> dict[str, dict[str, np.ndarray]]:
+    """Per candidate, its scores of the test images and (where there are any) of the validation images.
+
+    ``task``: when given, also the candidates that add the pixel-space distance to the neighbour at
+    4 % of the fit images (a mass statistic outside the model)."""
     fit = terms["fit"]
     n = len(fit["mean"])
     k_mass = max(5, int(MASS_SHARE * n))
+    k_pixels = max(5, int(0.04 * n))
+    fit_pixels = None if task is None else task.fit.images.reshape(len(task.fit), -1).astype(np.float64)
+    fit_pixel_mass = None
+    if fit_pixels is not None:
+        fit_pixel_mass = knn_distance(fit_pixels, fit_pixels, k_pixels, exclude_self=True)
     fence = np.quantile(fit["neg_elbo"], 0.01)
     iqr = max(np.subtract(*np.percentile(fit["neg_elbo"], [75, 25])), 1e-9)
     fit_knn = {k: knn_distance(fit["mean"], fit["mean"], k, exclude_self=True) for k in (5, k_mass)}
     fit_log_rate = np.log(np.maximum(fit["kl"], 1e-3))
 
-    def parts(t, same):
+    def parts(t, same, images=None):
         e = robust_z(t["neg_elbo"], fit["neg_elbo"])
         knn = {k: robust_z(knn_distance(t["mean"], fit["mean"], k, exclude_self=same), fit_knn[k]) for k in fit_knn}
         low = np.maximum((fence - t["neg_elbo"]) / iqr, 0.0)
         empty = -robust_z(np.log(np.maximum(t["kl"], 1e-3)), fit_log_rate)  # the rate below its median, in IQRs
         r = np.maximum
         rarity = r(e, -1) + r(knn[5], -1) + r(knn[k_mass] - 1, 0)
-        return {
+        extra = {}
+        if images is not None:
+            flat = images.reshape(len(images), -1).astype(np.float64)
+            pixels = robust_z(knn_distance(flat, fit_pixels, k_pixels, exclude_self=same), fit_pixel_mass)
+            extra = {
+                "rarity+2R(empty-2)+pixel mass": rarity + 2 * r(empty - 2, 0) + pixels,
+                "rarity+2R(empty-2)+R(pixel mass-1)": rarity + 2 * r(empty - 2, 0) + r(pixels - 1, 0),
+                "elbo+pixel mass": e + pixels,
+            }
+        return extra | {
             "neg_elbo": t["neg_elbo"],
             "elbo+knn5 (elbo_latent_knn)": e + knn[5],
             "R(elbo)+R(knn5)": r(e, 0) + r(knn[5], 0),
@@ -131,8 +148,10 @@ def candidate_scores(terms: dict, unsupervised: bool) -> dict[str, dict[str, np.
             "max(rarity, empty-1)": r(rarity, empty - 1),
         }
 
-    test = parts(terms["test"], unsupervised)
-    validation = None if terms["validation"] is None else parts(terms["validation"], False)
+    test = parts(terms["test"], unsupervised, None if task is None else task.test.images)
+    validation = None
+    if terms["validation"] is not None:
+        validation = parts(terms["validation"], False, None if task is None else task.validation.images)
     return {name: {"test": test[name], "validation": None if validation is None else validation[name]} for name in test}
 
 
@@ -146,6 +165,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--cache", default=".benchmarks/anomaly_candidates", help="per-task terms ('' for none)")
     parser.add_argument("--csv", default=None, help="write one row per task part and candidate here")
+    parser.add_argument("--pixels", action="store_true", help="also the candidates with a pixel-space mass term")
     args = parser.parse_args()
 
     import pandas as pd
@@ -157,7 +177,8 @@ def main() -> None:
         base = replace(TrainConfig(), epochs=args.epochs, seed=seed, conditional=False)
         tasks = build_tasks(images, args.protocols.split(","), seed, planted=args.planted, rotate=args.classes)
         for task in tasks:
-            scores = candidate_scores(fitted_terms(task, vae_config(base, task), cache), task.unsupervised)
+            terms = fitted_terms(task, vae_config(base, task), cache)
+            scores = candidate_scores(terms, task.unsupervised, task if args.pixels else None)
             for part, index in task.subtasks:
                 y = task.is_anomaly[index]
                 for name, s in scores.items():

@@ -40,6 +40,7 @@ import numpy as np
 
 METHODS = ("neg_elbo", "elbo_latent_knn", "elbo_latent_knn_rarity", "elbo_latent_knn_rarity_rate")
 DEFAULT_METHOD = "elbo_latent_knn_rarity_rate"
+PREVIOUS_METHOD = "elbo_latent_knn_rarity"  # the default it replaced: vae evaluate compares them, same fits
 LATENT_METHODS = METHODS[1:]  # the methods that need reference latents
 DEFAULT_K = 5
 MASS_SHARE = 0.03  # the mass term's neighbour: 3 % of the reference latents (at least DEFAULT_K)

@@ -258,6 +258,36 @@ def test_pareto_rule_on_a_toy_scorecard():
     assert comparison.pareto_violations(PREVIOUS, better.fillna({"auroc_mean": 0.9})).empty
 
 
+def _same_fit_results(rows: list[tuple[str, int, str, float]]) -> pd.DataFrame:
+    """``results.csv`` rows, two tasks per (protocol, seed, detector) with the same AUROC."""
+    fields = ("protocol", "seed", "detector", "auroc")
+    return pd.DataFrame([{"data": "d", "task": t, **dict(zip(fields, r, strict=True))} for r in rows for t in (0, 1)])
+
+
+def test_the_default_against_the_method_it_replaced_from_the_same_fits():
+    old = "vae_elbo_latent_knn_rarity"
+    results = _same_fit_results(
+        [
+            ("held-out", 0, VAE, 0.90), ("held-out", 0, old, 0.80),  # better by 0.10 each seed, spread 0.05
+            ("held-out", 1, VAE, 0.80), ("held-out", 1, old, 0.70),
+            ("corrupted", 0, VAE, 0.90), ("corrupted", 0, old, 0.91),  # -0.01: within a 0.07 spread
+            ("corrupted", 1, VAE, 0.80), ("corrupted", 1, old, 0.81),
+            ("one-class", 0, VAE, 0.90), ("one-class", 0, old, 0.95),  # -0.05 and -0.03, spread 0.014
+            ("one-class", 1, VAE, 0.90), ("one-class", 1, old, 0.93),
+            ("one-class", 1, "knn", 0.99),  # other detectors are ignored
+        ]
+    )  # fmt: skip
+    table = comparison.paired(results, old).set_index("protocol")
+    assert table.loc["held-out", "change"] == pytest.approx(0.10) and table.loc["held-out", "verdict"] == "better"
+    assert table.loc["corrupted", "verdict"] == "within spread"
+    assert table.loc["one-class", "change"] == pytest.approx(-0.04)
+    assert table.loc["one-class", "worst_seed_change"] == pytest.approx(-0.05)
+    assert table.loc["one-class", "verdict"] == "worse"
+    section = comparison.paired_markdown(comparison.paired(results, old))
+    assert "1 cell(s) of `vae_anomaly_score` are worse than `vae_elbo_latent_knn_rarity`" in section
+    assert comparison.paired(results, "vae_no_such_method").empty and comparison.paired_markdown(pd.DataFrame()) == ""
+
+
 def test_comparison_lists_every_cell_with_its_verdict():
     table = comparison.compare(PREVIOUS, NEW)
     verdicts = dict(zip(zip(table["protocol"], table["detector"], strict=True), table["verdict"], strict=True))

@@ -246,6 +246,17 @@ def evaluate_command(
         from pipeline.evaluation.comparison import pareto_line, pareto_violations
 
         click.echo("\n" + pareto_line(pareto_violations(result.previous, summary)).replace("**", ""))
+    if result.paired is not None and not result.paired.empty:
+        worse = result.paired[result.paired["verdict"] == "worse"]
+        cells = ", ".join(f"{r.data} {r.protocol} ({r.change:+.3f})" for r in worse.itertuples())
+        click.echo(
+            f"Against {result.paired['baseline'].iloc[0]}, from the same fits: "
+            + (
+                f"{len(worse)} cell(s) worse beyond their seed spread: {cells}."
+                if cells
+                else "no cell worse beyond its seed spread."
+            )
+        )
     click.echo(f"\n{result.seconds:.0f} s. Results in {folder}: " + ", ".join(p.name for p in result.paths.values()))
     if result.run_id:
         click.echo(f"MLflow run: {result.run_id}")

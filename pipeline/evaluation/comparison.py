@@ -9,6 +9,10 @@ The Pareto rule: a new default is accepted only when no cell of the default dete
 more than its seed spread; :func:`pareto_violations` returns the cells that did (a cell that was
 finite before and is NaN now, a failure, counts as worse). Cells only one scorecard has are listed
 but never violate the rule.
+
+Two scorecards differ in more than the default (their fits, and the seeds and classes they ran), so
+the rule is also applied *within one run* (:func:`paired`): every VAE method is computed from the
+same fit of every task, so the default against the method it replaces differs only in the score.
 """
 
 from __future__ import annotations
@@ -137,3 +141,65 @@ def comparison_markdown(
     whole = "# Against the previous scorecard\n\n" + intro + "\n" + comparison_table(table) + "\n"
     section = "## Against the previous scorecard\n\n" + intro + "\n" + comparison_table(table, [detector]) + "\n"
     return whole, section
+
+
+PAIRED_COLUMNS = ["data", "protocol", "baseline", "default_mean", "baseline_mean", "change", "worst_seed_change"]
+
+
+def paired(results: pd.DataFrame, baseline: str, detector: str = DEFAULT_DETECTOR) -> pd.DataFrame:
+    """``detector`` against ``baseline`` in the same run (``results.csv``'s rows: the same fits,
+    seeds and tasks), per (data set, protocol): the means over seeds, the change, the seed whose
+    change was lowest, the spread (the larger std over seeds) and the verdict as in :func:`compare`.
+    Empty when ``results`` lacks either detector."""
+    rows = results[results["detector"].isin([detector, baseline])]
+    per_seed = rows.groupby(["data", "protocol", "seed", "detector"], sort=False)["auroc"].mean().unstack("detector")
+    if detector not in per_seed or baseline not in per_seed:
+        return pd.DataFrame(columns=[*PAIRED_COLUMNS, "spread", "verdict"])
+    change = (per_seed[detector] - per_seed[baseline]).groupby(level=["data", "protocol"], sort=False)
+    by_cell = per_seed.groupby(level=["data", "protocol"], sort=False)
+    table = pd.DataFrame(
+        {
+            "baseline": baseline,
+            "default_mean": by_cell[detector].mean(),
+            "baseline_mean": by_cell[baseline].mean(),
+            "change": change.mean(),
+            "worst_seed_change": change.min(),
+            "spread": pd.concat([by_cell[detector].std(), by_cell[baseline].std()], axis=1).max(axis=1).fillna(0.0),
+        }
+    ).reset_index()
+    table["verdict"] = [
+        "n/a" if not math.isfinite(c) else ("worse" if c < 0 else "better") if abs(c) > s else "within spread"
+        for c, s in zip(table["change"], table["spread"], strict=True)
+    ]
+    return table
+
+
+def paired_markdown(table: pd.DataFrame, detector: str = DEFAULT_DETECTOR) -> str:
+    """The ``tables.md`` section of :func:`paired` (empty for an empty table)."""
+    if table.empty:
+        return ""
+    baseline = table["baseline"].iloc[0]
+    worse = table[table["verdict"] == "worse"]
+    verdict = (
+        f"no cell of `{detector}` is worse than `{baseline}` by more than its seed spread"
+        if worse.empty
+        else f"**{len(worse)} cell(s) of `{detector}` are worse than `{baseline}` beyond their seed spread**"
+    )
+    lines = [
+        f"## The default against `{baseline}`, from the same fits",
+        "",
+        f"Mean AUROC over seeds of `{detector}` and `{baseline}` computed from the same VAE fit of every "
+        "task, so they differ only in the score; change = the mean of the per-seed changes, worst seed = the "
+        f"lowest of them. Pareto rule within this run: {verdict}.",
+        "",
+        "| data set | protocol | default | baseline | change | worst seed | spread | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, row in table.iterrows():
+        mark = f"**{row['verdict']}**" if row["verdict"] in ("better", "worse") else row["verdict"]
+        lines.append(
+            f"| {row['data']} | {row['protocol']} | {_fmt(row['default_mean'])} | {_fmt(row['baseline_mean'])} "
+            f"| {_fmt(row['change'], sign=True)} | {_fmt(row['worst_seed_change'], sign=True)} "
+            f"| {_fmt(row['spread'])} | {mark} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -65,6 +65,7 @@ from pipeline.evaluation.tasks import (  # noqa: F401  (re-exported: the evaluat
 from pipeline.outputs.files import write_atomically
 from scoring import metrics
 from scoring.anomaly import METHODS as ANOMALY_METHODS
+from scoring.anomaly import PREVIOUS_METHOD
 from scoring.detectors import DETECTOR_NAMES, classical_detectors
 from training import data as data_lib
 from training.config import TrainConfig
@@ -132,6 +133,8 @@ class EvaluationResult:
     comparison: pd.DataFrame | None = field(default=None, repr=False)  # against the previous summary, if any
     comparison_markdown: str = field(default="", repr=False)  # comparison.md
     previous: pd.DataFrame | None = field(default=None, repr=False)  # the summary compared with
+    # the default against the method it replaced, from the same fits (comparison.paired)
+    paired: pd.DataFrame | None = field(default=None, repr=False)
     seconds: float = 0.0
     paths: dict[str, Path] = field(default_factory=dict)
     run_id: str | None = None
@@ -467,13 +470,178 @@ def evaluate(
     summary metrics and those files to MLflow when ``run_id`` is given (into that run) or
     ``log_to_mlflow`` is set (a new run).
     """
-    protocols = check_protocols(protocols)
-    kinds = corruptions.check_kinds(kinds)
-    if not kinds:
-        raise ValueError("no corruption kinds: give at least one")
-    seeds = list(dict.fromkeys(int(s) for s in seeds))
-    if not seeds:
-        raise ValueError("no seeds: give at least one")
+    plan = _Plan.of(
+        data,
+        protocols=protocols,
+        seeds=seeds,
+        epochs=epochs,
+        train_config=train_config,
+        iwae_k=iwae_k,
+        detectors=detectors,
+        max_classes=max_classes,
+        classes=classes,
+        planted=planted,
+        kinds=kinds,
+    )
+    total = plan.total()
+    folder = Path(output_dir) if output_dir is not None else None
+    before = _previous_summary(previous, folder if keep_previous else None)
+    started = time.perf_counter()
+    rows, fits = _run_tasks(plan, Progress(total, progress), score_fit, folder)
+    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    result = _assemble(results, pd.DataFrame(fits), plan.header, started, before)
+    if folder is not None:
+        write_outputs(result, folder)
+    if run_id is not None or log_to_mlflow:
+        _log_evaluation(result, plan.base, plan.params(), folder, run_id)
+    return result
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One evaluation's settings, checked: what :func:`evaluate` runs, in order."""
+
+    datasets: list[tuple[str, data_lib.ImageData]]
+    protocols: list[str]
+    seeds: list[int]
+    base: TrainConfig  # the VAE's settings, before the seed and the task
+    iwae_k: int | None
+    wanted: list[str]  # the detectors asked for
+    all_detectors: bool  # none named: the slow ones only on small images (default_detectors)
+    max_classes: int | None
+    plans: dict[str, tuple[int | None, int]]  # per data set: rotating classes, planted classes (task_plan)
+    kinds: list[str]
+
+    @classmethod
+    def of(
+        cls,
+        data: str | data_lib.ImageData | Sequence[str | data_lib.ImageData],
+        *,
+        protocols: Sequence[str],
+        seeds: Sequence[int],
+        epochs: int,
+        train_config: TrainConfig | None,
+        iwae_k: int | None,
+        detectors: Iterable[str] | None,
+        max_classes: int | None,
+        classes: int | None,
+        planted: int | None,
+        kinds: Sequence[str],
+    ) -> _Plan:
+        protocols = check_protocols(protocols)
+        kinds = corruptions.check_kinds(kinds)
+        if not kinds:
+            raise ValueError("no corruption kinds: give at least one")
+        seeds = list(dict.fromkeys(int(s) for s in seeds))
+        if not seeds:
+            raise ValueError("no seeds: give at least one")
+        wanted = _wanted_detectors(detectors, iwae_k)
+        datasets = list(load_data_sets(data))
+        return cls(
+            datasets=datasets,
+            protocols=protocols,
+            seeds=seeds,
+            base=replace(train_config or TrainConfig(), epochs=epochs, conditional=False),
+            iwae_k=iwae_k if "vae_iwae_nll" in wanted else None,
+            wanted=wanted,
+            all_detectors=detectors is None,
+            max_classes=max_classes,
+            plans={name: task_plan(images, classes, planted) for name, images in datasets},
+            kinds=kinds,
+        )
+
+    def total(self) -> int:
+        return len(self.seeds) * sum(
+            count_tasks(images, self.protocols, self.max_classes, self.plans[name][1], self.plans[name][0])
+            for name, images in self.datasets
+        )
+
+    def tasks(self) -> Iterator[tuple[str, int, TrainConfig, list[str], Task]]:
+        """(data set, seed, the VAE's settings for the seed, the detectors, task), in run order."""
+        for name, images in self.datasets:
+            chosen = default_detectors(images, self.wanted) if self.all_detectors else self.wanted
+            rotate, planted = self.plans[name]
+            for seed in self.seeds:
+                cfg = replace(self.base, seed=seed)
+                for task in build_tasks(images, self.protocols, seed, self.max_classes, planted, self.kinds, rotate):
+                    yield name, seed, cfg, chosen, task
+
+    def header(self, seconds: float) -> str:
+        names = [n for n, _ in self.datasets]
+        return _header(self.base, names, self.seeds, self.iwae_k, self.max_classes, seconds, self.plans, self.kinds)
+
+    def params(self) -> dict[str, Any]:
+        """The run's settings as MLflow parameters."""
+        return {
+            "eval_data": ",".join(n for n, _ in self.datasets),
+            "eval_seeds": ",".join(map(str, self.seeds)),
+            "eval_protocols": ",".join(self.protocols),
+            "eval_epochs": self.base.epochs,
+            "eval_iwae_k": self.iwae_k or 0,
+            "eval_max_classes": self.max_classes or "all",
+            "eval_plan": "; ".join(f"{n}: classes {r or 'all'}, planted {p}" for n, (r, p) in self.plans.items()),
+            "eval_corruptions": ",".join(self.kinds),
+        }
+
+
+def _run_tasks(
+    plan: _Plan, progress: Progress, score_fit: ScoreFit | None, folder: Path | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every task of ``plan``: (one row per task part and detector, one row per VAE fit), written
+    to ``folder`` after each task when given, so a stopped run keeps what it did."""
+    rows: list[dict[str, Any]] = []
+    fits: list[dict[str, Any]] = []
+    with progress as bar:
+        for name, seed, cfg, chosen, task in plan.tasks():
+            bar.start(name, seed, task)
+            task_rows, fit = evaluate_task(task, vae_config(cfg, task), plan.iwae_k, chosen, score_fit)
+            rows += [{"data": name, "seed": seed} | r for r in task_rows]
+            if fit:
+                fits.append({"data": name, "seed": seed} | fit)
+            bar.finish(name, seed, task, task_rows, fit)
+            if folder is not None:
+                _write_results(folder, rows, fits)
+    return rows, fits
+
+
+def _assemble(
+    results: pd.DataFrame,
+    fits: pd.DataFrame,
+    header: Callable[[float], str],
+    started: float | None,
+    before: tuple[str, pd.DataFrame] | None,
+) -> EvaluationResult:
+    """The result of the tasks' ``results`` and ``fits``: the summary, the tables (headed by
+    ``header(seconds)``) and the default against the method it replaced from the same fits, and,
+    with a previous summary ``before`` (its source and frame), the comparison with it.
+    ``started``: the run's ``time.perf_counter()`` start (None: not timed)."""
+    summary = tables.summarise(results, DETECTORS, PROTOCOLS)
+    seconds = 0.0 if started is None else time.perf_counter() - started
+    against, section, whole = None, "", ""
+    if before is not None:
+        source, frame = before
+        against = comparison.compare(frame, summary)
+        whole, section = comparison.comparison_markdown(frame, summary, source)
+    same_fits = comparison.paired(results, f"vae_{PREVIOUS_METHOD}")
+    if not same_fits.empty:
+        section += "\n" + comparison.paired_markdown(same_fits)
+    result = EvaluationResult(
+        results=results,
+        summary=summary,
+        fits=fits,
+        markdown=tables.markdown_report(results, summary, header(seconds), DETECTORS, section),
+        comparison=against,
+        comparison_markdown=whole,
+        seconds=seconds,
+        paired=same_fits,
+    )
+    if before is not None:
+        result.previous = before[1]
+    return result
+
+
+def _wanted_detectors(detectors: Iterable[str] | None, iwae_k: int | None) -> list[str]:
+    """The detectors asked for (None: all), in :data:`DETECTORS` order, less ``vae_iwae_nll`` without ``iwae_k``."""
     asked = set(DETECTORS if detectors is None else detectors)
     unknown = sorted(asked - set(DETECTORS))
     if unknown:
@@ -481,74 +649,21 @@ def evaluate(
     wanted = [d for d in DETECTORS if d in asked and (iwae_k or d != "vae_iwae_nll")]
     if not wanted:
         raise ValueError("no detector to run (vae_iwae_nll needs iwae_k > 0)")
-    iwae_k = iwae_k if "vae_iwae_nll" in wanted else None
-    base = replace(train_config or TrainConfig(), epochs=epochs, conditional=False)
-    datasets = list(load_data_sets(data))
-    plans = {name: task_plan(images, classes, planted) for name, images in datasets}
-    total = len(seeds) * sum(
-        count_tasks(images, protocols, max_classes, plans[name][1], plans[name][0]) for name, images in datasets
-    )
-    folder = Path(output_dir) if output_dir is not None else None
-    before = _previous_summary(previous, folder if keep_previous else None)
-    rows: list[dict[str, Any]] = []
-    fits: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    with Progress(total, progress) as bar:
-        for name, images in datasets:
-            for seed in seeds:
-                cfg = replace(base, seed=seed)
-                chosen = wanted if detectors is not None else default_detectors(images, wanted)
-                rotate, planted_here = plans[name]
-                for task in build_tasks(images, protocols, seed, max_classes, planted_here, kinds, rotate):
-                    bar.start(name, seed, task)
-                    task_rows, fit = evaluate_task(task, vae_config(cfg, task), iwae_k, chosen, score_fit)
-                    rows += [{"data": name, "seed": seed} | r for r in task_rows]
-                    if fit:
-                        fits.append({"data": name, "seed": seed} | fit)
-                    bar.finish(name, seed, task, task_rows, fit)
-                    if folder is not None:
-                        _write_results(folder, rows, fits)
-    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
-    summary = tables.summarise(results, DETECTORS, PROTOCOLS)
-    seconds = time.perf_counter() - started
-    header = _header(base, [n for n, _ in datasets], seeds, iwae_k, max_classes, seconds, plans, kinds)
-    against, section, whole = None, "", ""
-    if before is not None:
-        source, frame = before
-        against = comparison.compare(frame, summary)
-        whole, section = comparison.comparison_markdown(frame, summary, source)
-    result = EvaluationResult(
-        results=results,
-        summary=summary,
-        fits=pd.DataFrame(fits),
-        markdown=tables.markdown_report(results, summary, header, DETECTORS, section),
-        comparison=against,
-        comparison_markdown=whole,
-        seconds=seconds,
-    )
-    if before is not None:
-        result.previous = before[1]
+    return wanted
+
+
+def _log_evaluation(
+    result: EvaluationResult, base: TrainConfig, params: dict[str, Any], folder: Path | None, run_id: str | None
+) -> None:
+    """Logs ``result`` to MLflow (into ``run_id``, or a new run); without an output folder the
+    files are written to a temporary one for the upload and ``result.paths`` stays empty."""
     if folder is not None:
-        write_outputs(result, folder)
-    if run_id is not None or log_to_mlflow:
-        params = {
-            "eval_data": ",".join(n for n, _ in datasets),
-            "eval_seeds": ",".join(map(str, seeds)),
-            "eval_protocols": ",".join(protocols),
-            "eval_epochs": epochs,
-            "eval_iwae_k": iwae_k or 0,
-            "eval_max_classes": max_classes or "all",
-            "eval_plan": "; ".join(f"{n}: classes {r or 'all'}, planted {p}" for n, (r, p) in plans.items()),
-            "eval_corruptions": ",".join(kinds),
-        }
-        if folder is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                write_outputs(result, Path(tmp))
-                result.run_id = log_results(result, base, params, run_id)
-            result.paths = {}
-        else:
-            result.run_id = log_results(result, base, params, run_id)
-    return result
+        result.run_id = log_results(result, base, params, run_id)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        write_outputs(result, Path(tmp))
+        result.run_id = log_results(result, base, params, run_id)
+    result.paths = {}
 
 
 def task_plan(images: data_lib.ImageData, classes: int | None, planted: int | None) -> tuple[int | None, int]:
@@ -594,27 +709,13 @@ def combine_runs(
     results = results.drop_duplicates(keys, keep="last").reset_index(drop=True)
     fit_files = [Path(f) / "vae_fits.csv" for f in folders if (Path(f) / "vae_fits.csv").is_file()]
     fits = pd.concat([pd.read_csv(f) for f in fit_files], ignore_index=True) if fit_files else pd.DataFrame()
-    summary = tables.summarise(results, DETECTORS, PROTOCOLS)
     names = list(dict.fromkeys(results["data"]))
     seeds = sorted(int(s) for s in results["seed"].unique())
     header = f"# VAE against PyOD detectors\n\nData sets: {', '.join(names)}; seeds: {', '.join(map(str, seeds))}.\n"
     header += f"\n{note}\n" if note else ""
-    folder = Path(output_dir)
     before = _previous_summary(previous, None) if previous is not None else None
-    against, section, whole = None, "", ""
-    if before is not None:
-        against = comparison.compare(before[1], summary)
-        whole, section = comparison.comparison_markdown(before[1], summary, before[0])
-    result = EvaluationResult(
-        results=results,
-        summary=summary,
-        fits=fits,
-        markdown=tables.markdown_report(results, summary, header, DETECTORS, section),
-        comparison=against,
-        comparison_markdown=whole,
-        previous=None if before is None else before[1],
-    )
-    write_outputs(result, folder)
+    result = _assemble(results, fits, lambda _seconds: header, None, before)
+    write_outputs(result, Path(output_dir))
     return result
 
 
