@@ -1,6 +1,6 @@
 """Candidate anomaly scores built from a VAE's own outputs, side by side on every scorecard protocol.
 
-The evidence behind ``scoring.anomaly.DEFAULT_METHOD`` (README, "How the defaults were chosen").
+The evidence behind ``scoring.anomaly.DEFAULT_METHOD`` (docs/detection.md, "How the defaults were chosen").
 Each task of ``vae evaluate``'s protocols (:mod:`pipeline.evaluation.tasks`: held-out, contaminated
 clustered and scattered at 1/3/10 %, one-class, corrupted) fits one VAE with the evaluation's
 settings, and every candidate scores the task's images from that one fit, so the candidates differ

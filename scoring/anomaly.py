@@ -4,7 +4,7 @@
 stores them in the model (the dict in its config, the reference latents in a weight), so every
 Beam worker computes the same score; this module only turns terms into scores.
 
-Methods, higher = more anomalous (``vae evaluate`` reports them side by side, README "Evaluation"):
+Methods, higher = more anomalous (``vae evaluate`` reports them side by side, docs/detection.md):
 
 - ``neg_elbo``: the negative ELBO in nats.
 - ``elbo_latent_knn``: the negative ELBO plus the distance from the image's posterior mean to its
@@ -12,7 +12,7 @@ Methods, higher = more anomalous (``vae evaluate`` reports them side by side, RE
   training images ((value - median) / IQR), then summed. The latent term catches new kinds of
   image the likelihood ranks as normal (the complexity bias); it is fooled by a cluster of
   anomalies inside the training data, whose members are each other's nearest neighbours.
-- ``elbo_latent_knn_rarity`` (the default): three kinds of evidence, each robustly standardised
+- ``elbo_latent_knn_rarity`` (the previous default): three kinds of evidence, each robustly standardised
   on the training images. The image is *improbable* (the negative ELBO) or *new* (the latent
   distance to the 5th-nearest training image), summed as in ``elbo_latent_knn`` but each floored
   at -1 IQR, so a term that calls an image extremely typical (a blank image has a high
@@ -22,9 +22,10 @@ Methods, higher = more anomalous (``vae evaluate`` reports them side by side, RE
   less than about 3 % of the training images (anomalies clustered inside the training data, a
   batch of identical broken images) has no such neighbour near it, however tight its own cluster.
 - ``elbo_latent_knn_rarity_rate`` (the default): ``elbo_latent_knn_rarity`` plus an *empty*
-  alarm: the image's rate (its KL term, the nats the encoder needs to describe it) far below every
-  training image's, measured on a log scale and robustly standardised, counted beyond
-  ``RATE_MARGIN`` IQRs and weighted ``RATE_WEIGHT``. A blank image, or 0/1 pixels divided by 255
+  alarm: the image's rate (its KL term, the nats the encoder needs to describe it) far below the
+  training images', measured on a log scale and robustly standardised (IQR at least
+  ``MIN_LOG_RATE_SCALE``), counted beyond ``RATE_MARGIN`` IQRs under the median and weighted
+  ``RATE_WEIGHT``. A blank image, or 0/1 pixels divided by 255
   once too often, is the likeliest image there is under a Bernoulli decoder and its encoding sits
   among the training latents, but the encoder finds almost nothing in it to encode.
 
@@ -49,6 +50,7 @@ FLOOR = -1.0  # how far (in IQRs) a term that calls an image typical can pull th
 RATE_MARGIN = 2.0  # the empty alarm speaks only this many IQRs below the median log-rate
 RATE_WEIGHT = 2.0
 MIN_RATE = 1.0  # nats: a model whose median training image costs less has no rate to compare
+MIN_LOG_RATE_SCALE = 0.1  # the log-rate's IQR at least this (about 10 %): no alarm from tiny dips of a flat rate
 MAX_REFERENCE = 5000  # training posterior means kept in the model for the latent term
 
 
@@ -75,6 +77,7 @@ def fit_statistics(
     stats |= _robust_scale(terms["neg_elbo"], "neg_elbo")
     if "kl" in terms and np.median(terms["kl"]) >= MIN_RATE:
         stats |= _robust_scale(_log_rate(terms["kl"]), "log_rate")
+        stats["log_rate_scale"] = max(stats["log_rate_scale"], MIN_LOG_RATE_SCALE)
     if reference is not None and len(reference) >= 2:
         k = min(int(k), len(reference) - 1)
         k_mass = min(max(k, int(MASS_SHARE * len(reference))), len(reference) - 1)

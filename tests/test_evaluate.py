@@ -476,6 +476,8 @@ def test_quick_evaluation_runs_end_to_end(tmp_path):
     assert "[7/7] digits seed 0 corrupted 4 kinds: vae_anomaly_score AUROC" in result.output  # a line per task
     assert "digits: held-out (2 task(s), 1 seed(s))" in result.output
     assert "Pareto rule:" in result.output
+    assert "Against vae_elbo_latent_knn_rarity, from the same fits:" in result.output
+    assert "## The default against `vae_elbo_latent_knn_rarity`, from the same fits" in (out / "tables.md").read_text()
     frame = pd.read_csv(out / "results.csv", dtype={"task": str})
     vae = frame[frame["detector"] == "vae_anomaly_score"]
     assert list(zip(vae["protocol"], vae["task"], strict=True)) == [

@@ -275,6 +275,7 @@ def test_the_default_against_the_method_it_replaced_from_the_same_fits():
             ("one-class", 0, VAE, 0.90), ("one-class", 0, old, 0.95),  # -0.05 and -0.03, spread 0.014
             ("one-class", 1, VAE, 0.90), ("one-class", 1, old, 0.93),
             ("one-class", 1, "knn", 0.99),  # other detectors are ignored
+            ("single", 0, VAE, math.nan), ("single", 0, old, 0.90),  # the default failed: worse
         ]
     )  # fmt: skip
     table = comparison.paired(results, old).set_index("protocol")
@@ -283,8 +284,9 @@ def test_the_default_against_the_method_it_replaced_from_the_same_fits():
     assert table.loc["one-class", "change"] == pytest.approx(-0.04)
     assert table.loc["one-class", "worst_seed_change"] == pytest.approx(-0.05)
     assert table.loc["one-class", "verdict"] == "worse"
+    assert table.loc["single", "verdict"] == "worse" and math.isnan(table.loc["single", "default_mean"])
     section = comparison.paired_markdown(comparison.paired(results, old))
-    assert "1 cell(s) of `vae_anomaly_score` are worse than `vae_elbo_latent_knn_rarity`" in section
+    assert "2 cell(s) of `vae_anomaly_score` are worse than `vae_elbo_latent_knn_rarity`" in section
     assert comparison.paired(results, "vae_no_such_method").empty and comparison.paired_markdown(pd.DataFrame()) == ""
 
 

@@ -138,7 +138,7 @@ def _detector_options(d: TrainConfig) -> list:
             show_default=True,
             help="What anomaly_score is: elbo_latent_knn_rarity_rate, the evidence that an image is improbable "
             "(its ELBO), new (far from the training images' latents), rare (far at the scale of 3%% of them) or "
-            "empty (its rate, the KL term, far below every training image's); elbo_latent_knn_rarity, the same "
+            "empty (its rate, the KL term, far below the training images'); elbo_latent_knn_rarity, the same "
             "without the last (the previous default); elbo_latent_knn, the plain sum of the first two; or the "
             "negative ELBO alone (docs/detection.md).",
         ),

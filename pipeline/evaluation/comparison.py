@@ -98,6 +98,11 @@ def _mean_std(mean: float, std: float) -> str:
     return _fmt(mean) if std is None or not math.isfinite(std) else f"{_fmt(mean)} ± {_fmt(std)}"
 
 
+def _marked(verdict: str) -> str:
+    """A verdict beyond the spread in bold."""
+    return f"**{verdict}**" if verdict in ("better", "worse") else verdict
+
+
 def comparison_table(table: pd.DataFrame, detectors: list[str] | None = None) -> str:
     """A markdown table of :func:`compare`'s rows (of ``detectors`` only, if given); verdicts
     beyond the spread in bold."""
@@ -108,7 +113,7 @@ def comparison_table(table: pd.DataFrame, detectors: list[str] | None = None) ->
         "|---|---|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
-        verdict = f"**{row['verdict']}**" if row["verdict"] in ("better", "worse") else row["verdict"]
+        verdict = _marked(row["verdict"])
         lines.append(
             f"| {row['data']} | {row['protocol']} | {row['detector']} "
             f"| {_mean_std(row['previous_mean'], row['previous_std'])} | {_mean_std(row['new_mean'], row['new_std'])} "
@@ -148,11 +153,14 @@ PAIRED_COLUMNS = ["data", "protocol", "baseline", "default_mean", "baseline_mean
 
 def paired(results: pd.DataFrame, baseline: str, detector: str = DEFAULT_DETECTOR) -> pd.DataFrame:
     """``detector`` against ``baseline`` in the same run (``results.csv``'s rows: the same fits,
-    seeds and tasks), per (data set, protocol): the means over seeds, the change, the seed whose
-    change was lowest, the spread (the larger std over seeds) and the verdict as in :func:`compare`.
+    seeds and tasks), per (data set, protocol): the means over seeds, the mean of the per-seed
+    changes, the lowest of them, the spread (the larger std over seeds) and the verdict as in
+    :func:`compare` (a cell where the default failed and the baseline did not is worse). Means are
+    strict, as the summary's: a failed (NaN) task makes its seed's, and so its cell's, value NaN.
     Empty when ``results`` lacks either detector."""
     rows = results[results["detector"].isin([detector, baseline])]
-    per_seed = rows.groupby(["data", "protocol", "seed", "detector"], sort=False)["auroc"].mean().unstack("detector")
+    keys = ["data", "protocol", "seed", "detector"]
+    per_seed = rows.groupby(keys, sort=False)["auroc"].agg(lambda v: v.mean(skipna=False)).unstack("detector")
     if detector not in per_seed or baseline not in per_seed:
         return pd.DataFrame(columns=[*PAIRED_COLUMNS, "spread", "verdict"])
     change = (per_seed[detector] - per_seed[baseline]).groupby(level=["data", "protocol"], sort=False)
@@ -160,18 +168,26 @@ def paired(results: pd.DataFrame, baseline: str, detector: str = DEFAULT_DETECTO
     table = pd.DataFrame(
         {
             "baseline": baseline,
-            "default_mean": by_cell[detector].mean(),
-            "baseline_mean": by_cell[baseline].mean(),
-            "change": change.mean(),
-            "worst_seed_change": change.min(),
+            "default_mean": by_cell[detector].agg(lambda v: v.mean(skipna=False)),
+            "baseline_mean": by_cell[baseline].agg(lambda v: v.mean(skipna=False)),
+            "change": change.agg(lambda v: v.mean(skipna=False)),
+            "worst_seed_change": change.agg(lambda v: v.min(skipna=False)),
             "spread": pd.concat([by_cell[detector].std(), by_cell[baseline].std()], axis=1).max(axis=1).fillna(0.0),
         }
     ).reset_index()
-    table["verdict"] = [
-        "n/a" if not math.isfinite(c) else ("worse" if c < 0 else "better") if abs(c) > s else "within spread"
-        for c, s in zip(table["change"], table["spread"], strict=True)
-    ]
+    columns = ["default_mean", "baseline_mean", "change", "spread"]
+    table["verdict"] = [_paired_verdict(*values) for values in table[columns].itertuples(index=False)]
     return table
+
+
+def _paired_verdict(default: float, baseline: float, change: float, spread: float) -> str:
+    if math.isfinite(baseline) and not math.isfinite(default):
+        return "worse"  # the default failed where the method it replaces did not
+    if not math.isfinite(change):
+        return "n/a"
+    if abs(change) > spread:
+        return "worse" if change < 0 else "better"
+    return "within spread"
 
 
 def paired_markdown(table: pd.DataFrame, detector: str = DEFAULT_DETECTOR) -> str:
@@ -196,7 +212,7 @@ def paired_markdown(table: pd.DataFrame, detector: str = DEFAULT_DETECTOR) -> st
         "|---|---|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
-        mark = f"**{row['verdict']}**" if row["verdict"] in ("better", "worse") else row["verdict"]
+        mark = _marked(row["verdict"])
         lines.append(
             f"| {row['data']} | {row['protocol']} | {_fmt(row['default_mean'])} | {_fmt(row['baseline_mean'])} "
             f"| {_fmt(row['change'], sign=True)} | {_fmt(row['worst_seed_change'], sign=True)} "
