@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pipeline.cli.progress import Progress
 from pipeline.cli.support import friendly_errors
+
+if TYPE_CHECKING:
+    from pipeline.evaluation.evaluate import EvaluationResult
 
 PROTOCOL_HELP = (
     "Comma-separated: held-out (one class left out of training); contaminated-clustered-1|3|10 (a class planted "
@@ -207,7 +211,6 @@ def evaluate_command(
         QUICK_SEEDS,
         evaluate,
     )
-    from pipeline.evaluation.tables import headline_table, summary_table
     from pipeline.evaluation.tasks import PROTOCOLS
     from training import registry
     from training.config import TrainConfig
@@ -234,6 +237,14 @@ def evaluate_command(
             log_to_mlflow=not no_mlflow,
             progress=progress,
         )
+    _print_result(result, folder)
+
+
+def _print_result(result: EvaluationResult, folder: Path) -> None:
+    """The summary per cell, the headline, the verdicts against the previous scorecard and from
+    the same fits, and where the files are."""
+    from pipeline.evaluation.tables import headline_table, summary_table
+
     summary = result.summary
     for data_name, protocol in dict.fromkeys(zip(summary["data"], summary["protocol"], strict=True)):
         part = summary[(summary["data"] == data_name) & (summary["protocol"] == protocol)]
