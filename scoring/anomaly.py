@@ -25,9 +25,9 @@ Methods, higher = more anomalous (``vae evaluate`` reports them side by side, do
   alarm: the image's rate (its KL term, the nats the encoder needs to describe it) far below the
   training images', measured on a log scale and robustly standardised (IQR at least
   ``MIN_LOG_RATE_SCALE``), counted beyond ``RATE_MARGIN`` IQRs under the median and weighted
-  ``RATE_WEIGHT``. A blank image, or 0/1 pixels divided by 255
-  once too often, is the likeliest image there is under a Bernoulli decoder and its encoding sits
-  among the training latents, but the encoder finds almost nothing in it to encode.
+  ``RATE_WEIGHT``. Under a Bernoulli decoder a blank image, or 0/1 pixels divided by 255 once too
+  often, is as likely as the thinnest training digit and its encoding sits among the training
+  latents, but the encoder finds almost nothing in it to encode.
 
 Chosen by ``vae evaluate`` and ``benchmarks/anomaly_candidates.py`` (docs/detection.md, "How the
 defaults were chosen").

@@ -101,6 +101,16 @@ def test_the_default_adds_an_empty_alarm_for_a_rate_far_below_the_training_image
     assert added[0] > 10 and np.all(added[1:] == 0)
 
 
+def test_a_flat_rate_gets_a_floor_on_its_spread():
+    from scoring.anomaly import MIN_LOG_RATE_SCALE, fit_statistics
+
+    rng = np.random.default_rng(2)
+    flat = _synthetic_terms(rng, 300, rate=20.0)
+    flat["kl"] = 20.0 + rng.normal(0.0, 0.01, 300)  # an almost constant rate: a dip of 1 % is no alarm
+    stats = fit_statistics(flat, "elbo_latent_knn_rarity_rate", flat["posterior_mean"])
+    assert stats["log_rate_scale"] == MIN_LOG_RATE_SCALE
+
+
 def test_no_empty_alarm_for_a_model_without_rate_or_saved_before_the_term():
     from scoring.anomaly import fit_statistics, method_scores
 

@@ -243,6 +243,7 @@ def evaluate_command(
 def _print_result(result: EvaluationResult, folder: Path) -> None:
     """The summary per cell, the headline, the verdicts against the previous scorecard and from
     the same fits, and where the files are."""
+    from pipeline.evaluation.comparison import fmt
     from pipeline.evaluation.tables import headline_table, summary_table
 
     summary = result.summary
@@ -259,7 +260,7 @@ def _print_result(result: EvaluationResult, folder: Path) -> None:
         click.echo("\n" + pareto_line(pareto_violations(result.previous, summary)).replace("**", ""))
     if result.paired is not None and not result.paired.empty:
         worse = result.paired[result.paired["verdict"] == "worse"]
-        cells = ", ".join(f"{r.data} {r.protocol} ({r.change:+.3f})" for r in worse.itertuples())
+        cells = ", ".join(f"{r.data} {r.protocol} ({fmt(r.change, sign=True)})" for r in worse.itertuples())
         click.echo(
             f"Against {result.paired['baseline'].iloc[0]}, from the same fits: "
             + (

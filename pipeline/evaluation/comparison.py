@@ -86,7 +86,8 @@ def pareto_violations(
     return table[(table["detector"] == detector) & (table["verdict"] == "worse")].reset_index(drop=True)
 
 
-def _fmt(value: float, sign: bool = False) -> str:
+def fmt(value: float, sign: bool = False) -> str:
+    """A figure to 3 decimals (``sign``: with its sign), ``n/a`` when missing or not finite."""
     if value is None or not math.isfinite(value):
         return "n/a"
     return f"{value:+.3f}" if sign else f"{value:.3f}"
@@ -95,7 +96,7 @@ def _fmt(value: float, sign: bool = False) -> str:
 def _mean_std(mean: float, std: float) -> str:
     if mean is None or not math.isfinite(mean):
         return "n/a"
-    return _fmt(mean) if std is None or not math.isfinite(std) else f"{_fmt(mean)} ± {_fmt(std)}"
+    return fmt(mean) if std is None or not math.isfinite(std) else f"{fmt(mean)} ± {fmt(std)}"
 
 
 def _marked(verdict: str) -> str:
@@ -117,8 +118,8 @@ def comparison_table(table: pd.DataFrame, detectors: list[str] | None = None) ->
         lines.append(
             f"| {row['data']} | {row['protocol']} | {row['detector']} "
             f"| {_mean_std(row['previous_mean'], row['previous_std'])} | {_mean_std(row['new_mean'], row['new_std'])} "
-            f"| {_fmt(row['change'], sign=True)} "
-            f"| {'n/a' if row['verdict'] in ('new cell', 'not run') else _fmt(row['spread'])} | {verdict} |"
+            f"| {fmt(row['change'], sign=True)} "
+            f"| {'n/a' if row['verdict'] in ('new cell', 'not run') else fmt(row['spread'])} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -127,7 +128,7 @@ def pareto_line(violations: pd.DataFrame, detector: str = DEFAULT_DETECTOR) -> s
     """One sentence: does ``detector`` pass the Pareto rule, and if not, where it got worse."""
     if violations.empty:
         return f"Pareto rule: no cell of `{detector}` got worse by more than its seed spread."
-    cells = ", ".join(f"{r['data']} {r['protocol']} ({_fmt(r['change'], sign=True)})" for _, r in violations.iterrows())
+    cells = ", ".join(f"{r['data']} {r['protocol']} ({fmt(r['change'], sign=True)})" for _, r in violations.iterrows())
     return f"Pareto rule: **{len(violations)} cell(s) of `{detector}` got worse beyond their seed spread**: {cells}."
 
 
@@ -214,8 +215,8 @@ def paired_markdown(table: pd.DataFrame, detector: str = DEFAULT_DETECTOR) -> st
     for _, row in table.iterrows():
         mark = _marked(row["verdict"])
         lines.append(
-            f"| {row['data']} | {row['protocol']} | {_fmt(row['default_mean'])} | {_fmt(row['baseline_mean'])} "
-            f"| {_fmt(row['change'], sign=True)} | {_fmt(row['worst_seed_change'], sign=True)} "
-            f"| {_fmt(row['spread'])} | {mark} |"
+            f"| {row['data']} | {row['protocol']} | {fmt(row['default_mean'])} | {fmt(row['baseline_mean'])} "
+            f"| {fmt(row['change'], sign=True)} | {fmt(row['worst_seed_change'], sign=True)} "
+            f"| {fmt(row['spread'])} | {mark} |"
         )
     return "\n".join(lines) + "\n"
