@@ -32,7 +32,7 @@ from pipeline.evaluation.evaluate import vae_config  # noqa: E402
 from pipeline.evaluation.tables import FLAGGED_KINDS  # noqa: E402
 from pipeline.evaluation.tasks import PROTOCOLS, build_tasks  # noqa: E402
 from scoring import metrics  # noqa: E402
-from scoring.anomaly import MASS_SHARE, knn_distance  # noqa: E402
+from scoring.anomaly import DEFAULT_METHOD, MASS_SHARE, anomaly_scores, fit_statistics, knn_distance  # noqa: E402
 from scoring.calibration import threshold_at  # noqa: E402
 from training import data as data_lib  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
@@ -108,6 +108,12 @@ def candidate_scores(terms: dict, unsupervised: bool, task=None) -> dict[str, di
     iqr = max(np.subtract(*np.percentile(fit["neg_elbo"], [75, 25])), 1e-9)
     fit_knn = {k: knn_distance(fit["mean"], fit["mean"], k, exclude_self=True) for k in (5, k_mass)}
     fit_log_rate = np.log(np.maximum(fit["kl"], 1e-3))
+    # the default as the product computes it (its floors and gates included), from the same terms
+    stats = fit_statistics({"neg_elbo": fit["neg_elbo"], "kl": fit["kl"]}, DEFAULT_METHOD, fit["mean"])
+
+    def product(t):
+        scored = {"neg_elbo": t["neg_elbo"], "kl": t["kl"], "posterior_mean": t["mean"]}
+        return anomaly_scores(stats, scored, fit["mean"])
 
     def parts(t, same, images=None):
         e = robust_z(t["neg_elbo"], fit["neg_elbo"])
@@ -142,7 +148,7 @@ def candidate_scores(terms: dict, unsupervised: bool, task=None) -> dict[str, di
             "rarity+R(empty-1)": rarity + r(empty - 1, 0),
             "rarity+R(empty-2)": rarity + r(empty - 2, 0),
             "rarity+2R(empty-1)": rarity + 2 * r(empty - 1, 0),
-            "rarity+2R(empty-2) (elbo_latent_knn_rarity_rate)": rarity + 2 * r(empty - 2, 0),
+            "rarity+2R(empty-2) (elbo_latent_knn_rarity_rate)": product(t),
             "rarity+2R(empty-3)": rarity + 2 * r(empty - 3, 0),
             "rarity+3R(empty-2)": rarity + 3 * r(empty - 2, 0),
             "max(rarity, empty-1)": r(rarity, empty - 1),

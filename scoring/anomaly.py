@@ -76,8 +76,7 @@ def fit_statistics(
     stats: dict[str, Any] = {"method": method, "k": int(k)}
     stats |= _robust_scale(terms["neg_elbo"], "neg_elbo")
     if "kl" in terms and np.median(terms["kl"]) >= MIN_RATE:
-        stats |= _robust_scale(_log_rate(terms["kl"]), "log_rate")
-        stats["log_rate_scale"] = max(stats["log_rate_scale"], MIN_LOG_RATE_SCALE)
+        stats |= _robust_scale(_log_rate(terms["kl"]), "log_rate", min_scale=MIN_LOG_RATE_SCALE)
     if reference is not None and len(reference) >= 2:
         k = min(int(k), len(reference) - 1)
         k_mass = min(max(k, int(MASS_SHARE * len(reference))), len(reference) - 1)
@@ -176,9 +175,9 @@ def _log_rate(kl: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(np.asarray(kl, dtype=np.float64), 1e-3))
 
 
-def _robust_scale(values: np.ndarray, name: str) -> dict[str, float]:
+def _robust_scale(values: np.ndarray, name: str, min_scale: float = 1e-9) -> dict[str, float]:
     q25, median, q75 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])
-    return {f"{name}_center": float(median), f"{name}_scale": float(max(q75 - q25, 1e-9))}
+    return {f"{name}_center": float(median), f"{name}_scale": float(max(q75 - q25, min_scale))}
 
 
 def _standardise(values: np.ndarray, stats: dict[str, Any], name: str) -> np.ndarray:
