@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame | No
     parser.add_argument("--settings", default="before,after")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--augment", action="store_true", help="also the augmentation protocol")
+    parser.add_argument("--augment-only", action="store_true", help="the augmentation protocol alone")
     parser.add_argument("--out", default=None, help="folder for results.csv, summary.csv and the grids")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -252,17 +253,19 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame | No
     rows, augment = [], []
     for name in args.data.split(","):
         for seed in map(int, args.seeds.split(",")):
-            rows += run_seed(name, seed, settings, args.epochs, out)
-            if args.augment and name != "mnist5k-binary":
+            if not args.augment_only:
+                rows += run_seed(name, seed, settings, args.epochs, out)
+            if (args.augment or args.augment_only) and name != "mnist5k-binary":
                 augment += augmentation(name, seed, args.epochs)
     frame = pd.DataFrame(rows)
-    columns = ["label_fidelity", *(f"{space}_{m}" for space in ("pixel", "feature") for m in METRICS)]
-    summary = summarise(frame, ["data", "setting"], columns)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 60)
-    print(frame.round(3).to_string(index=False))
-    print("\nmean / spread / worst over the seeds (diversity: worst is the lowest)\n")
-    print(summary.to_string())
+    if rows:
+        columns = ["label_fidelity", *(f"{space}_{m}" for space in ("pixel", "feature") for m in METRICS)]
+        summary = summarise(frame, ["data", "setting"], columns)
+        print(frame.round(3).to_string(index=False))
+        print("\nmean / spread / worst over the seeds (diversity: worst is the lowest)\n")
+        print(summary.to_string())
     augment_frame = None
     if augment:
         augment_frame = pd.DataFrame(augment)
@@ -278,8 +281,9 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame | No
         print(summarise(augment_frame, ["data", "fraction"], columns).to_string())
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        frame.round(4).to_csv(out / "results.csv", index=False)
-        summary.to_csv(out / "summary.csv")
+        if rows:
+            frame.round(4).to_csv(out / "results.csv", index=False)
+            summary.to_csv(out / "summary.csv")
         if augment_frame is not None:
             augment_frame.round(4).to_csv(out / "augmentation.csv", index=False)
     return frame, augment_frame

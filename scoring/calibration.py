@@ -2,8 +2,9 @@
 with the model (the score stays separate from the threshold, as in PyOD).
 
 Training calibrates on the ``anomaly_score`` (:mod:`scoring.anomaly`) of its calibration part:
-data that neither fitted the weights nor chose the epoch. ``Calibration.score`` names the score
-column the threshold and p-values apply to."""
+data that neither fitted the weights nor chose the epoch; or, when that part is small, on every
+non-holdout row's score from a cross-fitted model that never saw it (:mod:`training.cross_fit`).
+``Calibration.score`` names the score column the threshold and p-values apply to."""
 
 from __future__ import annotations
 

@@ -135,12 +135,14 @@ class VAEDetector:
         labels: np.ndarray | None = None,
         calibration_images: np.ndarray | None = None,
         calibration_labels: np.ndarray | None = None,
+        held_out_scores: np.ndarray | None = None,
     ) -> VAEDetector:
         """Fits the score's statistics on ``images`` (the model's training images) and the
         threshold on ``calibration_images`` (normal images that fitted neither the weights nor
-        these statistics); stores both *in the model* (its ``anomaly`` and ``calibration`` and the
-        reference weight), so fit a model of your own, not one a running job shares. ``y`` is
-        ignored, as in PyOD; ``labels`` are the class labels a conditional model needs."""
+        these statistics), or on ``held_out_scores`` already computed (by cross-fitted models, each for rows
+        it never saw: :mod:`training.cross_fit`); stores both *in the model* (its ``anomaly``
+        and ``calibration`` and the reference weight), so fit a model of your own, not one a running
+        job shares. ``y`` is ignored, as in PyOD; ``labels`` are the class labels a conditional model needs."""
         terms = self._terms(images, labels)
         capacity = int(getattr(self.model, "reference_rows", 0))
         reference = None
@@ -152,7 +154,9 @@ class VAEDetector:
             self.model.set_reference_latents(reference)
         self.model.anomaly = stats
         self.decision_scores_ = model_anomaly_scores(self.model, terms)
-        if calibration_images is not None:
+        if held_out_scores is not None:
+            held_out = np.asarray(held_out_scores, dtype=np.float64)
+        elif calibration_images is not None:
             held_out = self.decision_function(calibration_images, calibration_labels)
         else:
             held_out = self.decision_scores_

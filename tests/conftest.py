@@ -9,7 +9,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-QUICK = {"epochs": 4, "kl_warmup": 1, "early_stopping": 0, "score_samples": 4}
+# calibration_folds 0: the calibration part alone (tests/test_cross_fit.py covers the default, cross-fitting)
+QUICK = {"epochs": 4, "kl_warmup": 1, "early_stopping": 0, "score_samples": 4, "calibration_folds": 0}
 
 
 @pytest.fixture(scope="session", autouse=True)

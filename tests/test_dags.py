@@ -31,7 +31,8 @@ SCORE_TASKS = ("find_input", "score", "score_result", "monitor", "shadow_score",
 HEAVY = ("tensorflow", "keras", "apache_beam", "mlflow", "torch", "jax")
 MODEL = "vae-airflow-test"
 DAY = "2026-01-05"
-QUICK_TRAIN_ARGS = "--kl-warmup 1 --early-stopping 0 --score-samples 4"
+# the calibration part alone (tests/test_cross_fit.py covers cross-fitting)
+QUICK_TRAIN_ARGS = "--kl-warmup 1 --early-stopping 0 --score-samples 4 --calibration-folds 0"
 QUICK_SCORE_ARGS = "--direct-running-mode in_memory --direct-num-workers 1"  # 1,797 rows: no worker processes
 
 

@@ -58,6 +58,7 @@ def test_rows_without_a_label_are_learnt_from_not_rejected(semi_trained, mlflow_
     assert int(run.data.params["unlabelled_rows"]) == unlabelled
     assert run.data.metrics["rows_rejected"] == 0
     assert run.data.metrics["classifier_holdout_accuracy"] > 0.5  # ten classes: chance is 0.1
+    assert run.data.metrics["calibration_folds"] == 0  # calibrated on the labelled rows, never cross-fitted
 
 
 def test_the_registered_model_keeps_its_classifier_and_generates_by_label(semi_trained, mlflow_store):

@@ -187,6 +187,8 @@ def test_vae_train_command_end_to_end(mlflow_store):
             "2",
             "--seed",
             "3",
+            "--calibration-folds",
+            "0",
         ],
     )
     assert result.exit_code == 0, result.output

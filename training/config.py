@@ -36,6 +36,7 @@ class TrainConfig:
     hidden_units: int = 256
     seed: int = 0
     target_fpr: float = 0.01
+    calibration_folds: int | None = None  # cross-fitted calibration (training.cross_fit); None: auto
     anomaly_score: str = "elbo_latent_knn_rarity_rate"  # scoring.anomaly.METHODS; docs/detection.md
     score_samples: int = 16
     promote: str = "if-better"

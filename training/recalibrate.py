@@ -2,8 +2,9 @@
 
 The weights, the anomaly score's statistics and everything else stay as they are; only the
 calibration changes: the ``anomaly_score`` of held-out normal images (by default the calibration
-part of the data the version was trained on, re-read and checked against the run's fingerprint)
-and the threshold at the new rate. The result is a NEW version of the same registered model,
+part of the data the version was trained on, re-read and checked against the run's fingerprint;
+for a version whose threshold was cross-fitted, the out-of-fold scores stored with it) and the
+threshold at the new rate. The result is a NEW version of the same registered model,
 logged in its own MLflow run (a child of the source run, with its params and holdout scores), so
 the old version stays as it was and an alias can be moved to the new one and back."""
 
@@ -71,7 +72,10 @@ def recalibrate(
     """Registers a new version of ``model_uri``'s model with the same weights and the threshold at
     ``target_fpr``, fitted on ``data`` (any input ``vae score`` reads; labels are read as the
     model's classes) or, by default, on the calibration part of the data the version was trained
-    on. ``alias``: then points that alias at the new version (recorded, so it can be rolled back)."""
+    on (re-read and checked against its fingerprint, the holdout too), or, for a version calibrated by
+    cross-fitting, on the out-of-fold scores stored with it (the training data is still re-read for
+    the holdout's flagged rate). ``alias``: then points that alias at the new version (recorded, so
+    it can be rolled back)."""
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"--fpr must be in (0, 1), got {target_fpr:g}")
     if alias is not None:
@@ -93,7 +97,15 @@ def recalibrate(
     else:
         split_seed = int(params.get("seed", 0))
         part, holdout, described = read_for_model(data, model, split_seed, max_reject_rate), None, data
-    calibration = Calibration.fit(_scores(model, part)[score], target_fpr, score=score)
+    folds = int(run.data.metrics.get("calibration_folds", 0)) if run and data is None and before else 0
+    if folds:  # its out-of-fold scores of every non-holdout row, from models that no longer exist
+        calibration = before.with_fpr(target_fpr)
+        described = (
+            f"the {before.scores.size:,} out-of-fold scores stored with version {version} (every non-holdout row, "
+            f"cross-fitted by {folds} models)"
+        )
+    else:
+        calibration = Calibration.fit(_scores(model, part)[score], target_fpr, score=score)
     flagged = None
     if holdout is not None:
         flagged = float(calibration.is_anomaly(_scores(model, holdout)[score]).mean())
@@ -103,7 +115,7 @@ def recalibrate(
         log.warning("%s: %s", name, warning)
 
     new_version, run_id = _log_and_register(
-        model, name, source, run, calibration, before, len(part), described, flagged, warning, work
+        model, name, source, run, calibration, before, described, flagged, warning, work, folds
     )
     move = None
     if alias is not None:
@@ -120,7 +132,7 @@ def recalibrate(
         previous_target_fpr=None if before is None else before.target_fpr,
         previous_threshold=None if before is None else before.threshold,
         score=score,
-        calibration_rows=len(part),
+        calibration_rows=calibration.scores.size,
         calibration_data=described,
         holdout_flagged_rate=flagged,
         warning=warning,
@@ -253,11 +265,11 @@ def _log_and_register(
     run,
     calibration: Calibration,
     before: Calibration | None,
-    rows: int,
     described: str,
     flagged: float | None,
     warning: str | None,
     work,
+    folds: int = 0,
 ) -> tuple[str, str]:
     """Logs the recalibrated model in a new run (a child of the source run) and registers it as a
     new version of ``name``; returns (version, run id)."""
@@ -286,7 +298,8 @@ def _log_and_register(
         metrics = {k: run.data.metrics[k] for k in CARRIED_METRICS if run and k in run.data.metrics}
         metrics |= {
             "threshold": calibration.threshold,
-            "calibration_rows": rows,
+            "calibration_rows": calibration.scores.size,
+            "calibration_folds": folds,
             "calibration_above_threshold": calibration.above,
             "calibration_rows_needed": rows_needed(calibration.target_fpr),
         }
@@ -302,7 +315,7 @@ def _log_and_register(
         mlflow.log_figure(figure, "plots/score_histogram.png")
         version = registry.log_and_register(model, name, signature)
         mlflow.set_tag("model_version", version)
-    _describe_version(name, version, source, calibration, before, rows, described, work)
+    _describe_version(name, version, source, calibration, before, calibration.scores.size, described, work)
     return version, new_run.info.run_id
 
 

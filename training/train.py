@@ -18,7 +18,7 @@ from scoring.anomaly import DEFAULT_METHOD, reference_rows
 from scoring.calibration import Calibration, rows_needed
 from scoring.detector import VAEDetector, score_images
 from scoring.latent_prior import fit_latent_prior
-from training import aliases, registry
+from training import aliases, cross_fit, registry
 from training import data as data_lib
 from training.callbacks import EpochReporter, KLWarmup, NaNGuard
 from training.config import PROMOTE_CHOICES, TrainConfig
@@ -36,7 +36,7 @@ class TrainResult:
     promotion_reason: str
     validation_neg_elbo: float  # mean over the validation part (early stopping's data)
     holdout_neg_elbo: float  # mean over the fixed holdout (promotion's data)
-    threshold: float  # on anomaly_score, from the calibration part
+    threshold: float  # on anomaly_score, from the calibration part or cross-fitted (calibration_folds)
     seconds_per_epoch: float
     epochs_run: int
     holdout_fingerprint: str
@@ -45,6 +45,8 @@ class TrainResult:
     split: data_lib.TrainingSplit = field(repr=False)  # a semi-supervised model's: the labelled rows
     unlabelled_rows: int = 0  # rows without a label that a conditional model learnt from (semi-supervised)
     classifier_accuracy: float | None = None  # q(y|x) on the labelled holdout, for a semi-supervised model
+    calibration_rows: int = 0  # the held-out scores behind the threshold
+    calibration_folds: int = 0  # cross-fitted models behind them (0: the calibration part alone)
 
 
 def choose_likelihood(cfg: TrainConfig, images: np.ndarray) -> tuple[str, int, str]:
@@ -111,9 +113,9 @@ def set_seeds(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def fit(cfg: TrainConfig, model, split: data_lib.Split | data_lib.TrainingSplit, sink=None):
+def fit(cfg: TrainConfig, model, split: data_lib.Split | data_lib.TrainingSplit, sink=None, report: bool = True):
     """Runs ``model.fit`` on ``split.train`` with warm-up, early stopping on ``split.validation``'s
-    neg ELBO (its only use) and the NaN guard."""
+    neg ELBO (its only use) and the NaN guard; ``report``: a log line per epoch."""
     import keras
 
     from training.model import model_inputs
@@ -122,7 +124,7 @@ def fit(cfg: TrainConfig, model, split: data_lib.Split | data_lib.TrainingSplit,
         return model_inputs(part.images, part.labels, cfg.conditional), np.zeros(len(part), np.float32)
 
     guard = NaNGuard()
-    callbacks = [KLWarmup(cfg.kl_warmup), guard, EpochReporter(cfg.epochs, sink)]
+    callbacks = [KLWarmup(cfg.kl_warmup), guard] + ([EpochReporter(cfg.epochs, sink)] if report else [])
     if cfg.early_stopping > 0:
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -222,16 +224,24 @@ def load_training_data(cfg: TrainConfig) -> data_lib.TrainingSplit:
     return data_lib.training_split(read_training_data(cfg).data, seed=cfg.seed)
 
 
-def calibrate(model, split: data_lib.TrainingSplit, target_fpr: float, method: str = DEFAULT_METHOD) -> Calibration:
+def calibrate(
+    model,
+    split: data_lib.TrainingSplit,
+    target_fpr: float,
+    method: str = DEFAULT_METHOD,
+    held_out_scores: np.ndarray | None = None,
+) -> Calibration:
     """Fits the anomaly detector (:class:`scoring.detector.VAEDetector`): the score's statistics on
     the train part, the threshold and p-values on the calibration part's ``anomaly_score`` (data
-    that neither fitted the weights nor chose the epoch). Stores both in the model."""
+    that neither fitted the weights nor chose the epoch), or on ``held_out_scores`` when given
+    (cross-fitted: :mod:`training.cross_fit`). Stores both in the model."""
     conditional = bool(model.num_classes)
     detector = VAEDetector(model, method, target_fpr=target_fpr).fit(
         split.train.images,
         labels=split.train.labels if conditional else None,
-        calibration_images=split.calibration.images,
-        calibration_labels=split.calibration.labels if conditional else None,
+        calibration_images=None if held_out_scores is not None else split.calibration.images,
+        calibration_labels=split.calibration.labels if conditional and held_out_scores is None else None,
+        held_out_scores=held_out_scores,
     )
     return detector.calibration_
 
@@ -307,10 +317,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Trains, calibrates, logs and registers one model; the library function behind ``vae train``.
 
     The data fall into four parts with one job each (:func:`training.data.training_split`): train
-    fits the weights, validation stops early, calibration sets the threshold, and the fixed holdout
+    fits the weights, validation stops early, calibration sets the threshold (unless it is too small:
+    then every non-holdout row, cross-fitted, :mod:`training.cross_fit`), and the fixed holdout
     measures the model and decides ``--promote if-better``."""
     if cfg.promote not in PROMOTE_CHOICES:
         raise ValueError(f"--promote must be one of {', '.join(PROMOTE_CHOICES)}")
+    cross_fit.check_folds(cfg.calibration_folds)
     set_seeds(cfg.seed)
     spill = _spill_folder(registry.work_dir(cfg.work_dir))
     try:
@@ -421,6 +433,8 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
             split=split,
             unlabelled_rows=unlabelled,
             classifier_accuracy=accuracy,
+            calibration_rows=int(summary["calibration_rows"]),
+            calibration_folds=int(summary["calibration_folds"]),
         )
 
 
@@ -480,16 +494,70 @@ def _log_inputs(cfg: TrainConfig, model, read, split: data_lib.TrainingSplit, ro
     mlflow.set_tag("likelihood_reason", model.likelihood_reason)
 
 
+def fit_priors(cfg: TrainConfig, model, train: data_lib.ImageData) -> None:
+    """The latent prior fitted to ``train``'s posteriors; a conditional model is scored against it
+    (:func:`scoring.elbo.scoring_prior`), so this comes before any score."""
+    model.latent_prior = fit_latent_prior(model, train.images, train.labels).to_config()
+    if cfg.conditional:
+        model.score_prior = "fitted"
+
+
+def cross_fitted_calibration_scores(
+    cfg: TrainConfig, split: data_lib.TrainingSplit, folds: int, like=None
+) -> np.ndarray:
+    """Out-of-fold ``anomaly_score`` of the train, validation and calibration rows
+    (:mod:`training.cross_fit`): ``folds`` models trained as this one was (``like``: the trained
+    model, whose likelihood and grey levels they keep), their weights initialised and shuffled by
+    seeds of their own."""
+    conditional = bool(cfg.conditional)
+    if like is not None:
+        cfg = replace(cfg, likelihood=like.likelihood, pixel_levels=int(like.pixel_levels))
+
+    def fit_fold(train: data_lib.ImageData, validation: data_lib.ImageData, k: int) -> VAEDetector:
+        set_seeds((cfg.seed + 1) * 1_000 + k)
+        model = build_model(cfg, train, semi_supervised=False)
+        fit(cfg, model, data_lib.Split(train, validation, validation), report=False)
+        fit_priors(cfg, model, train)
+        detector = VAEDetector(model, cfg.anomaly_score, target_fpr=cfg.target_fpr)
+        return detector.fit(train.images, labels=train.labels if conditional else None)
+
+    def score_rows(detector: VAEDetector, rows: data_lib.ImageData) -> np.ndarray:
+        return detector.decision_function(rows.images, rows.labels if conditional else None)
+
+    scores = cross_fit.cross_fitted_scores(split, folds, cfg.seed, fit_fold, score_rows)
+    set_seeds(cfg.seed)
+    return scores
+
+
 def _fit_scoring(cfg: TrainConfig, model, split: data_lib.TrainingSplit, seconds_per_epoch: float):
-    """After training: the latent prior, the anomaly calibration and the run's summary metrics
-    (logged); returns (calibration, summary, the calibration's size warning or None)."""
+    """After training: the latent prior, the anomaly calibration (cross-fitted when the calibration
+    part is small: :mod:`training.cross_fit`) and the run's summary metrics (logged); returns
+    (calibration, summary, the calibration's size warning or None)."""
     import mlflow
 
-    model.latent_prior = fit_latent_prior(model, split.train.images, split.train.labels).to_config()
-    if cfg.conditional:  # scored against its learnt p(z|y) (scoring.elbo.scoring_prior): before any score
-        model.score_prior = "fitted"
+    fit_priors(cfg, model, split.train)
     validation_neg_elbo = float(neg_elbo_scores(model, split.validation).mean())
-    calibration = calibrate(model, split, cfg.target_fpr, cfg.anomaly_score)
+    semi = bool(getattr(model, "semi_supervised", False))
+    on_disk = isinstance(split.train.images, np.memmap)
+    folds = cross_fit.resolve_folds(cfg.calibration_folds, len(split.calibration), cfg.target_fpr, semi, on_disk)
+    held_out = None
+    if folds:
+        why = "too few for a stable threshold" if cfg.calibration_folds is None else "--calibration-folds"
+        log.info(
+            "%d calibration rows at a false positive rate of %g (%s): cross-fitting %d more models so that every "
+            "non-holdout row is scored by one that never saw it",
+            len(split.calibration),
+            cfg.target_fpr,
+            why,
+            folds,
+        )
+        held_out = cross_fitted_calibration_scores(cfg, split, folds, like=model)
+        mlflow.set_tag(
+            "calibration_data",
+            f"every non-holdout row of {split.train.source} (seed {cfg.seed}), {held_out.size:,} scores cross-fitted "
+            f"by {folds} models that each left a fold out",
+        )
+    calibration = calibrate(model, split, cfg.target_fpr, cfg.anomaly_score, held_out)
     warning = calibration.size_warning()
     if warning:
         log.warning("%s: %s", cfg.model_name, warning)
@@ -500,7 +568,8 @@ def _fit_scoring(cfg: TrainConfig, model, split: data_lib.TrainingSplit, seconds
         "holdout_neg_elbo": float(holdout_scores["neg_elbo"].mean()),
         "threshold": calibration.threshold,
         "holdout_flagged_rate": float(calibration.is_anomaly(holdout_scores[calibration.score]).mean()),
-        "calibration_rows": len(split.calibration),
+        "calibration_rows": calibration.scores.size,
+        "calibration_folds": folds,
         "calibration_above_threshold": calibration.above,
         "calibration_rows_needed": rows_needed(cfg.target_fpr),
         "seconds_per_epoch": seconds_per_epoch,

@@ -24,14 +24,16 @@ from pipeline.cli.support import friendly_errors
     "target_fpr",
     type=float,
     required=True,
-    help="The new target false positive rate: the threshold is the calibration scores' (1 - FPR) quantile.",
+    help="The new target false positive rate: the threshold at that rate on the calibration scores "
+    "(scoring.calibration.threshold_at: their quantile, or a tail fit when too few lie above it).",
 )
 @click.option(
     "--data",
     default=None,
     help="Held-out normal images to calibrate on (any input vae score reads, e.g. a Parquet folder or "
     "digits:calibration). Default: the calibration part of the data the version was trained on, re-read "
-    "and checked against its training run's fingerprint.",
+    "and checked against its training run's fingerprint; for a version calibrated by cross-fitting, the "
+    "out-of-fold scores stored with it.",
 )
 @click.option(
     "--alias",

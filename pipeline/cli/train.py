@@ -117,6 +117,24 @@ def _fit_options(d: TrainConfig) -> list:
     ]
 
 
+class _Folds(click.ParamType):
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int) or value == "auto":
+            return None if value == "auto" else value
+        try:
+            folds = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither auto nor a whole number", param, ctx)
+        if folds < 0 or folds == 1:
+            self.fail(f"{folds} folds: use 0 (no cross-fitting), 2 or more, or auto", param, ctx)
+        return folds
+
+
+_FOLDS = _Folds()
+
+
 def _detector_options(d: TrainConfig) -> list:
     """The anomaly detector fitted after training, and promotion."""
     from training.config import PROMOTE_CHOICES
@@ -128,8 +146,20 @@ def _detector_options(d: TrainConfig) -> list:
             type=click.FloatRange(0, 1, min_open=True, max_open=True),
             default=d.target_fpr,
             show_default=True,
-            help="Target false positive rate that sets the anomaly threshold on the calibration part "
-            "(warns when that part is too small for it).",
+            help="Target false positive rate that sets the anomaly threshold on held-out scores: the "
+            "calibration part's, or cross-fitted ones when that part is small (--calibration-folds); warns "
+            "when they are too few for it.",
+        ),
+        click.option(
+            "--calibration-folds",
+            type=_FOLDS,
+            default="auto",
+            show_default=True,
+            help="Cross-fit the threshold: train this many more models, each without one fold of the "
+            "non-holdout rows, and calibrate on every row's score from the model that left it out (0: the "
+            "calibration part alone). auto: 5 when the calibration part has fewer rows than an empirical "
+            "threshold at --fpr needs (1,000 at 1%), else 0. Semi-supervised models and memory-mapped data are "
+            "never cross-fitted.",
         ),
         click.option(
             "--anomaly-score",
@@ -137,7 +167,7 @@ def _detector_options(d: TrainConfig) -> list:
             default=d.anomaly_score,
             show_default=True,
             help="What anomaly_score is: elbo_latent_knn_rarity_rate, the evidence that an image is improbable "
-            "(its ELBO), new (far from the training images' latents), rare (far at the scale of 3%% of them) or "
+            "(its ELBO), new (far from the training images' latents), rare (far at the scale of 3% of them) or "
             "empty (its rate, the KL term, far below the training images'); elbo_latent_knn_rarity, the same "
             "without the last (the previous default); elbo_latent_knn, the plain sum of the first two; or the "
             "negative ELBO alone (docs/detection.md).",
@@ -279,7 +309,13 @@ def print_result(result, work_dir: str | os.PathLike | None = None) -> None:
     )
     holdout = f"holdout {result.holdout_fingerprint}, {len(result.split.holdout)} rows"
     click.echo(f"holdout neg ELBO:    {result.holdout_neg_elbo:.3f} nats  ({holdout})")
-    calibration = f"on anomaly_score, from {len(result.split.calibration)} calibration rows"
+    if result.calibration_folds:
+        calibration = (
+            f"on anomaly_score, from {result.calibration_rows:,} rows, each scored by one of "
+            f"{result.calibration_folds} cross-fitted models that left it out"
+        )
+    else:
+        calibration = f"on anomaly_score, from {result.calibration_rows:,} calibration rows"
     click.echo(f"anomaly threshold:   {result.threshold:.3f}  ({calibration})")
     if result.unlabelled_rows and result.classifier_accuracy is not None:
         click.echo(

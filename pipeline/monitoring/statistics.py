@@ -4,20 +4,21 @@ rate, the drift of its scores from the model's calibration scores, and their qua
 **The rate bound.** The threshold has ``k`` of the model's ``n`` calibration scores above it (an
 order statistic with enough rows; on small data a tail fit that falls between two of them,
 :func:`scoring.calibration.threshold_at`: ``k`` is then counted, and the bound below is the one of
-the order statistic just under it, a close and slightly wide approximation). For exchangeable scores (nothing
-changed since calibration) the probability ``p`` that a new score lies above it is itself random,
-``Beta(k + 1, n - k)`` (the mass above the (n-k)-th of n order statistics), so the flagged count of
-``m`` new scores follows ``BetaBinomial(m, k + 1, n - k)`` exactly, whatever the score's
-distribution (the conformal coverage argument). A plain ``Binomial(m, target_fpr)`` ignores that
-the threshold was estimated: with the digits' 271 calibration rows at 1 % (k = 2) the true rate of a
-given model lies anywhere between about 0.2 % and 3 %, so on a 100,000-row day a binomial interval
-(0.9 % to 1.1 %) would raise the alarm most days for a model that is fine. The beta-binomial
-interval is as narrow as the binomial one when the calibration set is large and honest when it is
-small. The bound is the two-sided acceptance interval of that count at ``confidence`` (default
-0.999: the count falls below its lower end, or above its upper end, with probability at most
-0.0005 each when nothing changed), so a daily alarm is rare unless something did. Without the
-calibration scores (only a threshold and a target rate known) the binomial interval at the target
-rate is used, and ``bound_method`` says which.
+the order statistic just under it, a close and slightly wide approximation). For exchangeable scores
+(nothing changed since calibration; for cross-fitted calibration scores, from models like the
+deployed one rather than itself, approximately: :mod:`training.cross_fit`) the probability ``p``
+that a new score lies above it is itself random, ``Beta(k + 1, n - k)`` (the mass above the (n-k)-th
+of n order statistics), so the flagged count of ``m`` new scores follows ``BetaBinomial(m, k + 1, n
+- k)`` exactly, whatever the score's distribution (the conformal coverage argument). A plain
+``Binomial(m, target_fpr)`` ignores that the threshold was estimated: with 271 calibration rows at 1
+% (k = 2; the digits' calibration part) the true rate of a given model lies anywhere between about
+0.2 % and 3 %, so on a 100,000-row day a binomial interval (0.9 % to 1.1 %) would raise the alarm
+most days for a model that is fine. The beta-binomial interval is as narrow as the binomial one when
+the calibration set is large and honest when it is small. The bound is the two-sided acceptance
+interval of that count at ``confidence`` (default 0.999: the count falls below its lower end, or
+above its upper end, with probability at most 0.0005 each when nothing changed), so a daily alarm is
+rare unless something did. Without the calibration scores (only a threshold and a target rate known)
+the binomial interval at the target rate is used, and ``bound_method`` says which.
 
 **The drift statistic.** The two-sample Kolmogorov-Smirnov statistic ``D`` (the largest gap between
 the two empirical CDFs) of the run's calibrated score column (``anomaly_score``; ``neg_elbo`` for

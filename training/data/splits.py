@@ -22,10 +22,12 @@ class Split:
 class TrainingSplit:
     """The four parts of a training run's data, one job each.
 
-    ``train`` fits the weights, ``validation`` only decides early stopping, ``calibration`` only sets
-    the anomaly threshold and p-values, and ``holdout`` is chosen by a hash of each ``example_id``
-    (:func:`in_holdout`), not by the seed: the same rows in every run and retrain, never trained on,
-    and the data on which ``--promote if-better`` compares challenger and champion."""
+    ``train`` fits the weights, ``validation`` only decides early stopping, ``calibration`` only
+    sets the anomaly threshold and p-values (when it is large enough; else every non-holdout row is
+    scored by cross-fitted models, :mod:`training.cross_fit`), and ``holdout`` is chosen by a hash
+    of each ``example_id`` (:func:`in_holdout`), not by the seed: the same rows in every run and
+    retrain, never trained on, and the data on which ``--promote if-better`` compares challenger and
+    champion."""
 
     train: ImageData
     validation: ImageData
