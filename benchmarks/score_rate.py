@@ -17,12 +17,14 @@ the decoder once per posterior sample), its fraction of the matrix rate, and the
 *limit*: the matrix work at the matrix rate plus the likelihood at its compiled element-wise rate,
 nothing else (no sampling, copies or per-call overhead). Every rate is the best of ``--repeats``.
 The largest difference between the two paths' scores, max |after - before| / max(|before|, 1),
-is printed with them.
+is printed with them. Both run at the 16 posterior samples per row of the default when issue 22 was
+filed; a third column times today's path at ``--samples`` (default: the model's own count), against
+the same "TF before": what fewer decoder passes per row would buy.
 
 Usage::
 
     python benchmarks/score_rate.py [--backends tensorflow jax] [--data digits mnist5k]
-        [--rows 16384 4096] [--scores neg_elbo default] [--repeats 2] [--work DIR]
+        [--rows 16384 4096] [--scores neg_elbo default] [--repeats 2] [--samples N] [--work DIR]
 
 Trains the four models (2 epochs; the rate does not depend on the fit) with ``vae train``'s
 code into ``--work`` (a throw-away folder unless given; given, they are reused).
@@ -40,6 +42,7 @@ import time
 from pathlib import Path
 
 RESULT = "RESULT "
+ISSUE_SAMPLES = 16  # posterior samples per row when issue 22 was filed (the default then)
 IMAGE_SIZE = {"digits": "8x8", "mnist5k": "28x28"}
 
 
@@ -177,23 +180,28 @@ def measure(spec: dict) -> None:
         for conditional in (False, True):
             model = keras.saving.load_model(model_path(Path(spec["work"]), name, conditional))
             labels = all_labels if conditional else None
-            settings = {"num_samples": model.score_samples, "seed": model.score_seed, "batch_size": spec["batch_size"]}
+            # before and after at the issue's sample count (the same samples: equal scores), and the
+            # default's own count when it differs (fewer samples: fewer decoder passes per row)
+            settings = {"num_samples": ISSUE_SAMPLES, "seed": model.score_seed, "batch_size": spec["batch_size"]}
+            default = settings | {"num_samples": spec["samples"] or model.score_samples}
             ew_ns = likelihood_ns(model, data.images)
             encoder, decoder = dense_multiply_adds(model)
-            flops = 2 * (encoder + model.score_samples * decoder)
+            flops = 2 * (encoder + ISSUE_SAMPLES * decoder)  # of the before and after columns
             for score in spec["scores"]:
                 key = "anomaly_score" if score == "default" else "neg_elbo"
                 before_fn = eager_scoring.score_images if score == "default" else eager_scoring.score_terms
                 after_fn = score_images if score == "default" else score_terms
                 warm = slice(0, spec["batch_size"])
-                after_fn(model, images[warm], None if labels is None else labels[warm], **settings)  # compiles
+                for kwargs in (settings, default):  # compiles each sample count's step
+                    after_fn(model, images[warm], None if labels is None else labels[warm], **kwargs)
                 matrix = matrix_rate()
-                seconds = {"before": float("inf"), "after": float("inf")}
+                runs = {"before": (before_fn, settings), "after": (after_fn, settings), "default": (after_fn, default)}
+                seconds = dict.fromkeys(runs, float("inf"))
                 scores = {}
-                for _ in range(spec["repeats"]):  # alternately, so that both see the same load
-                    for which, fn in (("before", before_fn), ("after", after_fn)):
+                for _ in range(spec["repeats"]):  # alternately, so that all see the same load
+                    for which, (fn, kwargs) in runs.items():
                         start = time.perf_counter()
-                        scores[which] = fn(model, images, labels, **settings)[key]
+                        scores[which] = fn(model, images, labels, **kwargs)[key]
                         seconds[which] = min(seconds[which], time.perf_counter() - start)
                 matrix = max(matrix, matrix_rate())
                 result = {
@@ -202,13 +210,14 @@ def measure(spec: dict) -> None:
                     "conditional": conditional,
                     "score": score,
                     "rows": rows,
-                    "samples": model.score_samples,
+                    "samples": default["num_samples"],
                     "before": rows / seconds["before"],
                     "after": rows / seconds["after"],
+                    "default": rows / seconds["default"],
                     "matrix_gflops": matrix,
                     "likelihood_ns": ew_ns,
                     "flops_per_row": flops,
-                    "pixel_samples_per_row": int(np.prod(images.shape[1:])) * model.score_samples,
+                    "pixel_samples_per_row": int(np.prod(images.shape[1:])) * ISSUE_SAMPLES,
                     "max_relative_difference": relative_difference(scores["after"], scores["before"]),
                 }
                 print(RESULT + json.dumps(result), flush=True)
@@ -225,12 +234,15 @@ def run_child(args: list[str], backend: str | None = None) -> list[dict]:
 
 def print_table(results: list[dict], cpus: int | None) -> None:
     print(
-        f"\n{cpus} CPU cores; rows/s best of the repeats; 'TF before' = the eager path on TensorFlow (the old default)"
+        f"\n{cpus} CPU cores; rows/s best of the repeats; 'TF before' = the eager path on TensorFlow (the old "
+        f"default); before and after at {ISSUE_SAMPLES} posterior samples (the issue's), 'default' at the "
+        "'samples' column's count (--samples; the model's own by default)"
     )
     header = (
         f"{'backend':<10} {'image':<6} {'model':<5} {'score':<9} {'before':>8} {'after':>8} {'x':>5} "
         f"{'x TF before':>11} "
-        f"{'GFLOP/s':>8} {'matrix':>7} {'% matrix':>8} {'limit':>7} {'% limit':>7} {'max diff':>9}"
+        f"{'GFLOP/s':>8} {'matrix':>7} {'% matrix':>8} {'limit':>7} {'% limit':>7} {'max diff':>9} "
+        f"{'samples':>7} {'default':>8} {'x TF before':>11}"
     )
     print(header)
     tf_before = {
@@ -243,12 +255,14 @@ def print_table(results: list[dict], cpus: int | None) -> None:
         )
         reference = tf_before.get((r["data"], r["conditional"], r["score"]))
         versus_tf = f"{r['after'] / reference:>11.2f}" if reference else f"{'':>11}"
+        default_versus_tf = f"{r['default'] / reference:>11.2f}" if reference else f"{'':>11}"
         print(
             f"{r['backend']:<10} {IMAGE_SIZE[r['data']]:<6} {'cond' if r['conditional'] else 'plain':<5} "
             f"{r['score']:<9} "
             f"{r['before']:>8,.0f} {r['after']:>8,.0f} {r['after'] / r['before']:>5.2f} {versus_tf} {gflops:>8.1f} "
             f"{r['matrix_gflops']:>7.0f} {100 * gflops / r['matrix_gflops']:>7.0f}% {limit:>7,.0f} "
-            f"{100 * r['after'] / limit:>6.0f}% {r['max_relative_difference']:>9.1e}"
+            f"{100 * r['after'] / limit:>6.0f}% {r['max_relative_difference']:>9.1e} "
+            f"{r['samples']:>7} {r['default']:>8,.0f} {default_versus_tf}"
         )
     print(
         "limit = rows/s if the matrix work ran at the matrix rate and the likelihood at its compiled rate, nothing else"
@@ -262,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="+", type=int, default=None, help="rows per data set (16384 8x8, 4096 28x28)")
     parser.add_argument("--scores", nargs="+", default=["neg_elbo", "default"], choices=("neg_elbo", "default"))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=None, help="posterior samples of the third column")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--work", type=Path, default=None, help="keep (and reuse) the trained models here")
     parser.add_argument("--train", default=None, help=argparse.SUPPRESS)
@@ -284,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         "scores": args.scores,
         "repeats": args.repeats,
         "batch_size": args.batch_size,
+        "samples": args.samples,
     }
     results = []
     for backend in args.backends:
