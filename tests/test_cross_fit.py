@@ -24,6 +24,9 @@ def test_auto_cross_fits_only_a_calibration_part_too_small_for_an_empirical_thre
     assert cross_fit.resolve_folds(None, 271, 0.05) == 0  # 200 rows suffice at 5 %
     assert cross_fit.resolve_folds(3, 5000, 0.01) == 3 and cross_fit.resolve_folds(0, 10, 0.01) == 0
     assert cross_fit.resolve_folds(None, 271, 0.01, semi_supervised=True) == 0
+    assert cross_fit.resolve_folds(None, 3, 0.01, rows=17) == 0  # tiny data: too few rows for five folds
+    with pytest.raises(ValueError, match="--calibration-folds 5: 17 non-holdout rows are too few"):
+        cross_fit.resolve_folds(5, 3, 0.01, rows=17)
     assert cross_fit.resolve_folds(None, 271, 0.01, on_disk=True) == 0
     assert cross_fit.resolve_folds(3, 271, 0.01, on_disk=True) == 0
     assert "--calibration-folds 3 ignored: the images are memory-mapped" in caplog.text
@@ -106,7 +109,7 @@ def test_no_fold_model_fits_or_early_stops_on_a_row_it_scores(monkeypatch):
         return real_fit(cfg, model, split, sink, report)
 
     def recording_detector_fit(self, images, *args, **kwargs):
-        seen[-1] |= key(images)
+        assert key(images) <= seen[-1], "a fold's detector fitted on rows its model did not train on"
         return real_detector_fit(self, images, *args, **kwargs)
 
     def recording_decision(self, images, labels=None):
@@ -159,7 +162,7 @@ def test_cross_fitted_scores_are_out_of_fold_and_the_same_for_the_same_seed(cros
     from training.train import cross_fitted_calibration_scores
 
     cfg = TrainConfig(**(QUICK | {"model_name": "vae-test-crossfit", "calibration_folds": None}))
-    again = cross_fitted_calibration_scores(cfg, cross_fitted.split, cross_fit.DEFAULT_FOLDS)
+    again = cross_fitted_calibration_scores(cfg, cross_fitted.split, cross_fit.DEFAULT_FOLDS, like=cross_fitted.model)
     np.testing.assert_allclose(np.sort(again), Calibration.from_dict(cross_fitted.model.calibration).scores, rtol=1e-5)
     from scoring.detector import VAEDetector
 
@@ -195,6 +198,8 @@ def test_vae_train_says_how_the_threshold_was_calibrated(mlflow_store):
 def test_vae_calibrate_reuses_the_cross_fitted_scores_at_a_new_rate(cross_fitted, mlflow_store):
     """The out-of-fold scores came from models that no longer exist: a new rate reuses them (a
     calibration part re-scored by the final model would be a smaller, different sample)."""
+    from mlflow import MlflowClient
+
     from training.recalibrate import recalibrate
 
     stored = Calibration.from_dict(cross_fitted.model.calibration)
@@ -205,3 +210,8 @@ def test_vae_calibrate_reuses_the_cross_fitted_scores_at_a_new_rate(cross_fitted
     assert "cross-fitted by 5 models" in looser.calibration_data
     back = recalibrate(f"models:/{cross_fitted.model_name}/{looser.version}", 0.01)  # the new version's too
     assert back.threshold == pytest.approx(cross_fitted.threshold)
+    run = MlflowClient(tracking_uri=mlflow_store).get_run(looser.run_id)
+    assert run.data.metrics["calibration_folds"] == cross_fit.DEFAULT_FOLDS
+    other = recalibrate(uri, 0.01, data="digits:calibration")  # other data: re-scored, not reused
+    assert other.calibration_rows == len(cross_fitted.split.calibration) and "out-of-fold" not in other.calibration_data
+    assert MlflowClient(tracking_uri=mlflow_store).get_run(other.run_id).data.metrics["calibration_folds"] == 0

@@ -6,7 +6,7 @@ on *which* rows the seed happened to put there. Over five equivalent retrains on
 moved by 37 % (max - min over the median), while the 99th percentile of one fixed set of rows,
 scored by each retrain's model, moved by 8 %: the models agree, the samples do not
 (``benchmarks/threshold_stability.py``, docs/detection.md). Cross-fitting cuts the train,
-validation and calibration parts into K folds (by label for a conditional model) and trains one
+validation and calibration parts into K folds (stratified by label when every row has one) and trains one
 model per fold as ``vae train`` trains (its own train and validation parts, early stopping, the
 same settings and likelihood) on the other folds; at K = 5 each sees 68 % of the data less its
 validation part, about as many rows as the final model's train part. Each fold's rows are then
@@ -34,7 +34,7 @@ from training import data as data_lib
 log = logging.getLogger(__name__)
 
 DEFAULT_FOLDS = 5
-VALIDATION_SHARE = 0.15 / 0.85  # of a fold model's rows, as training_split gives the final model
+VALIDATION_SHARE = 0.15 / 0.85  # of a fold model's rows: validation's share of the non-holdout rows
 
 #: (train rows, validation rows, fold index) -> a fitted model whose anomaly detector is fitted on its
 #: train rows; and (that model, rows) -> their anomaly scores.
@@ -48,13 +48,23 @@ def check_folds(folds: int | None) -> None:
         raise ValueError(f"calibration folds must be 0 (none), 2 or more, or auto; got {folds}")
 
 
+MIN_ROWS_PER_FOLD = 4  # below it a fold model has almost nothing to train or stop early on
+
+
 def resolve_folds(
-    folds: int | None, calibration_rows: int, target_fpr: float, semi_supervised: bool = False, on_disk: bool = False
+    folds: int | None,
+    calibration_rows: int,
+    target_fpr: float,
+    semi_supervised: bool = False,
+    on_disk: bool = False,
+    rows: int | None = None,
 ) -> int:
     """How many folds to cross-fit: ``folds`` as set, or (None, ``auto``) :data:`DEFAULT_FOLDS` when
-    ``calibration_rows`` are fewer than an empirical threshold at ``target_fpr`` needs, else 0 (the
-    calibration part alone). Never for a semi-supervised model (calibrated on its labelled rows) or
-    for images ``on_disk`` (a memory map: the folds would read them into memory), whatever was set."""
+    ``calibration_rows`` are fewer than an empirical threshold at ``target_fpr`` needs and the
+    non-holdout ``rows`` are enough for the folds, else 0 (the calibration part alone). Never for a
+    semi-supervised model (calibrated on its labelled rows) or for images ``on_disk`` (a memory map:
+    the folds would read them into memory), whatever was set. Raises ValueError for a set number of
+    folds that ``rows`` cannot fill."""
     check_folds(folds)
     if semi_supervised or on_disk:
         if folds:
@@ -66,7 +76,10 @@ def resolve_folds(
             log.warning("--calibration-folds %d ignored: %s; calibrating on the calibration part", folds, why)
         return 0
     if folds is None:
-        return DEFAULT_FOLDS if calibration_rows < rows_needed(target_fpr) else 0
+        enough = rows is None or rows >= MIN_ROWS_PER_FOLD * DEFAULT_FOLDS
+        return DEFAULT_FOLDS if calibration_rows < rows_needed(target_fpr) and enough else 0
+    if folds and rows is not None and rows < MIN_ROWS_PER_FOLD * folds:
+        raise ValueError(f"--calibration-folds {folds}: {rows} non-holdout rows are too few; use fewer folds, or 0")
     return int(folds)
 
 
@@ -89,8 +102,8 @@ def cross_fitted_scores(
     (in that order), each from the fold model trained without it."""
     parts = (split.train, split.validation, split.calibration)
     rows = _concatenate(parts)
-    if len(rows) < 4 * folds:
-        raise ValueError(f"{len(rows)} rows are too few for {folds} calibration folds: use fewer, or 0")
+    if len(rows) < MIN_ROWS_PER_FOLD * folds:
+        raise ValueError(f"--calibration-folds {folds}: {len(rows)} non-holdout rows are too few; use fewer, or 0")
     labels = None if rows.labels is None or (rows.labels < 0).any() else rows.labels
     fold = fold_of_rows(len(rows), folds, seed, labels)
     scores = np.empty(len(rows), np.float64)

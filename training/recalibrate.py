@@ -101,8 +101,8 @@ def recalibrate(
     if folds:  # its out-of-fold scores of every non-holdout row, from models that no longer exist
         calibration = before.with_fpr(target_fpr)
         described = (
-            f"the {before.scores.size:,} out-of-fold scores stored with version {version} (every non-holdout row, "
-            f"cross-fitted by {folds} models)"
+            f"the out-of-fold scores stored with version {version} (every non-holdout row, cross-fitted by {folds} "
+            "models)"
         )
     else:
         calibration = Calibration.fit(_scores(model, part)[score], target_fpr, score=score)
@@ -340,7 +340,7 @@ def _describe_version(name: str, version: str, source, calibration: Calibration,
         version,
         description=(
             f"Recalibration of version {source.version} at FPR {calibration.target_fpr:g}: threshold "
-            f"{calibration.threshold:.6g}{was}, from the {calibration.score} of {rows} rows of {described}. "
+            f"{calibration.threshold:.6g}{was}, from the {calibration.score} of {rows:,} rows: {described}. "
             "Same weights, no retraining."
         ),
     )

@@ -399,6 +399,14 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
     # (checked before training: data_lib.DataError if a part has none)
     labelled = labelled_parts(split) if cfg.conditional and unlabelled else None
     model = build_model(cfg, split.train, semi_supervised=labelled is not None)
+    folds = cross_fit.resolve_folds(  # before training: a bad setting fails now, not after the fit
+        cfg.calibration_folds,
+        len(split.calibration),
+        cfg.target_fpr,
+        semi_supervised=labelled is not None,
+        on_disk=isinstance(split.train.images, np.memmap),
+        rows=len(split.train) + len(split.validation) + len(split.calibration),
+    )
     holdout_fingerprint = data_lib.fingerprint(split.holdout)
     rows = _describe_parts(cfg, split, unlabelled)
 
@@ -411,7 +419,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
             accuracy = classifier_accuracy(model, split.holdout)
             log.info("the classifier q(y|x) labels %.1f%% of the labelled holdout right", 100 * accuracy)
             mlflow.log_metric("classifier_holdout_accuracy", accuracy)
-        calibration, summary, warning = _fit_scoring(cfg, model, split, seconds_per_epoch)
+        calibration, summary, warning = _fit_scoring(cfg, model, split, seconds_per_epoch, folds)
         _log_figures(cfg, model, history, split.holdout, calibration)
         version, promoted, reason = _register_and_promote(
             cfg, model, split, champion, summary, calibration, holdout_fingerprint
@@ -507,8 +515,8 @@ def cross_fitted_calibration_scores(
 ) -> np.ndarray:
     """Out-of-fold ``anomaly_score`` of the train, validation and calibration rows
     (:mod:`training.cross_fit`): ``folds`` models trained as this one was (``like``: the trained
-    model, whose likelihood and grey levels they keep), their weights initialised and shuffled by
-    seeds of their own."""
+    model, whose likelihood and grey levels they keep), their weights initialised and their batches
+    shuffled by seeds of their own (the posterior noise and the scores' seed stay ``cfg.seed``)."""
     conditional = bool(cfg.conditional)
     if like is not None:
         cfg = replace(cfg, likelihood=like.likelihood, pixel_levels=int(like.pixel_levels))
@@ -524,12 +532,18 @@ def cross_fitted_calibration_scores(
     def score_rows(detector: VAEDetector, rows: data_lib.ImageData) -> np.ndarray:
         return detector.decision_function(rows.images, rows.labels if conditional else None)
 
-    scores = cross_fit.cross_fitted_scores(split, folds, cfg.seed, fit_fold, score_rows)
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)  # each fold model retraces its own steps: warned about, expected
+    try:
+        scores = cross_fit.cross_fitted_scores(split, folds, cfg.seed, fit_fold, score_rows)
+    finally:
+        tf_log.setLevel(level)
     set_seeds(cfg.seed)
     return scores
 
 
-def _fit_scoring(cfg: TrainConfig, model, split: data_lib.TrainingSplit, seconds_per_epoch: float):
+def _fit_scoring(cfg: TrainConfig, model, split: data_lib.TrainingSplit, seconds_per_epoch: float, folds: int):
     """After training: the latent prior, the anomaly calibration (cross-fitted when the calibration
     part is small: :mod:`training.cross_fit`) and the run's summary metrics (logged); returns
     (calibration, summary, the calibration's size warning or None)."""
@@ -537,9 +551,6 @@ def _fit_scoring(cfg: TrainConfig, model, split: data_lib.TrainingSplit, seconds
 
     fit_priors(cfg, model, split.train)
     validation_neg_elbo = float(neg_elbo_scores(model, split.validation).mean())
-    semi = bool(getattr(model, "semi_supervised", False))
-    on_disk = isinstance(split.train.images, np.memmap)
-    folds = cross_fit.resolve_folds(cfg.calibration_folds, len(split.calibration), cfg.target_fpr, semi, on_disk)
     held_out = None
     if folds:
         why = "too few for a stable threshold" if cfg.calibration_folds is None else "--calibration-folds"

@@ -85,7 +85,7 @@ def _calibrate(ctx: click.Context, model: str, target_fpr: float, data: str | No
     )
     click.echo(f"recalibrated:    {result.name} version {result.source_version} -> new version {result.version}")
     click.echo(f"run id:          {result.run_id}  (child of {result.source_run_id})")
-    click.echo(f"fitted on:       {result.calibration_rows} rows, {result.calibration_data}")
+    click.echo(f"fitted on:       {result.calibration_rows:,} rows, {result.calibration_data}")
     click.echo(f"threshold:       {was}  ->  {result.threshold:.4f} at FPR {result.target_fpr:g}  ({result.score})")
     if result.holdout_flagged_rate is not None:
         click.echo(f"holdout flagged: {result.holdout_flagged_rate:.2%} at the new threshold")

@@ -722,6 +722,7 @@ def combine_runs(
 def vae_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The VAE settings worth recording (no paths, no registry settings)."""
     skip = ("work_dir", "promote", "model_name", "data", "shape", "target_fpr", "seed", "conditional")
+    skip += ("calibration_folds",)  # vae train's; the scorecard calibrates on each task's validation images
     return {k: v for k, v in asdict(cfg).items() if k not in skip}
 
 
