@@ -45,7 +45,7 @@ ScoreRows = Callable[[object, data_lib.ImageData], np.ndarray]
 def check_folds(folds: int | None) -> None:
     """``folds`` is None (auto), 0 (off) or at least 2; raises ValueError otherwise."""
     if folds is not None and (folds < 0 or folds == 1):
-        raise ValueError(f"calibration folds must be 0 (none), 2 or more, or auto; got {folds}")
+        raise ValueError(f"{folds} calibration folds: use 0 (no cross-fitting), 2 or more, or auto")
 
 
 MIN_ROWS_PER_FOLD = 4  # below it a fold model has almost nothing to train or stop early on
@@ -78,9 +78,14 @@ def resolve_folds(
     if folds is None:
         enough = rows is None or rows >= MIN_ROWS_PER_FOLD * DEFAULT_FOLDS
         return DEFAULT_FOLDS if calibration_rows < rows_needed(target_fpr) and enough else 0
-    if folds and rows is not None and rows < MIN_ROWS_PER_FOLD * folds:
-        raise ValueError(f"--calibration-folds {folds}: {rows} non-holdout rows are too few; use fewer folds, or 0")
+    if folds and rows is not None:
+        _check_rows(folds, rows)
     return int(folds)
+
+
+def _check_rows(folds: int, rows: int) -> None:
+    if rows < MIN_ROWS_PER_FOLD * folds:
+        raise ValueError(f"--calibration-folds {folds}: {rows} non-holdout rows are too few; use fewer folds, or 0")
 
 
 def fold_of_rows(n: int, folds: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
@@ -102,8 +107,7 @@ def cross_fitted_scores(
     (in that order), each from the fold model trained without it."""
     parts = (split.train, split.validation, split.calibration)
     rows = _concatenate(parts)
-    if len(rows) < MIN_ROWS_PER_FOLD * folds:
-        raise ValueError(f"--calibration-folds {folds}: {len(rows)} non-holdout rows are too few; use fewer, or 0")
+    _check_rows(folds, len(rows))
     labels = None if rows.labels is None or (rows.labels < 0).any() else rows.labels
     fold = fold_of_rows(len(rows), folds, seed, labels)
     scores = np.empty(len(rows), np.float64)

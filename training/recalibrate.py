@@ -315,11 +315,11 @@ def _log_and_register(
         mlflow.log_figure(figure, "plots/score_histogram.png")
         version = registry.log_and_register(model, name, signature)
         mlflow.set_tag("model_version", version)
-    _describe_version(name, version, source, calibration, before, calibration.scores.size, described, work)
+    _describe_version(name, version, source, calibration, before, described, work)
     return version, new_run.info.run_id
 
 
-def _describe_version(name: str, version: str, source, calibration: Calibration, before, rows: int, described, work):
+def _describe_version(name: str, version: str, source, calibration: Calibration, before, described, work):
     """The recalibrated version's tags (the source's, carried) and its registry description."""
     carried = {k: v for k, v in (source.tags or {}).items() if k not in (RECALIBRATED_FROM, "calibration_data")}
     registry.set_version_tags(
@@ -340,7 +340,8 @@ def _describe_version(name: str, version: str, source, calibration: Calibration,
         version,
         description=(
             f"Recalibration of version {source.version} at FPR {calibration.target_fpr:g}: threshold "
-            f"{calibration.threshold:.6g}{was}, from the {calibration.score} of {rows:,} rows: {described}. "
+            f"{calibration.threshold:.6g}{was}, from the {calibration.score} of {calibration.scores.size:,} rows: "
+            f"{described}. "
             "Same weights, no retraining."
         ),
     )

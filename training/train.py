@@ -239,9 +239,9 @@ def calibrate(
     detector = VAEDetector(model, method, target_fpr=target_fpr).fit(
         split.train.images,
         labels=split.train.labels if conditional else None,
-        calibration_images=None if held_out_scores is not None else split.calibration.images,
-        calibration_labels=split.calibration.labels if conditional and held_out_scores is None else None,
-        held_out_scores=held_out_scores,
+        calibration_images=split.calibration.images,
+        calibration_labels=split.calibration.labels if conditional else None,
+        held_out_scores=held_out_scores,  # when given, VAEDetector.fit uses these instead
     )
     return detector.calibration_
 

@@ -121,14 +121,18 @@ class _Folds(click.ParamType):
     name = "auto|N"
 
     def convert(self, value, param, ctx):
-        if value is None or isinstance(value, int) or value == "auto":
-            return None if value == "auto" else value
+        from training.cross_fit import check_folds
+
+        if value is None or value == "auto":
+            return None
         try:
             folds = int(value)
         except ValueError:
             self.fail(f"{value!r} is neither auto nor a whole number", param, ctx)
-        if folds < 0 or folds == 1:
-            self.fail(f"{folds} folds: use 0 (no cross-fitting), 2 or more, or auto", param, ctx)
+        try:
+            check_folds(folds)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
         return folds
 
 
