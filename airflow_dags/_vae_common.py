@@ -1,9 +1,13 @@
 """What the ``vae_*`` DAGs share: settings, the model Asset, and the ``vae`` command lines they run.
 
-The DAGs do no work of their own: every task either builds a ``vae`` command line (run by bash in
+The DAGs do no work of their own: every task either builds one ``vae`` command line (run by bash in
 the project's own environment, so TensorFlow, Beam and MLflow are never imported by Airflow) or
-reads a small result. This module imports only the standard library and ``airflow.sdk``, so parsing
-the DAG files is quick; a task that needs ``vae``'s default working folder asks the project for it.
+reads a small result. What a failure, an alarm or a shadow means is said by ``vae``'s flags
+(``--on-failure skip``, ``monitor --on-alarm warn``, ``--result-json -``), and the exit codes and
+result keys come from :mod:`pipeline.contract`, the one module both sides import. This module
+imports only the standard library, ``airflow.sdk`` and that module (standard library only), so
+parsing the DAG files is quick; a task that needs ``vae``'s default working folder asks the project
+for it.
 
 A setting is looked up, at run time and never at parse time, in this order: the run's param (``-c``
 conf or the trigger form), the Airflow Variable ``vae_<name>``, then the default below.
@@ -23,6 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Asset, Param
+
+from pipeline.contract import (
+    MONITOR_ALARM_PREFIX,
+    ON_ALARM,
+    RESULT_TO_STDOUT,
+    SCORE_COUNT_KEYS,
+    SKIPPED,
+    TIMED_OUT,
+    TRAIN_KEYS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -184,63 +198,26 @@ def schedule(env: str, default: str) -> str | None:
 # ---------------------------------------------------------------- command lines
 
 
-def vae_shell(args: list[str], params: Mapping[str, Any] | None, variables=get_variable, then: str = "") -> str:
-    """A bash script that runs ``vae --work-dir WORK ARGS`` with the configured MLflow tracking URI.
-
-    The command's stdout and stderr go to the task log; a non-zero exit fails the task."""
-    lines = [*_shell_head(params, variables), _vae_line(args, params, variables)]
-    if then:
-        lines.append(then)
-    return "\n".join(lines)
-
-
-def _shell_head(params: Mapping[str, Any] | None, variables) -> list[str]:
-    lines = ["set -euo pipefail"]
-    uri = setting("mlflow_tracking_uri", params, variables)
-    if uri:
-        lines.append(f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}")
-    return lines
-
-
-def _vae_line(args: list[str], params: Mapping[str, Any] | None, variables, time_limit: int | None = None) -> str:
-    """Echo the command line, then run it (under coreutils ``timeout`` when ``time_limit`` seconds
-    are given: exit code 124 past it)."""
-    command = [setting("command", params, variables), "--work-dir", setting("work_dir", params, variables), *args]
-    limit = "" if time_limit is None else f"timeout -k 300 {int(time_limit)} "  # then SIGKILL 5 minutes on
-    return f"echo {shlex.quote('+ ' + shlex.join(command))}\n{limit}{shlex.join(command)}"
-
-
-def vae_result_shell(
+def vae_command(
     args: list[str],
-    result_file: str,
     params: Mapping[str, Any] | None,
     variables=get_variable,
-    failed_exit: int | None = None,
+    *,
+    on_failure: str = "fail",
     time_limit: int | None = None,
 ) -> str:
-    """Like ``vae_shell`` for a command that takes ``--result-json``: the result goes to ``result_file``
-    (relative: bash runs in a fresh temporary folder, so it is this run's own) and is printed as the
-    script's last line, one line of JSON, for the task to parse. When the command fails, its result
-    (which names a guard's reason) is printed too and the script exits with the command's status, or
-    with ``failed_exit`` when given (e.g. an exit code the task treats as "skipped"); ``time_limit``
-    seconds end the command as a failure, so a slow run exits with ``failed_exit`` too, before the
-    task's own ``execution_timeout`` would fail it."""
-    quoted = shlex.quote(result_file)
-    exit_with = '"$status"' if failed_exit is None else str(failed_exit)
-    lines = [
-        *_shell_head(params, variables),
-        "status=0",
-        _vae_line([*args, "--result-json", result_file], params, variables, time_limit) + " || status=$?",
-        'if [ "$status" -ne 0 ]; then',
-        f'  echo "vae {args[0]} failed with exit code $status" >&2',
-        f"  if [ -s {quoted} ]; then echo \"its result: $(tr -d '\\n' < {quoted})\" >&2; fi",
-        f"  exit {exit_with}",
-        "fi",
-        # JSON strings hold no raw newlines, so deleting them leaves the same object on one line
-        f"tr -d '\\n' < {quoted}",
-        "echo",
-    ]
-    return "\n".join(lines)
+    """One ``vae --work-dir WORK [--on-failure skip] ARGS`` command line, with the configured MLflow
+    tracking URI in its environment; under coreutils ``timeout`` when ``time_limit`` seconds are given
+    (it exits :data:`~pipeline.contract.TIMED_OUT` past them). Its output goes to the task log; what a
+    failure or an alarm means is ``vae``'s own flags (``--on-failure``, ``--on-alarm``), not the script's."""
+    command = [setting("command", params, variables), "--work-dir", setting("work_dir", params, variables)]
+    if on_failure != "fail":
+        command += ["--on-failure", on_failure]
+    line = shlex.join([*command, *args])
+    if time_limit is not None:
+        line = f"timeout -k 300 {int(time_limit)} {line}"  # SIGTERM, then SIGKILL 5 minutes on
+    uri = setting("mlflow_tracking_uri", params, variables)
+    return f"MLFLOW_TRACKING_URI={shlex.quote(uri)} {line}" if uri else line
 
 
 def parse_result_json(output: str, command: str) -> dict[str, Any]:
@@ -257,9 +234,6 @@ def parse_result_json(output: str, command: str) -> dict[str, Any]:
     return result
 
 
-TRAIN_RESULT = "vae-train-result.json"
-
-
 def train_command(params: Mapping[str, Any] | None, variables=get_variable) -> str:
     """``vae train`` on the configured data, promoting only a better model; prints its JSON result last."""
 
@@ -271,10 +245,8 @@ def train_command(params: Mapping[str, Any] | None, variables=get_variable) -> s
         args.append("--conditional")
     if get("epochs"):
         args += ["--epochs", get("epochs")]
-    args += shlex.split(get("train_args"))
-    # bash runs in a fresh temporary folder, so the result file is this run's own
-    args += ["--result-json", TRAIN_RESULT]
-    return vae_shell(args, params, variables, then=f"cat {TRAIN_RESULT}")
+    args += [*shlex.split(get("train_args")), "--result-json", RESULT_TO_STDOUT]
+    return vae_command(args, params, variables)
 
 
 def parse_train_result(output: str) -> dict[str, Any]:
@@ -286,17 +258,16 @@ def parse_train_result(output: str) -> dict[str, Any]:
 
 
 def model_event_extra(result: Mapping[str, Any], conditional: bool) -> dict[str, Any]:
-    """The extra on the model Asset event: what ``vae_augment`` needs."""
-    return {
-        "model_name": str(result["model_name"]),
-        "version": str(result["version"]),
-        "promoted": bool(result["promoted"]),
-        "conditional": conditional,
-        "run_id": result.get("run_id"),
-        "validation_neg_elbo": result.get("validation_neg_elbo"),
-        "holdout_neg_elbo": result.get("holdout_neg_elbo"),
-        "holdout_fingerprint": result.get("holdout_fingerprint"),
-    }
+    """The extra on the model Asset event: ``vae train``'s result (what ``vae_augment`` needs) and
+    whether the model is conditional."""
+    extra = {key: result.get(key) for key in TRAIN_KEYS}
+    extra.update(
+        model_name=str(result["model_name"]),
+        version=str(result["version"]),
+        promoted=bool(result["promoted"]),
+        conditional=conditional,
+    )
+    return extra
 
 
 def run_day(params: Mapping[str, Any] | None, ds: str | None, run_after: datetime | None) -> str:
@@ -332,13 +303,11 @@ def day_partition(ds: str) -> str:
     return f"date={ds}"
 
 
-SCORE_RESULT = "vae-score-result.json"
-GENERATE_RESULT = "vae-generate-result.json"
-#: The exit code of a shadow task whose command failed: the task is skipped, never failed.
-SHADOW_FAILED_EXIT = 99
 #: the challenger's own time limit, inside its task's 4-hour execution_timeout: a slow challenger
 #: ends as a skipped shadow, never as a failed task that would turn the champion's day red
 SHADOW_TIME_LIMIT_S = 3 * 3600 + 1800
+#: the exit codes that skip a shadow task: a failure under ``vae --on-failure skip``, or its time limit
+SHADOW_SKIP_CODES = [SKIPPED, *TIMED_OUT]
 
 
 def parse_score_result(output: str) -> dict[str, Any]:
@@ -353,13 +322,6 @@ def parse_shadow_result(output: str) -> dict[str, Any] | None:
         return parse_score_result(output)
     except ValueError:
         return None
-
-
-#: The exit code of ``vae monitor --check`` when the day is out of bounds.
-MONITOR_ALARM_EXIT = 3
-#: The last line the monitor task prints when an alarm is only a warning.
-MONITOR_ALARM_PREFIX = "vae-monitor-alarm: "
-ON_ALARM = ("fail", "warn")
 
 
 def output_root(params: Mapping[str, Any] | None, variables=get_variable) -> str:
@@ -379,11 +341,11 @@ def score_command(
     *,
     alias: str = "champion",
     output: str | None = None,
-    failed_exit: int | None = None,
-    time_limit: int | None = None,
+    shadow: bool = False,
 ) -> str:
     """``vae score`` of one day with ``models:/NAME@ALIAS`` into ``output`` (default: the output root);
-    its result JSON is the script's last line."""
+    its result JSON is the last line it prints. A ``shadow`` run exits :data:`SHADOW_SKIP_CODES` when
+    it fails or passes :data:`SHADOW_TIME_LIMIT_S`."""
 
     def get(name: str) -> str:
         return setting(name, params, variables)
@@ -399,28 +361,19 @@ def score_command(
         "--partition",
         day_partition(ds),
         *shlex.split(get("score_args")),
+        "--result-json",
+        RESULT_TO_STDOUT,
     ]
-    return vae_result_shell(args, SCORE_RESULT, params, variables, failed_exit=failed_exit, time_limit=time_limit)
+    if shadow:
+        return vae_command(args, params, variables, on_failure="skip", time_limit=SHADOW_TIME_LIMIT_S)
+    return vae_command(args, params, variables)
 
 
 def score_counts(result: Mapping[str, Any]) -> dict[str, Any]:
     """What a scoring run did, from its result JSON; a result that is not ``ok`` is an error."""
     if result.get("status") != "ok":
         raise ValueError(f"vae score did not succeed: {result.get('status')!r}, {result.get('reason')}")
-    keys = (
-        "partition",
-        "model_name",
-        "model_version",
-        "run_id",
-        "rows_read",
-        "rows_scored",
-        "rows_rejected",
-        "reject_rate",
-        "anomalies",
-        "anomaly_rate",
-        "threshold",
-    )
-    return {key: result.get(key) for key in keys}
+    return {key: result.get(key) for key in SCORE_COUNT_KEYS}
 
 
 def on_alarm(params: Mapping[str, Any] | None, variables=get_variable) -> str:
@@ -434,28 +387,15 @@ def on_alarm(params: Mapping[str, Any] | None, variables=get_variable) -> str:
 def monitor_check_command(
     ds: str, params: Mapping[str, Any] | None, variables=get_variable, run_id: str | None = None
 ) -> str:
-    """``vae monitor OUTPUT_ROOT --check --partition date=DS [--run-id RUN]``: exit code 3 when the
-    day's run (``run_id``, from ``vae score``'s result, so an earlier run's row is never judged in its
-    place) is out of bounds. With ``monitor_on_alarm=fail`` that fails the task; with ``warn`` the script exits 0 and
-    its last line is ``MONITOR_ALARM_PREFIX`` and the reason, which ``monitor_outcome`` logs as a warning."""
-    mode = on_alarm(params, variables)
-    partition = day_partition(ds)
-    args = ["monitor", output_root(params, variables), "--check", "--partition", partition]
+    """``vae monitor OUTPUT_ROOT --check --partition date=DS [--run-id RUN] --on-alarm MODE``: with
+    ``fail`` an out-of-bounds day (``run_id``, from ``vae score``'s result, so an earlier run's row is
+    never judged in its place) exits :data:`~pipeline.contract.CHECK_FAILED` and fails the task; with
+    ``warn`` it exits 0 and prints ``MONITOR_ALARM_PREFIX`` and the alarm last, which
+    :func:`monitor_outcome` logs as a warning."""
+    args = ["monitor", output_root(params, variables), "--check", "--partition", day_partition(ds)]
     if run_id:
         args += ["--run-id", run_id]
-    alarm_exit = MONITOR_ALARM_EXIT if mode == "fail" else 0
-    lines = [
-        *_shell_head(params, variables),
-        "status=0",
-        _vae_line(args, params, variables) + " 2>&1 | tee vae-monitor.log || status=$?",
-        f'if [ "$status" -eq {MONITOR_ALARM_EXIT} ]; then',
-        f'  echo "monitoring alarm for {partition} (monitor_on_alarm={mode})" >&2',
-        f'  echo "{MONITOR_ALARM_PREFIX}$(tail -n 1 vae-monitor.log)"',
-        f"  exit {alarm_exit}",
-        "fi",
-        'exit "$status"',
-    ]
-    return "\n".join(lines)
+    return vae_command([*args, "--on-alarm", on_alarm(params, variables)], params, variables)
 
 
 def monitor_outcome(output: str) -> dict[str, Any]:
@@ -470,8 +410,9 @@ def monitor_outcome(output: str) -> dict[str, Any]:
 
 
 def shadow_agreement_command(ds: str, params: Mapping[str, Any] | None, variables=get_variable) -> str:
-    """``vae monitor OUTPUT_ROOT --shadow SHADOW --partition date=DS``: records how often the champion's
-    and the challenger's flags agree on the day; a failure exits ``SHADOW_FAILED_EXIT``."""
+    """``vae --on-failure skip monitor OUTPUT_ROOT --shadow SHADOW --partition date=DS``: records how
+    often the champion's and the challenger's flags agree on the day; a failure exits
+    :data:`~pipeline.contract.SKIPPED`."""
     args = [
         "monitor",
         output_root(params, variables),
@@ -480,16 +421,7 @@ def shadow_agreement_command(ds: str, params: Mapping[str, Any] | None, variable
         "--partition",
         day_partition(ds),
     ]
-    lines = [
-        *_shell_head(params, variables),
-        "status=0",
-        _vae_line(args, params, variables) + " || status=$?",
-        'if [ "$status" -ne 0 ]; then',
-        '  echo "vae monitor --shadow failed with exit code $status: no agreement recorded" >&2',
-        f"  exit {SHADOW_FAILED_EXIT}",
-        "fi",
-    ]
-    return "\n".join(lines)
+    return vae_command(args, params, variables, on_failure="skip")
 
 
 def latest_promoted(events: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -519,8 +451,10 @@ def generate_command(model: Mapping[str, Any], params: Mapping[str, Any] | None,
         "--seed",
         get("synthetic_seed"),
         *shlex.split(get("generate_args")),
+        "--result-json",
+        RESULT_TO_STDOUT,
     ]
-    return vae_result_shell(args, GENERATE_RESULT, params, variables)
+    return vae_command(args, params, variables)
 
 
 def parse_generate_result(output: str) -> dict[str, Any]:

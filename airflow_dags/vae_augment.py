@@ -70,7 +70,7 @@ def vae_augment() -> None:
         log.info("New champion: %s version %s", chosen["model_name"], chosen["version"])
         return dict(chosen)
 
-    # the last line of the script is vae generate's result JSON, logged and parsed into the XCom
+    # the last line vae generate prints is its result JSON, logged and parsed into the XCom
     @task.bash(skip_on_exit_code=None, output_processor=parse_generate_result, execution_timeout=timedelta(hours=2))
     def generate(model: dict[str, Any], params: dict[str, Any] | None = None) -> str:
         return generate_command(model, params)

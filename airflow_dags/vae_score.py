@@ -24,8 +24,7 @@ from typing import Any
 
 from _vae_common import (
     ON_ALARM,
-    SHADOW_FAILED_EXIT,
-    SHADOW_TIME_LIMIT_S,
+    SHADOW_SKIP_CODES,
     common_params,
     dag_defaults,
     day_input,
@@ -86,7 +85,7 @@ def vae_score() -> None:
         log.info("Input for %s: %s", day, found)
         return {"date": day, "input": found}
 
-    # the last line of the script is vae score's result JSON, parsed into the XCom; no retries: a day
+    # the last line vae score prints is its result JSON, parsed into the XCom; no retries: a day
     # past a guard fails the same way again (rerun the day once its input is fixed)
     @task.bash(
         skip_on_exit_code=None,
@@ -121,9 +120,10 @@ def vae_score() -> None:
     def monitor(day: dict[str, str], scored: dict[str, Any], params: dict[str, Any] | None = None) -> str:
         return monitor_check_command(day["date"], params, run_id=scored.get("run_id"))
 
-    # the shadow branch: a failure exits SHADOW_FAILED_EXIT, so the task is skipped, never failed
+    # the shadow branch: a failure or its time limit exits one of SHADOW_SKIP_CODES, so the task is
+    # skipped, never failed
     @task.bash(
-        skip_on_exit_code=SHADOW_FAILED_EXIT,
+        skip_on_exit_code=SHADOW_SKIP_CODES,
         output_processor=parse_shadow_result,
         retries=0,
         execution_timeout=timedelta(hours=4),
@@ -133,17 +133,9 @@ def vae_score() -> None:
         if not alias:
             raise AirflowSkipException("no challenger_alias set: no shadow scoring")
         log.info("Shadow scoring %s with the challenger @%s into %s", day["date"], alias, shadow_root(params))
-        return score_command(
-            day["input"],
-            day["date"],
-            params,
-            alias=alias,
-            output=shadow_root(params),
-            failed_exit=SHADOW_FAILED_EXIT,
-            time_limit=SHADOW_TIME_LIMIT_S,
-        )
+        return score_command(day["input"], day["date"], params, alias=alias, output=shadow_root(params), shadow=True)
 
-    @task.bash(skip_on_exit_code=SHADOW_FAILED_EXIT, retries=0)
+    @task.bash(skip_on_exit_code=SHADOW_SKIP_CODES, retries=0)
     def shadow_agreement(day: dict[str, str], params: dict[str, Any] | None = None) -> str:
         return shadow_agreement_command(day["date"], params)
 

@@ -8,17 +8,12 @@ from keras import ops
 from scoring import likelihoods
 from scoring.elbo import ScorableModel, one_hot
 from scoring.latent_prior import LatentPrior
-
-#: Where ``prior`` and ``conditional`` samples draw their latents: ``fitted``, the model's aggregate
-#: posterior (:mod:`scoring.latent_prior`; N(0, I) for a model saved without one), or ``standard``,
-#: N(0, I), the prior the VAE was trained against.
-LATENT_PRIORS = ("fitted", "standard")
-DEFAULT_LATENT_PRIOR = "fitted"
-#: Pixels of a synthetic image are drawn from the likelihood tempered to p(x|z)^(1/T), T this
-#: temperature, 1 a plain draw; 0 (the default) decodes to the likelihood's mean on the data's grid of
-#: grey levels, so that the variety of the samples comes from the latent, not from pixel noise.
-#: README "Synthetic images" for the measurements behind the default.
-DEFAULT_PIXEL_TEMPERATURE = 0.0
+from scoring.sampling_choices import (  # noqa: F401  (the module's choices, re-exported)
+    DEFAULT_LATENT_PRIOR,
+    DEFAULT_PIXEL_TEMPERATURE,
+    LATENT_PRIORS,
+    SAMPLE_METHODS,
+)
 
 
 def decode_images(
@@ -99,9 +94,6 @@ def posterior_latents(
 def posterior_means(model: ScorableModel, images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
     mean, _ = model.encode(np.asarray(images, np.float32), one_hot(labels, model.num_classes))
     return np.asarray(ops.convert_to_numpy(mean))
-
-
-SAMPLE_METHODS = ("prior", "conditional", "posterior")
 
 
 def stream_seed(seed: int, *key: int) -> int:

@@ -1132,3 +1132,28 @@ def test_an_object_store_reader_never_finds_the_dataset_missing(tmp_path):
 
     _commit_while_polling(pollers, commit, commits=15)
     assert runs_in(target) == 15 and _leftovers(tmp_path) == []
+
+
+def test_a_shard_file_appears_whole_and_an_unfinished_one_is_cleared(tmp_path):
+    """The one-branch job's shard files use the same temporary names as every other write: hidden
+    until complete, and what a killed worker left is removed before the commit."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.beam.score_shards import _ParquetFile, remove_unfinished
+    from pipeline.outputs.files import is_temporary, temporary_beside
+
+    schema = pa.schema([("x", pa.int64())])
+    done = _ParquetFile(str(tmp_path / "part-00000.parquet"), schema, always=False)
+    done.write(pa.table({"x": [1, 2]}, schema=schema))
+    assert [p.name for p in tmp_path.iterdir() if is_temporary(p.name)] and not (
+        tmp_path / "part-00000.parquet"
+    ).exists()
+    done.close()
+    assert pq.read_table(tmp_path / "part-00000.parquet")["x"].to_pylist() == [1, 2]
+    aborted = _ParquetFile(str(tmp_path / "part-00001.parquet"), schema, always=False)
+    aborted.write(pa.table({"x": [3]}, schema=schema))
+    aborted.abort()
+    temporary_beside(tmp_path / "part-00002.parquet").write_bytes(b"PAR1")  # a worker killed mid-shard
+    assert remove_unfinished(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.parquet"]

@@ -281,16 +281,17 @@ def test_a_day_without_pixels_fails_the_score_task_and_replaces_nothing(live_env
         "monitor": "upstream_failed",
         "shadow_score": "skipped",  # no challenger_alias
     }
-    assert "vae score failed with exit code 1" in log
-    before, after = log.split("its result: {", 1)  # (the script itself, logged first, holds "its result: $(")
-    outcome = json.JSONDecoder().raw_decode("{" + after)[0]  # the log line goes on after the object
+    assert "non-zero exit code 1" in log  # Airflow's own line for a failed command
+    start = log.index('{"command": "score"')  # --result-json -: the outcome, printed on failure too
+    outcome, length = json.JSONDecoder().raw_decode(log[start:])
     assert (outcome["command"], outcome["status"], outcome["rows_read"], outcome["rows_scored"]) == (
         "score",
         "failed",
         3,
         0,
     )
-    assert outcome["reason"] in before and "Error: " in before  # vae's own message, in the task log
+    rest = log[:start] + log[start + length :]
+    assert "Error: " in rest and outcome["reason"] in rest  # vae's own message, in the task log
     assert Path(outcome["rejects_path"]).is_dir() and str(output_root / "_failed") in outcome["rejects_path"]
     assert not (output_root / "scores" / f"date={day}").exists()  # a guard replaces nothing
     assert not (output_root / "rejects" / f"date={day}").exists()
@@ -357,8 +358,8 @@ def test_a_day_out_of_the_monitoring_bounds_fails_the_run(live_env, asset_flow, 
         "score_result": "success",
         "monitor": "failed",
     }
-    assert f"monitoring alarm for date={day} (monitor_on_alarm=fail)" in log
-    assert "out of bounds: " in log  # vae monitor's reason
+    assert f"--check --partition date={day}" in log and "--on-alarm fail" in log
+    assert "out of bounds: " in log and "non-zero exit code 3" in log  # vae monitor's reason and its exit code
     assert (tmp_path / "daily" / "scores" / f"date={day}").is_dir()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -256,8 +257,8 @@ def test_score_finds_the_day_input_scores_checks_and_shadows(dagbag, common):
     )
     # the champion's tasks fail on any error; the shadow's are skipped instead, so the day stays green
     assert tasks["score"]["skip_on_exit_code"] == tasks["monitor"]["skip_on_exit_code"] == []
-    assert tasks["shadow_score"]["skip_on_exit_code"] == [common.SHADOW_FAILED_EXIT]
-    assert tasks["shadow_agreement"]["skip_on_exit_code"] == [common.SHADOW_FAILED_EXIT]
+    assert tasks["shadow_score"]["skip_on_exit_code"] == [99, 124, 137]  # vae --on-failure skip, timeout
+    assert tasks["shadow_agreement"]["skip_on_exit_code"] == [99, 124, 137]
     assert tasks["monitor"]["retries"] == 0
     assert {"input_root", "output_root", "monitor_on_alarm", "challenger_alias"} <= set(dag["params"])
 
@@ -331,6 +332,19 @@ def test_default_vae_command_is_the_one_beside_the_interpreter(common):
     assert common.default_vae_command() == str(BIN / "vae")
 
 
+def one_vae_command(line: str, vae: str = "vae") -> list[str]:
+    """The words of a task's command line, which must be one ``vae`` command: no second command,
+    pipe, redirection or shell logic."""
+    assert "\n" not in line
+    words = shlex.split(line)
+    assert not set(words) & {";", "&&", "||", "|", ">", "2>&1", "exit", "if", "then"}, line
+    start = next(i for i, w in enumerate(words) if w == vae or w.endswith("/vae"))
+    assert all(
+        w.startswith("MLFLOW_TRACKING_URI=") for w in words[:start] if not w.isdigit() and w not in ("timeout", "-k")
+    )
+    return words
+
+
 def test_train_command_promotes_only_a_better_model(common):
     variables = {
         "command": "/opt/vae/bin/vae",
@@ -339,15 +353,13 @@ def test_train_command_promotes_only_a_better_model(common):
         "epochs": "3",
         "train_args": "--latent-dim 4",
     }.get
-    script = common.train_command({"train_data": "/data/train.parquet", "conditional": True}, variables)
-    lines = script.splitlines()
-    assert lines[0] == "set -euo pipefail"
-    assert "export MLFLOW_TRACKING_URI=http://mlflow:5000" in lines
-    assert (
-        "/opt/vae/bin/vae --work-dir '/srv/vae work' train --data /data/train.parquet --model-name vae-digits "
-        "--promote if-better --conditional --epochs 3 --latent-dim 4 --result-json vae-train-result.json"
-    ) in lines
-    assert lines[-1] == "cat vae-train-result.json"
+    line = common.train_command({"train_data": "/data/train.parquet", "conditional": True}, variables)
+    assert line == (
+        "MLFLOW_TRACKING_URI=http://mlflow:5000 /opt/vae/bin/vae --work-dir '/srv/vae work' train --data "
+        "/data/train.parquet --model-name vae-digits --promote if-better --conditional --epochs 3 --latent-dim 4 "
+        "--result-json -"
+    )
+    one_vae_command(line)
 
 
 def test_train_result_is_read_from_the_last_line(common):
@@ -361,62 +373,89 @@ def test_train_result_is_read_from_the_last_line(common):
         "promoted": False,
         "conditional": True,
     }
+    assert extra["holdout_fingerprint"] is None  # every key of the contract, null where the result lacks it
 
 
 def test_score_command_writes_one_folder_per_day(common, tmp_path):
-    script = common.score_command("digits", DAY, {"output_root": str(tmp_path / "out/")}, no_variables)
-    assert "MLFLOW_TRACKING_URI" not in script  # unset: the worker's own environment applies
-    command = next(line for line in script.splitlines() if " score " in line and not line.startswith("echo"))
-    assert (
+    line = common.score_command("digits", DAY, {"output_root": str(tmp_path / "out/")}, no_variables)
+    assert "MLFLOW_TRACKING_URI" not in line  # unset: the worker's own environment applies
+    words = one_vae_command(line)
+    assert "--on-failure" not in words and "timeout" not in words  # the champion's failure fails the task
+    assert line.endswith(
         f"score --model models:/vae-digits@champion --input digits --output {tmp_path}/out --partition date={DAY} "
-        f"--result-json {common.SCORE_RESULT} || status=$?"
-    ) in command
+        "--result-json -"
+    )
 
 
 def test_shadow_score_command_uses_the_challenger_and_its_own_root(common):
-    variables = {"output_root": "/srv/daily", "score_args": "--max-reject-rate 0.2"}.get
-    script = common.score_command(
-        "/in/date=1", DAY, {}, variables, alias="challenger", output=common.shadow_root({}, variables), failed_exit=99
+    variables = {
+        "output_root": "/srv/daily",
+        "score_args": "--max-reject-rate 0.2",
+        "command": "vae",
+        "work_dir": "/w",
+    }.get
+    line = common.score_command(
+        "/in/date=1", DAY, {}, variables, alias="challenger", output="/srv/daily/shadow", shadow=True
     )
-    assert (
-        f"score --model models:/vae-digits@challenger --input /in/date=1 --output /srv/daily/shadow "
-        f"--partition date={DAY} --max-reject-rate 0.2 --result-json"
-    ) in script
-    assert "exit 99" in script
+    assert line == (
+        f"timeout -k 300 {common.SHADOW_TIME_LIMIT_S} vae --work-dir /w --on-failure skip score --model "
+        f"models:/vae-digits@challenger --input /in/date=1 --output /srv/daily/shadow --partition date={DAY} "
+        "--max-reject-rate 0.2 --result-json -"
+    )
+    one_vae_command(line)
+    assert common.SHADOW_TIME_LIMIT_S < 4 * 3600  # inside vae_score's execution_timeout of 4 hours
+    assert common.shadow_root({}, variables) == "/srv/daily/shadow"
 
 
 def test_monitor_commands_check_the_day_and_record_the_shadow_agreement(common):
-    variables = {"output_root": "/srv/daily/"}.get
-    check = common.monitor_check_command(DAY, {}, variables)
-    assert f"monitor /srv/daily --check --partition date={DAY} 2>&1 | tee vae-monitor.log" in check
+    variables = {"output_root": "/srv/daily/", "command": "vae", "work_dir": "/w"}.get
+    check = common.monitor_check_command(DAY, {}, variables, run_id="r1")
+    assert check == f"vae --work-dir /w monitor /srv/daily --check --partition date={DAY} --run-id r1 --on-alarm fail"
+    warn = common.monitor_check_command(DAY, {"monitor_on_alarm": "WARN"}, variables)
+    assert warn.endswith("--on-alarm warn")
     agreement = common.shadow_agreement_command(DAY, {}, variables)
-    assert f"monitor /srv/daily --shadow /srv/daily/shadow --partition date={DAY} || status=$?" in agreement
+    assert agreement == (
+        f"vae --work-dir /w --on-failure skip monitor /srv/daily --shadow /srv/daily/shadow --partition date={DAY}"
+    )
+    for line in (check, warn, agreement):
+        one_vae_command(line)
     assert common.on_alarm({}, no_variables) == "fail"
-    assert common.on_alarm({"monitor_on_alarm": "WARN"}, no_variables) == "warn"
     with pytest.raises(ValueError, match="monitor_on_alarm must be one of fail, warn, not 'ignore'"):
         common.monitor_check_command(DAY, {"monitor_on_alarm": "ignore"}, variables)
 
 
-# -------------------------------------------------------- the scripts, run by bash with a stand-in vae
+def test_the_dags_and_vae_share_one_contract(common):
+    """Exit codes, the alarm line and result keys come from pipeline.contract on both sides."""
+    from pipeline import contract
+    from pipeline.cli import monitor
+    from pipeline.outputs import result_json
+
+    assert [contract.SKIPPED, *contract.TIMED_OUT] == common.SHADOW_SKIP_CODES
+    assert common.MONITOR_ALARM_PREFIX is contract.MONITOR_ALARM_PREFIX
+    assert monitor.CHECK_FAILED == contract.CHECK_FAILED
+    assert result_json.KEYS == {"score": contract.SCORE_KEYS, "generate": contract.GENERATE_KEYS}
+    assert set(contract.SCORE_COUNT_KEYS) <= set(contract.SCORE_KEYS)
+    assert list(common.score_counts(dict.fromkeys(contract.SCORE_KEYS) | {"status": "ok"})) == list(
+        contract.SCORE_COUNT_KEYS
+    )
+
+
+# -------------------------------------------------------- the command lines, run by bash with a stand-in vae
 
 FAKE_VAE = """#!/usr/bin/env bash
-# stands in for vae: prints its arguments, writes $FAKE_RESULT to --result-json, prints $FAKE_REASON
+# stands in for vae: prints its arguments, then $FAKE_RESULT for --result-json -, prints $FAKE_REASON
 # to stderr and exits $FAKE_EXIT
 echo "fake vae $*"
-previous=""
-for arg in "$@"; do
-  if [ "$previous" = "--result-json" ]; then printf '%s' "$FAKE_RESULT" > "$arg"; fi
-  previous="$arg"
-done
 if [ -n "${FAKE_REASON:-}" ]; then echo "$FAKE_REASON" >&2; fi
 sleep "${FAKE_SLEEP:-0}"
+if [ -n "${FAKE_RESULT:-}" ]; then echo "$FAKE_RESULT"; fi
 exit "${FAKE_EXIT:-0}"
 """
 
 
 @pytest.fixture
 def run_script(tmp_path):
-    """Runs a DAG's bash script the way BashOperator does (bash -c in a fresh folder, stderr into
+    """Runs a task's command line the way BashOperator does (bash -c in a fresh folder, stderr into
     stdout) with a stand-in ``vae`` whose result, message and exit code the test chooses."""
     fake = tmp_path / "fake-vae"
     fake.write_text(FAKE_VAE)
@@ -426,7 +465,7 @@ def run_script(tmp_path):
         variables = {"command": str(fake), "work_dir": str(tmp_path / "work"), "output_root": "/srv/daily"}.get
         env = os.environ | {
             "FAKE_EXIT": str(exit_code),
-            "FAKE_RESULT": json.dumps(result, indent=2) if result is not None else "",
+            "FAKE_RESULT": json.dumps(result) if result is not None else "",
             "FAKE_REASON": reason,
             "FAKE_SLEEP": str(sleep),
         }
@@ -463,79 +502,42 @@ def test_a_score_result_becomes_the_tasks_last_line_and_its_counts(common, run_s
     result = score_result_json()
     code, output = run_script(lambda v: common.score_command("digits", DAY, {}, v), result=result)
     assert code == 0, output
-    assert output.splitlines()[0].startswith("+ ") and "--result-json vae-score-result.json" in output
+    assert "--result-json -" in output
     parsed = common.parse_result_json(output, "score")  # BashOperator hands on the last line only
     assert parsed == common.parse_result_json(output.splitlines()[-1], "score") == result
     counts = common.score_counts(parsed)
     assert (counts["rows_read"], counts["rows_rejected"], counts["anomalies"]) == (100, 2, 3)
     assert counts["partition"] == f"date={DAY}" and "scores_path" not in counts
-
-
-def test_a_guard_failure_fails_the_task_with_its_reason_in_the_log(common, run_script):
     reason = "reject rate 100.00% is above --max-reject-rate 10.00%: missing column 'pixels'"
-    result = score_result_json("failed", reason)
-    code, output = run_script(
-        lambda v: common.score_command("/in", DAY, {}, v), exit_code=1, result=result, reason=f"Error: {reason}"
-    )
-    assert code == 1
-    assert f"Error: {reason}" in output  # vae's own message
-    assert "vae score failed with exit code 1" in output
-    assert json.loads(output.split("its result: ", 1)[1].splitlines()[0])["reason"] == reason
     with pytest.raises(ValueError, match="did not succeed: 'failed', reject rate 100.00%"):
-        common.score_counts(result)
+        common.score_counts(score_result_json("failed", reason))
 
 
-def test_a_failing_shadow_exits_with_the_skip_code(common, run_script):
-    code, output = run_script(
-        lambda v: common.score_command("/in", DAY, {}, v, alias="challenger", failed_exit=common.SHADOW_FAILED_EXIT),
-        exit_code=1,
-        reason="Error: no alias challenger",
-    )
-    assert code == common.SHADOW_FAILED_EXIT, output
-    assert "Error: no alias challenger" in output and "its result" not in output  # no result written
-    code, output = run_script(lambda v: common.shadow_agreement_command(DAY, {}, v), exit_code=2)
-    assert code == common.SHADOW_FAILED_EXIT and "no agreement recorded" in output
-
-
-def test_a_slow_shadow_ends_at_its_own_time_limit_as_skipped_and_its_output_never_fails(common, run_script):
-    """A challenger past its time limit exits with the skip code before the task's execution_timeout
+def test_a_slow_shadow_ends_at_its_own_time_limit_as_skipped_and_its_output_never_fails(
+    common, run_script, monkeypatch
+):
+    """A challenger past its time limit exits with a skip code before the task's execution_timeout
     could fail it, and an unreadable result is None rather than an error: the shadow never turns the
     champion's day red."""
+    monkeypatch.setattr(common, "SHADOW_TIME_LIMIT_S", 1)
     code, output = run_script(
-        lambda v: common.score_command(
-            "/in", DAY, {}, v, alias="challenger", failed_exit=common.SHADOW_FAILED_EXIT, time_limit=1
-        ),
+        lambda v: common.score_command("/in", DAY, {}, v, alias="challenger", shadow=True),
         result=score_result_json(),
         sleep=30,
     )
-    assert code == common.SHADOW_FAILED_EXIT and "vae score failed with exit code 124" in output
-    assert common.SHADOW_TIME_LIMIT_S < 4 * 3600  # inside vae_score's execution_timeout of 4 hours
+    assert code in common.SHADOW_SKIP_CODES and code == 124, output
+    assert "--on-failure skip" in output
     assert common.parse_shadow_result("Traceback ...\nnot json") is None
     assert common.parse_shadow_result(json.dumps(score_result_json()))["status"] == "ok"
 
 
-@pytest.mark.parametrize("mode", ["fail", "warn"])
-def test_a_monitoring_alarm_fails_or_warns(common, run_script, mode, caplog):
-    reason = "date=2026-01-05: flagged rate 9.0% is outside [2.1%, 7.9%]"
-    code, output = run_script(
-        lambda v: common.monitor_check_command(DAY, {"monitor_on_alarm": mode}, v), exit_code=3, reason=reason
-    )
-    assert reason in output and f"monitoring alarm for date={DAY} (monitor_on_alarm={mode})" in output
-    if mode == "fail":
-        assert code == 3
-        return
-    assert code == 0, output
+def test_a_warned_monitoring_alarm_is_logged(common, caplog):
+    reason = "out of bounds: date=2026-01-05: flagged rate 9.0% is outside [2.1%, 7.9%]"
     with caplog.at_level("WARNING"):
-        outcome = common.monitor_outcome(output.splitlines()[-1])
+        outcome = common.monitor_outcome(f"trend: x.png\n{common.MONITOR_ALARM_PREFIX}{reason}\n")
     assert outcome == {"alarm": True, "reason": reason}
     assert reason in caplog.text and "monitor_on_alarm=warn" in caplog.text
-
-
-@pytest.mark.parametrize("exit_code", [0, 1])
-def test_a_monitor_without_alarm_passes_on_its_exit_code(common, run_script, exit_code):
-    code, output = run_script(lambda v: common.monitor_check_command(DAY, {}, v), exit_code=exit_code)
-    assert code == exit_code  # an error of vae monitor itself (not an alarm) fails the task in both modes
-    assert common.monitor_outcome(output) == {"alarm": False, "reason": None}
+    assert common.monitor_outcome("check: date=2026-01-05 within bounds") == {"alarm": False, "reason": None}
 
 
 def test_a_generate_result_is_parsed_and_logged(common, run_script, caplog):

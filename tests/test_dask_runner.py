@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.beam.options import GenerateOptions, ScoreOptions
+from pipeline.outputs.files import is_temporary
 from pipeline.outputs.png import decode_png
 from training.data import load_digits
 
@@ -157,7 +158,7 @@ def test_score_on_dask_matches_the_direct_runner_both_datasets_one_load_per_work
     rejects = sorted(p.name for p in (tmp_path / "dask/rejects").glob("*.parquet"))
     assert len(scores) == 6 and all(name.endswith(f"-{i:05d}-of-00006.parquet") for i, name in enumerate(scores))
     assert [name[-23:] for name in rejects] == [f"-{i:05d}-of-00006.parquet" for i in (0, 1, 2, 3)]
-    assert not [p for p in (tmp_path / "dask").rglob("*") if ".inprogress" in p.name]
+    assert not [p for p in (tmp_path / "dask").rglob("*") if is_temporary(p.name)]
     # six shards (six Dask tasks) over two worker processes: both worked, each loaded the model once
     loads = client.run(_model_loads)
     assert sorted(loads.values()) == [1, 1], loads

@@ -342,7 +342,7 @@ def test_headline_sets_the_default_vae_score_against_the_best_pyod_detector():
 def classical_result(digits, tmp_path_factory):
     """Every PyOD detector over two seeds on a third of the digits, the first two classes."""
     folder = tmp_path_factory.mktemp("evaluation")
-    lines: list[str] = []
+    steps: list = []
     every_third = digits.subset(np.arange(0, len(digits), 3))
     result = ev.evaluate(
         every_third,
@@ -353,13 +353,14 @@ def classical_result(digits, tmp_path_factory):
         planted=1,
         kinds=["rotated", "blank"],
         output_dir=folder,
-        progress=lines.append,
+        progress=steps.append,
     )
-    return result, folder, lines
+    return result, folder, steps
 
 
 def test_classical_evaluation_writes_results_summary_tables_and_plot(classical_result):
-    result, folder, lines = classical_result
+    result, folder, steps = classical_result
+    lines = [step.line() for step in steps if step.finished]
     assert {p.name for p in folder.iterdir()} == {"results.csv", "summary.csv", "tables.md", "evaluation.png"}
     frame = pd.read_csv(folder / "results.csv", dtype={"task": str})
     assert list(frame.columns) == list(ev.RESULT_COLUMNS)
@@ -385,6 +386,8 @@ def test_classical_evaluation_writes_results_summary_tables_and_plot(classical_r
     assert (folder / "evaluation.png").read_bytes()[:8] == PNG
     assert len(lines) == 12 and lines[0].startswith("[1/12] digits seed 0 held-out 0:")
     assert "[6/12] digits seed 0 corrupted 2 kinds: best " in lines[5]
+    started = [step for step in steps if not step.finished]  # each task also says when it starts
+    assert [step.done for step in started] == list(range(12)) and started[0].note.startswith("digits seed 0 held-out")
     assert ev.summary_metrics(result.summary)["eval.digits.held-out.knn.auroc_mean"] == pytest.approx(
         held_out.loc["knn", "auroc_mean"]
     )

@@ -12,6 +12,7 @@ import pyarrow.dataset as ds
 import pytest
 from click.testing import CliRunner
 
+from pipeline.contract import MONITOR_ALARM_PREFIX
 from pipeline.monitoring import read_rows, record_scoring_run, record_shadow
 from pipeline.monitoring.statistics import (
     QUANTILE_COLUMNS,
@@ -198,6 +199,10 @@ def test_monitor_prints_the_trend_draws_it_and_checks_the_selected_run(daily, tm
     check = invoke(out, "--check", "--partition", SHIFTED_DAY, "--plot", tmp_path / "c.png")
     assert check.exit_code == 3
     assert f"out of bounds: {SHIFTED_DAY}" in check.output and "anomaly rate" in check.output
+    # --on-alarm warn: exit 0, the alarm as the last line of stdout, for a scheduler to log
+    warned = invoke(out, "--check", "--partition", SHIFTED_DAY, "--on-alarm", "warn", "--plot", tmp_path / "w.png")
+    assert warned.exit_code == 0, warned.output
+    assert warned.stdout.splitlines()[-1].startswith(f"{MONITOR_ALARM_PREFIX}out of bounds: {SHIFTED_DAY}")
     # --run-id judges that run, not the partition's latest row; a run without a row fails the check
     by_run = invoke(
         out, "--check", "--partition", SHIFTED_DAY, "--run-id", shifted["run_id"], "--plot", tmp_path / "f.png"

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from pipeline.beam.guards import GuardFailed, Guards
 from pipeline.beam.options import ScoreOptions
 from pipeline.cli.main import main
+from pipeline.contract import GENERATE_KEYS, SCORE_KEYS, SKIPPED
 from pipeline.outputs.manifest import MANIFEST, fingerprint_of, read_manifest
-from pipeline.outputs.result_json import GENERATE_KEYS, SCORE_KEYS
 from training.data import ImageData, load_digits
 
 DAY = "date=2026-11-20"
@@ -139,6 +139,20 @@ def test_a_run_that_fails_before_it_has_counts_writes_a_failed_result(mlflow_sto
     assert outcome["output"] == str(tmp_path / "out")
 
 
+def test_on_failure_skip_exits_the_skip_code_and_the_result_can_be_the_last_line(mlflow_store, tmp_path):
+    """What a shadow task relies on: ``vae --on-failure skip`` turns a failure into exit 99 with the
+    same message, and ``--result-json -`` prints the result as the last line of stdout."""
+    argv = ["score", "--model", "models:/no-such-model@champion", "--input", "digits", "--output", str(tmp_path)]
+    result = CliRunner().invoke(main, ["--on-failure", "skip", *argv, *IN_PROCESS, "--result-json", "-"])
+    assert result.exit_code == SKIPPED == 99 and "Error:" in result.stderr and "no-such-model" in result.stderr
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert list(outcome) == list(SCORE_KEYS) and outcome["status"] == "failed" and "no-such-model" in outcome["reason"]
+    assert not (tmp_path / "-").exists()
+    assert CliRunner().invoke(main, [*argv, *IN_PROCESS]).exit_code == 1  # the default: a failure is a failure
+    usage = CliRunner().invoke(main, ["--on-failure", "skip", "score", "--no-such-flag"])
+    assert usage.exit_code == SKIPPED and "No such option" in usage.stderr
+
+
 # --- real scoring runs --------------------------------------------------------------------------
 
 
@@ -146,8 +160,10 @@ def test_a_run_that_fails_before_it_has_counts_writes_a_failed_result(mlflow_sto
 def test_a_day_without_pixels_fails_its_guard_and_leaves_the_previous_scores(plain_uri, tmp_path):
     out = tmp_path / "out"
     good = write_digits(tmp_path / "good.parquet", 30)
-    first = score_cli(plain_uri, good, out, "--partition", DAY)
+    first = score_cli(plain_uri, good, out, "--partition", DAY, "--result-json", "-")
     assert first.exit_code == 0, first.output
+    printed = json.loads(first.stdout.splitlines()[-1])  # --result-json -: the last line of stdout
+    assert (printed["status"], printed["rows_read"], printed["partition"]) == ("ok", 30, DAY)
     assert "guards:     passed (at most 10.0% rejected, at least 1 row(s) read)" in first.output
     scores_before, rejects_before = read(out / "scores" / DAY), read(out / "rejects" / DAY)
     manifest_before = read_manifest(out / "scores" / DAY)

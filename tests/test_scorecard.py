@@ -319,20 +319,20 @@ def test_comparison_lists_every_cell_with_its_verdict():
 def test_evaluate_compares_with_the_summary_already_in_the_folder(digits, tmp_path):
     small = digits.subset(np.arange(0, len(digits), 3))
     run = {"protocols": ["held-out"], "seeds": (0, 1), "detectors": ["knn", "hbos"], "max_classes": 1}
-    first = ev.evaluate(small, **run, output_dir=tmp_path, progress="off")
+    first = ev.evaluate(small, **run, output_dir=tmp_path)
     assert first.comparison is None and not (tmp_path / "comparison.md").exists()
-    second = ev.evaluate(small, **run, output_dir=tmp_path, progress="off")
+    second = ev.evaluate(small, **run, output_dir=tmp_path)
     assert set(second.comparison["verdict"]) == {"within spread"}  # the same seeds: the same numbers
     assert (tmp_path / "comparison.md").read_text().startswith("# Against the previous scorecard")
     assert "## Against the previous scorecard" in (tmp_path / "tables.md").read_text()
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "summary.previous.csv"), pd.read_csv(tmp_path / "summary.csv"))
     doctored = first.summary.assign(auroc_mean=first.summary["auroc_mean"] + 0.3)
-    third = ev.evaluate(small, **run, previous=doctored, progress="off")
+    third = ev.evaluate(small, **run, previous=doctored)
     assert set(third.comparison["verdict"]) == {"worse"}
-    alone = ev.evaluate(small, **run, output_dir=tmp_path, keep_previous=False, progress="off")
+    alone = ev.evaluate(small, **run, output_dir=tmp_path, keep_previous=False)
     assert alone.comparison is None
     with pytest.raises(ValueError, match="not an evaluation summary"):
-        ev.evaluate(small, **run, previous=tmp_path / "results.csv", progress="off")
+        ev.evaluate(small, **run, previous=tmp_path / "results.csv")
 
 
 # --- the plan that keeps the full scorecard's time in bounds ---------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.cli.progress import Progress
 from pipeline.logging_setup import PlainFormatter, TimedFormatter, quiet_native_stderr
+from pipeline.steps import Step
 
 VAE = str(Path(sys.executable).with_name("vae"))
 # what TensorFlow, absl, CUDA, Beam and MLflow print by themselves
@@ -130,8 +131,9 @@ def test_native_start_up_lines_are_dropped_and_the_rest_kept(capfd):
 
 def test_progress_off_a_terminal_logs_one_line_per_step(caplog):
     with caplog.at_level(logging.INFO, logger="pipeline.cli.progress"), Progress("evaluate", bar=False) as progress:
-        progress("[1/2] digits seed 0 held-out 0: vae AUROC 0.910")
-        progress("[2/2] digits seed 0 held-out 1: vae AUROC 0.870")
+        progress(Step(0, 2, "digits seed 0 held-out 0", finished=False))  # a started step: no line
+        progress(Step(1, 2, "digits seed 0 held-out 0: vae AUROC 0.910"))
+        progress(Step(2, 2, "digits seed 0 held-out 1: vae AUROC 0.870"))
     with caplog.at_level(logging.INFO, logger="pipeline.cli.progress"), Progress("shards", bar=False) as progress:
         progress.advance("shard a")
         progress.advance("shard b")
@@ -145,17 +147,20 @@ def test_progress_off_a_terminal_logs_one_line_per_step(caplog):
 
 def test_progress_at_a_terminal_draws_a_bar_on_stderr(capsys):
     with Progress("evaluate", unit="task", bar=True) as progress:
-        progress("[1/4] digits seed 0 held-out 0: vae AUROC 0.910")
-        progress("[3/4] digits seed 0 held-out 2: vae AUROC 0.800")
+        progress(Step(1, 4, "digits seed 0 held-out 0: vae AUROC 0.910"))
+        progress(Step(3, 4, "digits seed 0 held-out 2: vae AUROC 0.800"))
         assert (progress._bar.n, progress._bar.total) == (3, 4)
+        assert progress._bar.postfix == "digits seed 0 held-out 2: vae AUROC 0.800"
+        progress(Step(3, 4, "digits seed 0 held-out 3", finished=False))  # started: the note, not the count
+        assert (progress._bar.n, progress._bar.postfix) == (3, "digits seed 0 held-out 3")
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "evaluate" in captured.err and "3/4" in captured.err and "vae AUROC 0.800" in captured.err
+    assert "evaluate" in captured.err and "3/4" in captured.err and "held-out 3" in captured.err
 
 
 def test_a_scoring_run_on_worker_threads_moves_a_bar_by_its_shards(trained_plain, tmp_path, capsys):
-    """The DirectRunner's default runs shards on threads of this process: their "shard k/N done"
-    lines advance the bar that `vae score` draws at a terminal, one step per shard."""
+    """The DirectRunner's default runs shards on threads of this process: the steps their "shard k/N
+    done" log records carry advance the bar that `vae score` draws at a terminal, one step per shard."""
     from pipeline.beam.options import ScoreOptions
     from pipeline.beam.score_job import score_dataset
     from pipeline.cli.progress import shard_progress

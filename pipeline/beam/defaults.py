@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from scoring.sampling_choices import SAMPLE_METHODS
 from training.limits import DEFAULT_SHARD_ROWS
 from training.registry import DEFAULT_MODEL_URI
 
@@ -59,13 +60,9 @@ MIN_BATCH_ROWS, MAX_BATCH_ROWS = 1024, 8192
 DEFAULT_SPLIT_SEED = 0
 
 # vae generate
-SAMPLE_METHODS = ("prior", "conditional", "posterior")  # scoring.sampling.SAMPLE_METHODS (a test checks)
 METHODS = (*SAMPLE_METHODS, "interpolate")  # interpolate: decoded latents between two images' posterior means
 DEFAULT_INTERPOLATION_STEPS = 10
 DEFAULT_TEMPERATURE = 1.0
-LATENT_PRIORS = ("fitted", "standard")  # scoring.sampling's (a test checks)
-DEFAULT_LATENT_PRIOR = "fitted"
-DEFAULT_PIXEL_TEMPERATURE = 0.0  # the likelihood's mean, on the data's grid (scoring.sampling)
 DEFAULT_SEED = 0
 DEFAULT_PRIOR_SAMPLES = 1000
 DEFAULT_PER_LABEL = 100

@@ -52,6 +52,7 @@ from pipeline.beam.runner import make_pipeline
 from pipeline.outputs import result_json, synthetic
 from pipeline.outputs.atomic import STAGING, atomic_dataset_dir, output_folder
 from pipeline.outputs.manifest import MANIFEST, build_manifest, fingerprint_of, write_manifest
+from pipeline.steps import Step
 from scoring.fidelity import METRICS as FIDELITY_METRICS
 from training.data import ImageData
 from training.data.validate import ModelSpec
@@ -128,7 +129,13 @@ class DecodeShard(beam.DoFn):
             images.append(decoded)
             latents.append(z)
         self.samples.inc(len(shard))
-        log.info("shard %d/%d: decoded %d samples", shard.index + 1, shard.total, len(shard))
+        log.info(
+            "shard %d/%d: decoded %d samples",
+            shard.index + 1,
+            shard.total,
+            len(shard),
+            extra=Step(shard.index + 1, shard.total, f"shard {shard.index + 1}").extra(),
+        )
         yield {
             "shard": shard.index,
             "shards": shard.total,

@@ -26,9 +26,7 @@ from pipeline.beam.defaults import (
     DASK_RUNNER,
     DEFAULT_BATCH_SIZE,
     DEFAULT_INTERPOLATION_STEPS,
-    DEFAULT_LATENT_PRIOR,
     DEFAULT_MODEL_URI,
-    DEFAULT_PIXEL_TEMPERATURE,
     DEFAULT_RUNNER,
     DEFAULT_RUNNING_MODE,
     DEFAULT_SEED,
@@ -36,11 +34,11 @@ from pipeline.beam.defaults import (
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEMPERATURE,
     DEFAULT_WORKERS,
-    LATENT_PRIORS,
     METHODS,
     parse_shape,
 )
 from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_BRIGHTNESS, DEFAULT_MIN_ROWS
+from scoring.sampling_choices import DEFAULT_LATENT_PRIOR, DEFAULT_PIXEL_TEMPERATURE, LATENT_PRIORS
 
 #: Beam's own runner options that the ``vae`` commands set, and their defaults (ours, not Beam's:
 #: the local engine with worker processes). Given as leading flags, so later flags override them.

@@ -18,7 +18,6 @@ the runner collects a partition's outputs in a list.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import apache_beam as beam
@@ -26,6 +25,7 @@ import pyarrow as pa
 
 from pipeline.beam.defaults import ONE_BRANCH_RUNNERS
 from pipeline.beam.score_steps import Counters, Scorer, Validator, read_batches
+from pipeline.outputs.files import is_temporary, temporary_beside
 from pipeline.outputs.score_tables import REJECTS_SCHEMA, SCORES_SCHEMA
 from training.data import reader
 from training.data.reader import InputPlan
@@ -61,9 +61,8 @@ class _ParquetFile:
             self._sink = filesystem.open_output_stream(inner)
             self._writer = pq.ParquetWriter(self._sink, self.schema, compression="snappy")
             return
-        folder, name = os.path.split(self.path)
-        os.makedirs(folder, exist_ok=True)
-        self._tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.inprogress")
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._tmp = str(temporary_beside(self.path))
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="snappy")
 
     def close(self) -> None:
@@ -93,7 +92,7 @@ def remove_unfinished(*folders: str | os.PathLike) -> int:
         if is_remote(str(folder)) or not os.path.isdir(folder):
             continue
         for name in os.listdir(folder):
-            if name.startswith(".") and name.endswith(".inprogress"):
+            if is_temporary(name):
                 os.remove(os.path.join(folder, name))
                 removed += 1
     return removed

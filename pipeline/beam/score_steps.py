@@ -21,6 +21,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.beam.defaults import MIN_BATCH_ROWS
 from pipeline.outputs.score_tables import rejects_table, scores_table
+from pipeline.steps import Step
 from training.data import reader
 from training.data.validate import ModelSpec, ValidRows, validate_batch
 from training.registry import ModelRef
@@ -57,6 +58,7 @@ def read_batches(shard: reader.Shard, batch_size: int, counters: Counters) -> It
         seconds,
         f"{rows / max(seconds, 1e-9):,.0f}",
         os.getpid(),
+        extra=Step(shard.index + 1, shard.total, f"shard {shard.index + 1}").extra(),
     )
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import click
 
 from pipeline.beam.defaults import DEFAULT_MODEL_URI
-from pipeline.cli.support import friendly_errors
+from pipeline.cli.support import friendly_errors, result_json_option
 
 
 @click.command("calibrate")
@@ -47,13 +45,7 @@ from pipeline.cli.support import friendly_errors
     show_default=True,
     help="With --data: stop when a larger share of its rows cannot be scored by the model.",
 )
-@click.option(
-    "--result-json",
-    type=click.Path(dir_okay=False, writable=True),
-    default=None,
-    help="Also write the outcome (status, reason, model_name, source_version, model_version, threshold, target_fpr, "
-    "previous_threshold, ...) to this JSON file, for schedulers; written when the command fails too.",
-)
+@result_json_option("status, reason, model_name, source_version, model_version, threshold, target_fpr, ...")
 @click.pass_context
 def calibrate_command(ctx: click.Context, result_json: str | None, **options) -> None:
     """Recalibrate a registered model at a new false positive rate, without retraining.
@@ -99,8 +91,6 @@ def _calibrate(ctx: click.Context, model: str, target_fpr: float, data: str | No
 
 
 def _write(path: str, outcome: dict) -> None:
-    from pipeline.outputs.files import write_atomically
+    from pipeline.outputs.result_json import write_result_json
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(target, json.dumps(outcome) + "\n")
+    write_result_json(path, outcome)

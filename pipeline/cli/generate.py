@@ -8,19 +8,24 @@ from pipeline.beam.defaults import (
     DEFAULT_FIDELITY_K,
     DEFAULT_INPUT,
     DEFAULT_INTERPOLATION_STEPS,
-    DEFAULT_LATENT_PRIOR,
     DEFAULT_MODEL_URI,
     DEFAULT_PER_LABEL,
-    DEFAULT_PIXEL_TEMPERATURE,
     DEFAULT_PRIOR_SAMPLES,
     DEFAULT_SEED,
     DEFAULT_TEMPERATURE,
-    LATENT_PRIORS,
     METHODS,
     SAMPLES_PER_SHARD,
 )
 from pipeline.cli.progress import shard_progress
-from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_errors, job_options, parse_shape
+from pipeline.cli.support import (
+    beam_args_help,
+    beam_runner_options,
+    friendly_errors,
+    job_options,
+    parse_shape,
+    result_json_option,
+)
+from scoring.sampling_choices import DEFAULT_LATENT_PRIOR, DEFAULT_PIXEL_TEMPERATURE, LATENT_PRIORS
 
 
 @click.command("generate", epilog=beam_args_help("vae generate ... -- --direct_num_workers=4 --job_name=nightly"))
@@ -135,13 +140,7 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     "MLflow metrics fidelity_METHOD_* to the model version's run [none]. benchmarks/synthetic_quality.py "
     "prints the same beside real images against the same reference.",
 )
-@click.option(
-    "--result-json",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write the outcome as one JSON object to this file, also when the run fails: status, reason, "
-    "model, method, rows, output, synthetic_path, run_id, manifest_path.",
-)
+@result_json_option("status, reason, model, method, rows, output, synthetic_path, run_id, manifest_path")
 @click.option("--grid/--no-grid", default=True, show_default=True, help="Save a PNG grid of the samples.")
 @click.option(
     "--log-grid", is_flag=True, help="Also log the grid to the model version's MLflow run (artifact 'synthetic/')."

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import traceback
+
 import click
 
 from pipeline.cli.calibrate import calibrate_command
@@ -13,12 +16,42 @@ from pipeline.cli.report import report_command
 from pipeline.cli.run import run_command
 from pipeline.cli.score import score_command
 from pipeline.cli.train import train_command
+from pipeline.contract import ON_FAILURE, SKIPPED
 from pipeline.logging_setup import LOG_FORMAT_ENV, LOG_FORMATS, setup_logging
 from training import registry
 from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class VaeGroup(click.Group):
+    """``vae``: with ``--on-failure skip`` a failing command exits :data:`pipeline.contract.SKIPPED`
+    instead of 1 or 2, with the same message (a verdict such as ``vae monitor --check``'s keeps its code)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if _skips(ctx):
+                exc.exit_code = SKIPPED
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
+            raise
+        except Exception:
+            if not _skips(ctx):
+                raise
+            traceback.print_exc()
+            sys.exit(SKIPPED)
+
+
+def _skips(ctx: click.Context) -> bool:
+    return (ctx.obj or {}).get("on_failure") == "skip"
+
+
+@click.group(
+    cls=VaeGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=f"Exit codes: 0 done, 1 failed, 2 a wrong command line, 3 vae monitor --check found the run out of "
+    f"bounds, {SKIPPED} failed under --on-failure skip (the codes are pipeline/contract.py).",
+)
 @click.version_option(package_name="vae-pipeline", prog_name="vae", message="%(prog)s %(version)s")
 @click.option(
     "--work-dir",
@@ -44,8 +77,16 @@ from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
     help="Log lines on stderr: plain messages, or timed ('2026-01-31T06:00:00.000Z INFO logger: message', "
     "UTC) for scheduled runs; auto is plain at a terminal, timed otherwise.",
 )
+@click.option(
+    "--on-failure",
+    type=click.Choice(ON_FAILURE),
+    default="fail",
+    show_default=True,
+    help=f"skip: a failing command exits {SKIPPED} instead of 1 (Airflow's skip code: a task that may fail "
+    "without failing its run, such as a challenger scored in shadow, then shows as skipped).",
+)
 @click.pass_context
-def main(ctx: click.Context, work_dir: str | None, verbose: bool, log_format: str) -> None:
+def main(ctx: click.Context, work_dir: str | None, verbose: bool, log_format: str, on_failure: str) -> None:
     """Train VAEs on images, score data sets for anomalies, and write synthetic images.
 
     Shell completion: eval "$(_VAE_COMPLETE=bash_source vae)" in ~/.bashrc (zsh_source, fish_source for
@@ -53,6 +94,7 @@ def main(ctx: click.Context, work_dir: str | None, verbose: bool, log_format: st
     """
     setup_logging(verbose, log_format)  # before any command imports TensorFlow, MLflow or Beam
     ctx.ensure_object(dict)["work_dir"] = registry.work_dir(work_dir, create=False)
+    ctx.obj["on_failure"] = on_failure
 
 
 main.add_command(train_command)

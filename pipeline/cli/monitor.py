@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-CHECK_FAILED = 3  # the exit code of --check when the selected run is out of bounds
+from pipeline.contract import CHECK_FAILED, MONITOR_ALARM_PREFIX, ON_ALARM
+
 _PARTITION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=[^/\\]+$")
 
 
@@ -59,6 +60,14 @@ def _partition(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     "else the latest) has its anomaly rate outside its bound or its drift statistic above its limit.",
 )
 @click.option(
+    "--on-alarm",
+    type=click.Choice(ON_ALARM),
+    default="fail",
+    show_default=True,
+    help=f"With --check, what an out-of-bounds run does: fail (exit {CHECK_FAILED}), or warn (exit 0 with "
+    f"'{MONITOR_ALARM_PREFIX}REASON' as the last line of stdout, for a scheduler to log).",
+)
+@click.option(
     "--partition",
     default=None,
     metavar="KEY=VALUE",
@@ -90,6 +99,7 @@ def monitor_command(
     last: int,
     plot: str | None,
     check: bool,
+    on_alarm: str,
     partition: str | None,
     run_id: str | None,
     shadow_output: str | None,
@@ -143,8 +153,12 @@ def monitor_command(
         status, reason = judge(row)
         which = f"{row.get('partition') or 'the latest run'} (model {row['model_name']} v{row['model_version']})"
         if status == "alarm":
-            click.echo(f"out of bounds: {which}: {reason}", err=True)
-            ctx.exit(CHECK_FAILED)
+            alarm = f"out of bounds: {which}: {reason}"
+            click.echo(alarm, err=True)
+            if on_alarm == "fail":
+                ctx.exit(CHECK_FAILED)
+            click.echo(f"{MONITOR_ALARM_PREFIX}{alarm}")
+            return
         click.echo(f"check: {which} {'within bounds' if status == 'ok' else f'not checked: {reason}'}")
 
 

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+from pipeline.steps import Step, step_of
+
 log = logging.getLogger(__name__)
 
-# "[3/12] digits seed 0 held-out 3: ...", the line a library writes per finished step
-STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)$", re.DOTALL)
 NOTE_WIDTH = 60  # of the note beside the bar (a log line keeps all of it)
-# "shard 3/12 done: ..." (vae score) or "shard 3/12: decoded ..." (vae generate), logged per finished shard
-SHARD_LINE = re.compile(r"^shard (\d+)/(\d+)\b")
 
 
 def stderr_is_terminal() -> bool:
@@ -28,9 +25,10 @@ def stderr_is_terminal() -> bool:
 
 class Progress:
     """``with Progress("evaluate", unit="task") as progress:`` then ``progress.advance(note)`` per
-    finished step, or hand ``progress`` to a library that reports finished steps as lines
-    (``"[k/N] text"``). At a terminal a tqdm bar on stderr (log lines print above it); otherwise each
-    step is one log line, in the log format of the run. ``bar`` forces either."""
+    finished step, or hand ``progress`` to a library that reports its steps as
+    :class:`pipeline.steps.Step` events. At a terminal a tqdm bar on stderr (log lines print above
+    it); otherwise each finished step is one log line, in the log format of the run. ``bar`` forces
+    either."""
 
     def __init__(self, label: str, total: int | None = None, *, unit: str = "step", bar: bool | None = None) -> None:
         self.label = label
@@ -64,31 +62,32 @@ class Progress:
         if self._bar is not None:
             if self._bar.total != self.total:
                 self._bar.total = self.total
-            self._bar.set_postfix_str(note if len(note) <= NOTE_WIDTH else note[: NOTE_WIDTH - 1] + "…", refresh=False)
+            self._bar.set_postfix_str(self._short(note), refresh=False)
             self._bar.update(self.done - self._bar.n)
         else:
             count = f"{self.done}/{self.total}" if self.total else str(self.done)
             log.info("%s [%s] %s", self.label, count, note)
 
-    def __call__(self, line: str) -> None:
-        """A finished step as a library reports it: ``"[k/N] text"`` moves the bar to k of N."""
-        step = STEP_LINE.match(line)
-        if step is None:
-            if self._bar is not None:
-                log.info("%s", line)  # printed above the bar
-            else:
-                log.info("%s: %s", self.label, line)
-            return
-        self.advance(step.group(3), done=int(step.group(1)), total=int(step.group(2)))
+    def __call__(self, step: Step) -> None:
+        """A step as a library reports it: a finished one moves the bar to ``done`` of ``total``; a
+        started one only shows its note beside the bar."""
+        if step.finished:
+            self.advance(step.note, done=step.done, total=step.total)
+        elif self._bar is not None:
+            self._bar.set_postfix_str(self._short(step.note), refresh=True)
+
+    @staticmethod
+    def _short(note: str) -> str:
+        return note if len(note) <= NOTE_WIDTH else note[: NOTE_WIDTH - 1] + "…"
 
 
 @contextmanager
 def shard_progress(label: str, *loggers: str, bar: bool | None = None) -> Iterator[Progress]:
-    """A bar over the shards a Beam job finishes in this process, at a terminal: each ``"shard k/N
-    ..."`` line the job's ``loggers`` write advances it. That covers the DirectRunner's default
-    (worker threads); shards finished in worker processes (``multi_processing``, Dask) print their
-    lines as before and leave the bar where it is. Off a terminal nothing changes: the lines are the
-    progress."""
+    """A bar over the shards a Beam job finishes in this process, at a terminal: each log record of
+    the job's ``loggers`` that carries a finished shard's :class:`~pipeline.steps.Step` advances it.
+    That covers the DirectRunner's default (worker threads); shards finished in worker processes
+    (``multi_processing``, Dask) print their lines as before and leave the bar where it is. Off a
+    terminal nothing changes: the lines are the progress."""
     progress = Progress(label, unit="shard", bar=bar)
     handler = _ShardLines(progress)
     with progress:
@@ -107,7 +106,8 @@ def shard_progress(label: str, *loggers: str, bar: bool | None = None) -> Iterat
 
 
 class _ShardLines(logging.Handler):
-    """Advances a :class:`Progress` by one for every shard line (worker threads log concurrently)."""
+    """Advances a :class:`Progress` by one for every record that carries a shard's step (shards
+    finish in any order, on concurrent worker threads)."""
 
     def __init__(self, progress: Progress) -> None:
         super().__init__()
@@ -115,7 +115,7 @@ class _ShardLines(logging.Handler):
         self.guard = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
-        shard = SHARD_LINE.match(record.getMessage())
-        if shard is not None:
+        step = step_of(record)
+        if step is not None:
             with self.guard:
-                self.progress.advance(f"shard {shard.group(1)}", done=self.progress.done + 1, total=int(shard.group(2)))
+                self.progress.advance(step.note, done=self.progress.done + 1, total=step.total)

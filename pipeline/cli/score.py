@@ -13,7 +13,14 @@ from pipeline.beam.defaults import (
 from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_BRIGHTNESS, DEFAULT_MIN_ROWS
 from pipeline.cli import COMMAND_STARTED
 from pipeline.cli.progress import shard_progress
-from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_errors, job_options, parse_shape
+from pipeline.cli.support import (
+    beam_args_help,
+    beam_runner_options,
+    friendly_errors,
+    job_options,
+    parse_shape,
+    result_json_option,
+)
 
 
 @click.command(
@@ -126,13 +133,7 @@ from pipeline.cli.support import beam_args_help, beam_runner_options, friendly_e
     default=None,
     help="Divide numeric pixels by this instead of the model's scale (e.g. 1 for 0/1 integer masks).",
 )
-@click.option(
-    "--result-json",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write the outcome as one JSON object to this file, also when the run fails: status, reason, "
-    "model, counts, reject_rate, anomaly_rate, threshold, run_id, paths (see the README).",
-)
+@result_json_option("status, reason, model, counts, reject_rate, anomaly_rate, threshold, run_id, paths")
 @beam_runner_options
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BEAM_ARGS...]")
 @click.pass_context

@@ -15,6 +15,7 @@ from click.core import ParameterSource
 
 from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_RUNNING_MODE, DEFAULT_WORKERS, RUNNING_MODES
 from pipeline.beam.defaults import parse_shape as shape_of
+from pipeline.contract import RESULT_TO_STDOUT
 from pipeline.logging_setup import is_verbose
 from training.limits import BUILTIN_DATA
 
@@ -194,3 +195,39 @@ def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def result_json_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--result-json PATH``: the command writes its outcome (``what``) as one JSON object to PATH,
+    also when it fails. ``-`` prints it instead, as the last line of stdout, once everything else is
+    printed: a scheduler then reads it from the task's output with no file to pass around."""
+    return click.option(
+        "--result-json",
+        type=click.Path(dir_okay=False),
+        default=None,
+        callback=_result_json_path,
+        help=f"Also write the outcome ({what}) as one JSON object to this file, also when the command fails; "
+        f"'{RESULT_TO_STDOUT}': print it as the last line of stdout.",
+    )
+
+
+def _result_json_path(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``-`` becomes a file in a temporary folder, printed and removed when the command's context
+    closes (after its own output, on success and on failure)."""
+    if value != RESULT_TO_STDOUT or ctx.resilient_parsing:
+        return value
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="vae-result-"))
+    path = folder / "result.json"
+
+    def print_and_remove() -> None:
+        try:
+            if path.is_file():
+                click.echo(path.read_text().replace("\n", ""))  # JSON strings hold no raw newlines
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    ctx.call_on_close(print_and_remove)
+    return str(path)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from pipeline.cli.support import friendly_errors, parse_shape
+from pipeline.cli.support import friendly_errors, parse_shape, result_json_option
+from pipeline.contract import TRAIN_KEYS
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
@@ -254,13 +253,7 @@ def _compute_options() -> list:
     help="Train a label-conditioned VAE. The data need labels; rows without one are learnt from too "
     "(semi-supervised, with a classifier q(y|x)), and every part of the split needs some labelled rows.",
 )
-@click.option(
-    "--result-json",
-    type=click.Path(dir_okay=False, writable=True),
-    default=None,
-    help="Also write the outcome (model_name, version, promoted, run_id, validation_neg_elbo, "
-    "holdout_neg_elbo, holdout_fingerprint) to this JSON file, for schedulers.",
-)
+@result_json_option(", ".join(TRAIN_KEYS))
 @train_options
 @click.pass_context
 @friendly_errors
@@ -272,11 +265,13 @@ def train_command(ctx: click.Context, result_json: str | None, **options) -> Non
     result = run_training(ctx, **options)
     print_result(result, ctx.obj["work_dir"])
     if result_json:
-        write_result_json(result, Path(result_json))
+        from pipeline.outputs.result_json import write_result_json
+
+        write_result_json(result_json, train_outcome(result))
 
 
-def write_result_json(result, path: Path) -> None:
-    """One line of JSON with what a scheduler needs to know about the new model version."""
+def train_outcome(result) -> dict:
+    """What a scheduler needs to know about the new model version (:data:`pipeline.contract.TRAIN_KEYS`)."""
     outcome = {
         "model_name": result.model_name,
         "version": str(result.version),
@@ -286,8 +281,7 @@ def write_result_json(result, path: Path) -> None:
         "holdout_neg_elbo": float(result.holdout_neg_elbo),
         "holdout_fingerprint": result.holdout_fingerprint,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(outcome) + "\n")
+    return {key: outcome[key] for key in TRAIN_KEYS}
 
 
 def run_training(ctx: click.Context, **options):

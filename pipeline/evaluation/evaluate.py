@@ -27,11 +27,9 @@ writes the comparison of :mod:`pipeline.evaluation.comparison`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
-import sys
 import tempfile
 import time
 import warnings
@@ -63,6 +61,7 @@ from pipeline.evaluation.tasks import (  # noqa: F401  (re-exported: the evaluat
     scattered_task,
 )
 from pipeline.outputs.files import write_atomically
+from pipeline.steps import Reporter, Step
 from scoring import metrics
 from scoring.anomaly import METHODS as ANOMALY_METHODS
 from scoring.anomaly import PREVIOUS_METHOD
@@ -330,45 +329,22 @@ def evaluate_task(
 # --- progress --------------------------------------------------------------------------------
 
 
-class Progress:
-    """A tqdm bar over every task (postfix: data set, seed, protocol, task, the last VAE AUROC)
-    when ``mode`` is ``"bar"``, or one plain line per finished task (``"lines"``: to stdout, or
-    to ``mode`` itself when it is a callable); ``"auto"`` picks the bar when stdout is a
-    terminal; ``"off"`` says nothing."""
+class _TaskSteps:
+    """Reports each task to ``report`` as a :class:`pipeline.steps.Step`: when it starts (data set,
+    seed, protocol, task, the last VAE AUROC) and when it finishes (the VAE's AUROC, the best
+    detector's, the VAE fit, the time so far). ``report`` None: silent."""
 
-    def __init__(self, total: int, mode: str | Callable[[str], None] = "auto") -> None:
+    def __init__(self, total: int, report: Reporter | None) -> None:
         self.total = total
+        self.report = report
         self.done = 0
         self.started = time.perf_counter()
-        self.last_vae: str = "-"
-        self._bar = None
-        self._say: Callable[[str], None] | None = None
-        self._stack = contextlib.ExitStack()
-        if callable(mode):
-            self._say = mode
-        elif mode == "auto":
-            mode = "bar" if sys.stdout.isatty() else "lines"
-        if mode == "bar":
-            from tqdm.auto import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
-            self._bar = tqdm(total=total, unit="task", file=sys.stdout, dynamic_ncols=True)
-            self._stack.enter_context(logging_redirect_tqdm())  # warnings print above the bar, not through it
-        elif mode == "lines":
-            self._say = lambda line: print(line, flush=True)
-        elif not callable(mode) and mode != "off":
-            raise ValueError(f"progress: {mode!r}; choose auto, bar, lines or off, or pass a callable")
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.last_vae = "-"
 
     def start(self, data: str, seed: int, task: Task) -> None:
-        if self._bar is not None:
-            postfix = {"data": data, "seed": seed, "protocol": task.protocol, "task": task.target}
-            self._bar.set_postfix(postfix | {"vae_auroc": self.last_vae}, refresh=True)
+        if self.report is not None:
+            note = f"{data} seed {seed} {task.protocol} {task.target} (last VAE AUROC {self.last_vae})"
+            self.report(Step(self.done, self.total, note, finished=False))
 
     def finish(self, data: str, seed: int, task: Task, rows: list[dict[str, Any]], fit: dict | None) -> None:
         self.done += 1
@@ -379,25 +355,19 @@ class Progress:
         vae = next((d for d in means if d.startswith("vae_")), None)
         if vae is not None:
             self.last_vae = f"{means[vae]:.3f}"
-        if self._bar is not None:
-            self._bar.update(1)
-        elif self._say is not None:
-            finite = {d: v for d, v in means.items() if math.isfinite(v)}
-            best = max(finite, key=finite.__getitem__) if finite else None
-            mean_of = f" (mean of {len(task.parts)})" if task.parts else ""
-            self._say(
-                f"[{self.done}/{self.total}] {data} seed {seed} {task.protocol} {task.target}: "
-                + (f"{vae} AUROC {means[vae]:.3f}{mean_of}, " if vae else "")
-                + (f"best {best} {finite[best]:.3f}" if best else "no finite AUROC")
-                + (f" (VAE {fit['epochs_run']} epochs, KL {fit['normal_kl']:.2f} nats)" if fit else "")
-                + f"  [{time.perf_counter() - self.started:.0f}s]"
-            )
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        self._stack.close()
+        if self.report is None:
+            return
+        finite = {d: v for d, v in means.items() if math.isfinite(v)}
+        best = max(finite, key=finite.__getitem__) if finite else None
+        mean_of = f" (mean of {len(task.parts)})" if task.parts else ""
+        note = (
+            f"{data} seed {seed} {task.protocol} {task.target}: "
+            + (f"{vae} AUROC {means[vae]:.3f}{mean_of}, " if vae else "")
+            + (f"best {best} {finite[best]:.3f}" if best else "no finite AUROC")
+            + (f" (VAE {fit['epochs_run']} epochs, KL {fit['normal_kl']:.2f} nats)" if fit else "")
+            + f"  [{time.perf_counter() - self.started:.0f}s]"
+        )
+        self.report(Step(self.done, self.total, note))
 
 
 # --- the evaluation --------------------------------------------------------------------------
@@ -440,7 +410,7 @@ def evaluate(
     keep_previous: bool = True,
     run_id: str | None = None,
     log_to_mlflow: bool = False,
-    progress: str | Callable[[str], None] = "auto",
+    progress: Reporter | None = None,
 ) -> EvaluationResult:
     """Runs every protocol on every data set for every seed, with every detector.
 
@@ -457,7 +427,8 @@ def evaluate(
     held-out and one-class tasks of the first classes only (before ``classes``). ``kinds``: the
     corruptions of the corrupted and scattered cells. ``score_fit``: how the anomaly score
     is fitted after each VAE fit (by default :class:`scoring.detector.VAEDetector` with the
-    config's method). ``progress``: see :class:`Progress`.
+    config's method). ``progress``: called with a :class:`pipeline.steps.Step` as each task starts and
+    ends (None: silent; ``vae evaluate`` passes its bar).
 
     ``previous``: a previous ``summary.csv`` (path or frame) to compare with
     (:mod:`pipeline.evaluation.comparison`); without one, and with ``keep_previous``, the
@@ -487,7 +458,7 @@ def evaluate(
     folder = Path(output_dir) if output_dir is not None else None
     before = _previous_summary(previous, folder if keep_previous else None)
     started = time.perf_counter()
-    rows, fits = _run_tasks(plan, Progress(total, progress), score_fit, folder)
+    rows, fits = _run_tasks(plan, _TaskSteps(total, progress), score_fit, folder)
     results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     result = _assemble(results, pd.DataFrame(fits), plan.header, started, before)
     if folder is not None:
@@ -585,22 +556,21 @@ class _Plan:
 
 
 def _run_tasks(
-    plan: _Plan, progress: Progress, score_fit: ScoreFit | None, folder: Path | None
+    plan: _Plan, steps: _TaskSteps, score_fit: ScoreFit | None, folder: Path | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every task of ``plan``: (one row per task part and detector, one row per VAE fit), written
     to ``folder`` after each task when given, so a stopped run keeps what it did."""
     rows: list[dict[str, Any]] = []
     fits: list[dict[str, Any]] = []
-    with progress as bar:
-        for name, seed, cfg, chosen, task in plan.tasks():
-            bar.start(name, seed, task)
-            task_rows, fit = evaluate_task(task, vae_config(cfg, task), plan.iwae_k, chosen, score_fit)
-            rows += [{"data": name, "seed": seed} | r for r in task_rows]
-            if fit:
-                fits.append({"data": name, "seed": seed} | fit)
-            bar.finish(name, seed, task, task_rows, fit)
-            if folder is not None:
-                _write_results(folder, rows, fits)
+    for name, seed, cfg, chosen, task in plan.tasks():
+        steps.start(name, seed, task)
+        task_rows, fit = evaluate_task(task, vae_config(cfg, task), plan.iwae_k, chosen, score_fit)
+        rows += [{"data": name, "seed": seed} | r for r in task_rows]
+        if fit:
+            fits.append({"data": name, "seed": seed} | fit)
+        steps.finish(name, seed, task, task_rows, fit)
+        if folder is not None:
+            _write_results(folder, rows, fits)
     return rows, fits
 
 

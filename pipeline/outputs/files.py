@@ -19,7 +19,22 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["write_atomically"]
+__all__ = ["is_temporary", "temporary_beside", "write_atomically"]
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_beside(path: str | os.PathLike) -> Path:
+    """A fresh hidden name in ``path``'s folder for the file that will replace ``path``: the same
+    file system, so one ``os.replace`` puts it in place; never ``*.png``, ``*.parquet`` ..., so no
+    reader of the folder takes it for data (:func:`is_temporary` finds what a killed writer left)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TEMPORARY_SUFFIX}")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of :func:`temporary_beside`'s."""
+    return name.startswith(".") and name.endswith(TEMPORARY_SUFFIX)
 
 
 def write_atomically(
@@ -32,7 +47,7 @@ def write_atomically(
     in the target's suffix: give writers that go by the suffix the format, e.g. ``format="png"``).
     The folder must exist. The new file gets the usual permissions (0666 less the umask)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # hidden, and not *.png, *.csv ...
+    tmp = temporary_beside(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         if callable(content):

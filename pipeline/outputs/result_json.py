@@ -4,13 +4,9 @@ Written atomically (a temporary file, then one rename: :func:`pipeline.outputs.f
 on success and on failure: a run that fails its guards writes its counts with ``status`` ``failed``
 and the ``reason``; a run that fails otherwise writes what it knew (model, input, output) and nulls.
 
-Keys for ``score``: ``command``, ``status`` (``ok`` | ``failed``), ``reason``, ``model_name``,
-``model_version``, ``input``, ``output``, ``partition``, ``run_id``, ``rows_read``, ``rows_scored``,
-``rows_rejected``, ``reject_rate``, ``anomalies``, ``anomaly_rate``, ``threshold``, ``target_fpr``,
-``scores_path``, ``rejects_path``, ``manifest_path``. For ``generate``: ``command``, ``status``,
-``reason``, ``model_name``, ``model_version``, ``method``, ``rows``, ``output``, ``synthetic_path``,
-``run_id``, ``manifest_path``. Paths are strings; what a run did not produce is null (a failed
-score run's ``scores_path`` and ``manifest_path``; its ``rejects_path`` is where its rejects were kept).
+Keys: :data:`pipeline.contract.SCORE_KEYS` and :data:`~pipeline.contract.GENERATE_KEYS`, every one
+present in order. Paths are strings; what a run did not produce is null (a failed score run's
+``scores_path`` and ``manifest_path``; its ``rejects_path`` is where its rejects were kept).
 """
 
 from __future__ import annotations
@@ -22,43 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.contract import GENERATE_KEYS, SCORE_KEYS
 from pipeline.outputs.files import write_atomically
 
-SCORE_KEYS = (
-    "command",
-    "status",
-    "reason",
-    "model_name",
-    "model_version",
-    "input",
-    "output",
-    "partition",
-    "run_id",
-    "rows_read",
-    "rows_scored",
-    "rows_rejected",
-    "reject_rate",
-    "anomalies",
-    "anomaly_rate",
-    "threshold",
-    "target_fpr",
-    "scores_path",
-    "rejects_path",
-    "manifest_path",
-)
-GENERATE_KEYS = (
-    "command",
-    "status",
-    "reason",
-    "model_name",
-    "model_version",
-    "method",
-    "rows",
-    "output",
-    "synthetic_path",
-    "run_id",
-    "manifest_path",
-)
 KEYS = {"score": SCORE_KEYS, "generate": GENERATE_KEYS}
 
 
