@@ -33,6 +33,7 @@ from pipeline.contract import (
     ON_ALARM,
     RESULT_TO_STDOUT,
     SCORE_COUNT_KEYS,
+    SIGNALLED,
     SKIPPED,
     TIMED_OUT,
     TRAIN_KEYS,
@@ -306,8 +307,9 @@ def day_partition(ds: str) -> str:
 #: the challenger's own time limit, inside its task's 4-hour execution_timeout: a slow challenger
 #: ends as a skipped shadow, never as a failed task that would turn the champion's day red
 SHADOW_TIME_LIMIT_S = 3 * 3600 + 1800
-#: the exit codes that skip a shadow task: a failure under ``vae --on-failure skip``, or its time limit
-SHADOW_SKIP_CODES = [SKIPPED, *TIMED_OUT]
+#: the exit codes that skip a shadow task: a failure under ``vae --on-failure skip``, its time limit,
+#: or a signal (a native crash, a kill): whatever ends the challenger, the champion's day stays green
+SHADOW_SKIP_CODES = [SKIPPED, TIMED_OUT, *SIGNALLED]
 
 
 def parse_score_result(output: str) -> dict[str, Any]:

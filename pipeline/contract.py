@@ -18,9 +18,11 @@ CHECK_FAILED = 3
 #: ``vae --on-failure skip``: any failure exits with this instead (Airflow's default skip code, so a
 #: task that may fail without failing its run, such as a challenger's shadow, shows as skipped).
 SKIPPED = 99
-#: What coreutils ``timeout`` exits with when it ends a command at its limit (SIGTERM), and when it
-#: had to kill it (SIGKILL, 128 + 9).
-TIMED_OUT = (124, 137)
+#: What coreutils ``timeout`` exits with when it ends a command at its limit.
+TIMED_OUT = 124
+#: A command ended by a signal, as bash and ``timeout`` report it (128 + the signal): SIGABRT and
+#: SIGSEGV (a native crash), SIGKILL (``timeout``'s second try, the kernel's OOM killer), SIGTERM.
+SIGNALLED = (134, 137, 139, 143)
 
 #: ``vae monitor --check --on-alarm warn`` exits 0 and prints this, then the alarm, as its last line.
 MONITOR_ALARM_PREFIX = "vae-monitor-alarm: "

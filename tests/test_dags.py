@@ -257,8 +257,8 @@ def test_score_finds_the_day_input_scores_checks_and_shadows(dagbag, common):
     )
     # the champion's tasks fail on any error; the shadow's are skipped instead, so the day stays green
     assert tasks["score"]["skip_on_exit_code"] == tasks["monitor"]["skip_on_exit_code"] == []
-    assert tasks["shadow_score"]["skip_on_exit_code"] == [99, 124, 137]  # vae --on-failure skip, timeout
-    assert tasks["shadow_agreement"]["skip_on_exit_code"] == [99, 124, 137]
+    skips = [99, 124, 134, 137, 139, 143]  # vae --on-failure skip, timeout, a signal (a crash, a kill)
+    assert tasks["shadow_score"]["skip_on_exit_code"] == tasks["shadow_agreement"]["skip_on_exit_code"] == skips
     assert tasks["monitor"]["retries"] == 0
     assert {"input_root", "output_root", "monitor_on_alarm", "challenger_alias"} <= set(dag["params"])
 
@@ -430,7 +430,7 @@ def test_the_dags_and_vae_share_one_contract(common):
     from pipeline.cli import monitor
     from pipeline.outputs import result_json
 
-    assert [contract.SKIPPED, *contract.TIMED_OUT] == common.SHADOW_SKIP_CODES
+    assert [contract.SKIPPED, contract.TIMED_OUT, *contract.SIGNALLED] == common.SHADOW_SKIP_CODES
     assert common.MONITOR_ALARM_PREFIX is contract.MONITOR_ALARM_PREFIX
     assert monitor.CHECK_FAILED == contract.CHECK_FAILED
     assert result_json.KEYS == {"score": contract.SCORE_KEYS, "generate": contract.GENERATE_KEYS}

@@ -424,3 +424,37 @@ def test_the_registered_model_and_its_version_say_what_they_are(trained_plain, m
     assert "trained on digits" in version and "likelihood: " in version
     model = client.get_registered_model(trained_plain.model_name).description
     assert "@champion" in model and "digits" in model
+
+
+@pytest.mark.parametrize(
+    ("how", "plain", "skipped"),
+    [("exit", 2, SKIPPED), ("interrupt", 1, SKIPPED), ("crash", 1, SKIPPED), ("verdict", 3, 3), ("ok", 0, 0)],
+)
+def test_on_failure_skip_turns_every_failure_into_the_skip_code_but_not_a_verdict(how, plain, skipped):
+    import sys
+
+    import click
+
+    from pipeline.cli.main import VaeGroup
+    from pipeline.contract import ON_FAILURE
+
+    @click.group(cls=VaeGroup)
+    @click.option("--on-failure", type=click.Choice(ON_FAILURE), default="fail")
+    def group(on_failure: str) -> None:
+        pass
+
+    @group.command()
+    @click.argument("how")
+    def run(how: str) -> None:
+        if how == "exit":
+            sys.exit(2)
+        if how == "interrupt":
+            raise KeyboardInterrupt
+        if how == "crash":
+            raise RuntimeError("boom")
+        if how == "verdict":
+            click.get_current_context().exit(3)  # vae monitor --check's out of bounds
+
+    assert CliRunner().invoke(group, ["run", how]).exit_code == plain
+    assert CliRunner().invoke(group, ["--on-failure", "skip", "run", how]).exit_code == skipped
+    assert CliRunner().invoke(group, ["--on-failure", "skip", "no-such-command"]).exit_code == SKIPPED

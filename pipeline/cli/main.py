@@ -23,27 +23,35 @@ from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
 
 
 class VaeGroup(click.Group):
-    """``vae``: with ``--on-failure skip`` a failing command exits :data:`pipeline.contract.SKIPPED`
-    instead of 1 or 2, with the same message (a verdict such as ``vae monitor --check``'s keeps its code)."""
+    """``vae``: with ``--on-failure skip`` every failure exits :data:`pipeline.contract.SKIPPED`
+    instead of its own code, with the same message: click's errors (a wrong command line
+    included), any exception, an interrupt, a non-zero ``sys.exit``. Only a verdict keeps its code
+    (``vae monitor --check``'s :data:`~pipeline.contract.CHECK_FAILED`)."""
 
     def invoke(self, ctx: click.Context):
+        skips = ctx.params.get("on_failure") == "skip"  # parsed before any sub-command is resolved
         try:
             return super().invoke(ctx)
         except click.ClickException as exc:
-            if _skips(ctx):
+            if skips:
                 exc.exit_code = SKIPPED
             raise
-        except (click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
+        except click.exceptions.Exit:
+            raise
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            if skips:
+                click.echo("Aborted!", err=True)
+                sys.exit(SKIPPED)
+            raise
+        except SystemExit as exc:
+            if skips and exc.code not in (None, 0):
+                sys.exit(SKIPPED)
             raise
         except Exception:
-            if not _skips(ctx):
+            if not skips:
                 raise
             traceback.print_exc()
             sys.exit(SKIPPED)
-
-
-def _skips(ctx: click.Context) -> bool:
-    return (ctx.obj or {}).get("on_failure") == "skip"
 
 
 @click.group(

@@ -197,37 +197,37 @@ def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def result_json_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--result-json PATH``: the command writes its outcome (``what``) as one JSON object to PATH,
-    also when it fails. ``-`` prints it instead, as the last line of stdout, once everything else is
-    printed: a scheduler then reads it from the task's output with no file to pass around."""
+def result_json_option(what: str, *, on_failure: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--result-json PATH``: the command writes its outcome (``what``) as one JSON object to PATH
+    (``on_failure``: also when it fails). ``-`` prints it instead, as the last line of stdout, after
+    everything else the command prints: a scheduler then reads it from the task's output with no file
+    to pass around (on failure click's ``Error:`` line on stderr still follows it)."""
+    when = "also when the command fails" if on_failure else "when the command succeeds"
     return click.option(
         "--result-json",
         type=click.Path(dir_okay=False),
         default=None,
         callback=_result_json_path,
-        help=f"Also write the outcome ({what}) as one JSON object to this file, also when the command fails; "
+        help=f"Also write the outcome ({what}) as one JSON object to this file, {when}; "
         f"'{RESULT_TO_STDOUT}': print it as the last line of stdout.",
     )
 
 
 def _result_json_path(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """``-`` becomes a file in a temporary folder, printed and removed when the command's context
-    closes (after its own output, on success and on failure)."""
+    """``-`` becomes a fresh file name in the temporary folder (nothing is created here), printed
+    and removed when the command's context closes: after its own output, on success and on failure."""
     if value != RESULT_TO_STDOUT or ctx.resilient_parsing:
         return value
-    import shutil
     import tempfile
+    import uuid
 
-    folder = Path(tempfile.mkdtemp(prefix="vae-result-"))
-    path = folder / "result.json"
+    path = Path(tempfile.gettempdir()) / f"vae-result-{uuid.uuid4().hex}.json"
 
     def print_and_remove() -> None:
-        try:
-            if path.is_file():
-                click.echo(path.read_text().replace("\n", ""))  # JSON strings hold no raw newlines
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        if path.is_file():
+            text = path.read_text()
+            path.unlink(missing_ok=True)
+            click.echo(text.replace("\n", ""))  # JSON strings hold no raw newlines
 
     ctx.call_on_close(print_and_remove)
     return str(path)

@@ -253,7 +253,7 @@ def _compute_options() -> list:
     help="Train a label-conditioned VAE. The data need labels; rows without one are learnt from too "
     "(semi-supervised, with a classifier q(y|x)), and every part of the split needs some labelled rows.",
 )
-@result_json_option(", ".join(TRAIN_KEYS))
+@result_json_option(", ".join(TRAIN_KEYS), on_failure=False)
 @train_options
 @click.pass_context
 @friendly_errors
