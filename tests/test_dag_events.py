@@ -96,16 +96,20 @@ def start(env: dict[str, str], name: str) -> subprocess.Popen:
     )
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the process group this test started (the scheduler's task workers included)."""
-    if process.poll() is None:
+def stop(*processes: subprocess.Popen) -> None:
+    """SIGTERM to the process groups this test started (the scheduler's task workers included), all
+    at once, then waits for each (SIGKILL after a minute)."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
         os.killpg(process.pid, signal.SIGTERM)
+    for process in running:
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
-    process.stdout and process.stdout.close()
+    for process in processes:
+        process.stdout and process.stdout.close()
 
 
 def log_events(path: Path) -> list[str]:
@@ -183,8 +187,7 @@ def asset_flow(live_env: dict[str, str]) -> dict[str, Any]:
         time.sleep(5)
         return {"retrain": runs(env, "vae_retrain"), "augment": runs(env, "vae_augment")}
     finally:
-        for process in reversed(processes.values()):
-            stop(process)
+        stop(*reversed(processes.values()))
 
 
 def test_a_promoted_model_starts_augment_through_the_scheduler(live_env, asset_flow):
