@@ -21,8 +21,10 @@ run: install
 	$(VENV)/bin/vae run
 
 # pytest exits 5 when it collects nothing: say so loudly instead of passing silently.
+# Whole files go to the two workers in the order tests/conftest.py sets (the slowest first);
+# --no-loadscope-reorder stops xdist from reordering them by their number of tests.
 test: install
-	@$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-fast: install

@@ -14,8 +14,9 @@ QUICK = {"epochs": 4, "kl_warmup": 1, "early_stopping": 0, "score_samples": 4, "
 
 
 # The slowest test files first (seconds on 2 cores, pytest --junitxml, 2026-12-06): `make test` hands
-# whole files to the two workers in collection order (--dist loadfile), so the long ones start at
-# once and the short ones fill in behind them, rather than one long file starting last.
+# whole files to the two workers in collection order (--dist loadfile --no-loadscope-reorder; xdist
+# would otherwise order them by their number of tests, which put the Airflow file, 5 tests and
+# 210 s, last), so the long ones start at once and the short ones fill in behind them.
 SLOW_FILES = {
     "test_dag_events.py": 210,
     "test_terminal.py": 69,
