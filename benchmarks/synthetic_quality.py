@@ -213,9 +213,10 @@ def augmentation(name: str, seed: int, epochs: int, per_label: int = 100) -> lis
 
 
 def _posterior_augmented(model, small, reference, per_label: int, seed: int) -> float:
-    """The SVM's accuracy on ``reference`` when trained on the labelled rows ``small`` plus as many
-    posterior variations of them (z ~ q(z|x, y), decoded with their own label) as the conditional
-    samples: variety around real labelled images rather than draws from each class's prior."""
+    """The SVM's accuracy on ``reference`` when trained on the labelled rows ``small`` plus posterior
+    variations of them (z ~ q(z|x, y), decoded with their own label), each row the same number of
+    times, at least as many in all as the conditional samples: variety around real labelled images
+    rather than draws from each class's prior."""
     from sklearn.svm import SVC
 
     from scoring.sampling import synthesize

@@ -20,9 +20,13 @@ CHECK_FAILED = 3
 SKIPPED = 99
 #: What coreutils ``timeout`` exits with when it ends a command at its limit.
 TIMED_OUT = 124
-#: A command ended by a signal, as bash and ``timeout`` report it (128 + the signal): SIGABRT and
-#: SIGSEGV (a native crash), SIGKILL (``timeout``'s second try, the kernel's OOM killer), SIGTERM.
-SIGNALLED = (134, 137, 139, 143)
+#: Signals that end a command: SIGABRT and SIGSEGV (a native crash), SIGKILL (``timeout``'s second
+#: try, the kernel's OOM killer), SIGTERM.
+SIGNALS = (6, 9, 11, 15)
+#: A command ended by one of :data:`SIGNALS`, both ways it is reported: -N where bash hands the
+#: process over to the command (a task of one simple command, as the DAGs run, seen by Python's
+#: ``subprocess``; ``timeout`` passes the signal on), 128 + N where a shell waited for it.
+SIGNALLED = (*(-signal for signal in SIGNALS), *(128 + signal for signal in SIGNALS))
 
 #: ``vae monitor --check --on-alarm warn`` exits 0 and prints this, then the alarm, as its last line.
 MONITOR_ALARM_PREFIX = "vae-monitor-alarm: "

@@ -90,10 +90,10 @@ def start(env: dict[str, str], name: str) -> subprocess.Popen:
     args = [AIRFLOW, *SERVICES[name]]
     if name == "api-server":
         args.append(env["AIRFLOW__API__PORT"])
-    log = open(Path(env["AIRFLOW_HOME"]) / f"{name}.out", "w")  # noqa: SIM115 - closed by stop()
-    return subprocess.Popen(
-        args, env=env, cwd=env["AIRFLOW_HOME"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    with open(Path(env["AIRFLOW_HOME"]) / f"{name}.out", "w") as log:  # the service keeps its own copy
+        return subprocess.Popen(
+            args, env=env, cwd=env["AIRFLOW_HOME"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def stop(*processes: subprocess.Popen) -> None:
@@ -108,8 +108,6 @@ def stop(*processes: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
-    for process in processes:
-        process.stdout and process.stdout.close()
 
 
 def log_events(path: Path) -> list[str]:

@@ -257,7 +257,8 @@ def test_score_finds_the_day_input_scores_checks_and_shadows(dagbag, common):
     )
     # the champion's tasks fail on any error; the shadow's are skipped instead, so the day stays green
     assert tasks["score"]["skip_on_exit_code"] == tasks["monitor"]["skip_on_exit_code"] == []
-    skips = [99, 124, 134, 137, 139, 143]  # vae --on-failure skip, timeout, a signal (a crash, a kill)
+    # vae --on-failure skip, timeout, a signal (a crash, a kill: -N from bash -c of one command, else 128 + N)
+    skips = [99, 124, -6, -9, -11, -15, 134, 137, 139, 143]
     assert tasks["shadow_score"]["skip_on_exit_code"] == tasks["shadow_agreement"]["skip_on_exit_code"] == skips
     assert tasks["monitor"]["retries"] == 0
     assert {"input_root", "output_root", "monitor_on_alarm", "challenger_alias"} <= set(dag["params"])
@@ -447,6 +448,7 @@ FAKE_VAE = """#!/usr/bin/env bash
 # to stderr and exits $FAKE_EXIT
 echo "fake vae $*"
 if [ -n "${FAKE_REASON:-}" ]; then echo "$FAKE_REASON" >&2; fi
+if [ -n "${FAKE_SIGNAL:-}" ]; then kill -s "$FAKE_SIGNAL" $$; fi
 sleep "${FAKE_SLEEP:-0}"
 if [ -n "${FAKE_RESULT:-}" ]; then echo "$FAKE_RESULT"; fi
 exit "${FAKE_EXIT:-0}"
@@ -461,13 +463,16 @@ def run_script(tmp_path):
     fake.write_text(FAKE_VAE)
     fake.chmod(0o755)
 
-    def run(script_for, exit_code: int = 0, result: dict | None = None, reason: str = "", sleep: float = 0):
+    def run(
+        script_for, exit_code: int = 0, result: dict | None = None, reason: str = "", sleep: float = 0, signal: str = ""
+    ):
         variables = {"command": str(fake), "work_dir": str(tmp_path / "work"), "output_root": "/srv/daily"}.get
         env = os.environ | {
             "FAKE_EXIT": str(exit_code),
             "FAKE_RESULT": json.dumps(result) if result is not None else "",
             "FAKE_REASON": reason,
             "FAKE_SLEEP": str(sleep),
+            "FAKE_SIGNAL": signal,
         }
         cwd = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
         cwd.mkdir()
@@ -527,6 +532,11 @@ def test_a_slow_shadow_ends_at_its_own_time_limit_as_skipped_and_its_output_neve
     )
     assert code in common.SHADOW_SKIP_CODES and code == 124, output
     assert "--on-failure skip" in output
+    for signal in ("SEGV", "ABRT", "KILL"):  # a native crash or a kill under timeout, as Airflow runs it
+        code, output = run_script(
+            lambda v: common.score_command("/in", DAY, {}, v, alias="c", shadow=True), signal=signal
+        )
+        assert code in common.SHADOW_SKIP_CODES and code < 0, (signal, code, output)
     assert common.parse_shadow_result("Traceback ...\nnot json") is None
     assert common.parse_shadow_result(json.dumps(score_result_json()))["status"] == "ok"
 

@@ -458,3 +458,10 @@ def test_on_failure_skip_turns_every_failure_into_the_skip_code_but_not_a_verdic
     assert CliRunner().invoke(group, ["run", how]).exit_code == plain
     assert CliRunner().invoke(group, ["--on-failure", "skip", "run", how]).exit_code == skipped
     assert CliRunner().invoke(group, ["--on-failure", "skip", "no-such-command"]).exit_code == SKIPPED
+
+
+def test_on_failure_skip_covers_a_wrong_option_of_vae_itself():
+    assert CliRunner().invoke(main, ["--bogus", "score"]).exit_code == 2
+    assert CliRunner().invoke(main, ["--on-failure", "skip", "--bogus", "score"]).exit_code == SKIPPED
+    assert CliRunner().invoke(main, ["--on-failure=skip", "--log-format", "loud", "score"]).exit_code == SKIPPED
+    assert CliRunner().invoke(main, ["--log-format", "loud", "score", "--on-failure", "skip"]).exit_code == 2

@@ -28,6 +28,17 @@ class VaeGroup(click.Group):
     included), any exception, an interrupt, a non-zero ``sys.exit``. Only a verdict keeps its code
     (``vae monitor --check``'s :data:`~pipeline.contract.CHECK_FAILED`)."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        """A wrong option of ``vae`` itself (or a bad ``VAE_LOG_FORMAT``) fails before :meth:`invoke`:
+        it exits 99 too when the command line asks to skip."""
+        asked = list(args)
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.ClickException as exc:
+            if _asks_to_skip(asked):
+                exc.exit_code = SKIPPED
+            raise
+
     def invoke(self, ctx: click.Context):
         skips = ctx.params.get("on_failure") == "skip"  # parsed before any sub-command is resolved
         try:
@@ -45,6 +56,8 @@ class VaeGroup(click.Group):
             raise
         except SystemExit as exc:
             if skips and exc.code not in (None, 0):
+                if isinstance(exc.code, str):
+                    click.echo(exc.code, err=True)
                 sys.exit(SKIPPED)
             raise
         except Exception:
@@ -52,6 +65,16 @@ class VaeGroup(click.Group):
                 raise
             traceback.print_exc()
             sys.exit(SKIPPED)
+
+
+def _asks_to_skip(args: list[str]) -> bool:
+    """Whether raw ``vae`` arguments hold ``--on-failure skip`` (before the sub-command)."""
+    for i, arg in enumerate(args):
+        if arg == "--on-failure=skip" or (arg == "--on-failure" and args[i + 1 : i + 2] == ["skip"]):
+            return True
+        if arg in main.commands:
+            return False
+    return False
 
 
 @click.group(
