@@ -56,8 +56,9 @@ def _partition(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 @click.option(
     "--check",
     is_flag=True,
-    help=f"Exit with code {CHECK_FAILED} and a one-line reason when the selected run (the partition's latest, "
-    "else the latest) has its anomaly rate outside its bound or its drift statistic above its limit.",
+    help=f"Exit with code {CHECK_FAILED} and a one-line reason (or warn: --on-alarm) when the selected run (the "
+    "partition's latest, else the latest) has its anomaly rate outside its bound or its drift statistic above its "
+    "limit.",
 )
 @click.option(
     "--on-alarm",
