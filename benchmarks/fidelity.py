@@ -109,9 +109,15 @@ def train_conditional(name: str, data: str, train_data, epochs: int, seed: int, 
     from training.train import train
 
     cfg = TrainConfig(
-        data=data, conditional=True, model_name=name, epochs=epochs, seed=seed, promote="always", work_dir=work_dir
+        data=data,
+        conditional=True,
+        model_name=name,
+        epochs=epochs,
+        seed=seed,
+        promote="always",
+        work_dir=work_dir,
+        calibration_folds=0,  # the threshold does not matter to the samples
     )
-    cfg.calibration_folds = 0  # the threshold does not matter to the samples
     if train_data is None:
         result = train(cfg)
     else:  # a data set of our own: saved as NPZ so that train() loads it like any user file

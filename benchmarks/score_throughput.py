@@ -119,8 +119,9 @@ def quick_model(folder: Path) -> str:
     from training.train import train
 
     registry.configure(folder)
-    cfg = TrainConfig(epochs=2, kl_warmup=1, early_stopping=0, model_name="vae-bench", promote="always")
-    cfg.calibration_folds = 0  # the threshold does not matter to the rate
+    cfg = TrainConfig(  # calibration_folds 0: the threshold does not matter to the rate
+        epochs=2, kl_warmup=1, early_stopping=0, model_name="vae-bench", promote="always", calibration_folds=0
+    )
     result = train(cfg)
     return f"models:/vae-bench/{result.version}"
 

@@ -56,7 +56,7 @@ def retrain(cfg: TrainConfig, data: data_lib.ImageData) -> tuple[object, dict[st
     if not folds:
         return model, {"shipped": part, "calibration part": part}
     shipped = calibrate(
-        model, split, cfg.target_fpr, cfg.anomaly_score, cross_fitted_calibration_scores(cfg, split, folds)
+        model, split, cfg.target_fpr, cfg.anomaly_score, cross_fitted_calibration_scores(cfg, split, folds, like=model)
     )
     return model, {f"shipped ({folds} folds)": shipped, "calibration part": part}
 

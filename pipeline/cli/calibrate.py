@@ -53,16 +53,18 @@ def calibrate_command(ctx: click.Context, result_json: str | None, **options) ->
     Registers a NEW version of the same model with the same weights and the new threshold, logged
     in its own MLflow run (a child of the source run); the source version is left as it was.
     """
+    from pipeline.outputs.result_json import write_result_json
+
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         result = _calibrate(ctx, **options)
     except Exception as exc:
         if result_json:
             reason = exc.format_message() if isinstance(exc, click.ClickException) else f"{type(exc).__name__}: {exc}"
-            _write(result_json, {"command": "calibrate", "status": "failed", "reason": reason})
+            write_result_json(result_json, {"command": "calibrate", "status": "failed", "reason": reason})
         raise
     if result_json:
-        _write(result_json, {"command": "calibrate", "status": "ok", "reason": None} | result.to_dict())
+        write_result_json(result_json, {"command": "calibrate", "status": "ok", "reason": None} | result.to_dict())
 
 
 @friendly_errors
@@ -88,9 +90,3 @@ def _calibrate(ctx: click.Context, model: str, target_fpr: float, data: str | No
     else:
         click.echo(f"alias:           none moved; `vae models promote {result.name} {result.version}` to use it")
     return result
-
-
-def _write(path: str, outcome: dict) -> None:
-    from pipeline.outputs.result_json import write_result_json
-
-    write_result_json(path, outcome)

@@ -16,7 +16,7 @@ from pipeline.cli.report import report_command
 from pipeline.cli.run import run_command
 from pipeline.cli.score import score_command
 from pipeline.cli.train import train_command
-from pipeline.contract import ON_FAILURE, SKIPPED
+from pipeline.contract import CHECK_FAILED, ON_FAILURE, SKIPPED
 from pipeline.logging_setup import LOG_FORMAT_ENV, LOG_FORMATS, setup_logging
 from training import registry
 from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
@@ -24,57 +24,33 @@ from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
 
 class VaeGroup(click.Group):
     """``vae``: with ``--on-failure skip`` every failure exits :data:`pipeline.contract.SKIPPED`
-    instead of its own code, with the same message: click's errors (a wrong command line
-    included), any exception, an interrupt, a non-zero ``sys.exit``. Only a verdict keeps its code
-    (``vae monitor --check``'s :data:`~pipeline.contract.CHECK_FAILED`)."""
+    instead of its own code, with the same message: click's errors (a wrong command line, ``vae``'s
+    own options included), any exception, an interrupt, a non-zero ``sys.exit``. Only success and a
+    verdict keep their code (``vae monitor --check``'s :data:`~pipeline.contract.CHECK_FAILED`)."""
 
-    def make_context(self, info_name, args, parent=None, **extra):
-        """A wrong option of ``vae`` itself (or a bad ``VAE_LOG_FORMAT``) fails before :meth:`invoke`:
-        it exits 99 too when the command line asks to skip."""
-        asked = list(args)
+    def main(self, args=None, *rest, **extra):
+        if not self._asks_to_skip(list(sys.argv[1:] if args is None else args)):
+            return super().main(args, *rest, **extra)
         try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.ClickException as exc:
-            if _asks_to_skip(asked):
-                exc.exit_code = SKIPPED
-            raise
-
-    def invoke(self, ctx: click.Context):
-        skips = ctx.params.get("on_failure") == "skip"  # parsed before any sub-command is resolved
-        try:
-            return super().invoke(ctx)
-        except click.ClickException as exc:
-            if skips:
-                exc.exit_code = SKIPPED
-            raise
-        except click.exceptions.Exit:
-            raise
-        except (click.exceptions.Abort, KeyboardInterrupt):
-            if skips:
-                click.echo("Aborted!", err=True)
-                sys.exit(SKIPPED)
-            raise
+            return super().main(args, *rest, **extra)  # click's own handling first: it prints and exits
         except SystemExit as exc:
-            if skips and exc.code not in (None, 0):
-                if isinstance(exc.code, str):
-                    click.echo(exc.code, err=True)
-                sys.exit(SKIPPED)
-            raise
-        except Exception:
-            if not skips:
+            if exc.code in (None, 0, CHECK_FAILED):
                 raise
+            if isinstance(exc.code, str):
+                click.echo(exc.code, err=True)
+            sys.exit(SKIPPED)
+        except Exception:
             traceback.print_exc()
             sys.exit(SKIPPED)
 
-
-def _asks_to_skip(args: list[str]) -> bool:
-    """Whether raw ``vae`` arguments hold ``--on-failure skip`` (before the sub-command)."""
-    for i, arg in enumerate(args):
-        if arg == "--on-failure=skip" or (arg == "--on-failure" and args[i + 1 : i + 2] == ["skip"]):
-            return True
-        if arg in main.commands:
-            return False
-    return False
+    def _asks_to_skip(self, args: list[str]) -> bool:
+        """Whether raw arguments hold ``--on-failure skip`` before the sub-command."""
+        for i, arg in enumerate(args):
+            if arg == "--on-failure=skip" or (arg == "--on-failure" and args[i + 1 : i + 2] == ["skip"]):
+                return True
+            if arg in self.commands:
+                return False
+        return False
 
 
 @click.group(
@@ -123,9 +99,9 @@ def main(ctx: click.Context, work_dir: str | None, verbose: bool, log_format: st
     Shell completion: eval "$(_VAE_COMPLETE=bash_source vae)" in ~/.bashrc (zsh_source, fish_source for
     zsh and fish).
     """
+    # on_failure is applied by VaeGroup.main, around click's own error handling
     setup_logging(verbose, log_format)  # before any command imports TensorFlow, MLflow or Beam
     ctx.ensure_object(dict)["work_dir"] = registry.work_dir(work_dir, create=False)
-    ctx.obj["on_failure"] = on_failure
 
 
 main.add_command(train_command)
