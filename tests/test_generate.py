@@ -225,7 +225,7 @@ def test_generate_options_follow_the_cli_and_beam_style_flags():
     ("values", "message"),
     [
         ({"n": 5, "per_label": 5}, "not both"),
-        ({"seed": -1}, "--seed must be a non-negative integer"),
+        ({"seed": -1}, "--seed must be non-negative"),
         ({"temperature": -0.5}, "--temperature must be non-negative"),
         ({"shards": 0}, "--shards must be at least 1"),
         ({"input": "digits"}, "--input is only used by --method posterior"),

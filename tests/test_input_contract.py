@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.cli.main import main
@@ -151,6 +153,55 @@ def test_labels_mean_the_same_class_in_training_and_scoring(tmp_path):
     )
     valid, rejected = validate_batch(batch, ModelSpec((2, 2, 1), 2, ("cat", "dog")))
     assert valid.labels.tolist() == [1, 0] and rejected.example_ids.to_pylist() == ["c"]  # as label_classes
+
+
+def _scored_labels(labels: list, spec) -> list:
+    from training.data.validate import validate_batch
+
+    n = len(labels)
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "example_id": [str(i) for i in range(n)],
+            "source": ["t"] * n,
+            "pixels": pa.array([[0.5] * 4] * n, pa.list_(pa.float32())),
+            "height": [2] * n,
+            "width": [2] * n,
+            "label": pa.array(labels, pa.string()),
+        }
+    )
+    valid, _ = validate_batch(batch, spec)
+    out = [None] * n
+    if valid is None:  # every row rejected
+        return out
+    for row, label in zip(valid.rows.tolist(), valid.label_out.to_pylist(), strict=True):
+        out[row] = label
+    return out
+
+
+def test_one_label_rule_reads_odd_labels_without_a_traceback():
+    """Signed digits are numbers, other digit-like text (superscripts, doubled signs) is not, in
+    training and scoring alike; a plain model carries any whole number through."""
+    from training.data.labels import label_classes
+    from training.data.validate import ModelSpec
+
+    odd = ["-3", "+4", " 5 ", "--7", "\u00b2", "1.5", "nan", None]
+    assert _scored_labels(odd, ModelSpec((2, 2, 1))) == [-3, 4, 5, None, None, None, None, None]
+    values, names, known = label_classes(["+4", " 5 ", "-3", "1.5", "nan"])
+    assert names == [str(i) for i in range(6)] and values[known].tolist() == [4, 5] and known.sum() == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=4), st.integers(-3, 12).map(str)), min_size=1, max_size=12))
+def test_training_and_scoring_read_every_label_alike(labels):
+    from training.data.labels import label_classes
+    from training.data.validate import ModelSpec
+
+    classes = ["0", "1", "2", "cat", "dog"]
+    present = [v for v in labels if v is not None]
+    values, _, known = label_classes(present, classes)
+    expected = iter([int(v) if k else None for v, k in zip(values, known, strict=True)])
+    trained = [None if v is None else next(expected) for v in labels]
+    assert _scored_labels(labels, ModelSpec((2, 2, 1), len(classes), tuple(classes))) == trained
 
 
 def test_several_inputs_keep_made_up_ids_apart(tmp_path):

@@ -3,8 +3,9 @@ generate`` build it from their parameters (:meth:`JobOptions.of`), a Beam-style 
 flags (:meth:`JobOptions.from_argv`, e.g. ``python -m pipeline.beam.score_job --model ... --output ...
 --runner DataflowRunner --project P``). Beam reads the runner flags from the same object.
 
-Flags are Beam-style (``--batch_size``) and also take hyphens (``--batch-size``). ``vae generate
---labels`` is ``--class_labels`` here: ``--labels`` is Dataflow's job labels.
+The flags are declared once, in :mod:`pipeline.beam.flags`. They are Beam-style (``--batch_size``)
+and also take hyphens (``--batch-size``). ``vae generate --labels`` is ``--class_labels`` here:
+``--labels`` is Dataflow's job labels.
 
 Where :meth:`JobOptions.of` gets both keyword values and Beam flags, a keyword value is explicit: a
 flag that names the same option (``--batch_size``, ``--runner`` ...) is refused with an error naming
@@ -24,21 +25,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline.beam.defaults import (
     DASK_RUNNER,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_INTERPOLATION_STEPS,
-    DEFAULT_MODEL_URI,
     DEFAULT_RUNNER,
     DEFAULT_RUNNING_MODE,
-    DEFAULT_SEED,
-    DEFAULT_SHARD_ROWS,
-    DEFAULT_SPLIT_SEED,
-    DEFAULT_TEMPERATURE,
     DEFAULT_WORKERS,
-    METHODS,
     parse_shape,
 )
-from pipeline.beam.guards import DEFAULT_MAX_REJECT_RATE, DEFAULT_MIN_BRIGHTNESS, DEFAULT_MIN_ROWS
-from scoring.sampling_choices import DEFAULT_LATENT_PRIOR, DEFAULT_PIXEL_TEMPERATURE, LATENT_PRIORS
+from pipeline.beam.flags import DASK_FLAGS, GENERATE_FLAGS, JOB_FLAGS, SCORE_FLAGS, Flag
+from scoring.sampling_choices import DEFAULT_PIXEL_TEMPERATURE
 
 #: Beam's own runner options that the ``vae`` commands set, and their defaults (ours, not Beam's:
 #: the local engine with worker processes). Given as leading flags, so later flags override them.
@@ -51,15 +44,22 @@ RUNNER_DEFAULT_FLAGS = (
 _PARTITION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=[A-Za-z0-9_.:-]+$")
 
 
-def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
-    """``--name``, and ``--name-with-hyphens`` where that differs."""
-    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    parser.add_argument(*flags, dest=name, **kwargs)
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # a flag Beam cannot parse either: say so, do not exit
         raise ValueError(f"Beam pipeline options: {message}")
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
+    """Each flag as ``--name``, and ``--name-with-hyphens`` where that differs. Beam calls the
+    ``_add_argparse_args`` of each class in the MRO that defines one, so each class adds its own."""
+    for flag in flags:
+        names = [f"--{flag.name}"] + ([f"--{flag.name.replace('_', '-')}"] if "_" in flag.name else [])
+        kwargs: dict[str, Any] = {"dest": flag.name, "default": flag.default, "help": flag.help.replace("%", "%%")}
+        if flag.type is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = _shape if flag.type is tuple else flag.type
+        parser.add_argument(*names, **kwargs)
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -74,35 +74,31 @@ class JobOptions(PipelineOptions):
     ``PipelineOptions``, so a flag is declared by one class only: the jobs' classes list
     ``PipelineOptions`` again as a base so that Beam finds their own flags too."""
 
+    FLAGS = JOB_FLAGS + DASK_FLAGS
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        _flag(parser, "model", default=DEFAULT_MODEL_URI, help="models:/NAME@ALIAS, models:/NAME/VERSION or .keras")
-        _flag(
-            parser,
-            "input",
-            default=None,
-            help="the images to read (see `vae score --help`; `vae score` requires it); default digits",
-        )
-        _flag(parser, "output", default=None, help="output folder (required)")
-        _flag(parser, "shape", type=_shape, default=None, help="image shape HxWxC of a Parquet 'pixels' column")
-        _flag(parser, "work_dir", default=None, help="working folder: the MLflow store (default: vae's)")
-        _flag(parser, "result_json", default=None, help="also write the run's outcome to this JSON file, failed or not")
-        _flag(parser, "dask_address", default=None, help="DaskRunner: a running scheduler, e.g. tcp://HOST:8786")
-        _flag(
-            parser,
-            "dask_workers",
-            type=int,
-            default=DEFAULT_WORKERS,
-            help="DaskRunner without --dask-address: worker processes of the local cluster",
-        )
+        _add_flags(parser, JOB_FLAGS + DASK_FLAGS)
+
+    @classmethod
+    def _declaring(cls) -> list[type[JobOptions]]:
+        """This class and the bases that declare flags of their own (``FLAGS``)."""
+        return [klass for klass in cls.__mro__ if "FLAGS" in vars(klass)]
+
+    def check_flags(self) -> None:
+        """Raises ValueError, naming the flag, for a value out of its declared range or choices."""
+        for klass in self._declaring():
+            for flag in klass.FLAGS:
+                problem = flag.problem(getattr(self, flag.name))
+                if problem:
+                    raise ValueError(problem)
 
     @classmethod
     def option_names(cls) -> frozenset[str]:
         """The options this class declares (its own and its bases')."""
         parser = argparse.ArgumentParser(add_help=False)
-        for klass in cls.__mro__:
-            if klass is not PipelineOptions and "_add_argparse_args" in vars(klass):
-                klass._add_argparse_args(parser)
+        for klass in cls._declaring():
+            klass._add_argparse_args(parser)
         return frozenset(vars(parser.parse_args([])))
 
     @classmethod
@@ -137,9 +133,8 @@ class JobOptions(PipelineOptions):
         the flag as given, e.g. ``--direct_num_workers=3``}. Parsed the way Beam parses them (whole
         flag names only, ``--name value`` or ``--name=value``)."""
         parser = _Parser(allow_abbrev=False, add_help=False)
-        for klass in cls.__mro__:
-            if klass is not PipelineOptions and "_add_argparse_args" in vars(klass):
-                klass._add_argparse_args(parser)
+        for klass in cls._declaring():
+            klass._add_argparse_args(parser)
         for name in RUNNER_OPTIONS:  # Beam's own flags: underscores only
             parser.add_argument(f"--{name}", dest=name)
         unset = object()
@@ -171,8 +166,7 @@ class JobOptions(PipelineOptions):
         """Raises ValueError, naming the flag, for a value the job cannot take."""
         if not self.output:
             raise ValueError("--output is required")
-        if self.dask_workers < 1:
-            raise ValueError(f"--dask-workers must be at least 1, got {self.dask_workers}")
+        self.check_flags()
         if self.dask_address is not None and self.runner != DASK_RUNNER:
             raise ValueError(f"--dask-address is for --runner {DASK_RUNNER}, not {self.runner}")
 
@@ -180,116 +174,26 @@ class JobOptions(PipelineOptions):
 class ScoreOptions(JobOptions, PipelineOptions):
     """``vae score``: what :func:`pipeline.beam.score_job.score_dataset` scores, how, and where to."""
 
+    FLAGS = SCORE_FLAGS
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        _flag(parser, "partition", default=None, help="KEY=VALUE: write and replace only this hive partition")
-        _flag(parser, "iwae_k", type=int, default=None, help="also the IWAE bound with K samples")
-        _flag(parser, "fpr", type=float, default=None, help="re-threshold at this false positive rate")
-        _flag(
-            parser,
-            "batch_size",
-            type=int,
-            default=DEFAULT_BATCH_SIZE,
-            help="rows per batch and model call (default: 8,192 rows of 8x8 images, fewer of larger ones, >= 1,024)",
-        )
-        _flag(parser, "split_seed", type=int, default=DEFAULT_SPLIT_SEED, help="seed of NAME:train|validation|...")
-        _flag(parser, "shard_rows", type=int, default=DEFAULT_SHARD_ROWS, help="rows per unit of work")
-        _flag(parser, "pixel_scores", action="store_true", help="also each pixel's NLL, the pixel_nll column")
-        _flag(
-            parser,
-            "max_reject_rate",
-            type=float,
-            default=DEFAULT_MAX_REJECT_RATE,
-            help="fail, committing nothing, when more than this share of the rows read is rejected",
-        )
-        _flag(
-            parser,
-            "min_rows",
-            type=int,
-            default=DEFAULT_MIN_ROWS,
-            help="fail, committing nothing, when the input has fewer rows",
-        )
-        _flag(
-            parser,
-            "min_brightness",
-            type=float,
-            default=DEFAULT_MIN_BRIGHTNESS,
-            help="fail, committing nothing, when every image checked is darker than this share of the training "
-            "images' typical brightest pixel (wrongly scaled pixels); 0 turns it off",
-        )
-        _flag(
-            parser, "pixel_scale", type=float, default=None, help="divide numeric pixels by this (default: the model's)"
-        )
+        _add_flags(parser, SCORE_FLAGS)
 
     def check(self) -> None:
         super().check()
         if self.partition is not None and not _PARTITION.match(self.partition):
             raise ValueError(f"--partition {self.partition!r}: expected KEY=VALUE, e.g. date=2026-11-20")
-        if self.iwae_k is not None and self.iwae_k < 1:
-            raise ValueError(f"--iwae-k must be at least 1, got {self.iwae_k}")
-        if self.fpr is not None and not 0.0 < self.fpr < 1.0:
-            raise ValueError(f"--fpr must be in (0, 1), got {self.fpr}")
-        for name in ("batch_size", "shard_rows"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.max_reject_rate <= 1.0:
-            raise ValueError(f"--max-reject-rate must be in [0, 1], got {self.max_reject_rate}")
-        if self.min_rows < 0:
-            raise ValueError(f"--min-rows must be at least 0, got {self.min_rows}")
-        if not 0.0 <= self.min_brightness <= 1.0:
-            raise ValueError(f"--min-brightness must be in [0, 1], got {self.min_brightness}")
-        if self.pixel_scale is not None and not self.pixel_scale > 0:
-            raise ValueError(f"--pixel-scale must be positive, got {self.pixel_scale}")
 
 
 class GenerateOptions(JobOptions, PipelineOptions):
     """``vae generate``: what :func:`pipeline.beam.generate_job.generate_dataset` samples, and where to."""
 
+    FLAGS = GENERATE_FLAGS
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        _flag(
-            parser,
-            "method",
-            choices=METHODS,
-            default=None,
-            help="prior, conditional, posterior or interpolate (required)",
-        )
-        _flag(parser, "from_id", default=None, help="interpolate: the example_id of the first image")
-        _flag(parser, "to_id", default=None, help="interpolate: the example_id of the last image")
-        _flag(
-            parser,
-            "steps",
-            type=int,
-            default=DEFAULT_INTERPOLATION_STEPS,
-            help="interpolate: decoded points from one image to the other, both ends included",
-        )
-        _flag(parser, "n", type=int, default=None, help="samples in all")
-        _flag(parser, "per_label", type=int, default=None, help="samples per label")
-        _flag(parser, "class_labels", default=None, help="only these labels: indices or class names, e.g. 0,3,7")
-        _flag(parser, "temperature", type=float, default=DEFAULT_TEMPERATURE, help="scales the latent spread")
-        _flag(
-            parser,
-            "pixel_temperature",
-            type=float,
-            default=None,
-            help=f"pixels drawn from p(x|z)^(1/T); 0: its mean on the grey levels [{DEFAULT_PIXEL_TEMPERATURE:g}]",
-        )
-        _flag(parser, "sample_pixels", action="store_true", help="the same as --pixel_temperature 1")
-        _flag(
-            parser,
-            "latent_prior",
-            default=DEFAULT_LATENT_PRIOR,
-            help=f"prior and conditional latents: {' or '.join(LATENT_PRIORS)} (the fitted aggregate posterior)",
-        )
-        _flag(parser, "seed", type=int, default=DEFAULT_SEED, help="the same seed gives the same images")
-        _flag(parser, "shards", type=int, default=None, help="units of work (does not change the images)")
-        _flag(
-            parser,
-            "compare_with",
-            default=None,
-            help="real labelled images, at least 300 per label, that the model never trained on, to measure the "
-            "samples against: precision, recall, density, coverage, diversity per label",
-        )
+        _add_flags(parser, GENERATE_FLAGS)
 
     def pixels(self) -> float:
         """The pixel temperature this run decodes with: the flag, else 0 (the likelihood's mean) for
@@ -302,31 +206,15 @@ class GenerateOptions(JobOptions, PipelineOptions):
 
     def check(self) -> None:
         super().check()
-        if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name in ("n", "per_label", "shards"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.n is not None and self.per_label is not None:
             raise ValueError("give --n (samples in all) or --per-label (samples per label), not both")
-        if self.seed < 0:
-            raise ValueError(f"--seed must be a non-negative integer, got {self.seed}")
-        if self.temperature < 0:
-            raise ValueError(f"--temperature must be non-negative, got {self.temperature}")
-        if self.pixel_temperature is not None and self.pixel_temperature < 0:
-            raise ValueError(f"--pixel-temperature must be non-negative, got {self.pixel_temperature}")
         if self.sample_pixels and self.pixel_temperature not in (None, 1.0):
             raise ValueError("--sample-pixels means --pixel-temperature 1: give one of them")
-        if self.latent_prior not in LATENT_PRIORS:
-            raise ValueError(f"--latent-prior must be one of {', '.join(LATENT_PRIORS)}, got {self.latent_prior!r}")
         if self.input is not None and self.method not in ("posterior", "interpolate"):
             raise ValueError(f"--input is only used by --method posterior or interpolate, not {self.method}")
         if self.method == "interpolate":
             if not self.from_id or not self.to_id:
                 raise ValueError("--method interpolate needs the two images' example ids: --from ID --to ID")
-            if self.steps < 2:
-                raise ValueError(f"--steps must be at least 2 (both ends), got {self.steps}")
             if self.n is not None or self.per_label is not None or self.class_labels is not None:
                 raise ValueError("--method interpolate takes --steps, not --n, --per-label or --labels")
         elif self.from_id is not None or self.to_id is not None:

@@ -15,6 +15,7 @@ from click.core import ParameterSource
 
 from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_RUNNING_MODE, DEFAULT_WORKERS, RUNNING_MODES
 from pipeline.beam.defaults import parse_shape as shape_of
+from pipeline.beam.flags import Flag
 from pipeline.contract import RESULT_TO_STDOUT
 from pipeline.logging_setup import is_verbose
 from training.limits import BUILTIN_DATA
@@ -152,9 +153,39 @@ def job_options(ctx: click.Context, options_class: type, beam_args: tuple[str, .
     return options_class.of(beam_args, defaults=defaults, **explicit)
 
 
+def job_flags(flags: tuple[Flag, ...], **changes: dict[str, Any]) -> Callable[[Callable[..., Any]], Any]:
+    """The click options of a Beam job's flags (:mod:`pipeline.beam.flags`), in their order, with the
+    same names, types, defaults, ranges and help; ``changes``: per flag name, click keywords that
+    differ for this command (``required``, a command's own ``help``)."""
+
+    def option(flag: Flag) -> Callable[..., Any]:
+        kwargs: dict[str, Any] = {"default": flag.default, "show_default": flag.show_default, "help": flag.help}
+        bounds = {"min": flag.minimum, "max": flag.maximum, "min_open": flag.open, "max_open": flag.open}
+        if flag.type is bool:
+            kwargs["is_flag"] = True
+        elif flag.choices is not None:
+            kwargs["type"] = click.Choice(flag.choices)
+        elif flag.type is tuple:
+            kwargs["callback"] = parse_shape
+        elif flag.type in (int, float):
+            bounded = flag.minimum is not None or flag.maximum is not None
+            ranges = {int: click.IntRange, float: click.FloatRange}
+            kwargs["type"] = ranges[flag.type](**bounds) if bounded else flag.type
+        kwargs["metavar"] = flag.metavar
+        return click.option(flag.spelling, flag.name, **{**kwargs, **changes.get(flag.name, {})})
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        for flag in reversed(flags):
+            if flag.cli != "":
+                func = option(flag)(func)
+        return func
+
+    return decorate
+
+
 def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--runner``, ``--direct-num-workers``, ``--direct-running-mode``, ``--dask-address`` and
-    ``--dask-workers``, shared by the Beam commands."""
+    """``--runner``, ``--direct-num-workers``, ``--direct-running-mode`` (Beam's own flags, whose
+    defaults are ours), shared by the Beam commands."""
     options = [
         click.option(
             "--runner",
@@ -162,7 +193,7 @@ def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Beam runner: DirectRunner runs locally and offline; DaskRunner on a Dask cluster (--dask-address) "
             "or a local one; DataflowRunner, FlinkRunner, SparkRunner, PortableRunner take their own pipeline "
-            "options (see the README).",
+            "options (docs/scoring.md).",
         ),
         click.option(
             "--direct-num-workers",
@@ -177,19 +208,6 @@ def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
             default=DEFAULT_RUNNING_MODE,
             show_default=True,
             help="DirectRunner: worker processes, threads, or one in-process worker (fastest start for small jobs).",
-        ),
-        click.option(
-            "--dask-address",
-            default=None,
-            help="DaskRunner: the scheduler of a running Dask cluster, e.g. tcp://HOST:8786 (default: a local "
-            "cluster started for the run).",
-        ),
-        click.option(
-            "--dask-workers",
-            type=click.IntRange(1),
-            default=DEFAULT_WORKERS,
-            show_default=True,
-            help="DaskRunner without --dask-address: worker processes of the local cluster.",
         ),
     ]
     for option in reversed(options):

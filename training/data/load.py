@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from training.data.images import UNLABELLED, DataError, ImageData, decode_image, take_rows
+from training.data.labels import label_classes
 from training.data.reader import plan_input
 from training.data.validate import REJECTS_SCHEMA, ModelSpec, duplicate_rows, validate_batch
 
@@ -91,72 +92,6 @@ def _first_shape(
             except DataError:
                 continue
     return None
-
-
-def _whole(value) -> int | None:
-    """A label as a whole number, if it is one (an int, a whole float, or a string of digits)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-    return int(text) if text.strip().isdigit() else None
-
-
-def label_classes(raw: list, classes: list[str] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(class index per label, class names, known mask) for labels as scoring reads them
-    (:func:`training.data.validate.validate_batch`): names make the classes (sorted); whole numbers
-    are their own class indices (names ``"0"`` .. ``"K-1"``); both kinds at once are a
-    :class:`DataError` (a number cannot say which name it means). ``classes``: a fixed class list
-    (a built-in or in-memory data set's own order), used as the names, which whole numbers index. A
-    label that fits neither (a negative number, a fraction, an index past the names, a name not in
-    ``classes``) is not known."""
-    numbers = [_whole(v) for v in raw]
-    texts = [
-        None if n is not None or v is None else (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
-        for v, n in zip(raw, numbers, strict=True)
-    ]
-    named = sorted({t for t in texts if t is not None and not _is_fraction(t)})
-    if named and not classes and any(n is not None and n >= 0 for n in numbers):
-        raise DataError(_mixed_labels(raw, numbers, named))
-    if classes:  # a data set with its own class order (Fashion-MNIST's): names and indices into it
-        named = list(classes)
-    values = np.zeros(len(raw), np.int64)
-    known = np.zeros(len(raw), bool)
-    if named:
-        index = {name: i for i, name in enumerate(named)}
-        for i, (n, text) in enumerate(zip(numbers, texts, strict=True)):
-            if text in index:
-                values[i], known[i] = index[text], True
-            elif n is not None and 0 <= n < len(named):
-                values[i], known[i] = n, True
-        return values, named, known
-    for i, n in enumerate(numbers):
-        if n is not None and n >= 0:
-            values[i], known[i] = n, True
-    count = int(values[known].max()) + 1 if known.any() else 0
-    return values, [str(i) for i in range(count)], known
-
-
-def _mixed_labels(raw: list, numbers: list, named: list[str]) -> str:
-    whole = [v for v, n in zip(raw, numbers, strict=True) if n is not None and n >= 0]
-    shown = ", ".join(repr(v) for v in list(dict.fromkeys(whole))[:5])
-    names = ", ".join(repr(v) for v in named[:5]) + (", ..." if len(named) > 5 else "")
-    return (
-        f"the labels mix two kinds: {len(named)} class name(s) ({names}) and {len(whole):,} whole number(s) "
-        f"({shown}{', ...' if len(set(map(str, whole))) > 5 else ''}); a number cannot say which name it means: "
-        "give every row a class name, or every row a class number"
-    )
-
-
-def _is_fraction(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def read_images(

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from training.data.images import ImageProblem, decode_image
+from training.data.labels import class_indices
 
 #: a rejected row: where it came from and why (``raw``: its value, shortened, or null); the rejects
 #: of ``vae score`` add the run's columns (pipeline.outputs.score_tables.REJECTS_SCHEMA)
@@ -259,8 +260,9 @@ def _image_rows(batch: pa.RecordBatch, spec: ModelSpec, verdicts: _Verdicts):
 
 
 def _labels(col: pa.Array | None, spec: ModelSpec, verdicts: _Verdicts) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 label per row, valid mask). A conditional model rejects rows without a known label;
-    a plain model keeps what it can read as an integer and leaves the rest null."""
+    """(int64 label per row, valid mask), by :mod:`training.data.labels`' rule. A conditional model
+    rejects rows without one of its classes; a plain model keeps any whole number and leaves the rest
+    null."""
     n = len(verdicts.bad)
     conditional = spec.num_classes > 0
     if col is None:
@@ -268,31 +270,18 @@ def _labels(col: pa.Array | None, spec: ModelSpec, verdicts: _Verdicts) -> tuple
             verdicts.reject(np.ones(n, bool), "missing label: the model is conditional and the input has no 'label'")
         return np.zeros(n, np.int64), np.zeros(n, bool)
     present = ~col.is_null().to_numpy(zero_copy_only=False)
-    values = np.zeros(n, np.int64)
-    known = present.copy()
-    if pa.types.is_integer(col.type):
-        values = col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    elif pa.types.is_floating(col.type):
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):  # the same rule, vectorised
         raw = col.fill_null(0).to_numpy(zero_copy_only=False)
         whole = np.isfinite(raw) & (raw == np.round(raw))
-        known &= whole
         values = np.where(whole, raw, 0).astype(np.int64)
+        known = present & whole
+        if conditional:
+            known &= (values >= 0) & (values < spec.num_classes)
     else:
-        index = {name: i for i, name in enumerate(spec.class_names)} if conditional else {}
-        for i, v in enumerate(col.to_pylist()):
-            if v is None:
-                continue
-            text = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-            if conditional and text in index:
-                values[i] = index[text]
-            elif text.strip().lstrip("-").isdigit():
-                values[i] = int(text)
-            else:
-                known[i] = False
+        values, known = class_indices(col.to_pylist(), spec.class_names if conditional else ())
     if conditional:
         verdicts.reject(~present, "missing label: label is null and the model is conditional", about_label=True)
-        out_of_range = known & ((values < 0) | (values >= spec.num_classes))
-        unknown = present & (~known | out_of_range)
+        unknown = present & ~known
         if unknown.any():
             classes = ", ".join(spec.class_names[:12]) + (", ..." if len(spec.class_names) > 12 else "")
             texts = col.to_pylist()
@@ -300,7 +289,6 @@ def _labels(col: pa.Array | None, spec: ModelSpec, verdicts: _Verdicts) -> tuple
                 [f"unknown label: {t!r} is not one of the model's classes ({classes})" for t in texts], dtype=object
             )
             verdicts.reject(unknown, reason, about_label=True)
-        known &= ~out_of_range
     return values, known
 
 
