@@ -28,8 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from pipeline.evaluation.evaluate import vae_config  # noqa: E402
 from pipeline.evaluation.tables import FLAGGED_KINDS  # noqa: E402
+from pipeline.evaluation.task_scores import vae_config  # noqa: E402
 from pipeline.evaluation.tasks import PROTOCOLS, build_tasks  # noqa: E402
 from scoring import metrics  # noqa: E402
 from scoring.anomaly import DEFAULT_METHOD, MASS_SHARE, anomaly_scores, fit_statistics, knn_distance  # noqa: E402
@@ -63,7 +63,7 @@ def fitted_terms(task, cfg: TrainConfig, cache: Path | None) -> dict:
     import keras
 
     from scoring.elbo import score_terms
-    from training.train import build_model, fit, set_seeds
+    from training.fitting import build_model, fit, set_seeds
 
     keras.backend.clear_session()
     set_seeds(cfg.seed)

@@ -83,7 +83,7 @@ def train_generator(rows, seed: int, beta: float | None, epochs: int, classifier
 
     from scoring.latent_prior import fit_latent_prior
     from training.config import TrainConfig
-    from training.train import build_model, fit, set_seeds
+    from training.fitting import build_model, fit, set_seeds
 
     cfg = TrainConfig(conditional=True, seed=seed, epochs=epochs, beta=beta)
     cfg.classifier_weight = classifier_weight

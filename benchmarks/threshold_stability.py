@@ -43,7 +43,8 @@ def retrain(cfg: TrainConfig, data: data_lib.ImageData) -> tuple[object, dict[st
     import keras
 
     from training import cross_fit
-    from training.train import build_model, calibrate, cross_fitted_calibration_scores, fit, fit_priors, set_seeds
+    from training.fitting import build_model, fit, fit_priors, set_seeds
+    from training.threshold import calibrate, cross_fitted_calibration_scores
 
     keras.backend.clear_session()
     set_seeds(cfg.seed)

@@ -21,7 +21,11 @@ from keras import layers, ops  # noqa: E402
 from scoring.detector import score_images  # noqa: E402
 from training import data  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
-from training.train import build_model, fit, set_seeds  # noqa: E402
+from training.fitting import (
+    build_model,
+    fit,
+    set_seeds,  # noqa: E402
+)
 
 
 class KerasIoVAE(keras.Model):

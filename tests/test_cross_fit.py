@@ -97,12 +97,12 @@ def test_no_fold_model_fits_or_early_stops_on_a_row_it_scores(monkeypatch):
     """Through ``vae train``'s own fold models: the rows each one trains on, stops early on and fits
     the score's statistics on are recorded (by content) and never among the rows it scores."""
     from scoring.detector import VAEDetector
-    from training import train as train_module
-    from training.train import cross_fitted_calibration_scores
+    from training import threshold as threshold_module
+    from training.threshold import cross_fitted_calibration_scores
 
     key = lambda images: {np.asarray(x).tobytes() for x in images}  # noqa: E731
     seen, scored = [], []
-    real_fit, real_detector_fit, real_decision = train_module.fit, VAEDetector.fit, VAEDetector.decision_function
+    real_fit, real_detector_fit, real_decision = threshold_module.fit, VAEDetector.fit, VAEDetector.decision_function
 
     def recording_fit(cfg, model, split, sink=None, report=True):
         seen.append(key(split.train.images) | key(split.validation.images))
@@ -116,7 +116,7 @@ def test_no_fold_model_fits_or_early_stops_on_a_row_it_scores(monkeypatch):
         scored.append((len(seen) - 1, key(images)))
         return real_decision(self, images, labels)
 
-    monkeypatch.setattr(train_module, "fit", recording_fit)
+    monkeypatch.setattr(threshold_module, "fit", recording_fit)
     monkeypatch.setattr(VAEDetector, "fit", recording_detector_fit)
     monkeypatch.setattr(VAEDetector, "decision_function", recording_decision)
     split = data_lib.training_split(data_lib.load("digits"), seed=0)
@@ -162,7 +162,7 @@ def test_a_small_calibration_part_is_cross_fitted_over_every_non_holdout_row(cro
 def test_cross_fitted_scores_are_out_of_fold_and_the_same_for_the_same_seed(cross_fitted):
     """Recomputed with the same settings they match the stored ones (reruns give the same numbers),
     and they are not the final model's own scores of those rows."""
-    from training.train import cross_fitted_calibration_scores
+    from training.threshold import cross_fitted_calibration_scores
 
     cfg = TrainConfig(**(QUICK | CROSS_FITTED))
     again = cross_fitted_calibration_scores(cfg, cross_fitted.split, cross_fit.DEFAULT_FOLDS, like=cross_fitted.model)

@@ -285,7 +285,7 @@ def test_grey_levels_are_read_from_the_pixels():
 
 def test_auto_likelihood_is_chosen_from_the_data_and_a_set_one_is_kept():
     from training.config import TrainConfig
-    from training.train import choose_likelihood
+    from training.fitting import choose_likelihood
 
     binary = (np.random.default_rng(0).random((5, 8, 8, 1)) > 0.5).astype(np.float32)
     assert choose_likelihood(TrainConfig(), binary)[:2] == ("bernoulli", 0)

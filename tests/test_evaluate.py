@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline.evaluation import evaluate as ev
-from pipeline.evaluation import tables
+from pipeline.evaluation import results, tables, task_scores
 from scoring import metrics
 from scoring.detectors import DETECTOR_NAMES, classical_detectors, make_detector
 from training import data as data_lib
@@ -125,11 +125,11 @@ def test_build_tasks_in_table_order_limits_classes_and_rejects_unknown(digits):
 
 def test_vae_config_for_tasks(digits):
     base = TrainConfig(epochs=6, kl_warmup=10, early_stopping=10)
-    held_out = ev.vae_config(base, ev.held_out_tasks(digits)[0])
+    held_out = task_scores.vae_config(base, ev.held_out_tasks(digits)[0])
     assert (held_out.kl_warmup, held_out.early_stopping, held_out.conditional) == (2, 10, False)
-    assert ev.vae_config(base, ev.contaminated_task(digits)).early_stopping == 0
-    one_class = ev.vae_config(base, ev.one_class_tasks(digits)[0])
-    factor = ev.ONE_CLASS_EPOCH_FACTOR
+    assert task_scores.vae_config(base, ev.contaminated_task(digits)).early_stopping == 0
+    one_class = task_scores.vae_config(base, ev.one_class_tasks(digits)[0])
+    factor = task_scores.ONE_CLASS_EPOCH_FACTOR
     assert (one_class.epochs, one_class.kl_warmup, one_class.early_stopping) == (6 * factor, 2 * factor, 10 * factor)
 
 
@@ -143,9 +143,9 @@ def test_slow_pyod_detectors_are_left_out_on_large_images_by_default(digits):
 
 def test_detector_names():
     assert ev.DETECTORS[0] == "vae_anomaly_score"  # the default score leads every table
-    assert ev.VAE_DETECTORS[:3] == ("vae_anomaly_score", "vae_neg_elbo", "vae_iwae_nll")
-    assert {"vae_elbo_latent_knn", "vae_elbo_latent_knn_rarity"} <= set(ev.VAE_DETECTORS)
-    assert ev.CLASSICAL == DETECTOR_NAMES == ("iforest", "ocsvm", "pca", "kde", "knn", "lof", "hbos", "ecod")
+    assert results.VAE_DETECTORS[:3] == ("vae_anomaly_score", "vae_neg_elbo", "vae_iwae_nll")
+    assert {"vae_elbo_latent_knn", "vae_elbo_latent_knn_rarity"} <= set(results.VAE_DETECTORS)
+    assert results.CLASSICAL == DETECTOR_NAMES == ("iforest", "ocsvm", "pca", "kde", "knn", "lof", "hbos", "ecod")
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -234,14 +234,14 @@ def test_a_failing_detector_gets_nan_and_a_warning(digits, caplog):
         is_anomaly=digits.labels[3:60] == 0,
     )
     with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.evaluate"):
-        rows, fit = ev.evaluate_task(tiny, TrainConfig(seed=0), detectors=["knn", "iforest"])
+        rows, fit = task_scores.evaluate_task(tiny, TrainConfig(seed=0), detectors=["knn", "iforest"])
     assert fit is None  # no VAE detector asked for: no VAE fit
     by_name = {r["detector"]: r for r in rows}
     assert list(by_name) == ["iforest", "knn"]  # table order
     assert math.isnan(by_name["knn"]["auroc"]) and math.isnan(by_name["knn"]["average_precision"])
     assert 0.0 <= by_name["iforest"]["auroc"] <= 1.0
     assert any("knn" in r.getMessage() and "NaN" in r.getMessage() for r in caplog.records)
-    assert ev.classical_scores(make_detector("lof"), tiny) is not None  # LOF shrinks its neighbourhood
+    assert task_scores.classical_scores(make_detector("lof"), tiny) is not None  # LOF shrinks its neighbourhood
 
 
 # --- aggregation -----------------------------------------------------------------------------
@@ -348,7 +348,7 @@ def classical_result(digits, tmp_path_factory):
         every_third,
         ["held-out", "contaminated-clustered-3", "one-class", "corrupted"],
         seeds=(0, 1),
-        detectors=ev.CLASSICAL,
+        detectors=results.CLASSICAL,
         max_classes=2,
         planted=1,
         kinds=["rotated", "blank"],
@@ -363,8 +363,8 @@ def test_classical_evaluation_writes_results_summary_tables_and_plot(classical_r
     lines = [step.line() for step in steps if step.finished]
     assert {p.name for p in folder.iterdir()} == {"results.csv", "summary.csv", "tables.md", "evaluation.png"}
     frame = pd.read_csv(folder / "results.csv", dtype={"task": str})
-    assert list(frame.columns) == list(ev.RESULT_COLUMNS)
-    assert len(frame) == 2 * 7 * len(ev.CLASSICAL)  # seeds x tasks (two of them corruption kinds) x detectors
+    assert list(frame.columns) == list(results.RESULT_COLUMNS)
+    assert len(frame) == 2 * 7 * len(results.CLASSICAL)  # seeds x tasks (two of them corruption kinds) x detectors
     assert frame["auroc"].between(0, 1).all()
     assert frame["average_precision"].between(0, 1 + 1e-12).all()  # scikit-learn's AP may be 1 + 2e-16
     assert frame["flagged_rate"].isna().all()  # PyOD's detectors have no threshold here
@@ -374,8 +374,8 @@ def test_classical_evaluation_writes_results_summary_tables_and_plot(classical_r
     assert (blank["n_anomalous"] / (blank["n_anomalous"] + blank["n_normal"])).round(2).eq(0.1).all()
     assert set(frame["data"]) == {"digits"} and set(frame["seed"]) == {0, 1}
     summary = pd.read_csv(folder / "summary.csv")
-    assert len(summary) == 4 * len(ev.CLASSICAL)
-    assert list(summary["detector"][: len(ev.CLASSICAL)]) == list(ev.CLASSICAL)
+    assert len(summary) == 4 * len(results.CLASSICAL)
+    assert list(summary["detector"][: len(results.CLASSICAL)]) == list(results.CLASSICAL)
     assert (summary["n_seeds"] == 2).all() and summary["auroc_std"].notna().all()
     held_out = summary[summary["protocol"] == "held-out"].set_index("detector")
     assert (held_out["auroc_mean"] > 0.5).all()  # every baseline beats chance on held-out digits
@@ -388,7 +388,7 @@ def test_classical_evaluation_writes_results_summary_tables_and_plot(classical_r
     assert "[6/12] digits seed 0 corrupted 2 kinds: best " in lines[5]
     started = [step for step in steps if not step.finished]  # each task also says when it starts
     assert [step.done for step in started] == list(range(12)) and started[0].note.startswith("digits seed 0 held-out")
-    assert ev.summary_metrics(result.summary)["eval.digits.held-out.knn.auroc_mean"] == pytest.approx(
+    assert results.summary_metrics(result.summary)["eval.digits.held-out.knn.auroc_mean"] == pytest.approx(
         held_out.loc["knn", "auroc_mean"]
     )
 
@@ -406,14 +406,14 @@ def test_write_outputs_replaces_each_file_whole_and_a_failed_write_keeps_the_old
             raise OSError("disk full")
 
     names = ["evaluation.png", "results.csv", "summary.csv", "tables.md"]
-    first = ev.EvaluationResult(
-        results=pd.DataFrame(columns=list(ev.RESULT_COLUMNS)),
+    first = results.EvaluationResult(
+        results=pd.DataFrame(columns=list(results.RESULT_COLUMNS)),
         summary=pd.DataFrame({"detector": ["knn"], "auroc_mean": [0.9]}),
         fits=pd.DataFrame(),
         markdown="# first\n",
     )
     monkeypatch.setattr(tables, "plot_summary", lambda summary: Figure(figsize=(1, 1)))
-    ev.write_outputs(first, tmp_path)
+    results.write_outputs(first, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == names
     before = {name: (tmp_path / name).read_bytes() for name in names}
     with contextlib.ExitStack() as stack:
@@ -421,7 +421,7 @@ def test_write_outputs_replaces_each_file_whole_and_a_failed_write_keeps_the_old
         second = replace(first, summary=pd.DataFrame({"detector": ["knn"], "auroc_mean": [0.5]}), markdown="# 2\n")
         monkeypatch.setattr(tables, "plot_summary", lambda summary: Broken(figsize=(1, 1)))
         with pytest.raises(OSError, match="disk full"):
-            ev.write_outputs(second, tmp_path)
+            results.write_outputs(second, tmp_path)
         for name, reader in readers.items():
             assert reader.read() == before[name], name  # each file was replaced, none rewritten in place
     assert (tmp_path / "evaluation.png").read_bytes() == before["evaluation.png"]  # the failed one: the old file
@@ -433,7 +433,7 @@ def test_evaluation_logs_summary_metrics_and_files_to_mlflow(classical_result, m
     from mlflow import MlflowClient
 
     result, _, _ = classical_result
-    run_id = ev.log_results(result, TrainConfig(), {"eval_seeds": "0,1"})
+    run_id = results.log_results(result, TrainConfig(), {"eval_seeds": "0,1"})
     run = MlflowClient().get_run(run_id)
     assert run.data.params["eval_seeds"] == "0,1"
     assert run.data.metrics["eval.digits.one-class.iforest.auroc_mean"] == pytest.approx(
@@ -503,7 +503,7 @@ def test_quick_evaluation_runs_end_to_end(tmp_path):
     assert "vae_iwae_nll" not in set(frame["detector"])  # no IWAE in --quick
     # every method, from the same fit
     vae_methods = {"vae_elbo_latent_knn", "vae_elbo_latent_knn_rarity", "vae_elbo_latent_knn_rarity_rate"}
-    assert set(frame["detector"]) == {"vae_anomaly_score", "vae_neg_elbo", *vae_methods, *ev.CLASSICAL}
+    assert set(frame["detector"]) == {"vae_anomaly_score", "vae_neg_elbo", *vae_methods, *results.CLASSICAL}
     summary = pd.read_csv(out / "summary.csv")
     assert summary["detector"].iloc[0] == "vae_anomaly_score" and len(summary) == 5 * len(set(frame["detector"]))
     fits = pd.read_csv(out / "vae_fits.csv")

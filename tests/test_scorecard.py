@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluation import comparison, corruptions, tasks
+from pipeline.evaluation import comparison, corruptions, results, task_scores, tasks
 from pipeline.evaluation import evaluate as ev
 from training import data as data_lib
 from training.config import TrainConfig
@@ -192,7 +192,7 @@ def test_corrupted_task_scores_the_test_split_with_a_tenth_replaced_per_kind(dig
 
 def test_corrupted_rows_per_kind_with_pyod(digits):
     task = tasks.corrupted_task(digits, seed=0, kinds=["blank", "saturated", "shifted"])
-    rows, fit = ev.evaluate_task(task, TrainConfig(seed=0), detectors=["knn", "ecod"])
+    rows, fit = task_scores.evaluate_task(task, TrainConfig(seed=0), detectors=["knn", "ecod"])
     assert fit is None
     assert [(r["task"], r["detector"]) for r in rows] == [
         (k, d) for k in ("blank", "saturated", "shifted") for d in ("knn", "ecod")
@@ -206,9 +206,9 @@ def test_corrupted_rows_per_kind_with_pyod(digits):
 def test_flagged_rate():
     y = np.array([False, False, True, True, True, True])
     scores = np.array([0.0, 5.0, 1.0, 2.0, 3.0, 9.0])
-    assert ev.flagged_rate(y, scores, 2.0) == 0.5  # strictly above, as the product flags
-    assert math.isnan(ev.flagged_rate(y, scores, None)) and math.isnan(ev.flagged_rate(y, None, 1.0))
-    assert math.isnan(ev.flagged_rate(np.zeros(6, bool), scores, 1.0))
+    assert task_scores.flagged_rate(y, scores, 2.0) == 0.5  # strictly above, as the product flags
+    assert math.isnan(task_scores.flagged_rate(y, scores, None)) and math.isnan(task_scores.flagged_rate(y, None, 1.0))
+    assert math.isnan(task_scores.flagged_rate(np.zeros(6, bool), scores, 1.0))
 
 
 # --- the comparison and the Pareto rule ------------------------------------------------------
@@ -356,7 +356,7 @@ def _results(seed: int, auroc: float) -> pd.DataFrame:
         for t in ("0", "1")
         for d in ("vae_anomaly_score", "knn")
     ]  # fmt: skip
-    return pd.DataFrame(rows, columns=list(ev.RESULT_COLUMNS))
+    return pd.DataFrame(rows, columns=list(results.RESULT_COLUMNS))
 
 
 def test_a_scorecard_run_in_pieces_is_combined_into_one(tmp_path):
@@ -367,7 +367,7 @@ def test_a_scorecard_run_in_pieces_is_combined_into_one(tmp_path):
     ):
         folder.mkdir()
         pd.concat(frames).to_csv(folder / "results.csv", index=False)
-    result = ev.combine_runs([first, second], tmp_path / "all", note="digits in two runs")
+    result = results.combine_runs([first, second], tmp_path / "all", note="digits in two runs")
     assert len(result.results) == 12  # seed 1 of the second run replaced the first run's
     row = result.summary.set_index(["protocol", "detector"]).loc[("held-out", "vae_anomaly_score")]
     assert row["auroc_mean"] == pytest.approx(0.9) and row["auroc_worst"] == pytest.approx(0.8)

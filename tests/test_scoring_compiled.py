@@ -50,7 +50,7 @@ def test_compiled_scores_equal_eager_scores_on_trained_digits_models(
 def mnist_models():
     """Dense VAEs trained for one epoch on about 1,000 28x28 mnist5k images (binned, 256 grey levels)."""
     from training.config import TrainConfig
-    from training.train import build_model, fit, set_seeds
+    from training.fitting import build_model, fit, set_seeds
 
     parts = split(load_mnist5k().subset(np.arange(1500)), seed=0)
     models = {}

@@ -93,7 +93,7 @@ def test_a_data_set_without_any_label_cannot_train_a_conditional_model(tmp_path,
 
 def test_beta_defaults_to_the_elbo_for_a_plain_model_and_less_for_a_conditional_one():
     from training.data import load_digits
-    from training.train import build_model
+    from training.fitting import build_model
 
     assert TrainConfig().kl_beta() == 1.0
     assert TrainConfig(conditional=True).kl_beta() == CONDITIONAL_BETA < 1.0
@@ -108,8 +108,8 @@ def test_the_loss_weighs_the_kl_by_beta_and_the_metrics_keep_the_elbo():
     from keras import ops
 
     from training.data import load_digits
+    from training.fitting import build_model
     from training.model import model_inputs
-    from training.train import build_model
 
     digits = load_digits().subset(np.arange(64))
     losses = {}
@@ -171,7 +171,7 @@ def test_a_row_without_a_label_is_never_scored_as_some_class():
 
 def test_every_part_needs_labelled_rows_and_gets_only_them():
     from training.data import UNLABELLED, DataError, load_digits, training_split
-    from training.train import labelled_parts
+    from training.fitting import labelled_parts
 
     digits = load_digits()
     labels = digits.labels.copy()

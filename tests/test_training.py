@@ -17,7 +17,9 @@ from training import data as data_lib
 from training import registry
 from training.callbacks import NaNGuard, TrainingDiverged
 from training.config import TrainConfig
-from training.train import decide_promotion, neg_elbo_scores, train
+from training.fitting import neg_elbo_scores
+from training.run_log import decide_promotion
+from training.train import train
 
 from .conftest import QUICK
 

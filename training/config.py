@@ -20,7 +20,7 @@ class TrainConfig:
     model_name: str = "vae-digits"
     conditional: bool = False
     latent_dim: int = 16  # README "How the defaults were chosen"
-    likelihood: str = "auto"  # chosen from the data: see training.train.choose_likelihood
+    likelihood: str = "auto"  # chosen from the data: see training.fitting.choose_likelihood
     epochs: int = 60
     batch_size: int = 64
     learning_rate: float = 1e-3

@@ -141,7 +141,7 @@ def recalibrate(
 
 
 def _scores(model, part: data_lib.ImageData) -> dict[str, np.ndarray]:
-    from training.train import part_scores
+    from training.fitting import part_scores
 
     return part_scores(model, part)
 
@@ -153,7 +153,8 @@ def _training_parts(
     way ``vae train`` read it and split with its seed, after checking that the train part is the
     one the run fitted (its ``data_fingerprint``): otherwise the "calibration part" could hold rows
     the weights were fitted on."""
-    from training.train import labelled_parts, read_training_data, unlabelled_rows
+    from training.fitting import labelled_parts, unlabelled_rows
+    from training.train import read_training_data
 
     if "data" not in params:
         raise LookupError("the version's MLflow run does not say what data it was trained on; pass --data INPUT")

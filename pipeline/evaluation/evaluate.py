@@ -16,7 +16,7 @@ unseen by the weights; none in the unsupervised cells, whose validation images a
 detectors get NaN.
 
 The VAE is the plain (unconditional) model of :mod:`training.model`, fitted fresh per task with
-:func:`training.train.fit` (settings: :func:`vae_config`), then the anomaly score is fitted on the
+:func:`training.fitting.fit` (settings: :func:`vae_config`), then the anomaly score is fitted on the
 task's fit images (the ``score_fit`` hook, :class:`scoring.detector.VAEDetector` by default) and the
 test images are scored with :func:`scoring.detector.score_images`; nothing is registered. The
 classical detectors are PyOD's, with its defaults (:mod:`scoring.detectors`). A classical
@@ -29,19 +29,28 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation import comparison, corruptions, tables
+from pipeline.evaluation import corruptions, tables
+from pipeline.evaluation.results import (
+    DETECTORS,
+    RESULT_COLUMNS,
+    EvaluationResult,
+    assemble,
+    log_evaluation,
+    previous_summary,
+    vae_settings,
+    write_outputs,
+    write_results,
+)
+from pipeline.evaluation.task_scores import IWAE_K, ONE_CLASS_EPOCH_FACTOR, ScoreFit, evaluate_task, vae_config
 from pipeline.evaluation.tasks import (  # noqa: F401  (re-exported: the evaluation's public names)
     CLUSTERED,
     CONTAMINATION,
@@ -60,12 +69,7 @@ from pipeline.evaluation.tasks import (  # noqa: F401  (re-exported: the evaluat
     planted_classes,
     scattered_task,
 )
-from pipeline.outputs.files import write_atomically
 from pipeline.steps import Reporter, Step
-from scoring import metrics
-from scoring.anomaly import METHODS as ANOMALY_METHODS
-from scoring.anomaly import PREVIOUS_METHOD
-from scoring.detectors import DETECTOR_NAMES, classical_detectors
 from training import data as data_lib
 from training.config import TrainConfig
 
@@ -73,11 +77,6 @@ log = logging.getLogger(__name__)
 
 DATA_SETS = ("digits", "mnist5k", "mnist5k-binary")
 DEFAULT_SEEDS = (0, 1, 2)
-#: the default score first; then every other method of scoring.anomaly, from the same fit
-VAE_SCORES = ("anomaly_score", "neg_elbo", "iwae_nll", *(m for m in ANOMALY_METHODS if m != "neg_elbo"))
-VAE_DETECTORS = tuple(f"vae_{s}" for s in VAE_SCORES)
-CLASSICAL = DETECTOR_NAMES
-DETECTORS = VAE_DETECTORS + CLASSICAL
 METRICS = tables.METRICS
 #: PyOD detectors left out of the default run on images of more than SLOW_MAX_PIXELS pixels: on
 #: 28x28 they cost 5-50x what KNN, LOF, HBOS, IForest and ECOD do (KDE up to 2 minutes a task)
@@ -89,241 +88,19 @@ SLOW_MAX_PIXELS = 256
 #: seeds) and one planted class per clustered cell (class s for seed s)
 LARGE_CLASSES = 3
 LARGE_PLANTED = 1
-TARGET_FPR = 0.01  # the VAE's threshold: the product's calibration rule
 DEFAULT_EPOCHS = 30
-IWAE_K = 0  # the IWAE bound ranked no better than the ELBO (README); --iwae-k 100 adds it
-ONE_CLASS_EPOCH_FACTOR = 4
 QUICK_EPOCHS = 2  # --quick: epochs per VAE fit,
 QUICK_CLASSES = 2  # held-out and one-class tasks for the first classes only,
 QUICK_SEEDS = (0,)  # one seed, digits only, and no IWAE,
 QUICK_PROTOCOLS = ("held-out", "contaminated-clustered-3", "contaminated-scattered-3", "one-class", "corrupted")
 QUICK_PLANTED = 1  # the 3% contaminated cells with one planted class,
 QUICK_KINDS = ("blank", "saturated", "wrong-scale", "rotated")  # and four corruptions
-RESULT_COLUMNS = (
-    "data",
-    "seed",
-    "protocol",
-    "task",
-    "detector",
-    "auroc",
-    "average_precision",
-    "flagged_rate",
-    "seconds",
-    "n_fit",
-    "n_normal",
-    "n_anomalous",
-)
-
-
-#: ``score_fit(model, task)``: fits the anomaly score's statistics after the VAE fit.
-ScoreFit = Callable[[Any, Task], None]
-
-
-@dataclass
-class EvaluationResult:
-    """What :func:`evaluate` returns; ``paths`` names the files written (``results``, ``summary``,
-    ``fits``, ``tables``, ``plot``, and ``comparison`` and ``previous`` with a previous summary),
-    when an output folder was given."""
-
-    results: pd.DataFrame = field(repr=False)  # one row per data set, seed, protocol, task, detector
-    summary: pd.DataFrame = field(repr=False)  # one row per data set, protocol, detector
-    fits: pd.DataFrame = field(repr=False)  # one row per VAE fit: epochs, seconds, mean scores, KL
-    markdown: str = field(repr=False)  # tables.md
-    comparison: pd.DataFrame | None = field(default=None, repr=False)  # against the previous summary, if any
-    comparison_markdown: str = field(default="", repr=False)  # comparison.md
-    previous: pd.DataFrame | None = field(default=None, repr=False)  # the summary compared with
-    # the default against the method it replaced, from the same fits (comparison.paired)
-    paired: pd.DataFrame | None = field(default=None, repr=False)
-    seconds: float = 0.0
-    paths: dict[str, Path] = field(default_factory=dict)
-    run_id: str | None = None
 
 
 # --- the VAE ---------------------------------------------------------------------------------
 
 
-def vae_config(base: TrainConfig, task: Task) -> TrainConfig:
-    """The VAE settings for one task: the base settings, with the warm-up capped at a third of
-    the epochs; no early stopping where the VAE fits and scores the same images (contaminated);
-    and for one-class fits, whose epochs hold a tenth of the images, ``ONE_CLASS_EPOCH_FACTOR``
-    times the epochs, warm-up and patience, so they get a comparable number of gradient steps."""
-    factor = ONE_CLASS_EPOCH_FACTOR if task.protocol == "one-class" else 1
-    epochs = base.epochs * factor
-    cfg = replace(
-        base,
-        conditional=False,
-        epochs=epochs,
-        kl_warmup=min(base.kl_warmup * factor, max(1, epochs // 3)),
-        early_stopping=base.early_stopping * factor,
-    )
-    if task.unsupervised:
-        cfg = replace(cfg, early_stopping=0)
-    return cfg
-
-
-def score_with_vae(
-    task: Task, cfg: TrainConfig, iwae_k: int | None = IWAE_K, score_fit: ScoreFit | None = None
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Fits a fresh plain VAE on the task's images, fits its anomaly score (``score_fit``, by
-    default :class:`scoring.detector.VAEDetector` with ``cfg.anomaly_score``) and scores the test images: the dict of
-    :func:`scoring.detector.score_images` (``anomaly_score``, ``neg_elbo``, ``reconstruction_nll``,
-    ``kl``, and ``iwae_nll`` when ``iwae_k``), and a summary of the fit (epochs, seconds, the
-    normal test examples' mean scores, and ``threshold``: the default score's threshold from the
-    validation images, as ``vae train`` calibrates, where they are unseen by the fit)."""
-    import keras
-
-    from scoring.detector import model_method_scores, score_images
-    from training.train import build_model, fit, set_seeds
-
-    keras.backend.clear_session()
-    set_seeds(cfg.seed)
-    split = data_lib.Split(task.fit, task.validation, task.test)
-    model = build_model(cfg, task.fit)
-    started = time.perf_counter()
-    epoch_log = logging.getLogger("training.callbacks")  # one line per task, not per epoch of every fit
-    level = epoch_log.level
-    epoch_log.setLevel(max(level, logging.WARNING))
-    try:
-        history, seconds_per_epoch = fit(cfg, model, split)
-    finally:
-        epoch_log.setLevel(level)
-    fit_seconds = time.perf_counter() - started
-    threshold = None
-    if score_fit is None:  # the product's detector; its threshold from the normal, unseen validation images
-        from scoring.detector import VAEDetector
-
-        detector = VAEDetector(model, cfg.anomaly_score, target_fpr=TARGET_FPR)
-        detector.fit(task.fit.images, calibration_images=None if task.unsupervised else task.validation.images)
-        threshold = None if task.unsupervised else detector.threshold_
-    else:
-        score_fit(model, task)
-    scores = score_images(
-        model, task.test.images, num_samples=cfg.score_samples, seed=cfg.seed, iwae_k=iwae_k or None, batch_size=128
-    )
-    scores |= {m: v for m, v in model_method_scores(model, scores).items() if m != "neg_elbo"}  # every method
-    normal = ~task.is_anomaly
-    summary: dict[str, Any] = {
-        "protocol": task.protocol,
-        "task": task.target,
-        "likelihood": getattr(model, "likelihood", cfg.likelihood),  # what "auto" chose for these images
-        "epochs_run": len(history.get("loss", [])),
-        "seconds": round(time.perf_counter() - started, 2),
-        "fit_seconds": round(fit_seconds, 2),
-        "seconds_per_epoch": round(seconds_per_epoch, 3),
-        "normal_kl": float(scores["kl"][normal].mean()),
-        "normal_neg_elbo": float(scores["neg_elbo"][normal].mean()),
-        "anomalous_neg_elbo": float(scores["neg_elbo"][task.is_anomaly].mean()),
-        "normal_anomaly_score": float(scores["anomaly_score"][normal].mean()),
-        "anomalous_anomaly_score": float(scores["anomaly_score"][task.is_anomaly].mean()),
-    }
-    if "iwae_nll" in scores:
-        summary["normal_iwae_nll"] = float(scores["iwae_nll"][normal].mean())
-    if threshold is not None:
-        summary["threshold"] = threshold
-    return scores, summary
-
-
 # --- one task --------------------------------------------------------------------------------
-
-
-def classical_scores(detector: Any, task: Task) -> dict[str, np.ndarray | None]:
-    """One PyOD wrapper's scores per part of the task (:attr:`Task.subtasks`): ``decision_scores_``
-    where the test images are the fit images, else ``decision_function`` on each part's images
-    (each part scored on its own: ECOD's scores of a batch depend on the whole batch); None for
-    every part, with a warning logged, if it raised, and for a part with a non-finite score."""
-    parts = task.subtasks
-    try:
-        if task.unsupervised:
-            return {parts[0][0]: _finite_or_none(detector.name, task, detector.fit_score(task.fit.images))}
-        detector.fit(task.fit.images)
-        return {
-            name: _finite_or_none(detector.name, task, detector.score(task.test.images[rows]), len(rows))
-            for name, rows in parts
-        }
-    except Exception as exc:  # whatever a third-party detector raises costs one NaN cell, not the run
-        log.warning("%s failed (%s: %s); its metrics are NaN", _where(detector.name, task), type(exc).__name__, exc)
-        return dict.fromkeys((name for name, _ in parts), None)
-
-
-def _where(name: str, task: Task) -> str:
-    return f"{name} on {task.protocol} {task.target}"
-
-
-def _finite_or_none(name: str, task: Task, scores: np.ndarray, expected: int | None = None) -> np.ndarray | None:
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    expected = len(task.test) if expected is None else expected
-    if scores.shape != (expected,):
-        log.warning("%s: %d scores for %d images; its metrics are NaN", _where(name, task), scores.size, expected)
-        return None
-    bad = int((~np.isfinite(scores)).sum())
-    if bad:
-        log.warning("%s: %d of %d scores are not finite; its metrics are NaN", _where(name, task), bad, scores.size)
-        return None
-    return scores
-
-
-def flagged_rate(is_anomaly: np.ndarray, scores: np.ndarray | None, threshold: float | None) -> float:
-    """The share of the anomalies scored above ``threshold`` (NaN without a threshold, scores or anomalies)."""
-    anomalous = np.asarray(is_anomaly, bool)
-    if threshold is None or scores is None or not anomalous.any():
-        return math.nan
-    return float((np.asarray(scores)[anomalous] > threshold).mean())
-
-
-def evaluate_task(
-    task: Task,
-    cfg: TrainConfig,
-    iwae_k: int | None = IWAE_K,
-    detectors: Iterable[str] = DETECTORS,
-    score_fit: ScoreFit | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Every requested detector on one task: rows (``protocol, task, detector, auroc,
-    average_precision, flagged_rate, seconds`` and the counts), per part of the task (one part,
-    ``task.target``, unless it has ``parts``) in :data:`DETECTORS` order, and the VAE fit summary
-    (None when no VAE detector was asked for). ``cfg.seed`` seeds the detectors too.
-
-    ``flagged_rate`` needs a threshold per detector: ``vae_anomaly_score`` takes the VAE
-    summary's ``threshold`` when there is one; every other detector has none (NaN)."""
-    wanted = [d for d in DETECTORS if d in set(detectors)]
-    if not iwae_k:
-        wanted = [d for d in wanted if d != "vae_iwae_nll"]
-    scores: dict[str, dict[str, np.ndarray | None]] = {}  # detector -> part -> scores of the part's rows
-    thresholds: dict[str, float] = {}
-    seconds: dict[str, float] = {}
-    summary = None
-    vae_wanted = [d for d in wanted if d in VAE_DETECTORS]
-    if vae_wanted:
-        k = iwae_k if "vae_iwae_nll" in vae_wanted else None
-        vae_scores, summary = score_with_vae(task, cfg, k, score_fit)
-        for name in vae_wanted:
-            whole = vae_scores.get(name.removeprefix("vae_"))
-            whole = None if whole is None else _finite_or_none(name, task, whole)
-            scores[name] = {part: None if whole is None else whole[rows] for part, rows in task.subtasks}
-            seconds[name] = summary["seconds"]
-        if summary.get("threshold") is not None:
-            thresholds[VAE_DETECTORS[0]] = float(summary["threshold"])
-    for detector in classical_detectors(cfg.seed, [d for d in wanted if d in CLASSICAL]):
-        started = time.perf_counter()
-        scores[detector.name] = classical_scores(detector, task)
-        seconds[detector.name] = round(time.perf_counter() - started, 3)
-    rows = []
-    for part, index in task.subtasks:
-        y = task.is_anomaly[index]
-        for name in wanted:
-            s = scores[name][part]
-            rows.append(
-                {
-                    "protocol": task.protocol,
-                    "task": part,
-                    "detector": name,
-                    "auroc": math.nan if s is None else metrics.auroc(y, s),
-                    "average_precision": math.nan if s is None else metrics.average_precision(y, s),
-                    "flagged_rate": flagged_rate(y, s, thresholds.get(name)),
-                    "seconds": seconds[name],
-                    **task.part_counts(index),
-                }
-            )
-    return rows, summary
 
 
 # --- progress --------------------------------------------------------------------------------
@@ -456,15 +233,15 @@ def evaluate(
     )
     total = plan.total()
     folder = Path(output_dir) if output_dir is not None else None
-    before = _previous_summary(previous, folder if keep_previous else None)
+    before = previous_summary(previous, folder if keep_previous else None)
     started = time.perf_counter()
     rows, fits = _run_tasks(plan, _TaskSteps(total, progress), score_fit, folder)
     results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
-    result = _assemble(results, pd.DataFrame(fits), plan.header, started, before)
+    result = assemble(results, pd.DataFrame(fits), plan.header, started, before)
     if folder is not None:
         write_outputs(result, folder)
     if run_id is not None or log_to_mlflow:
-        _log_evaluation(result, plan.base, plan.params(), folder, run_id)
+        log_evaluation(result, plan.base, plan.params(), folder, run_id)
     return result
 
 
@@ -570,44 +347,8 @@ def _run_tasks(
             fits.append({"data": name, "seed": seed} | fit)
         steps.finish(name, seed, task, task_rows, fit)
         if folder is not None:
-            _write_results(folder, rows, fits)
+            write_results(folder, rows, fits)
     return rows, fits
-
-
-def _assemble(
-    results: pd.DataFrame,
-    fits: pd.DataFrame,
-    header: Callable[[float], str],
-    started: float | None,
-    before: tuple[str, pd.DataFrame] | None,
-) -> EvaluationResult:
-    """The result of the tasks' ``results`` and ``fits``: the summary, the tables (headed by
-    ``header(seconds)``) and the default against the method it replaced from the same fits, and,
-    with a previous summary ``before`` (its source and frame), the comparison with it.
-    ``started``: the run's ``time.perf_counter()`` start (None: not timed)."""
-    summary = tables.summarise(results, DETECTORS, PROTOCOLS)
-    seconds = 0.0 if started is None else time.perf_counter() - started
-    against, section, whole = None, "", ""
-    if before is not None:
-        source, frame = before
-        against = comparison.compare(frame, summary)
-        whole, section = comparison.comparison_markdown(frame, summary, source)
-    same_fits = comparison.paired(results, f"vae_{PREVIOUS_METHOD}")
-    if not same_fits.empty:
-        section += "\n" + comparison.paired_markdown(same_fits)
-    result = EvaluationResult(
-        results=results,
-        summary=summary,
-        fits=fits,
-        markdown=tables.markdown_report(results, summary, header(seconds), DETECTORS, section),
-        comparison=against,
-        comparison_markdown=whole,
-        seconds=seconds,
-        paired=same_fits,
-    )
-    if before is not None:
-        result.previous = before[1]
-    return result
 
 
 def _wanted_detectors(detectors: Iterable[str] | None, iwae_k: int | None) -> list[str]:
@@ -620,20 +361,6 @@ def _wanted_detectors(detectors: Iterable[str] | None, iwae_k: int | None) -> li
     if not wanted:
         raise ValueError("no detector to run (vae_iwae_nll needs iwae_k > 0)")
     return wanted
-
-
-def _log_evaluation(
-    result: EvaluationResult, base: TrainConfig, params: dict[str, Any], folder: Path | None, run_id: str | None
-) -> None:
-    """Logs ``result`` to MLflow (into ``run_id``, or a new run); without an output folder the
-    files are written to a temporary one for the upload and ``result.paths`` stays empty."""
-    if folder is not None:
-        result.run_id = log_results(result, base, params, run_id)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        write_outputs(result, Path(tmp))
-        result.run_id = log_results(result, base, params, run_id)
-    result.paths = {}
 
 
 def task_plan(images: data_lib.ImageData, classes: int | None, planted: int | None) -> tuple[int | None, int]:
@@ -649,51 +376,6 @@ def default_detectors(images: data_lib.ImageData, wanted: Sequence[str] = DETECT
     """``wanted`` less :data:`SLOW_DETECTORS` on images of more than :data:`SLOW_MAX_PIXELS` pixels."""
     pixels = int(np.prod(images.image_shape))
     return [d for d in wanted if pixels <= SLOW_MAX_PIXELS or d not in SLOW_DETECTORS]
-
-
-def _previous_summary(
-    previous: str | Path | pd.DataFrame | None, folder: Path | None
-) -> tuple[str, pd.DataFrame] | None:
-    """(where it came from, the frame) of the summary to compare with, or None."""
-    if isinstance(previous, pd.DataFrame):
-        return "the previous summary", previous
-    path = Path(previous) if previous is not None else (folder / "summary.csv" if folder is not None else None)
-    if path is None or (previous is None and not path.is_file()):
-        return None
-    return f"`{path}`", comparison.read_summary(path)
-
-
-def combine_runs(
-    folders: Sequence[str | Path],
-    output_dir: str | Path,
-    previous: str | Path | pd.DataFrame | None = None,
-    note: str = "",
-) -> EvaluationResult:
-    """One scorecard from runs made in pieces (other data sets or seeds, same settings): their
-    ``results.csv`` and ``vae_fits.csv`` concatenated (a later folder's rows replace an earlier
-    one's for the same data set, seed, protocol, task and detector), summarised and written to
-    ``output_dir`` as :func:`evaluate` writes, against ``previous`` when given. ``note`` heads the
-    tables (what ran, how long)."""
-    keys = ["data", "seed", "protocol", "task", "detector"]
-    results = pd.concat([pd.read_csv(Path(f) / "results.csv") for f in folders], ignore_index=True)
-    results = results.drop_duplicates(keys, keep="last").reset_index(drop=True)
-    fit_files = [Path(f) / "vae_fits.csv" for f in folders if (Path(f) / "vae_fits.csv").is_file()]
-    fits = pd.concat([pd.read_csv(f) for f in fit_files], ignore_index=True) if fit_files else pd.DataFrame()
-    names = list(dict.fromkeys(results["data"]))
-    seeds = sorted(int(s) for s in results["seed"].unique())
-    header = f"# VAE against PyOD detectors\n\nData sets: {', '.join(names)}; seeds: {', '.join(map(str, seeds))}.\n"
-    header += f"\n{note}\n" if note else ""
-    before = _previous_summary(previous, None) if previous is not None else None
-    result = _assemble(results, fits, lambda _seconds: header, None, before)
-    write_outputs(result, Path(output_dir))
-    return result
-
-
-def vae_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """The VAE settings worth recording (no paths, no registry settings)."""
-    skip = ("work_dir", "promote", "model_name", "data", "shape", "target_fpr", "seed", "conditional")
-    skip += ("calibration_folds",)  # vae train's; the scorecard calibrates on each task's validation images
-    return {k: v for k, v in asdict(cfg).items() if k not in skip}
 
 
 def _header(
@@ -720,79 +402,3 @@ def _header(
         + f"; {seconds:.0f} s.\n\nVAE settings: {vae_settings(cfg)}, IWAE K = {iwae_k or 'none'} "
         f"(one-class fits: {ONE_CLASS_EPOCH_FACTOR}x the epochs; contaminated: no early stopping).\n"
     )
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Writes beside ``path``, then renames: a reader never sees half a file."""
-    write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
-
-
-def _write_results(folder: Path, rows: list[dict[str, Any]], fits: list[dict[str, Any]]) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"results": folder / "results.csv"}
-    _write_csv(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), paths["results"])
-    if fits:
-        paths["fits"] = folder / "vae_fits.csv"
-        _write_csv(pd.DataFrame(fits), paths["fits"])
-    return paths
-
-
-def write_outputs(result: EvaluationResult, folder: Path) -> None:
-    """``results.csv``, ``vae_fits.csv`` (when the VAE ran), ``summary.csv``, ``tables.md`` and
-    ``evaluation.png`` into ``folder``, each replaced whole (:func:`pipeline.outputs.files.write_atomically`);
-    their paths go to ``result.paths``."""
-    paths = _write_results(folder, result.results.to_dict("records"), result.fits.to_dict("records"))
-    paths["summary"] = folder / "summary.csv"
-    _write_csv(result.summary, paths["summary"])
-    paths["tables"] = folder / "tables.md"
-    write_atomically(paths["tables"], result.markdown)
-    paths["plot"] = folder / "evaluation.png"
-    figure = tables.plot_summary(result.summary)
-    write_atomically(paths["plot"], lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-    if result.comparison_markdown:
-        paths["comparison"] = folder / "comparison.md"
-        write_atomically(paths["comparison"], result.comparison_markdown)
-    if result.previous is not None:
-        paths["previous"] = folder / "summary.previous.csv"
-        _write_csv(result.previous, paths["previous"])
-    result.paths = paths
-
-
-def _metric_name(text: str) -> str:
-    return re.sub(r"[^\w\-. /]", "_", text)
-
-
-def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
-    """``eval.<data>.<protocol>.<detector>.<metric>_<mean|std|worst>`` for MLflow (finite values only)."""
-    out = {}
-    for _, row in summary.iterrows():
-        prefix = _metric_name(f"eval.{row['data']}.{row['protocol']}.{row['detector']}")
-        for metric in METRICS:
-            for stat in ("mean", "std", "worst"):
-                value = row[f"{metric}_{stat}"]
-                if value is not None and math.isfinite(value):
-                    out[f"{prefix}.{metric}_{stat}"] = float(value)
-    return out
-
-
-def log_results(
-    result: EvaluationResult, cfg: TrainConfig, params: dict[str, Any] | None = None, run_id: str | None = None
-) -> str:
-    """Logs the summary metrics and the output files into ``run_id`` (or a new run named
-    ``evaluation``, with the evaluation's and the VAE's settings as parameters)."""
-    import mlflow
-
-    from training import registry
-
-    registry.configure(cfg.work_dir)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "evaluation") as run:
-        if run_id is None:
-            mlflow.log_params((params or {}) | vae_settings(cfg))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mlflow.log_metrics(summary_metrics(result.summary))
-        mlflow.log_text(result.markdown, "evaluation/tables.md")
-        for key in ("results", "summary", "fits", "plot", "comparison"):
-            if key in result.paths:
-                mlflow.log_artifact(str(result.paths[key]), "evaluation")
-        return run.info.run_id
