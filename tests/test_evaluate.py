@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.evaluation import evaluate as ev
 from pipeline.evaluation import results, tables, task_scores
+from pipeline.evaluation import tasks as task_lib
 from scoring import metrics
 from scoring.detectors import DETECTOR_NAMES, classical_detectors, make_detector
 from training import data as data_lib
@@ -40,7 +41,7 @@ def _ids(part: data_lib.ImageData) -> set[str]:
 
 def test_held_out_leaves_one_class_out_of_training(dataset):
     parts = data_lib.split(dataset, seed=0)
-    tasks = ev.held_out_tasks(dataset, seed=0)
+    tasks = task_lib.held_out_tasks(dataset, seed=0)
     assert [t.target for t in tasks] == dataset.class_names
     for c, task in enumerate(tasks):
         assert task.protocol == "held-out"
@@ -56,7 +57,7 @@ def test_held_out_leaves_one_class_out_of_training(dataset):
 
 
 def test_contaminated_plants_about_three_percent_of_the_first_class(dataset):
-    task = ev.contaminated_task(dataset, seed=0)
+    task = task_lib.contaminated_task(dataset, seed=0)
     normals = int((dataset.labels != 0).sum())
     expected = {"digits": (1619, 50), "mnist5k": (4500, 139), "mnist5k-binary": (4500, 139)}[dataset.source]
     assert (normals, task.counts["n_anomalous"]) == expected
@@ -65,15 +66,15 @@ def test_contaminated_plants_about_three_percent_of_the_first_class(dataset):
     assert task.protocol == "contaminated-clustered-3"
     assert task.unsupervised and np.array_equal(task.fit.example_ids, task.test.example_ids)
     assert np.array_equal(task.is_anomaly, task.test.labels == 0)
-    again = ev.contaminated_task(dataset, seed=0)
+    again = task_lib.contaminated_task(dataset, seed=0)
     assert np.array_equal(task.test.example_ids, again.test.example_ids)
-    other = ev.contaminated_task(dataset, seed=1)
+    other = task_lib.contaminated_task(dataset, seed=1)
     assert not np.array_equal(task.test.example_ids, other.test.example_ids)
 
 
 def test_one_class_trains_on_one_class(dataset):
     parts = data_lib.split(dataset, seed=0)
-    tasks = ev.one_class_tasks(dataset, seed=0)
+    tasks = task_lib.one_class_tasks(dataset, seed=0)
     assert len(tasks) == len(dataset.class_names)
     for c, task in enumerate(tasks):
         assert set(task.fit.labels.tolist()) == {c} == set(task.validation.labels.tolist())
@@ -85,9 +86,9 @@ def test_one_class_trains_on_one_class(dataset):
 
 
 def test_tasks_depend_on_the_seed_only(dataset):
-    first, again, other = (ev.build_tasks(dataset, seed=s) for s in (0, 0, 1))
+    first, again, other = (task_lib.build_tasks(dataset, seed=s) for s in (0, 0, 1))
     # held-out and one-class: a task per class; clustered: 3 rates x 3 planted classes; scattered: 3; corrupted: 1
-    assert len(first) == ev.count_tasks(dataset) == 2 * len(dataset.class_names) + 9 + 3 + 1
+    assert len(first) == task_lib.count_tasks(dataset) == 2 * len(dataset.class_names) + 9 + 3 + 1
     for a, b in zip(first, again, strict=True):
         assert np.array_equal(a.fit.example_ids, b.fit.example_ids)
         assert np.array_equal(a.test.example_ids, b.test.example_ids)
@@ -98,9 +99,9 @@ def test_tasks_depend_on_the_seed_only(dataset):
 
 
 def test_build_tasks_in_table_order_limits_classes_and_rejects_unknown(digits):
-    tasks = ev.build_tasks(digits, ["one-class", "contaminated-clustered-3"])
+    tasks = task_lib.build_tasks(digits, ["one-class", "contaminated-clustered-3"])
     assert [t.protocol for t in tasks] == ["contaminated-clustered-3"] * 3 + ["one-class"] * 10
-    limited = ev.build_tasks(digits, ["corrupted", "contaminated", "held-out", "one-class"], 1, 2, 1, ["blank"])
+    limited = task_lib.build_tasks(digits, ["corrupted", "contaminated", "held-out", "one-class"], 1, 2, 1, ["blank"])
     assert [(t.protocol, t.target) for t in limited] == [
         ("held-out", "0"),
         ("held-out", "1"),
@@ -114,21 +115,21 @@ def test_build_tasks_in_table_order_limits_classes_and_rejects_unknown(digits):
         ("one-class", "1"),
         ("corrupted", "1 kinds"),
     ]
-    assert ev.count_tasks(digits, ["contaminated", "held-out", "one-class", "corrupted"], 2, 1) == 11
-    assert ev.count_tasks(digits, max_classes=2) == 2 + 9 + 3 + 2 + 1
+    assert task_lib.count_tasks(digits, ["contaminated", "held-out", "one-class", "corrupted"], 2, 1) == 11
+    assert task_lib.count_tasks(digits, max_classes=2) == 2 + 9 + 3 + 2 + 1
     with pytest.raises(ValueError, match="unknown protocol"):
-        ev.build_tasks(digits, ["leave-one-out"])
+        task_lib.build_tasks(digits, ["leave-one-out"])
     unlabelled = data_lib.ImageData(digits.images[:20], None, digits.example_ids[:20], None, "x")
     with pytest.raises(data_lib.DataError, match="labelled"):
-        ev.build_tasks(unlabelled)
+        task_lib.build_tasks(unlabelled)
 
 
 def test_vae_config_for_tasks(digits):
     base = TrainConfig(epochs=6, kl_warmup=10, early_stopping=10)
-    held_out = task_scores.vae_config(base, ev.held_out_tasks(digits)[0])
+    held_out = task_scores.vae_config(base, task_lib.held_out_tasks(digits)[0])
     assert (held_out.kl_warmup, held_out.early_stopping, held_out.conditional) == (2, 10, False)
-    assert task_scores.vae_config(base, ev.contaminated_task(digits)).early_stopping == 0
-    one_class = task_scores.vae_config(base, ev.one_class_tasks(digits)[0])
+    assert task_scores.vae_config(base, task_lib.contaminated_task(digits)).early_stopping == 0
+    one_class = task_scores.vae_config(base, task_lib.one_class_tasks(digits)[0])
     factor = task_scores.ONE_CLASS_EPOCH_FACTOR
     assert (one_class.epochs, one_class.kl_warmup, one_class.early_stopping) == (6 * factor, 2 * factor, 10 * factor)
 
@@ -225,7 +226,7 @@ def test_pyod_wrappers_are_seeded_and_need_fit(digits):
 
 @pytest.mark.filterwarnings("ignore:n_neighbors .* is greater than")
 def test_a_failing_detector_gets_nan_and_a_warning(digits, caplog):
-    tiny = ev.Task(
+    tiny = task_lib.Task(
         protocol="held-out",
         target="0",
         fit=digits.subset(np.arange(3)),  # KNN needs more than its 5 neighbours: it raises

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluation import comparison, corruptions, results, task_scores, tasks
+from pipeline.evaluation import comparison, corruptions, results, task_scores
 from pipeline.evaluation import evaluate as ev
+from pipeline.evaluation import tasks as task_lib
 from training import data as data_lib
 from training.config import TrainConfig
 
@@ -102,26 +103,26 @@ def test_mixed_corruptions_give_every_kind_its_share(digits):
 
 
 def test_planted_classes_rotate_with_the_seed():
-    assert [tasks.planted_classes(10, 3, s) for s in (0, 1, 2)] == [[0, 3, 7], [1, 4, 8], [2, 5, 9]]
-    assert tasks.planted_classes(10, 1, 4) == [4]
-    assert tasks.planted_classes(2, 3, 0) == [0, 1]  # never more than there are
+    assert [task_lib.planted_classes(10, 3, s) for s in (0, 1, 2)] == [[0, 3, 7], [1, 4, 8], [2, 5, 9]]
+    assert task_lib.planted_classes(10, 1, 4) == [4]
+    assert task_lib.planted_classes(2, 3, 0) == [0, 1]  # never more than there are
 
 
 def test_check_protocols_expands_the_shorthands():
-    assert tasks.check_protocols(["contaminated"]) == [*tasks.CLUSTERED, *tasks.SCATTERED]
-    assert tasks.check_protocols(["corrupted", "contaminated-scattered"]) == [*tasks.SCATTERED, "corrupted"]
-    assert tasks.CLUSTERED == ("contaminated-clustered-1", "contaminated-clustered-3", "contaminated-clustered-10")
+    assert task_lib.check_protocols(["contaminated"]) == [*task_lib.CLUSTERED, *task_lib.SCATTERED]
+    assert task_lib.check_protocols(["corrupted", "contaminated-scattered"]) == [*task_lib.SCATTERED, "corrupted"]
+    assert task_lib.CLUSTERED == ("contaminated-clustered-1", "contaminated-clustered-3", "contaminated-clustered-10")
     with pytest.raises(ValueError, match="unknown protocol"):
-        tasks.check_protocols(["contaminated-5"])
+        task_lib.check_protocols(["contaminated-5"])
 
 
 def test_clustered_cells_plant_the_rate_of_each_planted_class(digits):
-    built = tasks.build_tasks(digits, list(tasks.CLUSTERED), seed=1)
-    assert [(t.protocol, t.target) for t in built] == [(p, c) for p in tasks.CLUSTERED for c in ("1", "4", "8")]
+    built = task_lib.build_tasks(digits, list(task_lib.CLUSTERED), seed=1)
+    assert [(t.protocol, t.target) for t in built] == [(p, c) for p in task_lib.CLUSTERED for c in ("1", "4", "8")]
     planted = {}
     for task in built:
         c = int(task.target)
-        rate = tasks.contamination_of(task.protocol)
+        rate = task_lib.contamination_of(task.protocol)
         normals = int((digits.labels != c).sum())
         expected = min(int((digits.labels == c).sum()), round(rate * normals / (1 - rate)))
         assert task.counts == {"n_fit": normals + expected, "n_normal": normals, "n_anomalous": expected}
@@ -132,14 +133,18 @@ def test_clustered_cells_plant_the_rate_of_each_planted_class(digits):
         assert set(task.validation.example_ids) <= set(task.fit.example_ids)
         planted[(task.protocol, c)] = set(task.test.example_ids[task.is_anomaly].tolist())
     for c in (1, 4, 8):  # nested: the 1% of a class is among its 3%, which is among its 10%
-        assert planted[(tasks.CLUSTERED[0], c)] <= planted[(tasks.CLUSTERED[1], c)] <= planted[(tasks.CLUSTERED[2], c)]
-    assert len(planted[(tasks.CLUSTERED[0], 4)]) == round(0.01 * 1616 / 0.99)  # 16 of the 181 fours
+        assert (
+            planted[(task_lib.CLUSTERED[0], c)]
+            <= planted[(task_lib.CLUSTERED[1], c)]
+            <= planted[(task_lib.CLUSTERED[2], c)]
+        )
+    assert len(planted[(task_lib.CLUSTERED[0], 4)]) == round(0.01 * 1616 / 0.99)  # 16 of the 181 fours
 
 
 def test_scattered_cells_replace_the_rate_of_all_images_with_broken_ones(digits, binary_digits):
-    for protocol in tasks.SCATTERED:
-        rate = tasks.contamination_of(protocol)
-        task = tasks.scattered_task(digits, seed=0, contamination=rate)
+    for protocol in task_lib.SCATTERED:
+        rate = task_lib.contamination_of(protocol)
+        task = task_lib.scattered_task(digits, seed=0, contamination=rate)
         assert task.protocol == protocol and task.unsupervised
         n = len(digits)
         assert task.counts == {"n_fit": n, "n_normal": n - round(rate * n), "n_anomalous": round(rate * n)}
@@ -148,13 +153,13 @@ def test_scattered_cells_replace_the_rate_of_all_images_with_broken_ones(digits,
         broken = task.test.images[task.is_anomaly]
         assert (broken != digits.images[task.is_anomaly]).any(axis=(1, 2, 3)).all()  # every planted one is broken
     assert len(set(task.test.labels[task.is_anomaly].tolist())) == 10  # from every class, not one cluster
-    blank = tasks.scattered_task(digits, seed=0, contamination=0.1, kinds=["blank"])
+    blank = task_lib.scattered_task(digits, seed=0, contamination=0.1, kinds=["blank"])
     assert (blank.test.images[blank.is_anomaly] == 0).all()
     assert np.array_equal(blank.is_anomaly, task.is_anomaly)  # the same images for any kinds
-    assert not np.array_equal(tasks.scattered_task(digits, seed=1, contamination=0.1).is_anomaly, task.is_anomaly)
-    small = tasks.scattered_task(digits, seed=0, contamination=0.03)
+    assert not np.array_equal(task_lib.scattered_task(digits, seed=1, contamination=0.1).is_anomaly, task.is_anomaly)
+    small = task_lib.scattered_task(digits, seed=0, contamination=0.03)
     assert set(np.flatnonzero(small.is_anomaly)) <= set(np.flatnonzero(task.is_anomaly))  # nested over rates
-    binary = tasks.scattered_task(binary_digits, seed=0, contamination=0.1)
+    binary = task_lib.scattered_task(binary_digits, seed=0, contamination=0.1)
     grey = np.isin(binary.test.images, (0.0, 1.0), invert=True).any(axis=(1, 2, 3))
     assert grey.sum() in (16, 17)  # only the wrong-scale share (180 / 11 kinds) is not binary
 
@@ -164,7 +169,7 @@ def test_scattered_cells_replace_the_rate_of_all_images_with_broken_ones(digits,
 
 def test_corrupted_task_scores_the_test_split_with_a_tenth_replaced_per_kind(digits):
     kinds = ["blank", "inverted", "blurred"]
-    task = tasks.corrupted_task(digits, seed=0, kinds=kinds)
+    task = task_lib.corrupted_task(digits, seed=0, kinds=kinds)
     parts = data_lib.split(digits, seed=0)
     n = len(parts.test)
     assert (task.protocol, task.target) == ("corrupted", "3 kinds")
@@ -186,12 +191,12 @@ def test_corrupted_task_scores_the_test_split_with_a_tenth_replaced_per_kind(dig
             by_id = dict(zip(parts.test.example_ids, parts.test.images, strict=True))
             np.testing.assert_allclose(task.test.images[broken], 1 - np.stack([by_id[i] for i in ids]))
     assert (task.test.images[task.parts[0][1][task.is_anomaly[task.parts[0][1]]]] == 0).all()
-    other = tasks.corrupted_task(digits, seed=1, kinds=kinds)
+    other = task_lib.corrupted_task(digits, seed=1, kinds=kinds)
     assert not np.array_equal(other.test.example_ids, task.test.example_ids)
 
 
 def test_corrupted_rows_per_kind_with_pyod(digits):
-    task = tasks.corrupted_task(digits, seed=0, kinds=["blank", "saturated", "shifted"])
+    task = task_lib.corrupted_task(digits, seed=0, kinds=["blank", "saturated", "shifted"])
     rows, fit = task_scores.evaluate_task(task, TrainConfig(seed=0), detectors=["knn", "ecod"])
     assert fit is None
     assert [(r["task"], r["detector"]) for r in rows] == [
@@ -340,12 +345,12 @@ def test_evaluate_compares_with_the_summary_already_in_the_folder(digits, tmp_pa
 
 def test_large_images_get_fewer_classes_and_planted_classes_by_default(digits):
     big = data_lib.ImageData(np.zeros((20, 28, 28, 1), np.float32), np.arange(20) % 10, np.arange(20), ["x"], "big")
-    assert ev.task_plan(digits, None, None) == (None, tasks.PLANTED_CLASSES)  # the 8x8 digits: everything
+    assert ev.task_plan(digits, None, None) == (None, task_lib.PLANTED_CLASSES)  # the 8x8 digits: everything
     assert ev.task_plan(big, None, None) == (ev.LARGE_CLASSES, ev.LARGE_PLANTED) == (3, 1)
     assert ev.task_plan(big, 0, 3) == (None, 3)  # asked for: every class, 3 planted
-    rotated = tasks.build_tasks(digits, ["held-out", "one-class"], seed=1, rotate=3)
+    rotated = task_lib.build_tasks(digits, ["held-out", "one-class"], seed=1, rotate=3)
     assert [(t.protocol, t.target) for t in rotated] == [(p, c) for p in ("held-out", "one-class") for c in "148"]
-    assert tasks.count_tasks(digits, ["held-out", "one-class", "contaminated-clustered-3"], planted=1, rotate=3) == 7
+    assert task_lib.count_tasks(digits, ["held-out", "one-class", "contaminated-clustered-3"], planted=1, rotate=3) == 7
 
 
 def _results(seed: int, auroc: float) -> pd.DataFrame:

@@ -51,24 +51,7 @@ from pipeline.evaluation.results import (
     write_results,
 )
 from pipeline.evaluation.task_scores import IWAE_K, ONE_CLASS_EPOCH_FACTOR, ScoreFit, evaluate_task, vae_config
-from pipeline.evaluation.tasks import (  # noqa: F401  (re-exported: the evaluation's public names)
-    CLUSTERED,
-    CONTAMINATION,
-    PLANTED_CLASSES,
-    PROTOCOLS,
-    SCATTERED,
-    SHORTHANDS,
-    Task,
-    build_tasks,
-    check_protocols,
-    contaminated_task,
-    corrupted_task,
-    count_tasks,
-    held_out_tasks,
-    one_class_tasks,
-    planted_classes,
-    scattered_task,
-)
+from pipeline.evaluation.tasks import PLANTED_CLASSES, PROTOCOLS, Task, build_tasks, check_protocols, count_tasks
 from pipeline.steps import Reporter, Step
 from training import data as data_lib
 from training.config import TrainConfig
