@@ -251,3 +251,38 @@ def test_dask_options_are_checked():
     assert (options.runner, options.dask_address, options.dask_workers) == ("DaskRunner", "tcp://h:8786", 2)
     beam_style = ScoreOptions.from_argv(["--output", "o", "--runner", "DaskRunner", "--dask-workers", "3"])
     assert beam_style.dask_workers == 3
+
+
+def test_a_run_is_done_when_the_scheduler_holds_its_result_even_if_the_client_missed_it(monkeypatch):
+    """The client's copy of a task's state may never hear of its end (seen once under load: the job
+    hung with its results written); the wait asks the scheduler too, and still raises a task's error."""
+    import distributed
+    from apache_beam.runners.runner import PipelineState
+
+    from pipeline.beam import dask_runner
+
+    class NeverToldFuture(distributed.Future):
+        @property
+        def status(self) -> str:
+            return "pending"
+
+    monkeypatch.setattr(dask_runner, "POLL_SECONDS", 0.2)
+    with (
+        distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        done = client.submit(sum, [1, 2])
+        assert done.result() == 3
+        stuck = NeverToldFuture(done.key, client)
+        result = dask_runner.DaskResult(client=client, futures=[stuck])
+        result.close = lambda: None  # the test's client and cluster close below
+        assert result.wait_until_finish() == PipelineState.DONE
+
+        def fail() -> None:
+            raise ValueError("a worker's own error")
+
+        failed = dask_runner.DaskResult(client=client, futures=[client.submit(fail)])
+        failed.close = lambda: None
+        with pytest.raises(ValueError, match="a worker's own error"):
+            failed.wait_until_finish()
+        assert failed.state == PipelineState.FAILED

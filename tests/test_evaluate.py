@@ -234,7 +234,7 @@ def test_a_failing_detector_gets_nan_and_a_warning(digits, caplog):
         test=digits.subset(np.arange(3, 60)),
         is_anomaly=digits.labels[3:60] == 0,
     )
-    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.task_scores"):
         rows, fit = task_scores.evaluate_task(tiny, TrainConfig(seed=0), detectors=["knn", "iforest"])
     assert fit is None  # no VAE detector asked for: no VAE fit
     by_name = {r["detector"]: r for r in rows}

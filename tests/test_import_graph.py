@@ -118,7 +118,7 @@ def test_no_import_circles():
         ("pipeline.outputs", "pipeline.beam"),
         ("training", "pipeline"),
         ("scoring", "pipeline"),
-        ("scoring", "training.train"),
+        ("scoring", "training"),
     ],
 )
 def test_imports_point_one_way(lower, upper):

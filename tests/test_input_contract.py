@@ -155,7 +155,7 @@ def test_labels_mean_the_same_class_in_training_and_scoring(tmp_path):
     assert valid.labels.tolist() == [1, 0] and rejected.example_ids.to_pylist() == ["c"]  # as label_classes
 
 
-def _scored_labels(labels: list, spec) -> list:
+def _scored_labels(labels: list, spec, label_type: pa.DataType | None = None) -> list:
     from training.data.validate import validate_batch
 
     n = len(labels)
@@ -166,7 +166,7 @@ def _scored_labels(labels: list, spec) -> list:
             "pixels": pa.array([[0.5] * 4] * n, pa.list_(pa.float32())),
             "height": [2] * n,
             "width": [2] * n,
-            "label": pa.array(labels, pa.string()),
+            "label": pa.array(labels, label_type or pa.string()),
         }
     )
     valid, _ = validate_batch(batch, spec)
@@ -179,29 +179,58 @@ def _scored_labels(labels: list, spec) -> list:
 
 
 def test_one_label_rule_reads_odd_labels_without_a_traceback():
-    """Signed digits are numbers, other digit-like text (superscripts, doubled signs) is not, in
-    training and scoring alike; a plain model carries any whole number through."""
+    """Signed digits are numbers (around them any whitespace, control characters such as \\x1f
+    included), other digit-like text (superscripts, doubled signs) is not, nor is a number past
+    int64, in training and scoring alike; a plain model carries any whole number through; True and
+    False are names."""
     from training.data.labels import label_classes
     from training.data.validate import ModelSpec
 
-    odd = ["-3", "+4", " 5 ", "--7", "\u00b2", "1.5", "nan", None]
-    assert _scored_labels(odd, ModelSpec((2, 2, 1))) == [-3, 4, 5, None, None, None, None, None]
-    values, names, known = label_classes(["+4", " 5 ", "-3", "1.5", "nan"])
-    assert names == [str(i) for i in range(6)] and values[known].tolist() == [4, 5] and known.sum() == 2
+    odd = ["-3", "+4", " 5 ", "--7", "\u00b2", "5\x1f", "99999999999999999999", "1.5", "nan", None]
+    assert _scored_labels(odd, ModelSpec((2, 2, 1))) == [-3, 4, 5, None, None, 5, None, None, None, None]
+    assert _scored_labels([1e20, -2.0, 3.0], ModelSpec((2, 2, 1)), pa.float64()) == [None, -2, 3]
+    values, names, known = label_classes(["+4", " 5 ", "-3", "1.5", "nan", "5\x1f", "99999999999999999999"])
+    assert names == [str(i) for i in range(6)] and values[known].tolist() == [4, 5, 5] and known.sum() == 3
+    values, names, known = label_classes([True, False, True])
+    assert names == ["False", "True"] and values.tolist() == [1, 0, 1] and known.all()
+    bools = ModelSpec((2, 2, 1), 2, ("False", "True"))
+    assert _scored_labels([True, False, None], bools, pa.bool_()) == [1, 0, None]
+    with pytest.raises(DataError, match="more than 100,000"):
+        label_classes(["1000000000"])
+
+
+_LABEL_KINDS = {
+    "string": (
+        pa.string(),
+        st.one_of(st.text(max_size=4), st.integers(-3, 12).map(str), st.sampled_from(["cat", "dog"])),
+    ),
+    "int64": (pa.int64(), st.integers(-3, 12)),
+    "float64": (pa.float64(), st.one_of(st.integers(-3, 12).map(float), st.floats(allow_nan=True))),
+}
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.text(max_size=4), st.integers(-3, 12).map(str)), min_size=1, max_size=12))
-def test_training_and_scoring_read_every_label_alike(labels):
+@given(
+    st.sampled_from(sorted(_LABEL_KINDS)).flatmap(
+        lambda kind: st.tuples(
+            st.just(kind), st.lists(st.one_of(st.none(), _LABEL_KINDS[kind][1]), min_size=1, max_size=12)
+        )
+    )
+)
+def test_training_and_scoring_read_every_label_alike(case):
+    """A conditional model's classes, as training made them, read back the same per row in scoring,
+    whatever the label column's type (scoring's numeric columns take a vectorised path)."""
     from training.data.labels import label_classes
     from training.data.validate import ModelSpec
 
-    classes = ["0", "1", "2", "cat", "dog"]
+    kind, labels = case
+    classes = ["0", "1", "2", "cat", "dog"] if kind == "string" else [str(i) for i in range(10)]
     present = [v for v in labels if v is not None]
     values, _, known = label_classes(present, classes)
     expected = iter([int(v) if k else None for v, k in zip(values, known, strict=True)])
     trained = [None if v is None else next(expected) for v in labels]
-    assert _scored_labels(labels, ModelSpec((2, 2, 1), len(classes), tuple(classes))) == trained
+    spec = ModelSpec((2, 2, 1), len(classes), tuple(classes))
+    assert _scored_labels(labels, spec, _LABEL_KINDS[kind][0]) == trained
 
 
 def test_several_inputs_keep_made_up_ids_apart(tmp_path):

@@ -27,11 +27,14 @@ job therefore runs as one branch on it (:mod:`pipeline.beam.score_shards`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+import distributed
 from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunnerResult
 from apache_beam.runners.dask.dask_runner import DaskRunner as BeamDaskRunner
 
@@ -39,6 +42,7 @@ from pipeline.beam.defaults import DEFAULT_WORKERS
 from pipeline.logging_setup import configure_dask_worker
 
 log = logging.getLogger(__name__)
+POLL_SECONDS = 5.0  # DaskResult.wait_until_finish: how often the client and the scheduler are asked
 
 __all__ = ["WORKER_CONFIG", "WORKER_CONFIG_DIR", "DaskOptions", "DaskRunner", "local_cluster"]
 
@@ -132,8 +136,36 @@ class DaskResult(DaskRunnerResult):
     cluster: Any = None
 
     def wait_until_finish(self, duration=None) -> str:
+        """Waits for every future (``duration``: at most that many milliseconds), then raises a
+        worker's error here. Beam's own wait gathers each result (which the jobs do not use) and
+        waits on the client's copy of each task's state alone: under load a finished run's last
+        message once never reached the client, and the job hung with its results written. Here the
+        client's state is read every :data:`POLL_SECONDS`, and the scheduler is asked too."""
+        from apache_beam.runners.runner import PipelineState
+
         try:
-            return super().wait_until_finish(duration)
+            deadline = None if duration is None else time.monotonic() + duration / 1000
+            pending = list(self.futures)
+            while pending:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"the Dask run did not finish in {duration / 1000:g} s")
+                wait_s = POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    distributed.wait(pending, timeout=max(wait_s, 0.0))
+                pending = [f for f in pending if f.status in ("pending", "lost")]
+                if pending:  # the scheduler holds a result the client was not told of: done
+                    held = self.client.who_has(pending)
+                    pending = [f for f in pending if not held.get(f.key)]
+            for future in self.futures:
+                if future.status == "error":
+                    future.result()  # raises the worker's error, with its traceback
+                if future.status == "cancelled":
+                    raise RuntimeError(f"the Dask task {future.key} was cancelled")
+            self._state = PipelineState.DONE
+            return self._state
+        except BaseException:
+            self._state = PipelineState.FAILED
+            raise
         finally:
             self.close()
 

@@ -238,7 +238,7 @@ GENERATE_FLAGS = (
         "pixel_temperature",
         "Draw the pixels from p(x|z)^(1/T), the likelihood tempered by T: 1 is a plain draw, below 1 a sharper "
         "one with less speckle, 0 the likelihood's mean on the data's grey levels, an image a person would draw, "
-        f"whose variety comes from the latent [{DEFAULT_PIXEL_TEMPERATURE:g}; interpolate: 0]. docs/synthetic.md.",
+        f"whose variety comes from the latent [{DEFAULT_PIXEL_TEMPERATURE:g}]. docs/synthetic.md.",
         float,
         minimum=0,
     ),

@@ -117,7 +117,7 @@ def _unsupervised(
     protocol: str, target: str, everything: data_lib.ImageData, is_anomaly: np.ndarray, seed: int
 ) -> Task:
     """Fit and score ``everything``; the validation images, which only the VAE's epoch log reads
-    here (no early stopping: :func:`pipeline.evaluation.evaluate.vae_config`), are a seeded
+    here (no early stopping: :func:`pipeline.evaluation.task_scores.vae_config`), are a seeded
     sample of :data:`UNSUPERVISED_VALIDATION` of them, not all (a third of each epoch's time)."""
     sample = np.sort(np.random.default_rng(seed).permutation(len(everything))[:UNSUPERVISED_VALIDATION])
     return Task(protocol, target, everything, everything.subset(sample), everything, is_anomaly)

@@ -1,9 +1,10 @@
 """The one rule for reading a label, in training and scoring alike.
 
 A label is a class name or a whole number: an int, a whole float, or a string of digits with an
-optional sign (bytes are read as UTF-8 text). A class name is looked up in the classes; a whole
-number is a class index when it is one (0 .. K-1); anything else (a fraction, NaN, a negative number,
-an index past the classes, a name not among them) names no class. Training makes the classes
+optional sign (bytes are read as UTF-8 text), within int64. A string is a name before it is a number,
+and any other value that is not a whole number (True, a date) is read as its text. A whole number is
+a class index when it is one (0 .. K-1); anything else (a fraction, NaN, a negative number, an index
+past the classes, a name not among them) names no class. Training makes the classes
 (:func:`label_classes`); scoring takes the model's (:func:`class_indices`), and a plain model carries
 a whole number through as it is.
 """
@@ -17,7 +18,10 @@ import numpy as np
 
 from training.data.images import DataError
 
-_WHOLE = re.compile(r"\s*[+-]?[0-9]+\s*")
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_INT64 = 2**63
+#: whole-number labels are class indices 0 .. K-1: more classes than this is a mistake, not a data set
+MAX_CLASSES = 100_000
 
 
 def label_text(value: object) -> str:
@@ -26,14 +30,20 @@ def label_text(value: object) -> str:
 
 def whole_number(value: object) -> int | None:
     """A label as a whole number, if it is one."""
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, bool | np.bool_):
         return None
     if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return int(value) if np.isfinite(value) and float(value).is_integer() else None
-    text = label_text(value)
-    return int(text) if _WHOLE.fullmatch(text) else None
+        number = int(value)
+    elif isinstance(value, float | np.floating):
+        if not (np.isfinite(value) and float(value).is_integer()):
+            return None
+        number = int(value)
+    else:
+        text = label_text(value).strip()
+        if not _WHOLE.fullmatch(text):
+            return None
+        number = int(text)
+    return number if -_INT64 <= number < _INT64 else None
 
 
 def class_indices(raw: Sequence[object], classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +56,7 @@ def class_indices(raw: Sequence[object], classes: Sequence[str]) -> tuple[np.nda
         if v is None:
             continue
         n = whole_number(v)
-        if isinstance(v, str | bytes) and label_text(v) in index:  # a string is a name before a number
+        if (n is None or isinstance(v, str | bytes)) and label_text(v) in index:
             values[i], known[i] = index[label_text(v)], True
         elif n is not None and (not classes or 0 <= n < len(classes)):
             values[i], known[i] = n, True
@@ -73,6 +83,11 @@ def label_classes(raw: list, classes: list[str] | None = None) -> tuple[np.ndarr
     known = np.array([n is not None and n >= 0 for n in numbers], bool)
     values = np.array([n if k else 0 for n, k in zip(numbers, known, strict=True)], np.int64)
     count = int(values[known].max()) + 1 if known.any() else 0
+    if count > MAX_CLASSES:
+        raise DataError(
+            f"label {count - 1}: whole-number labels are class indices 0 .. K-1, and {count:,} classes is more than "
+            f"{MAX_CLASSES:,}; give class names, or number the classes from 0"
+        )
     return values, [str(i) for i in range(count)], known
 
 

@@ -272,13 +272,14 @@ def _labels(col: pa.Array | None, spec: ModelSpec, verdicts: _Verdicts) -> tuple
     present = ~col.is_null().to_numpy(zero_copy_only=False)
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):  # the same rule, vectorised
         raw = col.fill_null(0).to_numpy(zero_copy_only=False)
-        whole = np.isfinite(raw) & (raw == np.round(raw))
+        whole = np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) < 2.0**63)
         values = np.where(whole, raw, 0).astype(np.int64)
         known = present & whole
         if conditional:
             known &= (values >= 0) & (values < spec.num_classes)
     else:
-        values, known = class_indices(col.to_pylist(), spec.class_names if conditional else ())
+        classes = (spec.class_names or [str(i) for i in range(spec.num_classes)]) if conditional else ()
+        values, known = class_indices(col.to_pylist(), classes)
     if conditional:
         verdicts.reject(~present, "missing label: label is null and the model is conditional", about_label=True)
         unknown = present & ~known
