@@ -11,7 +11,7 @@ import numpy as np
 from training import aliases, registry
 from training import data as data_lib
 from training.config import TrainConfig
-from training.fitting import PARTS, neg_elbo_scores
+from training.fitting import neg_elbo_scores
 
 log = logging.getLogger(__name__)
 LATENT_MAP_ROWS = 5_000  # holdout images drawn in the latent map (a memory-mapped holdout is read in part)
@@ -82,28 +82,6 @@ def decide_promotion(
     if new_score < champion_score:
         return True, f"holdout neg ELBO {new_score:.3f} < champion v{champion}'s {champion_score:.3f} {where}"
     return False, f"holdout neg ELBO {new_score:.3f} >= champion v{champion}'s {champion_score:.3f} {where}"
-
-
-def describe_parts(cfg: TrainConfig, split: data_lib.TrainingSplit, unlabelled: int) -> dict[str, int]:
-    """The rows of each part (the MLflow params ``*_rows``), logged as a line."""
-    rows = {f"{part}_rows": len(getattr(split, part)) for part in PARTS}
-    if unlabelled:
-        rows["unlabelled_rows"] = unlabelled
-        log.info(
-            "%d of %d rows have no label: the conditional VAE learns from them too (semi-supervised, Kingma et "
-            "al. 2014's M2, with a classifier q(y|x)); calibration, the holdout and the latent prior use the "
-            "labelled rows",
-            unlabelled,
-            sum(len(getattr(split, part)) for part in PARTS),
-        )
-    log.info(
-        "training %s on %s: %d train / %d validation / %d calibration / %d holdout images of shape %s",
-        cfg.model_name,
-        split.train.source,
-        *(rows[f"{part}_rows"] for part in PARTS),
-        split.train.image_shape,
-    )
-    return rows
 
 
 def log_inputs(cfg: TrainConfig, model, read, split: data_lib.TrainingSplit, rows: dict, holdout_fingerprint: str):

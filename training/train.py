@@ -18,7 +18,7 @@ from training import cross_fit, registry
 from training import data as data_lib
 from training.config import PROMOTE_CHOICES, TrainConfig
 from training.fitting import PARTS, build_model, classifier_accuracy, fit, labelled_parts, set_seeds, unlabelled_rows
-from training.run_log import describe_parts, log_figures, log_inputs, register_and_promote
+from training.run_log import log_figures, log_inputs, register_and_promote
 from training.threshold import fit_scoring
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
         rows=len(split.train) + len(split.validation) + len(split.calibration),
     )
     holdout_fingerprint = data_lib.fingerprint(split.holdout)
-    rows = describe_parts(cfg, split, unlabelled)
+    rows = _describe_parts(cfg, split, unlabelled)
 
     with mlflow.start_run() as run:
         log_inputs(cfg, model, read, split, rows, holdout_fingerprint)
@@ -197,3 +197,25 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
             calibration_rows=int(summary["calibration_rows"]),
             calibration_folds=int(summary["calibration_folds"]),
         )
+
+
+def _describe_parts(cfg: TrainConfig, split: data_lib.TrainingSplit, unlabelled: int) -> dict[str, int]:
+    """The rows of each part (the MLflow params ``*_rows``), logged as a line."""
+    rows = {f"{part}_rows": len(getattr(split, part)) for part in PARTS}
+    if unlabelled:
+        rows["unlabelled_rows"] = unlabelled
+        log.info(
+            "%d of %d rows have no label: the conditional VAE learns from them too (semi-supervised, Kingma et "
+            "al. 2014's M2, with a classifier q(y|x)); calibration, the holdout and the latent prior use the "
+            "labelled rows",
+            unlabelled,
+            sum(len(getattr(split, part)) for part in PARTS),
+        )
+    log.info(
+        "training %s on %s: %d train / %d validation / %d calibration / %d holdout images of shape %s",
+        cfg.model_name,
+        split.train.source,
+        *(rows[f"{part}_rows"] for part in PARTS),
+        split.train.image_shape,
+    )
+    return rows
