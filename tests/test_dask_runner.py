@@ -255,7 +255,8 @@ def test_dask_options_are_checked():
 
 def test_a_run_is_done_when_the_scheduler_holds_its_result_even_if_the_client_missed_it(monkeypatch):
     """The client's copy of a task's state may never hear of its end (seen once under load: the job
-    hung with its results written); the wait asks the scheduler too, and still raises a task's error."""
+    hung with its results written); the wait asks the scheduler too, and still raises a task's error,
+    told or not."""
     import distributed
     from apache_beam.runners.runner import PipelineState
 
@@ -281,8 +282,13 @@ def test_a_run_is_done_when_the_scheduler_holds_its_result_even_if_the_client_mi
         def fail() -> None:
             raise ValueError("a worker's own error")
 
-        failed = dask_runner.DaskResult(client=client, futures=[client.submit(fail)])
+        failing = client.submit(fail)
+        failed = dask_runner.DaskResult(client=client, futures=[failing])
         failed.close = lambda: None
         with pytest.raises(ValueError, match="a worker's own error"):
             failed.wait_until_finish()
         assert failed.state == PipelineState.FAILED
+        never_told = dask_runner.DaskResult(client=client, futures=[NeverToldFuture(failing.key, client)])
+        never_told.close = lambda: None
+        with pytest.raises(RuntimeError, match=f"the Dask task {failing.key} erred"):
+            never_told.wait_until_finish()

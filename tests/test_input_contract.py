@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
@@ -189,6 +190,11 @@ def test_one_label_rule_reads_odd_labels_without_a_traceback():
     odd = ["-3", "+4", " 5 ", "--7", "\u00b2", "5\x1f", "99999999999999999999", "1.5", "nan", None]
     assert _scored_labels(odd, ModelSpec((2, 2, 1))) == [-3, 4, 5, None, None, 5, None, None, None, None]
     assert _scored_labels([1e20, -2.0, 3.0], ModelSpec((2, 2, 1)), pa.float64()) == [None, -2, 3]
+    assert _scored_labels([7.0, 1e4], ModelSpec((2, 2, 1)), pa.float16()) == [7, 10000]
+    assert _scored_labels([2**64 - 1, 2**63 - 1], ModelSpec((2, 2, 1)), pa.uint64()) == [None, 2**63 - 1]
+    assert _scored_labels(["1" * 5000, "0" * 5000 + "1"], ModelSpec((2, 2, 1))) == [None, 1]
+    decimals = [Decimal("3.00"), Decimal("3.50"), None]
+    assert _scored_labels(decimals, ModelSpec((2, 2, 1)), pa.decimal128(10, 2)) == [3, None, None]
     values, names, known = label_classes(["+4", " 5 ", "-3", "1.5", "nan", "5\x1f", "99999999999999999999"])
     assert names == [str(i) for i in range(6)] and values[known].tolist() == [4, 5, 5] and known.sum() == 3
     values, names, known = label_classes([True, False, True])

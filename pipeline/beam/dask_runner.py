@@ -140,7 +140,8 @@ class DaskResult(DaskRunnerResult):
         worker's error here. Beam's own wait gathers each result (which the jobs do not use) and
         waits on the client's copy of each task's state alone: under load a finished run's last
         message once never reached the client, and the job hung with its results written. Here the
-        client's state is read every :data:`POLL_SECONDS`, and the scheduler is asked too."""
+        client's state is read every :data:`POLL_SECONDS`, and the scheduler is asked about any task
+        the client still thinks is running."""
         from apache_beam.runners.runner import PipelineState
 
         try:
@@ -150,17 +151,14 @@ class DaskResult(DaskRunnerResult):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"the Dask run did not finish in {duration / 1000:g} s")
                 wait_s = POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - time.monotonic())
-                with contextlib.suppress(TimeoutError):
+                with self.client.as_current(), contextlib.suppress(TimeoutError):
                     distributed.wait(pending, timeout=max(wait_s, 0.0))
                 pending = [f for f in pending if f.status in ("pending", "lost")]
-                if pending:  # the scheduler holds a result the client was not told of: done
-                    held = self.client.who_has(pending)
-                    pending = [f for f in pending if not held.get(f.key)]
+                if pending:  # the client was not told: the scheduler's word
+                    pending = self._still_running(pending)
             for future in self.futures:
                 if future.status == "error":
                     future.result()  # raises the worker's error, with its traceback
-                if future.status == "cancelled":
-                    raise RuntimeError(f"the Dask task {future.key} was cancelled")
             self._state = PipelineState.DONE
             return self._state
         except BaseException:
@@ -168,6 +166,15 @@ class DaskResult(DaskRunnerResult):
             raise
         finally:
             self.close()
+
+    def _still_running(self, futures: list) -> list:
+        """Of ``futures``, those the scheduler is still working on; one it holds in memory is done,
+        and one that failed or that it forgot is an error, named."""
+        states = self.client.sync(self.client.scheduler.get_task_status, keys=[f.key for f in futures])
+        for future in futures:
+            if states.get(future.key) in ("erred", None):
+                raise RuntimeError(f"the Dask task {future.key} {states.get(future.key) or 'was forgotten'}")
+        return [f for f in futures if states.get(f.key) != "memory"]
 
     def close(self) -> None:
         try:

@@ -1,7 +1,7 @@
 """The one rule for reading a label, in training and scoring alike.
 
-A label is a class name or a whole number: an int, a whole float, or a string of digits with an
-optional sign (bytes are read as UTF-8 text), within int64. A string is a name before it is a number,
+A label is a class name or a whole number: an int, a whole float or decimal, or a string of digits
+with an optional sign (bytes are read as UTF-8 text), within int64. A string is a name before it is a number,
 and any other value that is not a whole number (True, a date) is read as its text. A whole number is
 a class index when it is one (0 .. K-1); anything else (a fraction, NaN, a negative number, an index
 past the classes, a name not among them) names no class. Training makes the classes
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from decimal import Decimal
 
 import numpy as np
 
@@ -34,15 +35,16 @@ def whole_number(value: object) -> int | None:
         return None
     if isinstance(value, int | np.integer):
         number = int(value)
-    elif isinstance(value, float | np.floating):
-        if not (np.isfinite(value) and float(value).is_integer()):
+    elif isinstance(value, float | np.floating | Decimal):
+        if not (value.is_finite() if isinstance(value, Decimal) else np.isfinite(value)) or value != int(value):
             return None
         number = int(value)
     else:
         text = label_text(value).strip()
-        if not _WHOLE.fullmatch(text):
+        digits = text.lstrip("+-").lstrip("0") or "0"
+        if not _WHOLE.fullmatch(text) or len(digits) > 19:  # more digits: past int64 anyway
             return None
-        number = int(text)
+        number = -int(digits) if text.startswith("-") else int(digits)
     return number if -_INT64 <= number < _INT64 else None
 
 

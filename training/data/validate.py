@@ -272,7 +272,11 @@ def _labels(col: pa.Array | None, spec: ModelSpec, verdicts: _Verdicts) -> tuple
     present = ~col.is_null().to_numpy(zero_copy_only=False)
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):  # the same rule, vectorised
         raw = col.fill_null(0).to_numpy(zero_copy_only=False)
-        whole = np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) < 2.0**63)
+        if pa.types.is_floating(col.type):
+            raw = raw.astype(np.float64)
+            whole = np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) < 2.0**63)
+        else:  # uint64 past int64 is no label
+            whole = raw <= np.iinfo(np.int64).max if raw.dtype == np.uint64 else np.ones(len(raw), bool)
         values = np.where(whole, raw, 0).astype(np.int64)
         known = present & whole
         if conditional:
