@@ -128,7 +128,10 @@ class VAEDetector:
 
     def _terms(self, images: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
         labels = labels if self.model.num_classes else None
-        return score_terms(self.model, images, labels, num_samples=self.model.score_samples, seed=self.model.score_seed)
+        with one_blas_thread():
+            return score_terms(
+                self.model, images, labels, num_samples=self.model.score_samples, seed=self.model.score_seed
+            )
 
     def fit(
         self,
@@ -169,7 +172,8 @@ class VAEDetector:
 
     def decision_function(self, images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """``anomaly_score`` of ``images``, float64 (N,)."""
-        return model_anomaly_scores(self.model, self._terms(images, labels))
+        with one_blas_thread():
+            return model_anomaly_scores(self.model, self._terms(images, labels))
 
     def predict(self, images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """1 for images above the threshold, 0 otherwise (PyOD's labels)."""

@@ -193,7 +193,18 @@ def test_scoring_runs_numpy_blas_on_one_thread_and_gives_the_same_scores(trained
     assert _blas_threads() == before
 
     model, images = trained_plain.model, load_digits().images[:600]
-    scored = detector.score_images(model, images, num_samples=4, seed=0)
+    seen = []
+    real_terms = detector.score_terms
+
+    def recording_terms(*args, **kwargs):
+        seen.append(set(_blas_threads()))
+        return real_terms(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(detector, "score_terms", recording_terms)
+        scored = detector.score_images(model, images, num_samples=4, seed=0)
+        detector.VAEDetector(model).decision_function(images[:10])
+    assert seen == [{1}, {1}]  # the library entry point and the detector both score on one thread
     terms = {k: v for k, v in scored.items() if k != "anomaly_score"}
     with threadpool_limits(2, user_api="blas"):
         two_threads = detector.model_anomaly_scores(model, terms)
