@@ -1,7 +1,7 @@
 """Beam scoring throughput against raw in-process scoring of the same rows, with peak memory per process.
 
-For each ``--rows`` N: tile the built-in digits to N rows in a Parquet file (``pixels`` as
-list<float32>, row groups of ``--shard-rows``), then measure
+For each ``--rows`` N: tile the built-in ``--data`` (digits, or mnist5k's 28x28 images) to N rows in a
+Parquet file (``pixels`` as a list of float32, row groups of ``--shard-rows``), then measure
 
 (a) raw: :func:`scoring.detector.score_images` on the same rows held in memory (batched, in this process);
 (b) Beam: ``score_dataset`` on the Parquet file, end to end (worker start-up, reading, validation,
@@ -88,30 +88,27 @@ class PeakMemory:
         self._thread.join()
 
 
-def tiled_digits(rows: int) -> tuple[np.ndarray, np.ndarray]:
-    from training.data import load_digits
+def tiled(data: str, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` images of the built-in data set ``data``, repeated as often as it takes."""
+    from training.data import load
 
-    digits = load_digits()
-    index = np.arange(rows) % len(digits)
-    return digits.images[index], digits.labels[index]
+    images = load(data)
+    index = np.arange(rows) % len(images)
+    return images.images[index], images.labels[index]
 
 
 def write_parquet(path: Path, images: np.ndarray, labels: np.ndarray, row_group: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    n = len(images)
+    n, pixels = len(images), int(np.prod(images.shape[1:]))
     flat = pa.array(np.ascontiguousarray(images, dtype=np.float32).reshape(-1))
-    table = pa.table(
-        {
-            "pixels": pa.ListArray.from_arrays(pa.array(np.arange(0, n * 64 + 1, 64, dtype=np.int32)), flat),
-            "label": pa.array(labels),
-        }
-    )
+    offsets = pa.array(np.arange(0, n * pixels + 1, pixels, dtype=np.int32))
+    table = pa.table({"pixels": pa.ListArray.from_arrays(offsets, flat), "label": pa.array(labels)})
     pq.write_table(table, path, row_group_size=row_group)
 
 
-def quick_model(folder: Path) -> str:
+def quick_model(folder: Path, data: str) -> str:
     """Trains a small VAE (few epochs; scoring cost does not depend on how well it fits)."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     from training import registry
@@ -120,7 +117,13 @@ def quick_model(folder: Path) -> str:
 
     registry.configure(folder)
     cfg = TrainConfig(  # calibration_folds 0: the threshold does not matter to the rate
-        epochs=2, kl_warmup=1, early_stopping=0, model_name="vae-bench", promote="always", calibration_folds=0
+        data=data,
+        epochs=2,
+        kl_warmup=1,
+        early_stopping=0,
+        model_name="vae-bench",
+        promote="always",
+        calibration_folds=0,
     )
     result = train(cfg)
     return f"models:/vae-bench/{result.version}"
@@ -162,6 +165,7 @@ def run_in_child(spec: dict, result: Path) -> tuple[dict, PeakMemory]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--data", default="digits", help="the built-in data set tiled to --rows (digits, mnist5k)")
     parser.add_argument("--model", default=None, help="models:/NAME@ALIAS or .keras (default: train a quick one)")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--shard-rows", type=int, default=50_000)
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="score-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    model_uri = args.model or quick_model(work)
+    model_uri = args.model or quick_model(work, args.data)
     pinned = registry.pin(model_uri)  # the default store, or quick_model's (MLFLOW_TRACKING_URI)
     model, name, version = pinned.load(), pinned.name, pinned.version
     log.info(
@@ -195,8 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     results = []
     for rows in args.rows:
-        images, labels = tiled_digits(rows)
-        data = work / f"digits-{rows}.parquet"
+        images, labels = tiled(args.data, rows)
+        data = work / f"{args.data}-{rows}.parquet"
         write_parquet(data, images, labels, args.shard_rows)
         raw_n = min(rows, args.raw_rows or rows)
         raw, raw_seconds = raw_rate(model, images[:raw_n], args.batch_size)
