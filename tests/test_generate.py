@@ -74,15 +74,16 @@ def test_png_round_trip_is_the_8_bit_quantisation():
 
 def test_stream_seeds_are_deterministic_and_distinct():
     from pipeline.beam import defaults
-    from pipeline.beam.flags import FLAGS
+    from pipeline.beam.flags import GENERATE_FLAGS
     from scoring import sampling
     from scoring.sampling import SAMPLE_METHODS, stream_seed
 
     # the CLI's choices are the sampler's own, written once (scoring.sampling_choices)
     assert defaults.SAMPLE_METHODS is SAMPLE_METHODS and (*SAMPLE_METHODS, "interpolate") == defaults.METHODS
-    prior = FLAGS["latent_prior"]
+    flags = {flag.name: flag for flag in GENERATE_FLAGS}
+    prior = flags["latent_prior"]
     assert prior.choices is sampling.LATENT_PRIORS and prior.default == "fitted"
-    assert FLAGS["method"].choices is defaults.METHODS
+    assert flags["method"].choices is defaults.METHODS
 
     assert stream_seed(0, 1) == stream_seed(0, 1)
     assert len({stream_seed(s, b) for s in range(3) for b in range(50)}) == 150

@@ -277,5 +277,3 @@ GENERATE_FLAGS = (
         metavar="INPUT",
     ),
 )
-
-FLAGS = {flag.name: flag for flag in (*JOB_FLAGS, *DASK_FLAGS, *SCORE_FLAGS, *GENERATE_FLAGS)}

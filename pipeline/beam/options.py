@@ -30,7 +30,7 @@ from pipeline.beam.defaults import (
     DEFAULT_WORKERS,
     parse_shape,
 )
-from pipeline.beam.flags import DASK_FLAGS, GENERATE_FLAGS, JOB_FLAGS, SCORE_FLAGS, Flag
+from pipeline.beam.flags import DASK_FLAGS, GENERATE_FLAGS, JOB_FLAGS, SCORE_FLAGS
 from scoring.sampling_choices import DEFAULT_PIXEL_TEMPERATURE
 
 #: Beam's own runner options that the ``vae`` commands set, and their defaults (ours, not Beam's:
@@ -49,10 +49,11 @@ class _Parser(argparse.ArgumentParser):
         raise ValueError(f"Beam pipeline options: {message}")
 
 
-def _add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
-    """Each flag as ``--name``, and ``--name-with-hyphens`` where that differs. Beam calls the
-    ``_add_argparse_args`` of each class in the MRO that defines one, so each class adds its own."""
-    for flag in flags:
+def _add_own_flags(cls: type, parser: argparse.ArgumentParser) -> None:
+    """A class's own ``FLAGS``, each as ``--name`` and ``--name-with-hyphens`` where that differs.
+    Beam calls the ``_add_argparse_args`` of each class in the MRO that has one in its own
+    ``__dict__``, so each class that declares ``FLAGS`` sets this as its ``_add_argparse_args``."""
+    for flag in vars(cls)["FLAGS"]:
         names = [f"--{flag.name}"] + ([f"--{flag.name.replace('_', '-')}"] if "_" in flag.name else [])
         kwargs: dict[str, Any] = {"dest": flag.name, "default": flag.default, "help": flag.help.replace("%", "%%")}
         if flag.type is bool:
@@ -76,9 +77,7 @@ class JobOptions(PipelineOptions):
 
     FLAGS = JOB_FLAGS + DASK_FLAGS
 
-    @classmethod
-    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        _add_flags(parser, JOB_FLAGS + DASK_FLAGS)
+    _add_argparse_args = classmethod(_add_own_flags)
 
     @classmethod
     def _declaring(cls) -> list[type[JobOptions]]:
@@ -96,10 +95,7 @@ class JobOptions(PipelineOptions):
     @classmethod
     def option_names(cls) -> frozenset[str]:
         """The options this class declares (its own and its bases')."""
-        parser = argparse.ArgumentParser(add_help=False)
-        for klass in cls._declaring():
-            klass._add_argparse_args(parser)
-        return frozenset(vars(parser.parse_args([])))
+        return frozenset(flag.name for klass in cls._declaring() for flag in klass.FLAGS)
 
     @classmethod
     def of(cls, beam_args: Sequence[str] = (), *, defaults: Mapping[str, Any] | None = None, **values: Any) -> Self:
@@ -176,9 +172,7 @@ class ScoreOptions(JobOptions, PipelineOptions):
 
     FLAGS = SCORE_FLAGS
 
-    @classmethod
-    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        _add_flags(parser, SCORE_FLAGS)
+    _add_argparse_args = classmethod(_add_own_flags)
 
     def check(self) -> None:
         super().check()
@@ -191,9 +185,7 @@ class GenerateOptions(JobOptions, PipelineOptions):
 
     FLAGS = GENERATE_FLAGS
 
-    @classmethod
-    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        _add_flags(parser, GENERATE_FLAGS)
+    _add_argparse_args = classmethod(_add_own_flags)
 
     def pixels(self) -> float:
         """The pixel temperature this run decodes with: the flag, else 0 (the likelihood's mean) for

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline.beam.defaults import DEFAULT_INPUT
-from pipeline.beam.flags import DASK_FLAGS, GENERATE_FLAGS, JOB_FLAGS
+from pipeline.beam.flags import GENERATE_FLAGS, JOB_FLAGS
 from pipeline.cli.progress import shard_progress
 from pipeline.cli.support import (
     beam_args_help,
@@ -39,7 +39,6 @@ from pipeline.cli.support import (
 )
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BEAM_ARGS...]")
 @beam_runner_options
-@job_flags(DASK_FLAGS)
 @click.pass_context
 @friendly_errors
 def generate_command(ctx: click.Context, grid: bool, log_grid: bool, beam_args: tuple[str, ...], **params) -> None:

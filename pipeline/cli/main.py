@@ -16,7 +16,7 @@ from pipeline.cli.report import report_command
 from pipeline.cli.run import run_command
 from pipeline.cli.score import score_command
 from pipeline.cli.train import train_command
-from pipeline.contract import CHECK_FAILED, ON_FAILURE, SKIPPED
+from pipeline.contract import CHECK_FAILED, FAILED, OK, ON_FAILURE, SKIPPED, USAGE
 from pipeline.logging_setup import LOG_FORMAT_ENV, LOG_FORMATS, setup_logging
 from training import registry
 from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
@@ -56,8 +56,8 @@ class VaeGroup(click.Group):
 @click.group(
     cls=VaeGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog=f"Exit codes: 0 done, 1 failed, 2 a wrong command line, 3 vae monitor --check found the run out of "
-    f"bounds, {SKIPPED} failed under --on-failure skip (the codes are pipeline/contract.py).",
+    epilog=f"Exit codes: {OK} done, {FAILED} failed, {USAGE} a wrong command line, {CHECK_FAILED} vae monitor --check "
+    f"found the run out of bounds, {SKIPPED} failed under --on-failure skip (the codes are pipeline/contract.py).",
 )
 @click.version_option(package_name="vae-pipeline", prog_name="vae", message="%(prog)s %(version)s")
 @click.option(

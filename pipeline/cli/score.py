@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.beam.flags import DASK_FLAGS, JOB_FLAGS, SCORE_FLAGS
+from pipeline.beam.flags import JOB_FLAGS, SCORE_FLAGS
 from pipeline.cli import COMMAND_STARTED
 from pipeline.cli.progress import shard_progress
 from pipeline.cli.support import (
@@ -40,7 +40,6 @@ from pipeline.cli.support import (
 )
 @result_json_option("status, reason, model, counts, reject_rate, anomaly_rate, threshold, run_id, paths")
 @beam_runner_options
-@job_flags(DASK_FLAGS)
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BEAM_ARGS...]")
 @click.pass_context
 @friendly_errors

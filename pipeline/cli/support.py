@@ -15,7 +15,7 @@ from click.core import ParameterSource
 
 from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_RUNNING_MODE, DEFAULT_WORKERS, RUNNING_MODES
 from pipeline.beam.defaults import parse_shape as shape_of
-from pipeline.beam.flags import Flag
+from pipeline.beam.flags import DASK_FLAGS, Flag
 from pipeline.contract import RESULT_TO_STDOUT
 from pipeline.logging_setup import is_verbose
 from training.limits import BUILTIN_DATA
@@ -185,7 +185,8 @@ def job_flags(flags: tuple[Flag, ...], **changes: dict[str, Any]) -> Callable[[C
 
 def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--runner``, ``--direct-num-workers``, ``--direct-running-mode`` (Beam's own flags, whose
-    defaults are ours), shared by the Beam commands."""
+    defaults are ours) and the Dask flags (:data:`pipeline.beam.flags.DASK_FLAGS`), shared by the
+    Beam commands."""
     options = [
         click.option(
             "--runner",
@@ -210,6 +211,7 @@ def beam_runner_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="DirectRunner: worker processes, threads, or one in-process worker (fastest start for small jobs).",
         ),
     ]
+    func = job_flags(DASK_FLAGS)(func)  # listed after the runner's own
     for option in reversed(options):
         func = option(func)
     return func
