@@ -142,6 +142,8 @@ def raw_rate(model, images: np.ndarray, batch_size: int) -> tuple[float, float]:
 def one_run(spec: dict) -> None:
     """In the child: one ``score_dataset`` run as ``spec`` says; writes its figures as JSON to
     ``spec["result"]`` (not stdout, which its worker processes share)."""
+    if spec.pop("without_jax", False):
+        sys.modules["jax"] = None  # as if not installed: TensorFlow's tf.lite imports it when it is
     from pipeline.beam.options import ScoreOptions
     from pipeline.beam.score_job import score_dataset
 
@@ -173,9 +175,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", default=DEFAULT_RUNNING_MODE, help="DirectRunner: direct_running_mode")
     parser.add_argument("--runner", default="DirectRunner", choices=("DirectRunner", "DaskRunner"))
     parser.add_argument("--raw-rows", type=int, default=None, help="measure (a) on at most this many rows")
+    parser.add_argument(
+        "--without-jax",
+        action="store_true",
+        help="run the job as on an install without jax (the dev extra installs it, and TensorFlow then imports "
+        "it: about 0.1 GiB); DirectRunner only",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the data and outputs in this folder")
     parser.add_argument("--one-run", default=None, help=argparse.SUPPRESS)  # the child's job, as JSON
     args = parser.parse_args(argv)
+    if args.without_jax and args.runner != "DirectRunner":
+        parser.error("--without-jax hides jax in the launcher only: use it with the DirectRunner")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in ("apache_beam", "absl", "mlflow", "alembic", "tensorflow", "training", "distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -219,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                 "batch_size": args.batch_size,
                 "shard_rows": args.shard_rows,
                 **runner,
-            }
+            } | ({"without_jax": True} if args.without_jax else {})
             run, memory = run_in_child(spec, work / f"result-{rows}-{workers}.json")
             beam = run["rows"] / run["pipeline_seconds"]
             results.append((rows, workers, raw, beam, run, memory))
@@ -239,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nmodel {name} v{version}, {model.score_samples} posterior samples/row, batch {args.batch_size}, "
         f"shards of {args.shard_rows:,} rows, {engine}, {os.cpu_count()} CPU cores"
+        + (", jax hidden from the job" if args.without_jax else "")
     )
     header = f"{'rows':>10} {'workers':>7} {'raw rows/s':>11} {'Beam rows/s':>12} {'ratio':>6} {'Beam s':>8}"
     print(header + f" {'total s':>8} {'job GiB':>8} {'launcher GiB':>13} {'per worker GiB':>15}")

@@ -146,6 +146,9 @@ def knn_distance(
     return _knn(points, reference, (k,), exclude_self, skip_identical)[0]
 
 
+KNN_CHUNK = 512  # points per distance matrix: 512 x 5,000 float64 is 20 MB, and stays in cache better
+
+
 def _knn(
     points: np.ndarray, reference: np.ndarray, ks: tuple[int, ...], exclude_self: bool, skip_identical: bool
 ) -> list[np.ndarray]:
@@ -154,14 +157,21 @@ def _knn(
     squared_norms = np.sum(reference**2, axis=1)
     out = [np.empty(len(points)) for _ in ks]
     top = max(ks)
-    for start in range(0, len(points), 1024):
-        chunk = points[start : start + 1024]
-        squared = np.maximum(np.sum(chunk**2, axis=1)[:, None] + squared_norms[None] - 2.0 * chunk @ reference.T, 0.0)
+    for start in range(0, len(points), KNN_CHUNK):
+        chunk = points[start : start + KNN_CHUNK]
+        # |a|^2 + |b|^2 - 2 a.b in place, in that order: two matrices per chunk, not five
+        product = chunk @ reference.T
+        product *= 2.0
+        squared = np.add(np.sum(chunk**2, axis=1)[:, None], squared_norms[None])
+        np.subtract(squared, product, out=squared)
+        np.maximum(squared, 0.0, out=squared)
+        del product
         if exclude_self:
             rows = np.arange(len(chunk))
             squared[rows, start + rows] = np.inf
         last = min(top, squared.shape[1] - 1)  # the top+1 nearest, in order, when there are that many
-        nearest = np.sort(np.partition(squared, last, axis=1)[:, : last + 1], axis=1)
+        squared.partition(last, axis=1)
+        nearest = np.sort(squared[:, : last + 1], axis=1)
         same = nearest[:, 0] < SAME_POINT**2 if skip_identical else None
         for i, k in enumerate(ks):
             kth = nearest[:, k - 1]

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from scoring.anomaly import knn_distance, reference_rows
+from scoring.anomaly import KNN_CHUNK, knn_distance, knn_distances, reference_rows
 from scoring.detector import VAEDetector, model_anomaly_scores, model_method_scores, score_images
 from training import data
 from training.model import VariationalAutoencoder, compile_model
@@ -20,6 +20,20 @@ def test_knn_distance_matches_brute_force_and_can_leave_a_point_out():
     np.testing.assert_allclose(knn_distance(points, reference, 5), brute[:, 4])
     self_brute = np.sort(np.linalg.norm(reference[:, None] - reference[None], axis=-1), axis=1)
     np.testing.assert_allclose(knn_distance(reference, reference, 2, exclude_self=True), self_brute[:, 2])
+
+
+def test_knn_distance_is_the_same_across_chunks():
+    """More points than one distance matrix holds: leaving each point out, and skipping a scored
+    training image's own latent, still find the right neighbours in every chunk."""
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(2 * KNN_CHUNK + 37, 2))
+    distances = np.linalg.norm(reference[:, None] - reference[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    leave_out = np.sort(distances, axis=1)
+    np.testing.assert_allclose(knn_distance(reference, reference, 3, exclude_self=True), leave_out[:, 2])
+    found = knn_distances(reference, reference, (1, 3))  # each point's own latent is skipped as itself
+    np.testing.assert_allclose(found[1], leave_out[:, 0])
+    np.testing.assert_allclose(found[3], leave_out[:, 2])
 
 
 @pytest.fixture(scope="module")
