@@ -73,6 +73,8 @@ def fit_statistics(
     ``reference``: the posterior means the latent term measures against (training images, at
     least 2), or None for a model that keeps none (then only ``neg_elbo`` can be fitted)."""
     check_method(method)
+    if int(k) < 1:
+        raise ValueError(f"k must be at least 1 (the k-th nearest reference latent), got {k}")
     stats: dict[str, Any] = {"method": method, "k": int(k)}
     stats |= _robust_scale(terms["neg_elbo"], "neg_elbo")
     if "kl" in terms and np.median(terms["kl"]) >= MIN_RATE:

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from scoring.anomaly import KNN_CHUNK, knn_distance, knn_distances, reference_rows
+from scoring.anomaly import KNN_CHUNK, fit_statistics, knn_distance, knn_distances, reference_rows
 from scoring.detector import VAEDetector, model_anomaly_scores, model_method_scores, score_images
 from training import data
 from training.model import VariationalAutoencoder, compile_model
@@ -235,3 +235,9 @@ def test_a_detector_rebuilt_from_the_model_scores_alike(fitted, tmp_path):
     np.testing.assert_allclose(rebuilt.decision_function(images), detector.decision_function(images), rtol=1e-6)
     np.testing.assert_array_equal(rebuilt.predict(images), detector.predict(images))
     VAEDetector(model).fit(digits.images[:300])
+
+
+def test_k_below_one_is_refused():
+    terms = {"neg_elbo": np.arange(10.0), "kl": np.ones(10), "posterior_mean": np.zeros((10, 2))}
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        fit_statistics(terms, "elbo_latent_knn", np.random.default_rng(0).normal(size=(10, 2)), k=0)

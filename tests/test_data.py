@@ -38,6 +38,14 @@ def test_split_is_seeded_stratified_and_disjoint():
     np.testing.assert_allclose(share, np.bincount(digits.labels) / len(digits), atol=0.02)
 
 
+def test_split_of_few_rows_per_class_falls_back_to_a_plain_split():
+    digits = data.load_digits().subset(np.arange(30))  # 10 classes, 3 rows each: too few to stratify a 5-row part
+    parts = data.split(digits, seed=0)
+    assert sorted(np.concatenate([p.example_ids for p in (parts.train, parts.validation, parts.test)])) == sorted(
+        digits.example_ids
+    )
+
+
 def test_npz_with_labels(tmp_path):
     path = tmp_path / "d.npz"
     np.savez(path, x=np.random.default_rng(0).random((12, 6, 6)), y=np.arange(12) % 3)

@@ -639,3 +639,81 @@ def test_the_pixel_range_check_stops_implausibly_dark_input_before_scoring(tmp_p
     few = tmp_path / "few.parquet"
     pq.write_table(pa.table({"pixels": pa.array(masks[:3].tolist(), pa.list_(pa.uint8()))}), few)
     assert check_pixel_range(plan_input(str(few)), spec, 0.9, 1 / 16) == 3  # too few images to judge
+
+
+def test_odd_shape_columns_reject_their_rows_and_score_the_rest():
+    from training.data.validate import ModelSpec, validate_batch
+
+    pixels = pa.array([[0.5] * 4] * 4, pa.list_(pa.float32()))
+    for height in (
+        pa.array([2.0, 2.5, None, 2.0]),
+        pa.array(["2", "two", None, "+2"]),
+    ):
+        batch = pa.RecordBatch.from_pydict(
+            {"example_id": list("abcd"), "source": ["t"] * 4, "pixels": pixels, "height": height, "width": [2] * 4}
+        )
+        valid, rejected = validate_batch(batch, ModelSpec((2, 2, 1)))
+        assert valid.rows.tolist() == [0, 3]
+        assert (
+            rejected.reasons.to_pylist()
+            == ["null value: height, width or channels is null, not a whole number, or not positive"] * 2
+        )
+
+
+def test_npz_labels_shaped_n_by_one_are_read_and_other_shapes_refused(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (12, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "column.npz", x=x, y=np.arange(12).reshape(12, 1) % 3)  # Keras' CIFAR labels
+    result = read_images(str(tmp_path / "column.npz"))
+    assert result.data.labels.tolist() == (np.arange(12) % 3).tolist()
+    np.savez(tmp_path / "one_hot.npz", x=x, y=np.eye(3)[np.arange(12) % 3])
+    with pytest.raises(DataError, match=r"'y' must hold one label per image, shaped \(N,\) or \(N, 1\), got \(12, 3\)"):
+        read_images(str(tmp_path / "one_hot.npz"))
+    np.savez(tmp_path / "complex.npz", x=x.astype(np.complex64))
+    with pytest.raises(DataError, match="'x' must be real numbers"):
+        read_images(str(tmp_path / "complex.npz"))
+
+
+def test_an_unreadable_file_in_an_image_folder_is_a_reject_and_a_folder_named_png_is_skipped(tmp_path):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    good = png_bytes(np.full((4, 4), 200, np.uint8))
+    for i in range(3):
+        (folder / f"d{i}.png").write_bytes(good)
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "album.png").mkdir()
+    (folder / "album.png" / "inside.png").write_bytes(good)
+    result = read_images(str(folder))
+    assert sorted(result.data.example_ids.tolist()) == ["album.png/inside.png", "d0.png", "d1.png", "d2.png"]
+    assert result.rejects.column("reason").to_pylist() == [
+        "unreadable image: cannot read the file (No such file or directory)"
+    ]
+
+
+def test_remote_parquet_folders_keep_the_host_of_their_url(tmp_path, monkeypatch):
+    """hdfs:// file systems list paths without the host: the files' URLs must keep it (and so their
+    hive labels and distinct ids)."""
+    from pyarrow import fs
+
+    from training.data import reader
+
+    for label in (0, 1):
+        (tmp_path / f"label={label}").mkdir()
+        table = pa.table(
+            {"pixels": pa.array([[0.5] * 4] * 2, pa.list_(pa.float32())), "height": [2] * 2, "width": [2] * 2}
+        )
+        pq.write_table(table, tmp_path / f"label={label}" / "part-0.parquet")
+    root = f"hdfs://namenode:8020{tmp_path}"
+
+    class HostlessFileSystem:
+        @staticmethod
+        def from_uri(uri):
+            assert uri.startswith("hdfs://namenode:8020/"), uri  # the host reaches every open
+            return fs.LocalFileSystem(), uri.removeprefix("hdfs://namenode:8020")
+
+    monkeypatch.setattr(fs, "FileSystem", HostlessFileSystem)
+    plan = reader.plan_input(root, shard_rows=100)
+    assert [shard.path for shard in plan.shards] == [f"{root}/label={i}/part-0.parquet" for i in (0, 1)]
+    batches = [batch for shard in plan.shards for batch in shard.read(100)]
+    table = pa.Table.from_batches(batches)
+    assert table.column("label").to_pylist() == ["0", "0", "1", "1"]
+    assert len(set(table.column("example_id").to_pylist())) == 4

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from training.data.builtin import BUILTIN
 from training.data.images import IMAGE_SUFFIXES, DataError, ImageData, parquet_files
-from training.data.validate import UNIT_PIXELS
+from training.data.validate import READ_ERROR, UNIT_PIXELS
 from training.limits import DEFAULT_SHARD_ROWS  # also vae score's default (pipeline.beam.defaults)
 from training.paths import is_remote
 
@@ -61,17 +61,26 @@ def _list_remote(spec: str) -> list[str]:
     from pyarrow import fs
 
     filesystem, inner = fs.FileSystem.from_uri(spec)
-    scheme = spec.split("://", 1)[0]
     if spec.endswith(".parquet"):
         return [spec]
     root = inner.rstrip("/")
     infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))
+    prefix = _url_prefix(spec, inner)
     files = []
     for info in infos:
         rel = info.path[len(root) :].lstrip("/")
         if info.is_file and rel.endswith(".parquet") and not any(p.startswith((".", "_")) for p in rel.split("/")):
-            files.append(f"{scheme}://{info.path}")
+            files.append(prefix + info.path.lstrip("/") if prefix.endswith("/") else prefix + info.path)
     return sorted(files)
+
+
+def _url_prefix(spec: str, inner: str) -> str:
+    """What goes before a file system path to make it a URL again: ``s3://`` (the bucket is in the
+    path), or ``hdfs://HOST:PORT/``, whose file system paths leave the host out."""
+    scheme, rest = spec.split("://", 1)
+    rest, tail = rest.split("?", 1)[0].rstrip("/"), inner.strip("/")
+    authority = rest[: len(rest) - len(tail)].strip("/") if rest.endswith(tail) else ""
+    return f"{scheme}://{authority}/" if authority else f"{scheme}://"
 
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
@@ -186,7 +195,7 @@ class NpzShard:
     def read(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         with np.load(_open(self.path), allow_pickle=False) as archive:
             x = archive["x"][self.start : self.stop]
-            y = archive["y"][self.start : self.stop] if "y" in archive.files else None
+            y = archive["y"][self.start : self.stop].reshape(-1) if "y" in archive.files else None
         x = x[..., None] if x.ndim == 3 else x
         height, width, channels = x.shape[1:]
         flat = x.reshape(len(x), -1)
@@ -230,15 +239,21 @@ class ImageFilesShard:
         for start in range(0, len(self.files), batch_size):
             names = self.files[start : start + batch_size]
             paths = [f"{self.root.rstrip('/')}/{name}" for name in names]
-            blobs = []
+            blobs, errors = [], []
             for path in paths:
-                with open(path, "rb") if not is_remote(path) else _open(path) as handle:
-                    blobs.append(handle.read())
+                try:
+                    with open(path, "rb") if not is_remote(path) else _open(path) as handle:
+                        blobs.append(handle.read())
+                    errors.append(None)
+                except OSError as exc:  # a broken link, no permission: that row is rejected, not the run
+                    blobs.append(None)
+                    errors.append(f"unreadable image: cannot read the file ({exc.strerror or exc})")
             columns = {
                 "example_id": pa.array([self.id_namespace + name for name in names], pa.string()),
                 "source": pa.array(paths, pa.string()),
                 "source_row": pa.array(np.zeros(len(names), np.int64)),
                 "image": pa.array(blobs, pa.binary()),
+                READ_ERROR: pa.array(errors, pa.string()),
             }
             if self.labelled:
                 columns["label"] = pa.array([_folder_label(name) for name in names], pa.string())
@@ -366,15 +381,18 @@ def plan_npz(spec: str, shard_rows: int, id_namespace: str = "") -> InputPlan:
             if "x" not in archive.files:
                 raise DataError(f"{spec}: no array named 'x' (found: {', '.join(archive.files) or 'none'})")
             x = archive["x"]
-            y_len = len(archive["y"]) if "y" in archive.files else None
+            y_shape = archive["y"].shape if "y" in archive.files else None
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{spec}: not a readable .npz file ({exc})") from exc
-    if x.ndim not in (3, 4) or not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{spec}: 'x' must be numbers shaped (N, H, W) or (N, H, W, C), got {x.dtype} {x.shape}")
-    if y_len is not None and y_len != len(x):
-        raise DataError(f"{spec}: 'y' has {y_len} labels for {len(x)} images")
+    real = np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
+    if x.ndim not in (3, 4) or not real:
+        raise DataError(f"{spec}: 'x' must be real numbers shaped (N, H, W) or (N, H, W, C), got {x.dtype} {x.shape}")
+    if y_shape is not None and (len(y_shape) not in (1, 2) or y_shape[1:] not in ((), (1,))):
+        raise DataError(f"{spec}: 'y' must hold one label per image, shaped (N,) or (N, 1), got {y_shape}")
+    if y_shape is not None and y_shape[0] != len(x):
+        raise DataError(f"{spec}: 'y' has {y_shape[0]} labels for {len(x)} images")
     n = len(x)
     shards = [NpzShard(spec, start, min(start + shard_rows, n), id_namespace) for start in range(0, n, shard_rows)]
     return _numbered(shards, n, f"{spec} (NPZ, {n} rows)")
@@ -384,7 +402,9 @@ def plan_image_folder(path: Path, shard_rows: int, id_namespace: str = "") -> In
     files = sorted(
         p.relative_to(path).as_posix()
         for p in path.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and not any(s.startswith((".", "_")) for s in p.relative_to(path).parts)
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(s.startswith((".", "_")) for s in p.relative_to(path).parts)
+        and not p.is_dir()  # a folder named x.png holds images, it is not one
     )
     if not files:
         raise DataError(f"{path}: no PNG or JPEG images found")

@@ -36,19 +36,16 @@ class TrainingSplit:
 
 
 def split(data: ImageData, seed: int = 0, validation: float = 0.15, test: float = 0.15) -> Split:
-    """A seeded train / validation / test split, stratified by label when there are labels."""
-    from sklearn.model_selection import train_test_split
-
+    """A seeded train / validation / test split, stratified by label when there are labels (and
+    enough rows per label for it)."""
     n = len(data)
     if n < 10:
         raise DataError(f"{data.source}: {n} images are too few to split into train, validation and test")
     index = np.arange(n)
     stratify = _stratify_by(data.labels)
-    rest, test_idx = train_test_split(index, test_size=test, random_state=seed, stratify=stratify)
+    rest, test_idx = _split_part(index, test, seed, stratify)
     rest_stratify = None if stratify is None else stratify[rest]
-    train_idx, val_idx = train_test_split(
-        rest, test_size=validation / (1.0 - test), random_state=seed, stratify=rest_stratify
-    )
+    train_idx, val_idx = _split_part(rest, validation / (1.0 - test), seed, rest_stratify)
     return Split(data.subset(np.sort(train_idx)), data.subset(np.sort(val_idx)), data.subset(np.sort(test_idx)))
 
 
@@ -87,9 +84,14 @@ def _seeded_split(
     index: np.ndarray, labels: np.ndarray | None, size: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(rest, part) with ``size`` of ``index`` in ``part``; stratified by label when sklearn can."""
+    return _split_part(index, size, seed, _stratify_by(None if labels is None else labels[index]))
+
+
+def _split_part(
+    index: np.ndarray, size: float, seed: int, stratify: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
-    stratify = _stratify_by(None if labels is None else labels[index])
     try:
         rest, part = train_test_split(index, test_size=size, random_state=seed, stratify=stratify)
     except ValueError:  # too few rows per class for a stratified part of this size

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from training.data.images import ImageProblem, decode_image
-from training.data.labels import class_indices
+from training.data.labels import class_indices, whole_number
 
 #: a rejected row: where it came from and why (``raw``: its value, shortened, or null); the rejects
 #: of ``vae score`` add the run's columns (pipeline.outputs.score_tables.REJECTS_SCHEMA)
@@ -42,6 +42,7 @@ REJECTS_SCHEMA = pa.schema(
 )
 
 UNIT_PIXELS = "_pixels_in_unit_range"  # training.data.reader marks batches whose pixels are in [0, 1]
+READ_ERROR = "_read_error"  # the reader's column for image files: why one could not be read (null if it was)
 
 RAW_TEXT_LIMIT = 2_000
 RAW_IMAGE_LIMIT = 16_384
@@ -191,14 +192,12 @@ def _pixel_rows(batch: pa.RecordBatch, spec: ModelSpec, shape_hint, verdicts: _V
     lengths = pc.list_value_length(col).fill_null(-1).to_numpy(zero_copy_only=False)
     names = batch.schema.names
     if "height" in names and "width" in names:
-        h = pc.cast(batch.column("height"), pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
-        w = pc.cast(batch.column("width"), pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
-        c = (
-            pc.cast(batch.column("channels"), pa.int64()).fill_null(1).to_numpy(zero_copy_only=False)
-            if "channels" in names
-            else np.ones(n, np.int64)
+        h, w = _dimension(batch.column("height"), -1), _dimension(batch.column("width"), -1)
+        c = _dimension(batch.column("channels"), 1) if "channels" in names else np.ones(n, np.int64)
+        verdicts.reject(
+            (h < 1) | (w < 1) | (c < 1),
+            "null value: height, width or channels is null, not a whole number, or not positive",
         )
-        verdicts.reject((h < 1) | (w < 1) | (c < 1), "null value: height or width is null or not positive")
         wrong = (h != expected[0]) | (w != expected[1]) | (c != expected[2])
         expects = f"{spec.shape_owner} expects {spec.shape_text}"
         verdicts.reject(wrong, _texts(wrong, lambda i: f"wrong shape: {h[i]}x{w[i]}x{c[i]} image, {expects}"))
@@ -225,6 +224,16 @@ def _pixel_rows(batch: pa.RecordBatch, spec: ModelSpec, shape_hint, verdicts: _V
     return good, values.reshape(len(good), size), integer_type
 
 
+def _dimension(col: pa.Array, null: int) -> np.ndarray:
+    """A shape column as int64: ``null`` for a null, -1 for a value that is not a whole number
+    (2.5, "two"), which Arrow's cast would raise on for the whole batch."""
+    try:
+        return pc.cast(col, pa.int64()).fill_null(null).to_numpy(zero_copy_only=False)
+    except (pa.ArrowException, ValueError, TypeError):
+        values = (null if v is None else whole_number(v) for v in col.to_pylist())
+        return np.array([-1 if v is None else v for v in values], np.int64)
+
+
 def _image_rows(batch: pa.RecordBatch, spec: ModelSpec, verdicts: _Verdicts):
     """Decodes the ``image`` column (PNG/JPEG bytes), one row at a time (PIL has no batch decode)."""
     col = batch.column("image")
@@ -236,9 +245,10 @@ def _image_rows(batch: pa.RecordBatch, spec: ModelSpec, verdicts: _Verdicts):
     decoded: list[np.ndarray] = []
     good: list[int] = []
     reasons = np.empty(n, dtype=object)
+    read_errors = batch.column(READ_ERROR).to_pylist() if READ_ERROR in batch.schema.names else [None] * n
     for i, blob in enumerate(col.to_pylist()):
         if blob is None:
-            reasons[i] = "null value: image is null"
+            reasons[i] = read_errors[i] or "null value: image is null"
             continue
         try:  # the header first: an image of another size is refused before its pixels are decoded
             array = decode_image(blob, "image", spec.image_shape, spec.shape_owner)
