@@ -717,3 +717,23 @@ def test_remote_parquet_folders_keep_the_host_of_their_url(tmp_path, monkeypatch
     table = pa.Table.from_batches(batches)
     assert table.column("label").to_pylist() == ["0", "0", "1", "1"]
     assert len(set(table.column("example_id").to_pylist())) == 4
+
+
+def test_32_bit_tiffs_are_refused_rather_than_clipped_to_black():
+    from training.data.validate import ModelSpec, validate_batch
+
+    blobs = []
+    for values in (
+        np.full((4, 4), 0.5, np.float32),
+        np.full((4, 4), 70000, np.int32),
+        np.full((4, 4), 40000, np.uint16),
+    ):
+        buffer = io.BytesIO()
+        Image.fromarray(values).save(buffer, format="TIFF")
+        blobs.append(buffer.getvalue())
+    valid, rejected = validate_batch(image_batch(blobs), ModelSpec((4, 4, 1)))
+    assert valid.rows.tolist() == [2]  # 16-bit: divided by 65,535
+    np.testing.assert_allclose(valid.images[0], 40000 / 65535, rtol=1e-6)
+    reasons = rejected.reasons.to_pylist()
+    assert reasons[0].startswith("unsupported image: floating-point pixels have no fixed maximum")
+    assert reasons[1].startswith("unsupported image: 32-bit integer pixels have no fixed maximum")

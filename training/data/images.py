@@ -165,11 +165,18 @@ def decode_image(
                 want = "x".join(str(d) for d in expected)
                 raise ImageProblem(where, f"wrong shape: {shape} image, {owner} expects {want}")
             img.load()
+            if img.mode in ("I", "F"):  # convert("L") would clip them to 0-255 without a word
+                kind = "32-bit integer" if img.mode == "I" else "floating-point"
+                raise ImageProblem(
+                    where,
+                    f"unsupported image: {kind} pixels have no fixed maximum to divide by; store 8- or 16-bit "
+                    "images, or the values in a pixels column",
+                )
             if img.mode.startswith("I;16"):  # 16-bit grey: keep every level (uint16)
                 array = np.asarray(img).astype(np.uint16)
             else:
                 if img.mode not in ("L", "RGB"):
-                    grey = img.mode in ("1", "LA", "I", "F") or (img.mode in ("P", "PA") and _grey_palette(img))
+                    grey = img.mode in ("1", "LA") or (img.mode in ("P", "PA") and _grey_palette(img))
                     img = img.convert("L" if grey else "RGB")
                 array = np.asarray(img)
     except ImageProblem:
