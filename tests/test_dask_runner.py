@@ -169,6 +169,21 @@ def test_score_on_dask_matches_the_direct_runner_both_datasets_one_load_per_work
 
 
 @pytest.mark.slow
+def test_an_input_of_no_rows_reaches_the_guards_on_dask_as_on_the_direct_runner(cluster, model_uri, tmp_path):
+    address, _ = cluster
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"pixels": pa.array([], pa.list_(pa.uint8()))}), empty)
+    for name, runner in (("direct", FAST), ("dask", {"runner": "DaskRunner", "dask_address": address})):
+        summary = score(model_uri, str(empty), tmp_path / name, min_rows=0, **runner)
+        assert (summary.rows_read, summary.rows_scored, summary.rows_rejected) == (0, 0, 0)
+        assert read(tmp_path / name / "scores").num_rows == read(tmp_path / name / "rejects").num_rows == 0
+    assert read(tmp_path / "dask" / "scores").schema == read(tmp_path / "direct" / "scores").schema
+    with pytest.raises(Exception, match="0 rows") as refused:  # the default --min-rows guard, not an Arrow error
+        score(model_uri, str(empty), tmp_path / "guarded", runner="DaskRunner", dask_address=address)
+    assert "FieldRef" not in str(refused.value)
+
+
+@pytest.mark.slow
 def test_generate_on_dask_writes_the_same_images_as_the_direct_runner(cluster, model_uri, tmp_path):
     from pipeline.beam.generate_job import generate_dataset
 

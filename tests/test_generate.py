@@ -387,6 +387,14 @@ def test_each_method_replaces_only_its_own_partition_and_failures_leave_it(train
         generate(model_uri, "prior", tmp_path, n=50, **IN_PROCESS)
     assert without_created_at(read_synthetic(tmp_path / "synthetic")).equals(before)
     assert not leftovers(tmp_path)
+    monkeypatch.undo()
+
+    # a comparison that cannot be made (real images of another shape) fails the run before its commit
+    np.savez(tmp_path / "nine.npz", x=np.zeros((20, 9, 9), np.float32))
+    with pytest.raises(GenerateError, match="its images are 9x9x1, the samples 8x8x1"):
+        generate(model_uri, "prior", tmp_path, n=50, compare_with=str(tmp_path / "nine.npz"), **IN_PROCESS)
+    assert without_created_at(read_synthetic(tmp_path / "synthetic")).equals(before)
+    assert not leftovers(tmp_path)
 
 
 def test_posterior_keeps_source_ids_and_labels(trained_conditional, tmp_path):

@@ -309,9 +309,9 @@ def measure_fidelity(
     dataset: Path, method: str, compare_with: str, spec: ModelSpec, shape: tuple[int, int, int] | None = None
 ) -> dict:
     """:func:`scoring.fidelity.per_label_fidelity` of the samples that ``method`` wrote to ``dataset``
-    (the ``synthetic/`` folder) against the real images of ``compare_with``, read through the input
-    contract with the model's pixel scale. Real labels are matched to the model's classes by name;
-    without labels on either side the sets are compared whole."""
+    (the ``synthetic/`` folder, or a run's staged folder of that method) against the real images of
+    ``compare_with``, read through the input contract with the model's pixel scale. Real labels are
+    matched to the model's classes by name; without labels on either side the sets are compared whole."""
     from scoring.fidelity import per_label_fidelity
     from training.data import read_images
 
@@ -467,6 +467,10 @@ def _generate_dataset(
         if sum(counts.values()) != len(plan):
             raise RuntimeError(f"the pipeline wrote {sum(counts.values())} samples, {len(plan)} were planned")
         _write_run_manifest(tmp, options, input_data, model, request.run, len(plan))
+        # measured before the commit: a comparison that cannot be made replaces nothing
+        figures = None
+        if options.compare_with:
+            figures = measure_fidelity(tmp, options.method, options.compare_with, spec, options.shape)
     summary = GenerateSummary(
         output=root,
         folder=folder,
@@ -487,13 +491,16 @@ def _generate_dataset(
         manifest_path=folder / MANIFEST,
     )
     log.info("wrote %d samples to %s", summary.rows, folder)
-    if options.compare_with:
+    if figures is not None:
         from dataclasses import replace
 
-        figures = measure_fidelity(root, options.method, options.compare_with, spec, options.shape)
         summary = replace(summary, compare_with=options.compare_with, fidelity=figures)
-        run_id = registry.log_metrics(model.name, model.version, summary.fidelity_metrics(), options.work_dir)
-        summary = replace(summary, fidelity_run=run_id)
+        try:  # the samples are committed: a tracking server that is down costs the log, not the run
+            run_id = registry.log_metrics(model.name, model.version, summary.fidelity_metrics(), options.work_dir)
+        except Exception as exc:  # noqa: BLE001 - MLflow may raise anything when its store is unreachable
+            log.warning("the fidelity figures were not logged to MLflow (%s): they are in this run's output", exc)
+        else:
+            summary = replace(summary, fidelity_run=run_id)
     return summary
 
 

@@ -7,7 +7,8 @@ Each shard's rows go through the same steps as :func:`pipeline.beam.score_job.bu
 record batch at a time, and are streamed into two Parquet files named after the shard,
 ``PREFIX-SSSSS-of-NNNNN.parquet`` in ``scores/`` and in ``rejects/``: the same rows as the two-sink
 pipeline, only cut into files per shard rather than per bundle. A shard with no rows for a dataset
-writes no file there, except shard 0, which always writes both (so each dataset has its schema).
+writes no file there, except shard 0, which always writes both (so each dataset has its schema; an
+input of no rows gets both files empty as the pipeline is built).
 
 A file is written under a hidden temporary name and renamed into place when complete (local
 folders; an object store shows an object only once it is closed): a retried shard overwrites its own
@@ -146,6 +147,9 @@ def build_pipeline(
     batch_size: int,
 ) -> None:
     """:func:`pipeline.beam.score_job.build_pipeline`'s steps as one branch (same arguments)."""
+    if not plan.shards:  # an input of no rows: no shard 0 to write the datasets' (empty) files
+        for prefix, schema in ((scores_prefix, SCORES_SCHEMA), (rejects_prefix, REJECTS_SCHEMA)):
+            _ParquetFile(f"{prefix}-00000-of-00001.parquet", schema, always=True).close()
     (
         p
         | "ListShards" >> beam.Create(plan.shards, reshuffle=False)
