@@ -260,13 +260,14 @@ def parse_train_result(output: str) -> dict[str, Any]:
 
 def model_event_extra(result: Mapping[str, Any], conditional: bool) -> dict[str, Any]:
     """The extra on the model Asset event: ``vae train``'s result (what ``vae_augment`` needs) and
-    whether the model is conditional."""
+    whether the model is conditional: as the result says (``--conditional`` may come through
+    ``train_args``), else ``conditional``, the DAG's setting."""
     extra = {key: result.get(key) for key in TRAIN_KEYS}
     extra.update(
         model_name=str(result["model_name"]),
         version=str(result["version"]),
         promoted=bool(result["promoted"]),
-        conditional=conditional,
+        conditional=bool(conditional if result.get("conditional") is None else result["conditional"]),
     )
     return extra
 

@@ -2,7 +2,7 @@
 
 ``train`` runs ``vae train --promote if-better`` in the project's environment; ``publish_model``
 records an event on the model Asset with ``{"model_name", "version", "promoted", ...}``, which
-schedules ``vae_augment``. Settings: see ``_vae_common`` and docs/readme/airflow.md.
+schedules ``vae_augment``. Settings: see ``_vae_common`` and docs/operations.md.
 """
 
 from __future__ import annotations

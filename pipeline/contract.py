@@ -88,4 +88,5 @@ TRAIN_KEYS = (
     "validation_neg_elbo",
     "holdout_neg_elbo",
     "holdout_fingerprint",
+    "conditional",
 )

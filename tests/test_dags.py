@@ -375,6 +375,9 @@ def test_train_result_is_read_from_the_last_line(common):
         "conditional": True,
     }
     assert extra["holdout_fingerprint"] is None  # every key of the contract, null where the result lacks it
+    # a conditional model trained through train_args: the result says so, whatever the DAG's setting
+    assert common.model_event_extra(result | {"conditional": True}, conditional=False)["conditional"] is True
+    assert common.model_event_extra(result | {"conditional": False}, conditional=True)["conditional"] is False
 
 
 def test_score_command_writes_one_folder_per_day(common, tmp_path):

@@ -611,6 +611,17 @@ def test_summary_of_unlabelled_samples_compares_them_pooled():
     }
 
 
+def test_cli_refuses_to_log_a_grid_it_was_told_not_to_draw(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli.main import main
+
+    argv = ["generate", "--method", "prior", "--no-grid", "--log-grid", "--output", str(tmp_path)]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2 and "--log-grid logs the grid that --no-grid turns off" in result.output
+    assert not (tmp_path / "synthetic").exists()
+
+
 def test_cli_conditional_sampling_of_a_plain_model_is_a_clear_error(trained_plain, tmp_path):
     from click.testing import CliRunner
 

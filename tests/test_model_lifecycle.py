@@ -271,3 +271,25 @@ def test_the_alias_history_fits_in_a_tag_of_mlflows_sql_stores():
     assert len(json.dumps(kept)) <= TAG_CHARS < 5000 and kept[-1]["to"] == "49"  # the newest kept
     assert kept == entries[-len(kept) :] and len(kept) < 50
     assert _fitting(entries[:3]) == entries[:3]
+
+
+def test_a_store_error_is_not_taken_for_no_champion(two_versions, monkeypatch):
+    """Only "no such model or alias" means no champion: a store that is locked or down must fail the
+    promotion, or any new model would take the alias unopposed."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    from training import registry
+
+    assert registry.champion_version(NAME) == two_versions[0].version
+    assert registry.champion_version("vae-test-no-such-model") is None
+    registry.client().create_registered_model("vae-test-no-alias")  # a model, no champion yet
+    assert registry.champion_version("vae-test-no-alias") is None
+
+    def locked(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database is locked", error_code=TEMPORARILY_UNAVAILABLE)
+
+    monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", locked)
+    with pytest.raises(MlflowException, match="database is locked"):
+        registry.champion_version(NAME)

@@ -139,6 +139,18 @@ def test_a_run_that_fails_before_it_has_counts_writes_a_failed_result(mlflow_sto
     assert outcome["output"] == str(tmp_path / "out")
 
 
+def test_an_input_refused_before_the_run_starts_writes_a_failed_result_too(tmp_path):
+    result_path = tmp_path / "result.json"
+    result = score_cli(
+        "models:/m@champion", str(tmp_path / "nosuch"), tmp_path / "out", "--result-json", str(result_path)
+    )
+    assert result.exit_code == 1 and "nosuch: no such file or folder" in result.output
+    outcome = json.loads(result_path.read_text())
+    assert list(outcome) == list(SCORE_KEYS)
+    assert (outcome["command"], outcome["status"], outcome["input"]) == ("score", "failed", str(tmp_path / "nosuch"))
+    assert outcome["reason"].startswith(f"{tmp_path / 'nosuch'}: no such file or folder")
+
+
 def test_on_failure_skip_exits_the_skip_code_and_the_result_can_be_the_last_line(mlflow_store, tmp_path):
     """What a shadow task relies on: ``vae --on-failure skip`` turns a failure into exit 99 with the
     same message, and ``--result-json -`` prints the result as the last line of stdout."""

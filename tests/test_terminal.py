@@ -69,6 +69,53 @@ def test_user_error_is_one_line_and_a_traceback_with_verbose(tmp_path):
     assert verbose.stderr.rstrip().splitlines()[-1].startswith("Error: --partition 'not-a-pair': expected KEY=VALUE")
 
 
+@pytest.mark.slow
+def test_a_model_name_the_registry_refuses_is_one_line_before_training(tmp_path):
+    result = _vae("--work-dir", str(tmp_path), "train", "--epochs", "1", "--model-name", "a/b")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: --model-name 'a/b': Invalid model name 'a/b'. Names cannot contain '/' or ':'."
+    )
+    assert "epoch" not in result.stderr.lower()
+
+
+@pytest.mark.slow
+def test_a_terminated_training_fails_its_mlflow_run_and_removes_its_spill_folder(tmp_path):
+    """A scheduler's timeout sends SIGTERM: the run must not stay RUNNING, nor its files behind."""
+    import signal
+    import sqlite3
+    import time
+
+    environment = {k: v for k, v in os.environ.items() if k not in ("VAE_LOG_FORMAT", "VAE_VERBOSE")}
+    args = ["--work-dir", str(tmp_path), "train", "--epochs", "3000", "--early-stopping", "0"]
+    proc = subprocess.Popen([VAE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment)
+    query = (
+        "select r.status, count(m.key) from runs r left join metrics m on m.run_uuid = r.run_uuid group by r.run_uuid"
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:  # until the run logs its first epochs
+            rows = []
+            if (tmp_path / "mlflow.db").exists():
+                try:
+                    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+                        rows = db.execute(query).fetchall()
+                except sqlite3.OperationalError:  # the tables are not there yet
+                    pass
+            if rows and rows[0][0] == "RUNNING" and rows[0][1] > 0:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        assert [row[0] for row in db.execute("select status from runs")] == ["FAILED"]
+    assert not list(tmp_path.glob("spill-*"))
+
+
 def test_log_format_choice_is_checked(tmp_path):
     result = _vae("--work-dir", str(tmp_path), "--log-format", "fancy", "report", "--help")
     assert result.returncode == 2

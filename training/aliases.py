@@ -170,7 +170,7 @@ def rollback(
     stack = _stack(name, alias, work)
     note = None
     if moves and moves[-1].version != current:
-        # moved by something that keeps no history (the MLflow UI, vae train --promote): the last
+        # moved by something that keeps no history (the MLflow UI, another MLflow client): the last
         # recorded holder is the best known earlier one, and the stack stays as it is
         target = moves[-1].version
         note = f"@{alias} was moved to v{current} outside `vae models`; v{target} is its last recorded holder"
@@ -180,8 +180,8 @@ def rollback(
         if not stack:
             raise LookupError(
                 f"{name}@{alias} (v{current}) has no recorded earlier holder to roll back to: only moves made with "
-                f"`vae models promote` or `vae calibrate --alias` are recorded; point it at a version with "
-                f"`vae models promote {name} VERSION --alias {alias}`"
+                f"`vae train`, `vae models promote` or `vae calibrate --alias` are recorded; point it at a version "
+                f"with `vae models promote {name} VERSION --alias {alias}`"
             )
         target = stack.pop()
     model_version(name, target, work)  # still registered (a deleted version cannot take the alias)

@@ -185,13 +185,35 @@ def pin(model_uri: str, work: str | os.PathLike | None = None) -> ModelRef:
     return ModelRef(name, version, f"models:/{name}/{version}", tracking_uri(work))
 
 
+#: what MLflow answers for a registered model or alias that does not exist; any other error (a store
+#: that is locked or down) must not read as "no champion", or a worse model would take the alias
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def champion_version(name: str, work: str | os.PathLike | None = None) -> str | None:
+    """The version ``@champion`` names now, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
         return str(client(work).get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND:
+            return None
+        raise
+
+
+def check_model_name(name: str, work: str | os.PathLike | None = None) -> None:
+    """Raises ValueError with MLflow's reason if the registry would refuse ``name`` (before training,
+    not after it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(work).get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "INVALID_PARAMETER_VALUE":
+            raise ValueError(f"--model-name {name!r}: {exc.message}") from exc
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
 
 
 def set_alias(name: str, version: str, alias: str = CHAMPION, work: str | os.PathLike | None = None) -> None:

@@ -148,15 +148,16 @@ def register_and_promote(
     cfg: TrainConfig,
     model,
     split: data_lib.TrainingSplit,
-    champion: str | None,
     summary: dict,
     calibration,
     holdout_fingerprint: str,
 ) -> tuple[str, bool, str]:
-    """Registers the model, tags the version, moves the champion alias if it wins; (version, promoted, why)."""
+    """Registers the model, tags the version, moves the champion alias if it wins; (version, promoted, why).
+    The champion is read now, after training: an alias moved meanwhile is the one to beat."""
     import mlflow
 
     holdout = split.holdout
+    champion = registry.champion_version(cfg.model_name, cfg.work_dir)
     version = _log_and_register(model, cfg, split)
     registry.set_version_tags(
         cfg.model_name,

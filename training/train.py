@@ -146,7 +146,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
     split = data_lib.training_split(read.data, seed=cfg.seed)
     read = replace(read, data=None)  # the parts are copies: let the whole array go
     registry.configure(cfg.work_dir)
-    champion = registry.champion_version(cfg.model_name, cfg.work_dir)
+    registry.check_model_name(cfg.model_name, cfg.work_dir)
     unlabelled = sum(unlabelled_rows(getattr(split, part)) for part in PARTS)
     # a conditional model learns from rows without a label, then needs labelled ones in every part
     # (checked before training: data_lib.DataError if a part has none)
@@ -174,9 +174,7 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
             mlflow.log_metric("classifier_holdout_accuracy", accuracy)
         calibration, summary, warning = fit_scoring(cfg, model, split, seconds_per_epoch, folds)
         log_figures(cfg, model, history, split.holdout, calibration)
-        version, promoted, reason = register_and_promote(
-            cfg, model, split, champion, summary, calibration, holdout_fingerprint
-        )
+        version, promoted, reason = register_and_promote(cfg, model, split, summary, calibration, holdout_fingerprint)
         return TrainResult(
             run_id=run.info.run_id,
             model_name=cfg.model_name,

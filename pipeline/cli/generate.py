@@ -53,6 +53,8 @@ def generate_command(ctx: click.Context, grid: bool, log_grid: bool, beam_args: 
         vae generate --method conditional --output out --compare-with digits:holdout
         vae generate --method interpolate --from digits:0 --to digits:7 --steps 10 --output out
     """
+    if log_grid and not grid:
+        raise click.UsageError("--log-grid logs the grid that --no-grid turns off: drop one of them", ctx)
     from dataclasses import replace
 
     from pipeline.beam.generate_job import generate_dataset

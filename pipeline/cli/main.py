@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -22,6 +25,24 @@ from training import registry
 from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
 
 
+@contextlib.contextmanager
+def _exit_on_sigterm():
+    """A terminated ``vae`` (a scheduler's timeout, a killed task) unwinds as a failure does, exit
+    code 128 + 15: its MLflow run is marked failed, its staging folders, locks and spill files go."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class VaeGroup(click.Group):
     """``vae``: with ``--on-failure skip`` every failure exits :data:`pipeline.contract.SKIPPED`
     instead of its own code, with the same message: click's errors (a wrong command line, ``vae``'s
@@ -29,6 +50,10 @@ class VaeGroup(click.Group):
     verdict keep their code (``vae monitor --check``'s :data:`~pipeline.contract.CHECK_FAILED`)."""
 
     def main(self, args=None, *rest, **extra):
+        with _exit_on_sigterm():
+            return self._main(args, *rest, **extra)
+
+    def _main(self, args=None, *rest, **extra):
         if not self._asks_to_skip(list(sys.argv[1:] if args is None else args)):
             return super().main(args, *rest, **extra)
         try:

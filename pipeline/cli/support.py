@@ -16,9 +16,11 @@ from click.core import ParameterSource
 from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_RUNNING_MODE, DEFAULT_WORKERS, RUNNING_MODES
 from pipeline.beam.defaults import parse_shape as shape_of
 from pipeline.beam.flags import DASK_FLAGS, Flag
-from pipeline.contract import RESULT_TO_STDOUT
+from pipeline.contract import GENERATE_KEYS, RESULT_TO_STDOUT, SCORE_KEYS
 from pipeline.logging_setup import is_verbose
 from training.limits import BUILTIN_DATA
+
+RESULT_ON_FAILURE = "result_json_on_failure"  # ctx.meta: whether the command's --result-json is written on failure
 
 
 def friendly_errors(func: Callable[..., Any] | None = None, *, loading: str = "TensorFlow and MLflow") -> Any:
@@ -34,7 +36,11 @@ def friendly_errors(func: Callable[..., Any] | None = None, *, loading: str = "T
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            check_paths(kwargs)
+            try:
+                check_paths(kwargs)
+            except click.ClickException as exc:
+                _record_early_failure(kwargs, exc.message)
+                raise
             announce_loading(loading)
             return func(*args, **kwargs)
         except click.ClickException as exc:  # a command's own message for a failure: its cause with -v
@@ -51,12 +57,29 @@ def friendly_errors(func: Callable[..., Any] | None = None, *, loading: str = "T
     return wrapper
 
 
+def _record_early_failure(kwargs: dict[str, Any], reason: str) -> None:
+    """The failed result JSON of a command refused before it ran (a mistyped ``--input``), for the
+    commands whose ``--result-json`` is written "also when the command fails"."""
+    ctx = click.get_current_context(silent=True)
+    path = kwargs.get("result_json")
+    if not path or ctx is None or not ctx.meta.get(RESULT_ON_FAILURE):
+        return
+    from pipeline.outputs.result_json import write_result_json
+
+    keys = {"score": SCORE_KEYS, "generate": GENERATE_KEYS}.get(ctx.info_name, ())
+    known = {key: kwargs.get(key) for key in keys if key in ("input", "output", "method")}
+    outcome = dict.fromkeys(keys) | known | {"command": ctx.info_name, "status": "failed", "reason": reason}
+    write_result_json(path, outcome)
+
+
 def _user_error(exc: BaseException) -> bool:
-    """An error with a message a user can act on (the data's ``DataError`` is a ValueError); the
-    training module is looked up, not imported: it imports Keras."""
+    """An error with a message a user can act on (the data's ``DataError`` is a ValueError; MLflow's
+    own, such as a tracking URI it cannot use); the modules are looked up, not imported: they are heavy."""
     if isinstance(exc, LookupError | FileNotFoundError | ValueError):
         return True
-    callbacks = sys.modules.get("training.callbacks")
+    callbacks, mlflow_errors = sys.modules.get("training.callbacks"), sys.modules.get("mlflow.exceptions")
+    if mlflow_errors is not None and isinstance(exc, mlflow_errors.MlflowException):
+        return True
     return callbacks is not None and isinstance(exc, callbacks.TrainingDiverged)
 
 
@@ -227,15 +250,18 @@ def result_json_option(what: str, *, on_failure: bool = True) -> Callable[[Calla
         "--result-json",
         type=click.Path(dir_okay=False),
         default=None,
-        callback=_result_json_path,
+        callback=functools.partial(_result_json_path, on_failure=on_failure),
         help=f"Also write the outcome ({what}) as one JSON object to this file, {when}; "
         f"'{RESULT_TO_STDOUT}': print it as the last line of stdout.",
     )
 
 
-def _result_json_path(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+def _result_json_path(
+    ctx: click.Context, _param: click.Parameter, value: str | None, on_failure: bool = True
+) -> str | None:
     """``-`` becomes a fresh file name in the temporary folder (nothing is created here), printed
     and removed when the command's context closes: after its own output, on success and on failure."""
+    ctx.meta[RESULT_ON_FAILURE] = on_failure
     if value != RESULT_TO_STDOUT or ctx.resilient_parsing:
         return value
     import tempfile

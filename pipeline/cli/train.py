@@ -280,6 +280,7 @@ def train_outcome(result) -> dict:
         "validation_neg_elbo": float(result.validation_neg_elbo),
         "holdout_neg_elbo": float(result.holdout_neg_elbo),
         "holdout_fingerprint": result.holdout_fingerprint,
+        "conditional": bool(result.model.num_classes),
     }
     return {key: outcome[key] for key in TRAIN_KEYS}
 
