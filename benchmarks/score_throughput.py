@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep the data and outputs in this folder")
     parser.add_argument("--one-run", default=None, help=argparse.SUPPRESS)  # the child's job, as JSON
     args = parser.parse_args(argv)
-    if args.without_jax and args.runner != "DirectRunner":
-        parser.error("--without-jax hides jax in the launcher only: use it with the DirectRunner")
+    if args.without_jax and (args.runner != "DirectRunner" or args.mode == "multi_processing"):
+        parser.error("--without-jax hides jax in the launcher only: use it with the DirectRunner's threads")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in ("apache_beam", "absl", "mlflow", "alembic", "tensorflow", "training", "distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -198,7 +198,7 @@ def test_the_cli_and_the_config_offer_what_the_library_has():
     assert set(ANOMALY_METHODS) == set(METHODS) and TrainConfig().anomaly_score == DEFAULT_METHOD
     assert set(LIKELIHOOD_CHOICES) == {"auto", *LIKELIHOODS}
     architecture = next(p for p in train_command.params if p.name == "architecture")
-    assert set(architecture.type.choices) == set(ARCHITECTURES)
+    assert set(architecture.type.choices) == {"auto", *ARCHITECTURES}
 
 
 def test_the_detector_has_pyods_face(fitted):
@@ -235,6 +235,19 @@ def test_a_detector_rebuilt_from_the_model_scores_alike(fitted, tmp_path):
     np.testing.assert_allclose(rebuilt.decision_function(images), detector.decision_function(images), rtol=1e-6)
     np.testing.assert_array_equal(rebuilt.predict(images), detector.predict(images))
     VAEDetector(model).fit(digits.images[:300])
+
+
+def test_a_points_distances_do_not_depend_on_its_batch():
+    """The same bits scored alone, in a short batch or deep in a long one (BLAS takes other paths
+    for other row counts: the product is always computed on KNN_CHUNK rows)."""
+    rng = np.random.default_rng(2)
+    points, reference = rng.normal(size=(KNN_CHUNK + 88, 16)), rng.normal(size=(513, 16))
+    batch = knn_distances(points, reference, (5, 15))
+    for i in (0, 7, KNN_CHUNK - 1, KNN_CHUNK, KNN_CHUNK + 87):
+        alone = knn_distances(points[i : i + 1], reference, (5, 15))
+        assert alone[5][0] == batch[5][i] and alone[15][0] == batch[15][i]
+    short = knn_distances(points[:3], reference, (5, 15))
+    assert np.array_equal(short[5], batch[5][:3])
 
 
 def test_k_below_one_is_refused():

@@ -537,6 +537,7 @@ def test_cli_scores_a_png_folder(trained_plain, mlflow_store, tmp_path):
     for i, image in enumerate(load_digits().images[:5]):
         (folder / f"digit-{i}.png").write_bytes(png_bytes((image * 255).round()))
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")  # a link to nothing: a reject, not a failed run
     result = CliRunner().invoke(
         main,
         [
@@ -552,18 +553,22 @@ def test_cli_scores_a_png_folder(trained_plain, mlflow_store, tmp_path):
             "--direct-num-workers",
             "1",
             "--max-reject-rate",
-            "0.2",
+            "0.3",
             "--",
             "--job_name=score-test",  # an extra Beam pipeline option, passed through after --
         ],
     )
     assert result.exit_code == 0, result.output
     assert "passed through: --job_name=score-test" in result.output
-    for text in ("rows read:  6", "scored:     5", "rejected:   1", "1 x unreadable image", "throughput:"):
+    for text in ("rows read:  7", "scored:     5", "rejected:   2", "2 x unreadable image", "throughput:"):
         assert text in result.output, text
     scores = read(tmp_path / "out/scores")
     assert scores.column("example_id").to_pylist() == [f"digit-{i}.png" for i in range(5)]
-    assert read(tmp_path / "out/rejects").column("example_id").to_pylist() == ["broken.png"]
+    rejects = read(tmp_path / "out/rejects").sort_by("example_id")
+    assert rejects.column("example_id").to_pylist() == ["broken.png", "gone.png"]
+    assert (
+        rejects.column("reason").to_pylist()[1] == "unreadable image: cannot read the file (No such file or directory)"
+    )
 
     missing = CliRunner().invoke(
         main, ["score", "--model", "models:/no-such-model@champion", "--input", "digits", "--output", "x"]

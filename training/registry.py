@@ -190,16 +190,24 @@ def pin(model_uri: str, work: str | os.PathLike | None = None) -> ModelRef:
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
-def champion_version(name: str, work: str | os.PathLike | None = None) -> str | None:
-    """The version ``@champion`` names now, or None when the model or the alias does not exist."""
+def champion_version(name: str, work: str | os.PathLike | None = None, attempts: int = 3) -> str | None:
+    """The version ``@champion`` names now, or None when the model or the alias does not exist; a
+    store error (a locked SQLite file) is tried again ``attempts`` times in all, then raised."""
+    import time
+
     from mlflow.exceptions import MlflowException
 
-    try:
-        return str(client(work).get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException as exc:
-        if exc.error_code in _NOT_FOUND:
-            return None
-        raise
+    for attempt in range(1, attempts + 1):
+        try:
+            return str(client(work).get_model_version_by_alias(name, CHAMPION).version)
+        except MlflowException as exc:
+            if exc.error_code in _NOT_FOUND:
+                return None
+            if attempt == attempts:
+                raise
+            log.warning("reading %s@%s failed (%s); trying again", name, CHAMPION, exc.message)
+            time.sleep(2.0 * attempt)
+    return None
 
 
 def check_model_name(name: str, work: str | os.PathLike | None = None) -> None:

@@ -28,7 +28,8 @@ from training.registry import DEFAULT_WORK_DIR, WORK_DIR_ENV
 @contextlib.contextmanager
 def _exit_on_sigterm():
     """A terminated ``vae`` (a scheduler's timeout, a killed task) unwinds as a failure does, exit
-    code 128 + 15: its MLflow run is marked failed, its staging folders, locks and spill files go."""
+    code 128 + 15 (:data:`~pipeline.contract.SKIPPED` under ``--on-failure skip``, as any failure): its
+    MLflow run is marked failed, its staging folders, locks and spill files go."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -40,7 +41,7 @@ def _exit_on_sigterm():
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 class VaeGroup(click.Group):

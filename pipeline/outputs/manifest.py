@@ -144,7 +144,10 @@ def _stat(path: str) -> tuple[int, int]:
         info = filesystem.get_file_info(inner)
         mtime = info.mtime_ns if info.mtime_ns is not None else 0
         return int(info.size or 0), int(mtime)
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:  # a broken link: the link itself (its row is a reject when read)
+        st = os.lstat(path)
     return st.st_size, st.st_mtime_ns
 
 

@@ -94,11 +94,12 @@ def _swap_into_place(new: Path, target: Path, aside: Path) -> None:
                 raise
     if _exchange(new, target):
         return
-    os.rename(target, aside)
-    try:
+    try:  # an interrupt (SIGTERM) may land between the two renames: put the old one back
+        os.rename(target, aside)
         os.rename(new, target)
     except BaseException:
-        os.rename(aside, target)
+        if os.path.lexists(aside) and not os.path.lexists(target):
+            os.rename(aside, target)
         raise
 
 
