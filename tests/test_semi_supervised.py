@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from training.config import CONDITIONAL_BETA, TrainConfig
+from training.config import CONDITIONAL_BETA, CONV_MIN_ROWS, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,27 @@ def test_beta_defaults_to_the_elbo_for_a_plain_model_and_less_for_a_conditional_
     model = build_model(TrainConfig(conditional=True), digits)
     assert model.beta == CONDITIONAL_BETA and model.get_config()["beta"] == CONDITIONAL_BETA
     assert not model.semi_supervised  # every row has a label
+
+
+def test_the_architecture_defaults_to_conv_for_a_conditional_model_of_larger_images_only():
+    from dataclasses import replace
+
+    from training.data import load_digits
+    from training.fitting import build_model
+
+    conditional = TrainConfig(conditional=True)
+    assert conditional.model_architecture((28, 28, 1), 1700) == "conv"
+    assert conditional.model_architecture((16, 16, 3), CONV_MIN_ROWS) == "conv"
+    assert conditional.model_architecture((28, 28, 1), CONV_MIN_ROWS - 1) == "dense"  # few images
+    assert conditional.model_architecture((8, 8, 1), 50_000) == "dense"  # the digits
+    assert conditional.model_architecture((17, 17, 1), 50_000) == "dense"  # cannot be halved
+    assert TrainConfig().model_architecture((28, 28, 1), 50_000) == "dense"  # the detector
+    assert TrainConfig(conditional=True, architecture="dense").model_architecture((28, 28, 1), 50_000) == "dense"
+    digits = load_digits()
+    large = replace(digits, images=np.repeat(np.repeat(digits.images, 2, axis=1), 2, axis=2))  # 16x16
+    assert build_model(conditional, large).architecture == "conv"
+    assert build_model(conditional, large.subset(np.arange(100))).architecture == "dense"
+    assert build_model(conditional, digits).architecture == "dense"
 
 
 def test_the_loss_weighs_the_kl_by_beta_and_the_metrics_keep_the_elbo():

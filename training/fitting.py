@@ -52,7 +52,7 @@ def build_model(cfg: TrainConfig, data: data_lib.ImageData, semi_supervised: boo
         likelihood=likelihood,
         num_classes=len(data.class_names) if cfg.conditional else 0,
         class_names=data.class_names if cfg.conditional else None,
-        architecture=cfg.architecture,
+        architecture=cfg.model_architecture(data.image_shape, len(data)),
         pixel_levels=levels,
         pixel_scale=cfg.pixel_scale,
         pixel_brightest=data_lib.typical_brightest(data.images),

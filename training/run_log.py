@@ -90,6 +90,7 @@ def log_inputs(cfg: TrainConfig, model, read, split: data_lib.TrainingSplit, row
 
     params = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "pixel_levels", "data")}
     params["beta"] = cfg.kl_beta()
+    params["architecture"] = model.architecture  # auto resolved
     params["data"] = " + ".join([cfg.data] if isinstance(cfg.data, str) else cfg.data)
     mlflow.log_params(
         params
@@ -157,7 +158,7 @@ def register_and_promote(
     import mlflow
 
     holdout = split.holdout
-    champion = registry.champion_version(cfg.model_name, cfg.work_dir)
+    champion = registry.champion_version(cfg.model_name, cfg.work_dir) if cfg.promote == "if-better" else None
     version = _log_and_register(model, cfg, split)
     registry.set_version_tags(
         cfg.model_name,
@@ -186,7 +187,7 @@ def register_and_promote(
             version,
             {
                 "conditional": cfg.conditional,
-                "architecture": cfg.architecture,
+                "architecture": model.architecture,
                 "latent_dim": cfg.latent_dim,
                 "data": split.train.source,
                 "train_rows": len(split.train),

@@ -145,6 +145,8 @@ def _train(cfg: TrainConfig, spill: Path) -> TrainResult:
     read = read_training_data(cfg, spill)
     split = data_lib.training_split(read.data, seed=cfg.seed)
     read = replace(read, data=None)  # the parts are copies: let the whole array go
+    # auto resolved once, on the training part: cross-fitted calibration's smaller fits build the same
+    cfg = replace(cfg, architecture=cfg.model_architecture(split.train.image_shape, len(split.train)))
     registry.configure(cfg.work_dir)
     registry.check_model_name(cfg.model_name, cfg.work_dir)
     unlabelled = sum(unlabelled_rows(getattr(split, part)) for part in PARTS)

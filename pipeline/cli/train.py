@@ -41,10 +41,11 @@ def _model_options(d: TrainConfig) -> list:
         ),
         click.option(
             "--architecture",
-            type=click.Choice(("dense", "conv")),
+            type=click.Choice(("auto", "dense", "conv")),
             default=d.architecture,
             show_default=True,
-            help="Encoder and decoder: dense layers, or convolutions sized from the image shape.",
+            help="Encoder and decoder: dense layers, or convolutions sized from the image shape; auto: "
+            "convolutions for a conditional model of images at least 16 pixels on a side, else dense.",
         ),
         click.option(
             "--likelihood",

@@ -111,7 +111,10 @@ def vae_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The VAE settings worth recording (no paths, no registry settings)."""
     skip = ("work_dir", "promote", "model_name", "data", "shape", "target_fpr", "seed", "conditional")
     skip += ("calibration_folds",)  # vae train's; the scorecard calibrates on each task's validation images
-    return {k: v for k, v in asdict(cfg).items() if k not in skip}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    if settings.get("architecture") == "auto":  # the scorecard's models are plain: auto is dense
+        settings["architecture"] = "dense"
+    return settings
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
