@@ -45,7 +45,8 @@ def _model_options(d: TrainConfig) -> list:
             default=d.architecture,
             show_default=True,
             help="Encoder and decoder: dense layers, or convolutions sized from the image shape; auto: "
-            "convolutions for a conditional model of images at least 16 pixels on a side, else dense.",
+            "convolutions for a conditional model of at least 1,000 training images at least 16 pixels on a "
+            "side, else dense.",
         ),
         click.option(
             "--likelihood",
