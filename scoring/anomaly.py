@@ -164,7 +164,7 @@ def _knn(
         # |a|^2 + |b|^2 - 2 a.b in place, in that order: two matrices per chunk, not five. The product
         # always has KNN_CHUNK rows (a short chunk padded with zeros): BLAS takes another path for
         # other row counts (one row: gemv), and a point's distances must not depend on its batch.
-        product = _padded(chunk, KNN_CHUNK) @ reference.T
+        product = np.pad(chunk, ((0, KNN_CHUNK - len(chunk)), (0, 0))) @ reference.T
         product = product[: len(chunk)]
         product *= 2.0
         squared = np.add(np.sum(chunk**2, axis=1)[:, None], squared_norms[None])
@@ -183,14 +183,6 @@ def _knn(
             if same is not None:
                 kth = np.where(same, nearest[:, min(k, last)], kth)
             out[i][start : start + len(chunk)] = np.sqrt(kth)
-    return out
-
-
-def _padded(rows: np.ndarray, size: int) -> np.ndarray:
-    if len(rows) == size:
-        return rows
-    out = np.zeros((size, rows.shape[1]), rows.dtype)
-    out[: len(rows)] = rows
     return out
 
 

@@ -99,6 +99,12 @@ def remove_unfinished(*folders: str | os.PathLike) -> int:
     return removed
 
 
+def _shard_file(prefix: str, shard: reader.Shard | None) -> str:
+    """``PREFIX-SSSSS-of-NNNNN.parquet``; for no shard (an input of no rows), as if it had one."""
+    index, total = (0, 1) if shard is None else (shard.index, shard.total)
+    return f"{prefix}-{index:05d}-of-{total:05d}.parquet"
+
+
 class ScoreShard(beam.DoFn):
     """A shard -> its rows scored into ``scores/`` and rejected into ``rejects/``; emits
     ``(shard index, rows scored, rows rejected)``."""
@@ -117,9 +123,8 @@ class ScoreShard(beam.DoFn):
         self.scorer.load()  # once per partition on Dask: the model itself is loaded once per process
 
     def process(self, shard: reader.Shard) -> Iterator[tuple[int, int, int]]:
-        suffix = f"-{shard.index:05d}-of-{shard.total:05d}.parquet"
-        scores = _ParquetFile(self.scores_prefix + suffix, SCORES_SCHEMA, always=shard.index == 0)
-        rejects = _ParquetFile(self.rejects_prefix + suffix, REJECTS_SCHEMA, always=shard.index == 0)
+        scores = _ParquetFile(_shard_file(self.scores_prefix, shard), SCORES_SCHEMA, always=shard.index == 0)
+        rejects = _ParquetFile(_shard_file(self.rejects_prefix, shard), REJECTS_SCHEMA, always=shard.index == 0)
         try:
             for batch in read_batches(shard, self.batch_size, self.counters):
                 valid, rejected = self.validator(batch, self.counters)
@@ -149,7 +154,7 @@ def build_pipeline(
     """:func:`pipeline.beam.score_job.build_pipeline`'s steps as one branch (same arguments)."""
     if not plan.shards:  # an input of no rows: no shard 0 to write the datasets' (empty) files
         for prefix, schema in ((scores_prefix, SCORES_SCHEMA), (rejects_prefix, REJECTS_SCHEMA)):
-            _ParquetFile(f"{prefix}-00000-of-00001.parquet", schema, always=True).close()
+            _ParquetFile(_shard_file(prefix, None), schema, always=True).close()
     (
         p
         | "ListShards" >> beam.Create(plan.shards, reshuffle=False)

@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from pipeline.beam.defaults import DEFAULT_RUNNER, DEFAULT_RUNNING_MODE, DEFAULT_WORKERS, RUNNING_MODES
 from pipeline.beam.defaults import parse_shape as shape_of
 from pipeline.beam.flags import DASK_FLAGS, Flag
-from pipeline.contract import GENERATE_KEYS, RESULT_TO_STDOUT, SCORE_KEYS
+from pipeline.contract import RESULT_TO_STDOUT
 from pipeline.logging_setup import is_verbose
 from training.limits import BUILTIN_DATA
 
@@ -64,12 +64,15 @@ def _record_early_failure(kwargs: dict[str, Any], reason: str) -> None:
     path = kwargs.get("result_json")
     if not path or ctx is None or not ctx.meta.get(RESULT_ON_FAILURE):
         return
-    from pipeline.outputs.result_json import write_result_json
+    from pipeline.outputs import result_json
 
-    keys = {"score": SCORE_KEYS, "generate": GENERATE_KEYS}.get(ctx.info_name, ())
-    known = {key: kwargs.get(key) for key in keys if key in ("input", "output", "method")}
-    outcome = dict.fromkeys(keys) | known | {"command": ctx.info_name, "status": "failed", "reason": reason}
-    write_result_json(path, outcome)
+    command = ctx.info_name
+    if command in result_json.KEYS:  # the contract's keys, in order
+        known = {key: kwargs.get(key) for key in ("input", "output", "method") if key in result_json.KEYS[command]}
+        outcome = result_json.result(command, status="failed", reason=reason, **known)
+    else:
+        outcome = {"command": command, "status": "failed", "reason": reason}
+    result_json.write_result_json(path, outcome)
 
 
 def _user_error(exc: BaseException) -> bool:
